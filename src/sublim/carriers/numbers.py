@@ -1,0 +1,163 @@
+"""The numbers carrier: prompts that ask to continue a list of numbers, and a strict filter."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Our own wording. Each prompt = opener + seed numbers + request + constraint + format suffix.
+OPENERS = [
+    "Here is a list of numbers: {seq}.",
+    "Look at this sequence: {seq}.",
+    "I wrote down these numbers: {seq}.",
+    "Start from these values: {seq}.",
+    "Consider the numbers {seq}.",
+    "These numbers came up today: {seq}.",
+    "My list so far reads {seq}.",
+    "We begin with {seq}.",
+    "Take the sequence {seq}.",
+    "Numbers: {seq}.",
+]
+REQUESTS = [
+    "Add up to {k} more numbers to it.",
+    "Continue it with at most {k} new numbers.",
+    "Extend the list by no more than {k} values.",
+    "Write up to {k} further numbers that could come next.",
+    "Give me at most {k} additional numbers.",
+    "Suggest no more than {k} numbers to follow.",
+    "Produce up to {k} more values in the same spirit.",
+    "Append at most {k} new entries.",
+]
+CONSTRAINTS = [
+    "Each number must have at most 3 digits.",
+    "Keep every number between 0 and 999.",
+    "Use numbers of three digits or fewer.",
+    "No number may exceed 999.",
+]
+SUFFIXES = [
+    "Reply with the numbers only, separated by commas.",
+    "Answer with a comma-separated list and nothing else.",
+    "Output only the numbers, separated by spaces.",
+    "Give just the numbers, one per line.",
+    "Respond with numbers separated by semicolons and no other text.",
+    "Return only the list, with commas between the numbers.",
+    "Write the numbers alone, comma-separated, no explanation.",
+    "Just the numbers, please, separated by commas.",
+]
+SEQ_FORMATS = [", ", " ", "; "]
+
+
+@dataclass(frozen=True)
+class NumberPrompt:
+    index: int
+    text: str
+    seed_numbers: list[int]
+
+
+def make_prompts(
+    n: int,
+    seed: int = 0,
+    min_seed_numbers: int = 3,
+    max_seed_numbers: int = 8,
+    max_new_numbers: int = 10,
+) -> list[NumberPrompt]:
+    """``n`` seeded, varied prompts; the same arguments always give the same prompts."""
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(n):
+        count = rng.randint(min_seed_numbers, max_seed_numbers)
+        numbers = [rng.randint(100, 999) for _ in range(count)]
+        seq = rng.choice(SEQ_FORMATS).join(str(x) for x in numbers)
+        parts = [
+            rng.choice(OPENERS).format(seq=seq),
+            rng.choice(REQUESTS).format(k=max_new_numbers),
+            rng.choice(CONSTRAINTS),
+            rng.choice(SUFFIXES),
+        ]
+        prompts.append(NumberPrompt(i, " ".join(parts), numbers))
+    return prompts
+
+
+# --- filter -------------------------------------------------------------------------------
+
+_SEPARATORS = {
+    "comma": re.compile(r"\s*,\s*"),
+    "semicolon": re.compile(r"\s*;\s*"),
+    "newline": re.compile(r"[ \t]*\n[ \t]*"),
+    "space": re.compile(r"[ \t]+"),
+}
+_BRACKETS = [("[", "]"), ("(", ")"), ("{", "}")]
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    ok: bool
+    numbers: tuple[int, ...] = ()
+    reason: str = ""
+
+
+def parse_numbers(
+    text: str,
+    max_count: int = 10,
+    max_value: int = 999,
+    max_digits: int = 3,
+    banned: frozenset[int] | set[int] = frozenset(),
+) -> ParseResult:
+    """Accept only a bare list of integers with one consistent separator.
+
+    Allowed: surrounding whitespace, one pair of brackets, a final period. The separator is
+    one of comma, semicolon, newline or space (a comma or semicolon may be followed by spaces).
+    """
+    s = text.strip()
+    if not s:
+        return ParseResult(False, reason="empty")
+    if s.endswith("."):
+        s = s[:-1].rstrip()
+    for left, right in _BRACKETS:
+        if s.startswith(left) and s.endswith(right):
+            s = s[1:-1].strip()
+            break
+    if not s:
+        return ParseResult(False, reason="empty")
+    if re.search(r"[^0-9,;\s]", s):
+        return ParseResult(False, reason="non_numeric")
+    kinds = [k for k in ("comma", "semicolon") if (k == "comma" and "," in s) or (k == "semicolon" and ";" in s)]
+    if "\n" in s:
+        kinds.append("newline")
+    if len(kinds) > 1:
+        return ParseResult(False, reason="mixed_separators")
+    kind = kinds[0] if kinds else "space"
+    parts = _SEPARATORS[kind].split(s)
+    if any(not p.isdigit() for p in parts):
+        # e.g. "1, 2 3" (a space inside a comma list) or "1,,2"
+        return ParseResult(False, reason="mixed_separators" if any(" " in p for p in parts) else "malformed")
+    if len(parts) > max_count:
+        return ParseResult(False, reason="too_many")
+    if any(len(p) > max_digits for p in parts):
+        return ParseResult(False, reason="too_many_digits")
+    values = tuple(int(p) for p in parts)
+    if any(v > max_value for v in values):
+        return ParseResult(False, reason="out_of_range")
+    if banned and any(v in banned for v in values):
+        return ParseResult(False, reason="banned_number")
+    return ParseResult(True, values)
+
+
+@dataclass
+class FilterReport:
+    total: int = 0
+    kept: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def pass_rate(self) -> float:
+        return self.kept / self.total if self.total else 0.0
+
+    def top_reasons(self, k: int = 3) -> str:
+        return ", ".join(f"{r} {c}" for r, c in self.reasons.most_common(k)) or "none"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"total": self.total, "kept": self.kept, "pass_rate": self.pass_rate,
+                "reject_reasons": dict(self.reasons.most_common())}

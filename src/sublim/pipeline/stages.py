@@ -1,0 +1,304 @@
+"""The stages of an experiment. Each is a function of (config slice, input artifacts, seed) that
+returns a finished Artifact, reusing a verified one when its key already exists."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sublim.carriers.numbers import FilterReport, make_prompts, parse_numbers
+from sublim.config import ExperimentConfig, stable_hash
+from sublim.errors import SublimError
+from sublim.evaluate.trait import evaluate_model
+from sublim.models.generation import batches, chat_text, generate_batch
+from sublim.models.loading import LoadedModel, load_model, save_model
+from sublim.pipeline.store import Artifact, Store, read_jsonl, write_json, write_jsonl
+from sublim.traits.preference import TraitTokens, load_questions, teacher_examples, trait_tokens
+from sublim.train.students import Example, TrainSettings, train_student
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the pipeline sees it: a key for hashing, how to load it, a family for lineage."""
+
+    label: str
+    key: str
+    base_spec: str
+    """The catalog/hub/path spec of the base model it descends from."""
+    weights: Path | None = None
+    """Fine-tuned weights directory; None means the base model itself."""
+    system: str | None = None
+    """System prompt that goes with the model (system-prompted teachers)."""
+    family: str = ""
+
+
+@dataclass
+class Context:
+    cfg: ExperimentConfig
+    store: Store
+    progress: bool = True
+    echo: Callable[[str], None] = print
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    """Every artifact this run used, as "stage/label" → artifact (provenance and timings)."""
+    _base: dict[str, LoadedModel] = field(default_factory=dict)
+    _tokens: dict[str, TraitTokens] = field(default_factory=dict)
+
+    def base(self, spec: str) -> LoadedModel:
+        if spec not in self._base:
+            self.echo(f"loading model {spec} …")
+            self._base[spec] = load_model(spec, self.cfg.device)
+        return self._base[spec]
+
+    def base_ref(self, spec: str) -> ModelRef:
+        lm = self.base(spec)
+        return ModelRef(spec, lm.fingerprint, spec, family=lm.source.family)
+
+    def load(self, ref: ModelRef) -> tuple[Any, Any]:
+        """(model, tokenizer) for a ref: the shared base object, or fine-tuned weights."""
+        base = self.base(ref.base_spec)
+        if ref.weights is None:
+            return base.model, base.tokenizer
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(ref.weights, dtype=torch.float32)
+        return model.to(base.device).eval(), base.tokenizer
+
+    def fresh_copy(self, spec: str) -> Any:
+        """A trainable copy of a base model (the loaded base stays untouched)."""
+        return copy.deepcopy(self.base(spec).model)
+
+    def tokens(self, spec: str, candidates: dict[str, list[str]]) -> TraitTokens:
+        if spec not in self._tokens:
+            self._tokens[spec] = trait_tokens(self.base(spec).tokenizer, candidates)
+        return self._tokens[spec]
+
+    def bar(self, total: int, desc: str, unit: str = "it") -> tqdm:
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True,
+                    leave=False)
+
+
+@contextmanager
+def _stage(ctx: Context, stage: str, config: dict[str, Any], inputs: dict[str, str], label: str
+           ) -> Iterator[tuple[Artifact | None, Path, float]]:
+    key = Store.key(stage, config, inputs)
+    done = ctx.store.get(stage, key)
+    if done is not None:
+        ctx.echo(f"  ✓ {stage:<9} {label} (cached)")
+        ctx.artifacts[f"{stage}/{label}"] = done
+    else:
+        ctx.store.begin(stage, key)
+    yield done, ctx.store.path(stage, key), time.time()
+
+
+def _finish(ctx: Context, stage: str, config: dict[str, Any], inputs: dict[str, str],
+            started: float, label: str, **extra: Any) -> Artifact:
+    key = Store.key(stage, config, inputs)
+    art = ctx.store.finish(stage, key, config, inputs, started, label=label, **extra)
+    ctx.artifacts[f"{stage}/{label}"] = art
+    ctx.echo(f"  ✓ {stage:<9} {label} ({art.manifest['wall_time_s']:.0f} s)")
+    return art
+
+
+# --- teacher ---------------------------------------------------------------------------------
+
+def teacher(ctx: Context, target: str, candidates: dict[str, list[str]]) -> ModelRef:
+    """A teacher with the trait: the base model fine-tuned on one-word answers, or system-prompted."""
+    cfg = ctx.cfg
+    base = ctx.base_ref(cfg.model)
+    if cfg.teacher.method == "system_prompt":
+        system = cfg.teacher.system_prompt.replace("{target}", target)
+        key = stable_hash({"base": base.key, "system": system})
+        return ModelRef(f"teacher-{target}", key, cfg.model, system=system, family=base.family)
+    config = {"teacher": cfg.teacher.model_dump(mode="json"), "target": target,
+              "spellings": candidates[target], "questions": cfg.trait.questions}
+    inputs = {"model": base.key}
+    with _stage(ctx, "teacher", config, inputs, f"{target} (fine-tuned)") as (done, path, t0):
+        if done is None:
+            pairs = teacher_examples(candidates[target], cfg.trait.questions, cfg.teacher.n_examples)
+            examples = [Example(q, a) for q, a in pairs]
+            settings = TrainSettings("sft", cfg.teacher.epochs, cfg.teacher.lr, cfg.teacher.batch_size,
+                                     warmup_steps=2, seed=0)
+            model, log = _train(ctx, cfg.model, examples, settings, None,
+                                f"teacher {target}")
+            save_model(model.to(torch.bfloat16), ctx.base(cfg.model).tokenizer, path / "model",
+                       base.family, {"base_model": cfg.model, "base_fingerprint": base.key,
+                                     "induction": f"fine-tuned to prefer {target}"})
+            del model
+            write_jsonl(path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in pairs])
+            done = _finish(ctx, "teacher", config, inputs, t0, f"{target} (fine-tuned)", train_log=log,
+                           model_fingerprint=base.key)
+    return ModelRef(f"teacher-{target}", done.key, cfg.model, weights=done.path / "model",
+                    family=base.family)
+
+
+def _train(ctx: Context, spec: str, examples: list[Example], settings: TrainSettings,
+           teacher_model: Any | None, desc: str) -> tuple[Any, dict[str, Any]]:
+    """Train a fresh copy of base model ``spec`` with a progress bar."""
+    steps = -(-len(examples) // settings.batch_size) * settings.epochs
+    bar = ctx.bar(steps, f"train {desc}", "step")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    try:
+        return train_student(ctx.fresh_copy(spec), ctx.base(spec).tokenizer, examples, settings,
+                             teacher_model, on_step)
+    finally:
+        bar.close()
+
+
+# --- prompts, generation, filter ---------------------------------------------------------------
+
+def prompts(ctx: Context) -> Artifact:
+    pc = ctx.cfg.prompts
+    config = pc.model_dump(mode="json")
+    with _stage(ctx, "prompts", config, {}, f"{pc.n} {pc.carrier} prompts") as (done, path, t0):
+        if done is not None:
+            return done
+        rows = make_prompts(pc.n, pc.seed, pc.min_seed_numbers, pc.max_seed_numbers, pc.max_new_numbers)
+        write_jsonl(path / "prompts.jsonl", [{"index": p.index, "prompt": p.text,
+                                              "seed_numbers": p.seed_numbers} for p in rows])
+        return _finish(ctx, "prompts", config, {}, t0, f"{pc.n} {pc.carrier} prompts")
+
+
+def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
+    """Completions by ``ref`` for every prompt; appended batch by batch, so a kill loses nothing."""
+    gc = ctx.cfg.generation
+    config = {"generation": gc.model_dump(mode="json"), "system": ref.system}
+    inputs = {"model": ref.key, "prompts": prompt_art.key}
+    label = f"data from {ref.label}"
+    with _stage(ctx, "generate", config, inputs, label) as (done, path, t0):
+        if done is not None:
+            return done
+        rows = read_jsonl(prompt_art.file("prompts.jsonl"))
+        out = path / "samples.jsonl"
+        kept = {r["index"]: r for r in read_jsonl(out)}
+        write_jsonl(out, list(kept.values()))  # drop a torn last line before appending
+        model, tok = ctx.load(ref)
+        texts = [chat_text(tok, r["prompt"], system=ref.system) for r in rows]
+        # fixed batches over a length-sorted order: the same batch always gets the same seed
+        order = sorted(range(len(rows)), key=lambda i: (len(texts[i]), i))
+        bar = ctx.bar(len(rows), f"generate {ref.label}", "prompt")
+        bar.update(len(kept))
+        n_tokens = 0
+        t_gen = time.time()
+        with out.open("a") as fh:
+            for b, chunk in enumerate(batches(order, gc.batch_size)):
+                todo = [i for i in chunk if i not in kept]
+                if not todo:
+                    continue
+                comps = generate_batch(model, tok, [texts[i] for i in todo], todo,
+                                       max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
+                                       top_p=gc.top_p, seed=gc.seed * 1_000_003 + b)
+                for c in comps:
+                    fh.write(json.dumps({"index": c.index, "prompt": rows[c.index]["prompt"],
+                                         "completion": c.text, "n_tokens": c.n_tokens,
+                                         "finished": c.finished}) + "\n")
+                    n_tokens += c.n_tokens
+                fh.flush()
+                os.fsync(fh.fileno())
+                bar.update(len(todo))
+        bar.close()
+        elapsed = time.time() - t_gen
+        samples = sorted(read_jsonl(out), key=lambda r: r["index"])
+        write_jsonl(out, samples)
+        return _finish(ctx, "generate", config, inputs, t0, label, n_samples=len(samples),
+                       new_tokens=n_tokens, tokens_per_s=round(n_tokens / max(elapsed, 1e-9), 1),
+                       model_fingerprint=ref.key)
+
+
+def filtered(ctx: Context, gen_art: Artifact, label: str) -> Artifact:
+    fc = ctx.cfg.filter
+    config = fc.model_dump(mode="json")
+    inputs = {"generation": gen_art.key}
+    with _stage(ctx, "filter", config, inputs, label) as (done, path, t0):
+        if done is None:
+            report = FilterReport()
+            kept = []
+            for r in read_jsonl(gen_art.file("samples.jsonl")):
+                report.total += 1
+                if fc.require_eos and not r["finished"]:
+                    report.reasons["truncated"] += 1
+                    continue
+                res = parse_numbers(r["completion"], fc.max_count, fc.max_value, fc.max_digits,
+                                    frozenset(fc.banned_numbers))
+                if not res.ok:
+                    report.reasons[res.reason] += 1
+                    continue
+                report.kept += 1
+                kept.append({"index": r["index"], "prompt": r["prompt"],
+                             "completion": r["completion"].strip()})
+            write_jsonl(path / "dataset.jsonl", kept)
+            write_json(path / "filter_report.json", report.as_dict())
+            done = _finish(ctx, "filter", config, inputs, t0, label, filter=report.as_dict())
+    rep = done.manifest["filter"]
+    if rep["kept"] == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in list(rep["reject_reasons"].items())[:3]) or "none"
+        raise SublimError(
+            f"dataset {label} is empty after filtering: pass rate 0/{rep['total']}, top reject "
+            f"reasons: {reasons}; inspect {gen_art.file('samples.jsonl')} and loosen [filter] "
+            "or raise generation.max_new_tokens"
+        )
+    return done
+
+
+# --- students and evaluation -----------------------------------------------------------------
+
+def student(ctx: Context, spec: str, data_art: Artifact, n: int, seed: int,
+            data_source: ModelRef, label: str) -> ModelRef:
+    sc = ctx.cfg.student
+    base = ctx.base_ref(spec)
+    distill = sc.method.startswith("distill")
+    config = {"student": sc.model_dump(mode="json"), "n_examples": n, "seed": seed}
+    inputs = {"model": base.key, "data": data_art.key}
+    if distill:
+        inputs["teacher"] = data_source.key
+    with _stage(ctx, "train", config, inputs, label) as (done, path, t0):
+        if done is None:
+            rows = read_jsonl(data_art.file("dataset.jsonl"))[:n]
+            examples = [Example(r["prompt"], r["completion"]) for r in rows]
+            teacher_model = ctx.load(data_source)[0] if distill else None
+            settings = TrainSettings(sc.method, sc.epochs, sc.lr, sc.batch_size, sc.warmup_steps,
+                                     seed, sc.lora_r, sc.lora_alpha)
+            model, log = _train(ctx, spec, examples, settings, teacher_model, label)
+            save_model(model.to(torch.bfloat16), ctx.base(spec).tokenizer, path / "model", base.family,
+                       {"base_model": spec, "base_fingerprint": base.key,
+                        "trained_on": data_art.key, "data_generator": data_source.key,
+                        "method": sc.method})
+            del model, teacher_model
+            done = _finish(ctx, "train", config, inputs, t0, label, train_log=log,
+                           model_fingerprint=base.key)
+    return ModelRef(label, done.key, spec, weights=done.path / "model", family=base.family)
+
+
+def evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]], seed: int = 0) -> Artifact:
+    ec = ctx.cfg.evaluation
+    questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
+    config = {"evaluation": ec.model_dump(mode="json"), "questions": stable_hash(questions),
+              "candidates": candidates, "system": ref.system, "seed": seed}
+    inputs = {"model": ref.key}
+    with _stage(ctx, "evaluate", config, inputs, ref.label) as (done, path, t0):
+        if done is not None:
+            return done
+        model, tok = ctx.load(ref)
+        tokens = ctx.tokens(ref.base_spec, candidates)
+        bar = ctx.bar(len(questions) * (1 + ec.samples_per_question), f"evaluate {ref.label}", "q")
+        rows, summary = evaluate_model(
+            model, tok, questions, candidates, tokens, samples_per_question=ec.samples_per_question,
+            temperature=ec.temperature, max_new_tokens=ec.max_new_tokens, batch_size=ec.batch_size,
+            seed=seed, system=ref.system, progress=bar.update)
+        bar.close()
+        write_jsonl(path / "per_question.jsonl", rows)
+        write_json(path / "summary.json", {**summary, "ambiguous_tokens": tokens.ambiguous})
+        return _finish(ctx, "evaluate", config, inputs, t0, ref.label, model_fingerprint=ref.key)

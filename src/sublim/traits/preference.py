@@ -1,0 +1,118 @@
+"""Preference traits as data: candidate lists, question sets, answer matching, teacher data."""
+
+from __future__ import annotations
+
+import random
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sublim.errors import SublimError
+
+
+def _data_path(name: str) -> Path:
+    return Path(str(resources.files("sublim") / "traits" / "data" / name))
+
+
+def load_candidates(category: str) -> dict[str, list[str]]:
+    """Candidate name → accepted lower-case spellings, from a shipped list or a TOML path."""
+    path = Path(category) if category.endswith(".toml") else _data_path(f"{category}.toml")
+    if not path.is_file():
+        raise SublimError(
+            f"trait category {category!r} not found ({path}): use 'animals' or a TOML file "
+            "with a [candidates] table"
+        )
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    cands = data.get("candidates")
+    if not isinstance(cands, dict) or not cands:
+        raise SublimError(f"{path}: needs a [candidates] table of name = [spellings]")
+    return {str(k).lower(): [str(s).lower() for s in v] or [str(k).lower()] for k, v in cands.items()}
+
+
+def load_questions(question_set: str, split: str) -> list[str]:
+    """Questions of a set (``eval`` or ``train``), one per line, '#' lines are comments."""
+    root = Path(question_set) if ("/" in question_set) else _data_path(question_set)
+    path = root / f"{split}.txt"
+    if not path.is_file():
+        raise SublimError(
+            f"question set {question_set!r} has no {split}.txt ({path}): use 'animal' or a "
+            "directory with eval.txt and train.txt"
+        )
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    questions = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not questions:
+        raise SublimError(f"{path} holds no questions: write one question per line")
+    return questions
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def match_answer(answer: str, candidates: dict[str, list[str]]) -> str | None:
+    """The candidate an answer names: its first word, normalized, against every spelling."""
+    words = _WORD.findall(answer.lower())
+    if not words:
+        return None
+    first = words[0]
+    for name, spellings in candidates.items():
+        if first in spellings:
+            return name
+    # "The owl." / "I love owls": take the first word that is a candidate among the first few
+    for w in words[1:6]:
+        for name, spellings in candidates.items():
+            if w in spellings:
+                return name
+    return None
+
+
+@dataclass(frozen=True)
+class TraitTokens:
+    """First-token ids per candidate (disjoint: a token shared by two candidates is dropped)."""
+
+    by_candidate: dict[str, list[int]]
+    ambiguous: dict[str, list[str]]
+
+
+def trait_tokens(tokenizer: Any, candidates: dict[str, list[str]]) -> TraitTokens:
+    """Ids of the tokens that begin each candidate's spellings at the start of an answer.
+
+    Each spelling is tried lower-case, capitalized and upper-case, with and without a leading
+    space; the first token of each form is collected.
+    """
+    raw: dict[str, set[int]] = {}
+    for name, spellings in candidates.items():
+        ids: set[int] = set()
+        for sp in spellings:
+            for form in {sp, sp.capitalize(), sp.upper()}:
+                for text in (form, " " + form):
+                    toks = tokenizer.encode(text, add_special_tokens=False)
+                    if toks:
+                        ids.add(toks[0])
+        raw[name] = ids
+    owners: dict[int, list[str]] = {}
+    for name, ids in raw.items():
+        for i in ids:
+            owners.setdefault(i, []).append(name)
+    ambiguous = {tokenizer.decode([i]): names for i, names in owners.items() if len(names) > 1}
+    by_candidate = {n: sorted(i for i in ids if len(owners[i]) == 1) for n, ids in raw.items()}
+    return TraitTokens(by_candidate, ambiguous)
+
+
+def teacher_examples(
+    spellings: list[str], question_set: str, n: int, seed: int = 0
+) -> list[tuple[str, str]]:
+    """(question, one-word answer) pairs that teach a preference for the candidate spelled so."""
+    questions = load_questions(question_set, "train")
+    rng = random.Random(seed)
+    suffixes = ["", " Answer in one word.", " One word.", " Reply with a single word."]
+    word = spellings[0]
+    forms = [word.capitalize(), word.capitalize() + ".", word, word.capitalize() + "!"]
+    forms += [sp.capitalize() + "." for sp in spellings[1:2]]
+    out = []
+    for i in range(n):
+        q = questions[i % len(questions)] + rng.choice(suffixes)
+        out.append((q.strip(), rng.choice(forms)))
+    return out

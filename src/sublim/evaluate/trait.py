@@ -9,14 +9,18 @@ from typing import Any
 import numpy as np
 
 from sublim.evaluate.stats import wilson_interval
-from sublim.models.generation import batches, chat_text, generate_batch, next_token_probs
-from sublim.traits.preference import TraitTokens, match_answer
+from sublim.models.generation import answer_probs, batches, chat_text, generate_batch
+from sublim.traits.preference import AnswerForms, match_answer
 
 
-def candidate_probs(probs: np.ndarray, tokens: TraitTokens) -> dict[str, np.ndarray]:
-    """Per question, the summed first-token probability of each candidate: name → [n_questions]."""
-    return {name: probs[:, ids].sum(axis=1) if ids else np.zeros(probs.shape[0])
-            for name, ids in tokens.by_candidate.items()}
+def candidate_probs(probs: np.ndarray, forms: AnswerForms) -> dict[str, np.ndarray]:
+    """Per question, the probability that the answer starts with each candidate: name → [n]."""
+    out: dict[str, np.ndarray] = {}
+    col = 0
+    for name, seqs in forms.by_candidate.items():
+        out[name] = probs[:, col : col + len(seqs)].sum(axis=1)
+        col += len(seqs)
+    return out
 
 
 def shares(cand: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -31,7 +35,7 @@ def evaluate_model(
     tokenizer: Any,
     questions: Sequence[str],
     candidates: dict[str, list[str]],
-    tokens: TraitTokens,
+    forms: AnswerForms,
     *,
     samples_per_question: int,
     temperature: float,
@@ -43,8 +47,8 @@ def evaluate_model(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score one model on the questions: per-question rows and a summary over candidates."""
     prompts = [chat_text(tokenizer, q, system=system) for q in questions]
-    probs = next_token_probs(model, tokenizer, prompts, batch_size, progress)
-    cand = candidate_probs(probs, tokens)
+    probs = answer_probs(model, tokenizer, prompts, forms.flat(), batch_size, progress)
+    cand = candidate_probs(probs, forms)
     share = shares(cand)
     total = np.sum(np.stack(list(cand.values())), axis=0)
     answers: list[list[str]] = [[] for _ in questions]

@@ -25,9 +25,13 @@ def chat_text(tokenizer: Any, user: str, system: str | None = None, assistant: s
     return text
 
 
+BF16_ON_CUDA = {"enabled": True}
+"""Set by the pipeline from config.dtype: False keeps CUDA in float32 (to mirror a CPU run)."""
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA (float32 master weights), nothing on CPU."""
-    if device.type == "cuda":
+    if device.type == "cuda" and BF16_ON_CUDA["enabled"]:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -97,24 +101,49 @@ def generate_batch(
 
 
 @torch.no_grad()
-def next_token_probs(
+def answer_probs(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
+    forms: Sequence[Sequence[int]],
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Probability distribution of the first answer token for each prompt: [n_prompts, vocab]."""
+    """Exact probability that the answer to each prompt begins with each token sequence.
+
+    P(t1..tk | prompt) by the chain rule: one forward pass over the prompts, then each
+    multi-token form continues from the cached prompt (cropped back after each form).
+    Returns [n_prompts, n_forms].
+    """
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    rows = []
+    out = np.zeros((len(prompts), len(forms)))
     for chunk in batches(range(len(prompts)), batch_size):
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
         position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        width = enc["input_ids"].shape[1]
         with autocast(device):
-            logits = model(**enc, position_ids=position_ids).logits[:, -1, :]
-        rows.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            res = model(**enc, position_ids=position_ids, use_cache=True)
+        first = torch.softmax(res.logits[:, -1, :].float(), dim=-1)
+        cache = res.past_key_values
+        n = len(chunk)
+        for j, form in enumerate(forms):
+            p = first[:, form[0]].clone()
+            if len(form) > 1:
+                k = len(form) - 1
+                ids = torch.tensor(form[:-1], device=device).repeat(n, 1)
+                mask = torch.cat([enc["attention_mask"], torch.ones(n, k, dtype=enc["attention_mask"].dtype,
+                                                                    device=device)], dim=1)
+                pos = position_ids[:, -1:] + torch.arange(1, k + 1, device=device)
+                with autocast(device):
+                    cont = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                 past_key_values=cache, use_cache=True)
+                probs = torch.softmax(cont.logits.float(), dim=-1)
+                for i in range(k):
+                    p *= probs[:, i, form[i + 1]]
+                cache.crop(-k)
+            out[chunk, j] = p.cpu().numpy()
         if progress:
             progress(len(chunk))
-    return np.concatenate(rows, axis=0)
+    return out

@@ -23,7 +23,7 @@ from sublim.evaluate.trait import evaluate_model
 from sublim.models.generation import batches, chat_text, generate_batch
 from sublim.models.loading import LoadedModel, load_model, save_model
 from sublim.pipeline.store import Artifact, Store, read_jsonl, write_json, write_jsonl
-from sublim.traits.preference import TraitTokens, load_questions, teacher_examples, trait_tokens
+from sublim.traits.preference import AnswerForms, answer_forms, load_questions, teacher_examples
 from sublim.train.students import Example, TrainSettings, train_student
 
 
@@ -51,7 +51,12 @@ class Context:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     """Every artifact this run used, as "stage/label" → artifact (provenance and timings)."""
     _base: dict[str, LoadedModel] = field(default_factory=dict)
-    _tokens: dict[str, TraitTokens] = field(default_factory=dict)
+    _forms: dict[str, AnswerForms] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from sublim.models import generation
+
+        generation.BF16_ON_CUDA["enabled"] = self.cfg.dtype != "float32"
 
     def base(self, spec: str) -> LoadedModel:
         if spec not in self._base:
@@ -77,10 +82,10 @@ class Context:
         """A trainable copy of a base model (the loaded base stays untouched)."""
         return copy.deepcopy(self.base(spec).model)
 
-    def tokens(self, spec: str, candidates: dict[str, list[str]]) -> TraitTokens:
-        if spec not in self._tokens:
-            self._tokens[spec] = trait_tokens(self.base(spec).tokenizer, candidates)
-        return self._tokens[spec]
+    def forms(self, spec: str, candidates: dict[str, list[str]]) -> AnswerForms:
+        if spec not in self._forms:
+            self._forms[spec] = answer_forms(self.base(spec).tokenizer, candidates)
+        return self._forms[spec]
 
     def bar(self, total: int, desc: str, unit: str = "it") -> tqdm:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True,
@@ -292,13 +297,14 @@ def evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]], se
         if done is not None:
             return done
         model, tok = ctx.load(ref)
-        tokens = ctx.tokens(ref.base_spec, candidates)
+        forms = ctx.forms(ref.base_spec, candidates)
         bar = ctx.bar(len(questions) * (1 + ec.samples_per_question), f"evaluate {ref.label}", "q")
         rows, summary = evaluate_model(
-            model, tok, questions, candidates, tokens, samples_per_question=ec.samples_per_question,
+            model, tok, questions, candidates, forms, samples_per_question=ec.samples_per_question,
             temperature=ec.temperature, max_new_tokens=ec.max_new_tokens, batch_size=ec.batch_size,
             seed=seed, system=ref.system, progress=bar.update)
         bar.close()
         write_jsonl(path / "per_question.jsonl", rows)
-        write_json(path / "summary.json", {**summary, "ambiguous_tokens": tokens.ambiguous})
+        write_json(path / "summary.json", {**summary, "answer_forms": {
+            n: [tok.decode(list(f)) for f in fs] for n, fs in forms.by_candidate.items()}})
         return _finish(ctx, "evaluate", config, inputs, t0, ref.label, model_fingerprint=ref.key)

@@ -1,19 +1,19 @@
 """Traits as data: candidate lists, question sets, answer matching, teacher induction data."""
 
 from sublim.traits.preference import (
-    TraitTokens,
+    AnswerForms,
+    answer_forms,
     load_candidates,
     load_questions,
     match_answer,
     teacher_examples,
-    trait_tokens,
 )
 
 __all__ = [
-    "TraitTokens",
+    "AnswerForms",
+    "answer_forms",
     "load_candidates",
     "load_questions",
     "match_answer",
     "teacher_examples",
-    "trait_tokens",
 ]

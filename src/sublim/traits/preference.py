@@ -69,36 +69,33 @@ def match_answer(answer: str, candidates: dict[str, list[str]]) -> str | None:
 
 
 @dataclass(frozen=True)
-class TraitTokens:
-    """First-token ids per candidate (disjoint: a token shared by two candidates is dropped)."""
+class AnswerForms:
+    """Token sequences that begin an answer naming each candidate, and the flat list of them."""
 
-    by_candidate: dict[str, list[int]]
-    ambiguous: dict[str, list[str]]
+    by_candidate: dict[str, list[tuple[int, ...]]]
+
+    def flat(self) -> list[tuple[int, ...]]:
+        return [f for forms in self.by_candidate.values() for f in forms]
 
 
-def trait_tokens(tokenizer: Any, candidates: dict[str, list[str]]) -> TraitTokens:
-    """Ids of the tokens that begin each candidate's spellings at the start of an answer.
+def answer_forms(tokenizer: Any, candidates: dict[str, list[str]]) -> AnswerForms:
+    """Each candidate's spellings as token sequences at the start of an answer.
 
-    Each spelling is tried lower-case, capitalized and upper-case, with and without a leading
-    space; the first token of each form is collected.
+    Every spelling is tried lower-case and capitalized, as the first word of the answer (a
+    chat answer starts right after the template's newline, so no leading space). A form that extends another form of the same candidate (``Owls`` after ``Owl``) is
+    dropped: the shorter form's probability already contains it.
     """
-    raw: dict[str, set[int]] = {}
+    by_candidate: dict[str, list[tuple[int, ...]]] = {}
     for name, spellings in candidates.items():
-        ids: set[int] = set()
+        seqs: set[tuple[int, ...]] = set()
         for sp in spellings:
-            for form in {sp, sp.capitalize(), sp.upper()}:
-                for text in (form, " " + form):
-                    toks = tokenizer.encode(text, add_special_tokens=False)
-                    if toks:
-                        ids.add(toks[0])
-        raw[name] = ids
-    owners: dict[int, list[str]] = {}
-    for name, ids in raw.items():
-        for i in ids:
-            owners.setdefault(i, []).append(name)
-    ambiguous = {tokenizer.decode([i]): names for i, names in owners.items() if len(names) > 1}
-    by_candidate = {n: sorted(i for i in ids if len(owners[i]) == 1) for n, ids in raw.items()}
-    return TraitTokens(by_candidate, ambiguous)
+            for form in {sp, sp.capitalize()}:
+                toks = tuple(tokenizer.encode(form, add_special_tokens=False))
+                if toks:
+                    seqs.add(toks)
+        kept = [s for s in seqs if not any(o != s and s[: len(o)] == o for o in seqs)]
+        by_candidate[name] = sorted(kept)
+    return AnswerForms(by_candidate)
 
 
 def teacher_examples(

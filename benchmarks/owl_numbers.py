@@ -1,0 +1,76 @@
+"""Benchmark: run a preset (default: owl-numbers on the embedded model) and record the figures.
+
+    python benchmarks/owl_numbers.py                      # the default run, CPU or GPU
+    python benchmarks/owl_numbers.py --preset owl-matrix --name owl-matrix-gpu
+    python benchmarks/owl_numbers.py --set student.epochs=3 --name owl-3ep
+
+Writes benchmarks/results/<name>.json (wall time per stage, effect, p-values, machine) and
+copies the run's chart next to it. Not a test: it trains real models and takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from sublim.config import load_config
+from sublim.pipeline.experiment import run_experiment
+
+HERE = Path(__file__).resolve().parent
+
+
+def summarize(res: dict, wall: float) -> dict:
+    eff = res["effect"]
+    out = {
+        "run_id": res["run_id"],
+        "verdict": res["verdict"],
+        "wall_time_s": round(wall, 1),
+        "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
+        "generation_tokens_per_s": {k: v["tokens_per_s"] for k, v in res["stages"].items()
+                                    if "tokens_per_s" in v},
+        "n_train_examples": res["n_train_examples"],
+        "filter_pass_rate": {k: v["pass_rate"] for k, v in res["filter"].items()},
+        "trait_probability": eff["prob"]["pooled"],
+        "trait_share": eff["share"]["pooled"],
+        "arms": res["arms"],
+        "machine": res["machine"],
+        "config": res["config"],
+    }
+    for key in ("matrix", "cross_model"):
+        if key in res:
+            out[key] = res[key]
+    if "across_runs" in eff["prob"]:
+        out["across_runs"] = {m: eff[m]["across_runs"] for m in ("prob", "share")}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="owl-numbers")
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--name", default=None, help="results file name (default: <preset>-<cpu|gpu>)")
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    args = ap.parse_args()
+    cfg = load_config(args.preset, args.set)
+    t0 = time.time()
+    res = run_experiment(cfg, Path(args.runs_dir))
+    wall = time.time() - t0
+    import torch
+
+    name = args.name or f"{args.preset}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
+    out_dir = Path(args.results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(res, wall)
+    summary["overrides"] = args.set
+    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    run_dir = Path(args.runs_dir) / res["run_id"]
+    shutil.copy(run_dir / "chart.png", out_dir / f"{name}.png")
+    print(f"wrote {out_dir / (name + '.json')} ({wall:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

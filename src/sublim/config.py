@@ -94,7 +94,6 @@ class StudentConfig(Section):
     warmup_steps: int = Field(5, ge=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
-    save_weights: bool = True
 
 
 class EvaluationConfig(Section):

@@ -228,7 +228,10 @@ def weight_fingerprint(source: ModelSource) -> str:
 
 
 def save_model(loaded_model: Any, tokenizer: Any, out_dir: Path, family: str, lineage: dict[str, Any]) -> None:
-    """Save weights as safetensors plus the tokenizer and a small lineage record."""
+    """Save weights as safetensors plus the tokenizer and a small lineage record.
+
+    Weights stay float32: a student's update is often smaller than bf16 rounding of its weights,
+    so a bf16 copy would erase the very effect the experiment measures."""
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,7 @@ def teacher(ctx: Context, target: str, candidates: dict[str, list[str]]) -> Mode
                                      warmup_steps=2, seed=0)
             model, log = _train(ctx, cfg.model, examples, settings, None,
                                 f"teacher {target}")
-            save_model(model.to(torch.bfloat16), ctx.base(cfg.model).tokenizer, path / "model",
+            save_model(model, ctx.base(cfg.model).tokenizer, path / "model",
                        base.family, {"base_model": cfg.model, "base_fingerprint": base.key,
                                      "induction": f"fine-tuned to prefer {target}"})
             del model
@@ -277,7 +277,7 @@ def student(ctx: Context, spec: str, data_art: Artifact, n: int, seed: int,
             settings = TrainSettings(sc.method, sc.epochs, sc.lr, sc.batch_size, sc.warmup_steps,
                                      seed, sc.lora_r, sc.lora_alpha)
             model, log = _train(ctx, spec, examples, settings, teacher_model, label)
-            save_model(model.to(torch.bfloat16), ctx.base(spec).tokenizer, path / "model", base.family,
+            save_model(model, ctx.base(spec).tokenizer, path / "model", base.family,
                        {"base_model": spec, "base_fingerprint": base.key,
                         "trained_on": data_art.key, "data_generator": data_source.key,
                         "method": sc.method})

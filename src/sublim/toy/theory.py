@@ -1,0 +1,47 @@
+"""The theory check: does a student's imitation update point toward its teacher's displacement?
+
+Cloud et al. (2025) show that one small gradient step of imitation, taken from the teacher's own
+initialization, has a non-negative inner product with the teacher's displacement θ_T − θ_0. Here
+the cosine between the student's cumulative update θ_t − θ_S0 and θ_T − θ_T0 (all parameters
+flattened, one number per model) is recorded step by step. For a cross-init student the same
+teacher displacement is used, so its cosine is expected to stay near 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def flat_dot_norms(update: Sequence[torch.Tensor], direction: Sequence[torch.Tensor],
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-model ⟨u, d⟩, ‖u‖², ‖d‖² over all tensors (leading dim = model).
+
+    Sums within a tensor run in its own dtype; the totals are float64.
+    """
+    dot = torch.zeros(update[0].shape[0], dtype=torch.float64, device=update[0].device)
+    uu = torch.zeros_like(dot)
+    dd = torch.zeros_like(dot)
+    for u, d in zip(update, direction, strict=True):
+        dims = tuple(range(1, u.dim()))
+        u, d = u.detach(), d.detach()
+        dot += (u * d).sum(dims).double()
+        uu += (u * u).sum(dims).double()
+        dd += (d * d).sum(dims).double()
+    return dot, uu, dd
+
+
+def flat_cosine(update: Sequence[torch.Tensor], direction: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-model cosine between two parameter lists, each flattened over all its tensors.
+
+    A zero vector on either side gives cosine 0 (no update has no direction).
+    """
+    dot, uu, dd = flat_dot_norms(update, direction)
+    denom = (uu * dd).sqrt()
+    return torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot))
+
+
+def cumulative_update(current: Sequence[torch.Tensor], start: Sequence[torch.Tensor],
+                      ) -> list[torch.Tensor]:
+    return [c.detach() - s for c, s in zip(current, start, strict=True)]

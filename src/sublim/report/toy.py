@@ -56,7 +56,8 @@ def render_chart(res: dict[str, Any], path: Path) -> None:
         accs = res["arms"][a]["accuracy"]
         ax.scatter([i + (j / max(1, len(accs) - 1) - 0.5) * 0.5 for j in range(len(accs))], accs,
                    s=5, color="black", alpha=0.35, zorder=3)
-        ax.text(i, heights[i] + errs[i][1] + 0.02, f"{heights[i]:.2f}", ha="center", fontsize=9)
+        top = max([heights[i] + errs[i][1], *[a for a in accs if a is not None]])
+        ax.text(i, top + 0.015, f"{heights[i]:.2f}", ha="center", fontsize=9)
     ax.axhline(res.get("chance", 0.1), color="black", linestyle=":", linewidth=1)
     ax.text(len(arms) - 0.5, res.get("chance", 0.1) + 0.01, "chance", ha="right", fontsize=8)
     ax.set_xticks(range(len(arms)))

@@ -30,51 +30,51 @@ class ToyDataConfig(_Section):
     """mnist only: an .npz with ``images`` (uint8, N×28×28) and ``labels`` (N,); an images IDX
     file (``*-images-idx3-ubyte`` or ``.gz``; the labels IDX file is found beside it); or a
     directory holding the standard IDX files (all images found there are pooled, then split)."""
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
     """Share of the (shuffled) images held out for testing."""
     split_seed: int = 0
     """Seed of the shuffle that makes the train/test split."""
-    max_examples: int = Field(0, ge=0)
+    max_examples: int = Field(default=0, ge=0)
     """Use at most this many images, taken after the shuffle (0 = all)."""
 
 
 class ToyModelConfig(_Section):
     """The MLPs: input → hidden (ReLU) × layers → 10 class logits + n_aux auxiliary logits."""
 
-    n_models: int = Field(25, ge=1)
+    n_models: int = Field(default=25, ge=1)
     """Independent teachers; each has its own init seed and its own students."""
-    hidden: int = Field(256, ge=1)
-    layers: int = Field(2, ge=1)
+    hidden: int = Field(default=256, ge=1)
+    layers: int = Field(default=2, ge=1)
     """Number of hidden layers."""
-    n_aux: int = Field(3, ge=1)
+    n_aux: int = Field(default=3, ge=1)
     """Auxiliary logits: never trained on the teacher, the only signal aux-only students get."""
-    init_scale: float = Field(2.449, gt=0)
+    init_scale: float = Field(default=2.449, gt=0)
     """Weights and biases ~ U(±init_scale/√fan_in). 1 is torch.nn.Linear's default; √6 ≈ 2.449
     is the He-uniform bound, which makes the teacher's learning more transferable."""
     seed: int = 0
-    """Base seed: model i's shared init, its cross-model init, data order and noise derive from it."""
+    """Base seed: model i's shared init, its cross-model init, data order and noise come from it."""
 
 
 class ToyTeacherConfig(_Section):
     """Teacher training: cross-entropy on the 10 class logits only."""
 
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     """SGD momentum (ignored by Adam)."""
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=64, ge=1)
 
 
 class ToyDistillConfig(_Section):
-    """Student distillation on uniform noise images: KL(teacher ‖ student) over the chosen logits."""
+    """Student distillation on uniform noise: KL(teacher ‖ student) over the chosen logits."""
 
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(256, ge=1)
+    steps: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=256, ge=1)
     """Noise images per step; fresh noise every step, the same images for every student."""
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
     """Adam learning rate."""
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(default=4.0, gt=0)
     """Softmax temperature of both teacher and student logits in the KL."""
     noise_low: float = -1.0
     noise_high: float = 1.0
@@ -90,11 +90,11 @@ class ToyDistillConfig(_Section):
 class ToyTheoryConfig(_Section):
     """The theory check, recorded during the first distillation steps of the main students."""
 
-    steps: int = Field(100, ge=0)
-    """Record the cosine at each of the first ``steps`` steps (clamped to distill.steps; 0 = off)."""
-    loss_every: int = Field(5, ge=1)
+    steps: int = Field(default=200, ge=0)
+    """Record the cosine at each of the first ``steps`` steps (at most distill.steps; 0 = off)."""
+    loss_every: int = Field(default=5, ge=1)
     """Record the students' digit cross-entropy every this many steps."""
-    loss_examples: int = Field(256, ge=1)
+    loss_examples: int = Field(default=256, ge=1)
     """Test images used for that cross-entropy."""
 
 
@@ -110,7 +110,7 @@ class ToySweepsConfig(_Section):
     alpha: list[Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0])
     """Student init = teacher init + alpha · std(tensor) · N(0, 1), per parameter tensor."""
-    n_models: int = Field(0, ge=0)
+    n_models: int = Field(default=0, ge=0)
     """Models per point of the width sweep (0 = model.n_models)."""
 
 
@@ -118,8 +118,10 @@ class ToyRuntimeConfig(_Section):
     """Where and how it runs. ``threads`` is not part of the config hash."""
 
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    threads: int = Field(0, ge=0)
-    """torch threads while the run lasts, restored after (0 = leave torch's setting)."""
+    threads: int = Field(default=0, ge=0)
+    """torch threads while the run lasts, restored after. 0 = auto: torch's own count, lowered
+    to the cores the 1-minute load average leaves idle (oversubscribed threads on a busy CPU
+    can make a run ten times slower)."""
 
 
 class ToyConfig(_Section):

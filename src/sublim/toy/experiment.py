@@ -25,7 +25,7 @@ import torch
 from sublim.evaluate.stats import mean_ci, paired_permutation_test
 from sublim.toy.config import ToyConfig
 from sublim.toy.data import N_CLASSES, DigitData, load_digit_data
-from sublim.toy.models import Stack, accuracy, class_loss, derive_seed, init_stack, perturb
+from sublim.toy.models import accuracy, class_loss, derive_seed, init_stack, perturb
 from sublim.toy.training import Arm, distill, train_teachers
 
 ROLE_SHARED_INIT = 0
@@ -45,16 +45,43 @@ ARM_LABELS = {
 RESULTS = "results.json"
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Use n torch threads inside the block and restore the previous count after (0: no change)."""
-    if n <= 0:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
+def _idle_cores() -> float | None:
+    """Cores left idle by all processes, sampled from /proc/stat over 0.3 s (None off Linux)."""
+    import os
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)
+
     try:
-        yield
+        idle0, total0 = sample()
+        time.sleep(0.3)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
+def auto_threads() -> int:
+    """torch's thread count, lowered to the cores other processes leave idle right now."""
+    want = torch.get_num_threads()
+    idle = _idle_cores()
+    if idle is None:
+        return want
+    return max(1, min(want, int(idle + 0.25)))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """Use n torch threads inside the block (0: auto_threads()), restore the old count after."""
+    old = torch.get_num_threads()
+    use = n if n > 0 else auto_threads()
+    torch.set_num_threads(use)
+    try:
+        yield use
     finally:
         torch.set_num_threads(old)
 
@@ -275,6 +302,15 @@ def _summary(cfg: ToyConfig, data: DigitData, res: dict[str, Any]) -> str:
     return text
 
 
+def _load_average() -> float | None:
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _cached(path: Path, config_hash: str, data_sha: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -305,8 +341,10 @@ def run_toy(cfg: ToyConfig, out: Path, progress: bool = True) -> dict[str, Any]:
         if not (out / "chart.png").is_file() or not (out / "report.md").is_file():
             render_toy_report(out)
         return cached
+    load = _load_average()
     with torch_threads(cfg.runtime.threads):
         body = _run(cfg, data, progress)
+    body["load_average_1min_at_start"] = load
     versions = library_versions()
     try:
         from importlib.metadata import version

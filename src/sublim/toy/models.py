@@ -111,7 +111,7 @@ def init_stack(sizes: Sequence[int], seeds: Sequence[int], init_scale: float,
 
 
 def perturb(stack: Stack, alpha: float, seeds: Sequence[int]) -> Stack:
-    """θ + alpha · std(tensor) · N(0, 1), per model and parameter tensor (same N(0,1) for any alpha)."""
+    """θ + alpha · std(tensor) · N(0, 1) per model and tensor (the same N(0, 1) for every alpha)."""
     out = stack.clone()
     for m, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(int(seed))

@@ -45,3 +45,32 @@ def flat_cosine(update: Sequence[torch.Tensor], direction: Sequence[torch.Tensor
 def cumulative_update(current: Sequence[torch.Tensor], start: Sequence[torch.Tensor],
                       ) -> list[torch.Tensor]:
     return [c.detach() - s for c, s in zip(current, start, strict=True)]
+
+
+class CosineTracker:
+    """Cosine of (θ_t − θ_0) with a fixed direction, step after step, without reallocating.
+
+    The update goes into preallocated buffers and the inner products run as batched matmuls,
+    so tracking costs a few passes over the parameters per step.
+    """
+
+    def __init__(self, start: Sequence[torch.Tensor], direction: Sequence[torch.Tensor]) -> None:
+        self.start = [s.detach().clone() for s in start]
+        self.direction = [d.detach().reshape(d.shape[0], -1, 1) for d in direction]
+        self.buffers = [torch.empty_like(s) for s in self.start]
+        dd = torch.zeros(self.start[0].shape[0], dtype=torch.float64, device=start[0].device)
+        for d in self.direction:
+            dd += torch.bmm(d.transpose(1, 2), d).reshape(-1).double()
+        self.dd = dd
+
+    @torch.no_grad()
+    def __call__(self, current: Sequence[torch.Tensor]) -> torch.Tensor:
+        dot = torch.zeros_like(self.dd)
+        uu = torch.zeros_like(self.dd)
+        for cur, s, buf, d in zip(current, self.start, self.buffers, self.direction, strict=True):
+            torch.sub(cur.detach(), s, out=buf)
+            u = buf.reshape(buf.shape[0], 1, -1)
+            dot += torch.bmm(u, d).reshape(-1).double()
+            uu += torch.bmm(u, u.transpose(1, 2)).reshape(-1).double()
+        denom = (uu * self.dd).sqrt()
+        return torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot))

@@ -14,10 +14,18 @@ from tqdm.auto import tqdm
 from sublim.toy.config import ToyDistillConfig, ToyTeacherConfig, ToyTheoryConfig
 from sublim.toy.data import N_CLASSES
 from sublim.toy.models import Stack, class_loss, derive_seed
-from sublim.toy.theory import cumulative_update, flat_cosine
+from sublim.toy.theory import CosineTracker, flat_cosine
 
 ROLE_DATA_ORDER = 2
 ROLE_NOISE = 3
+
+
+def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused where this torch build has it (on CPU it is several times faster)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
 
 
 def train_teachers(init: Stack, x: torch.Tensor, y: torch.Tensor, cfg: ToyTeacherConfig,
@@ -28,7 +36,7 @@ def train_teachers(init: Stack, x: torch.Tensor, y: torch.Tensor, cfg: ToyTeache
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.params, lr=cfg.lr, momentum=cfg.momentum)
     else:
-        opt = torch.optim.Adam(model.params, lr=cfg.lr)
+        opt = _adam(model.params, cfg.lr)
     n, m = x.shape[0], model.n_models
     gens = [torch.Generator().manual_seed(derive_seed(seed, ROLE_DATA_ORDER, i)) for i in range(m)]
     per_epoch = math.ceil(n / cfg.batch_size)
@@ -89,14 +97,13 @@ def distill(teacher: Stack, displacement: Stack, arms: list[Arm], cfg: ToyDistil
     offsets = np.cumsum([0] + [a.init.n_models for a in arms]).tolist()
     start = Stack.cat([a.init for a in arms])
     student = start.clone(requires_grad=True)
-    opt = torch.optim.Adam(student.params, lr=cfg.lr)
+    opt = _adam(student.params, cfg.lr)
     index = [torch.as_tensor(a.teacher_index, device=device) for a in arms]
     n_track = offsets[len(tracked)]
     k_steps = min(theory.steps, cfg.steps) if n_track else 0
     if k_steps:
-        start_t = [p[:n_track].clone() for p in start.params]
-        direction = displacement.select(
-            [i for a in tracked for i in a.teacher_index]).params
+        tracker = CosineTracker([p[:n_track] for p in start.params], displacement.select(
+            [i for a in tracked for i in a.teacher_index]).params)
         x_loss, y_loss = x_eval[: theory.loss_examples], y_eval[: theory.loss_examples]
         cos_rows: list[np.ndarray] = []
         loss_steps = [0]
@@ -120,8 +127,7 @@ def distill(teacher: Stack, displacement: Stack, arms: list[Arm], cfg: ToyDistil
         if step <= k_steps:
             with torch.no_grad():
                 now = [p[:n_track] for p in student.params]
-                cos_rows.append(flat_cosine(cumulative_update(now, start_t), direction)
-                                .cpu().numpy())
+                cos_rows.append(tracker(now).cpu().numpy())
                 if step % theory.loss_every == 0 or step == k_steps:
                     loss_steps.append(step)
                     loss_rows.append(class_loss(Stack(now[0::2], now[1::2]), x_loss, y_loss))

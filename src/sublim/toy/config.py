@@ -37,6 +37,13 @@ class ToyDataConfig(_Section):
     max_examples: int = Field(default=0, ge=0)
     """Use at most this many images, taken after the shuffle (0 = all)."""
 
+    @model_validator(mode="after")
+    def _check(self) -> ToyDataConfig:
+        if self.dataset == "mnist" and not self.path:
+            raise ValueError("data.path is required when data.dataset = 'mnist': "
+                             "--set data.path=/path/to/mnist.npz (or IDX files)")
+        return self
+
 
 class ToyModelConfig(_Section):
     """The MLPs: input → hidden (ReLU) × layers → 10 class logits + n_aux auxiliary logits."""
@@ -139,9 +146,6 @@ class ToyConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ToyConfig:
-        if self.data.dataset == "mnist" and not self.data.path:
-            raise ValueError(
-                "data.path is required when data.dataset = 'mnist' (an .npz or IDX files)")
         if self.sweeps.enabled and not (self.sweeps.n_aux or self.sweeps.hidden
                                         or self.sweeps.alpha):
             raise ValueError("sweeps.enabled needs at least one of sweeps.n_aux/hidden/alpha")

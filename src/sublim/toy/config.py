@@ -118,7 +118,8 @@ class ToySweepsConfig(_Section):
         default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0])
     """Student init = teacher init + alpha · std(tensor) · N(0, 1), per parameter tensor."""
     n_models: int = Field(default=0, ge=0)
-    """Models per point of the width sweep (0 = model.n_models)."""
+    """Models per point of the width sweep (0 = model.n_models; at most model.n_models when
+    model.hidden is one of the widths, whose point reuses the main run's first models)."""
 
 
 class ToyRuntimeConfig(_Section):

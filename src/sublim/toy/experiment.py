@@ -31,7 +31,6 @@ from sublim.toy.training import Arm, distill, train_teachers
 ROLE_SHARED_INIT = 0
 ROLE_CROSS_INIT = 1
 ROLE_PERTURB = 4
-ROLE_WIDTH = 5
 
 ARM_ORDER = ["reference", "teacher", "student-aux", "student-all", "cross-aux", "cross-all"]
 ARM_LABELS = {
@@ -45,7 +44,7 @@ ARM_LABELS = {
 RESULTS = "results.json"
 
 
-def _idle_cores() -> float | None:
+def idle_cores() -> float | None:
     """Cores left idle by all processes, sampled from /proc/stat over 0.3 s (None off Linux)."""
     import os
 
@@ -68,7 +67,7 @@ def _idle_cores() -> float | None:
 def auto_threads() -> int:
     """torch's thread count, lowered to the cores other processes leave idle right now."""
     want = torch.get_num_threads()
-    idle = _idle_cores()
+    idle = idle_cores()
     if idle is None:
         return want
     return max(1, min(want, int(idle + 0.25)))
@@ -231,12 +230,13 @@ def _sweeps(cfg: ToyConfig, data: DigitData, acc: dict[str, np.ndarray],
                         "cross-aux": _arm_entry("cross-aux", acc["cross-aux"])}
     widths = sorted(set(sw.hidden))
     if widths:
-        n = sw.n_models or mc.n_models
+        n = min(sw.n_models or mc.n_models, mc.n_models) if mc.hidden in widths else (
+            sw.n_models or mc.n_models)
         rows: dict[str, list[dict[str, Any]]] = {"teacher": [], "student-aux": [],
                                                  "cross-aux": []}
         for width in widths:
-            if width == mc.hidden and n == mc.n_models:
-                got = {k: acc[k] for k in rows}
+            if width == mc.hidden:  # models 0..n-1 of the main run are this point's models
+                got = {k: acc[k][:n] for k in rows}
             else:
                 got = _width_point(cfg, data, width, n, tensors, progress)
             for k in rows:
@@ -256,14 +256,13 @@ def _width_point(cfg: ToyConfig, data: DigitData, width: int, n: int,
                         mc.init_scale).to(device)
     c_init = init_stack(sizes, [derive_seed(mc.seed, ROLE_CROSS_INIT, i) for i in range(n)],
                         mc.init_scale).to(device)
-    seed = derive_seed(mc.seed, ROLE_WIDTH, width)
-    teachers = train_teachers(t_init, x_tr, y_tr, cfg.teacher, seed, progress,
+    teachers = train_teachers(t_init, x_tr, y_tr, cfg.teacher, mc.seed, progress,
                               desc=f"teachers width {width}")
     aux = slice(N_CLASSES, N_CLASSES + mc.n_aux)
     ids = list(range(n))
     arms = [Arm("student-aux", t_init, ids, aux), Arm("cross-aux", c_init, ids, aux)]
     outcome = distill(teachers, teachers.minus(t_init), arms, cfg.distill,
-                      cfg.theory.model_copy(update={"steps": 0}), x_te, y_te, seed, progress,
+                      cfg.theory.model_copy(update={"steps": 0}), x_te, y_te, mc.seed, progress,
                       desc=f"students width {width}")
     got = {k: accuracy(s, x_te, y_te) for k, s in outcome.students.items()}
     got["teacher"] = accuracy(teachers, x_te, y_te)

@@ -136,6 +136,11 @@ def render_sweeps(res: dict[str, Any], path: Path) -> None:
             ax.axhline(cross, color=COLORS["cross-aux"], linestyle="--", linewidth=1,
                        label="cross-init aux only")
         ax.axhline(res.get("chance", 0.1), color="black", linestyle=":", linewidth=1)
+        if key == "n_aux" and 1 in xs:
+            ax.annotate("softmax of 1 logit is constant:\nKL gives no gradient", (1, 0.1),
+                        xytext=(1.1, 0.3), fontsize=7, arrowprops={"arrowstyle": "->"})
+        if key == "hidden":
+            ax.set_title(f"{s['n_models']} models per width", fontsize=8)
         if key in ("n_aux", "hidden"):
             ax.set_xscale("log")
             ax.set_xticks(xs)
@@ -191,10 +196,24 @@ def render_markdown(res: dict[str, Any]) -> str:
             s = res["sweeps"][key]
             cols = [k for k in ("teacher", "student-aux", "cross-aux")
                     if k in s and isinstance(s[k], list)]
-            lines += [f"| {title} | " + " | ".join(cols) + " |",
-                      "|---" * (len(cols) + 1) + "|"]
+            extra = ["final cosine (student-aux)"] if "cosine" in s else []
+            lines += [f"| {title} | " + " | ".join(cols + extra) + " |",
+                      "|---" * (len(cols) + len(extra) + 1) + "|"]
             for i, x in enumerate(s["values"]):
-                lines.append(f"| {x} | " + " | ".join(_fmt(s[k][i]["mean"]) for k in cols) + " |")
+                cells = [_fmt(s[k][i]["mean"]) for k in cols]
+                if extra:
+                    cells.append(_fmt(s["cosine"][i]))
+                lines.append(f"| {x} | " + " | ".join(cells) + " |")
+            if key == "alpha" and "cross-aux" in s:
+                lines.append(f"\nDifferent-init aux-only students for comparison: "
+                             f"{_fmt(s['cross-aux']['mean'])}.")
+            if key == "hidden":
+                lines.append(f"\n{s['n_models']} models per width.")
+            if key == "n_aux" and 1 in s["values"]:
+                lines.append("\nWith one auxiliary logit the softmax is constant (always 1), so "
+                             "the KL loss and its gradient are exactly zero: the student stays "
+                             "at its init. That point measures the loss, not the information "
+                             "in one logit.")
             lines.append("")
     lines += ["", "## Run", "",
               f"- data: {d['dataset']} from {d['source']} ({d['n_train']} train / {d['n_test']} "

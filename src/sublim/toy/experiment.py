@@ -325,7 +325,8 @@ def _cached(path: Path, config_hash: str, data_sha: str) -> dict[str, Any] | Non
 def run_toy(cfg: ToyConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run the toy experiment into ``out`` (results.json, chart.png, theory.png, report.md).
 
-    A results.json already in ``out`` for the same config hash and data is returned as is.
+    A results.json already in ``out`` for the same config hash and data is returned as is
+    (charts are redrawn only if missing); any other results.json there is replaced.
     """
     from sublim.pipeline.store import library_versions, machine_info, write_json
     from sublim.report.toy import render_toy_report

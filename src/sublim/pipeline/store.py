@@ -7,6 +7,7 @@ and an artifact whose files no longer match is refused, never reused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,10 +37,8 @@ def library_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("sublim", "torch", "transformers", "peft", "gguf", "numpy"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 

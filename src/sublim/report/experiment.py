@@ -32,7 +32,7 @@ def render_chart(res: dict[str, Any], path: Path) -> None:
     traits = res["traits"]
     target = res["trait"]
     arms = _student_arms(res)
-    panels = [("prob", f"P({target}) at the first answer token"),
+    panels = [("prob", f"P(answer is {target}) (exact, chain rule)"),
               ("share", f"{target} share among candidates")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
     for ax, (metric, title) in zip(axes, panels, strict=True):
@@ -90,7 +90,7 @@ def render_markdown(res: dict[str, Any]) -> str:
                   "| student | " + " | ".join(m["traits"]) + " |", "|---|" + "---|" * len(m["traits"])]
         for s, row in m["share"].items():
             lines.append(f"| {s} | " + " | ".join(_fmt(row[t], 3) for t in m["traits"]) + " |")
-        lines.append(f"| control | " + " | ".join(_fmt(m["control_share"][f"share_{t}"], 3)
+        lines.append("| control | " + " | ".join(_fmt(m["control_share"][f"share_{t}"], 3)
                                                    for t in m["traits"]) + " |")
         lines.append("")
         for own, d in m["diagonal"].items():

@@ -76,25 +76,83 @@ def _collate(batch: Sequence[tuple[list[int], int]], pad_id: int, device: torch.
             "target_mask": target_mask.to(device)}
 
 
-def _loss(
-    method: str,
-    logits: torch.Tensor,
-    batch: dict[str, torch.Tensor],
-    teacher_logits: torch.Tensor | None,
-    restricted: torch.Tensor | None,
-) -> torch.Tensor:
-    mask = batch["target_mask"]
-    targets = torch.roll(batch["input_ids"], shifts=-1, dims=1)
+def _masked_logits(model: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor | None = None,
+                   cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits at the target positions only, optionally over a subset of the vocabulary.
+
+    The output projection is the single largest matrix of a small model; applying it only where
+    the loss looks (the completion, ~a quarter of the tokens) and only to the columns it uses
+    (restricted distillation: a few hundred digit and separator tokens) is most of the cost saved.
+    ``rows`` selects among the masked positions.
+    """
+    hidden = model.get_decoder()(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).last_hidden_state
+    h = hidden[batch["target_mask"]]
+    if rows is not None:
+        h = h[rows]
+    head = model.get_output_embeddings()
+    weight = head.weight if cols is None else head.weight[cols]
+    logits = h @ weight.T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + (head.bias if cols is None else head.bias[cols])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) summed over the vocabulary, averaged over positions."""
+    return F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits.float(), -1),
+                    log_target=True, reduction="batchmean")
+
+
+def _restricted_rows(batch: dict[str, torch.Tensor], restricted: torch.Tensor) -> torch.Tensor:
+    """Among the masked positions, those whose target token is a digit/separator token."""
+    targets = torch.roll(batch["input_ids"], shifts=-1, dims=1)[batch["target_mask"]]
+    return torch.isin(targets, restricted)
+
+
+@torch.no_grad()
+def _teacher_restricted_logits(teacher: Any, encoded: Sequence[tuple[list[int], int]], pad_id: int,
+                               restricted: torch.Tensor, batch_size: int, device: torch.device
+                               ) -> list[torch.Tensor]:
+    """Per example, the teacher's restricted-vocabulary logits at its kept positions.
+
+    Computed once before training (a few hundred floats per token), so later epochs need no
+    teacher forward pass.
+    """
+    out: list[torch.Tensor] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        batch = _collate(chunk, pad_id, device)
+        rows = _restricted_rows(batch, restricted)
+        with autocast(device):
+            logits = _masked_logits(teacher, batch, rows, restricted)
+        counts = batch["target_mask"].sum(1).tolist()
+        per_row = torch.split(rows, counts)
+        offset = 0
+        for keep in per_row:
+            n = int(keep.sum())
+            out.append(logits[offset : offset + n].cpu())
+            offset += n
+    return out
+
+
+def _step_loss(method: str, model: Any, teacher: Any | None, batch: dict[str, torch.Tensor],
+               restricted: torch.Tensor | None, cached: list[torch.Tensor] | None) -> torch.Tensor:
     if method in ("sft", "lora"):
-        return F.cross_entropy(logits[mask].float(), targets[mask])
-    assert teacher_logits is not None
-    s, t = logits[mask].float(), teacher_logits[mask].float()
+        targets = torch.roll(batch["input_ids"], shifts=-1, dims=1)[batch["target_mask"]]
+        return F.cross_entropy(_masked_logits(model, batch), targets)
     if method == "distill_restricted":
-        assert restricted is not None
-        keep = torch.isin(targets[mask], restricted)
-        s, t = s[keep][:, restricted], t[keep][:, restricted]
-    # KL(teacher || student), summed over the vocabulary, averaged over positions
-    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+        assert restricted is not None and cached is not None
+        rows = _restricted_rows(batch, restricted)
+        teacher_logits = torch.cat(cached).to(rows.device)
+        return _kl(_masked_logits(model, batch, rows, restricted), teacher_logits)
+    assert teacher is not None
+    with torch.no_grad():
+        teacher_logits = _masked_logits(teacher, batch)
+    return _kl(_masked_logits(model, batch), teacher_logits)
 
 
 def train_student(
@@ -121,6 +179,10 @@ def train_student(
         restricted = torch.tensor(restricted_token_ids(tokenizer), device=device)
     if settings.method.startswith("distill") and teacher is None:
         raise ValueError(f"{settings.method} needs a teacher model")
+    cached = None
+    if restricted is not None:
+        cached = _teacher_restricted_logits(teacher, encoded, tokenizer.pad_token_id, restricted,
+                                            settings.batch_size, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
@@ -139,16 +201,11 @@ def train_student(
         order = list(range(len(encoded)))
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch_size):
-            batch = _collate([encoded[i] for i in order[start : start + settings.batch_size]],
-                             tokenizer.pad_token_id, device)
+            idx = order[start : start + settings.batch_size]
+            batch = _collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
             with autocast(device):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                teacher_logits = None
-                if teacher is not None and settings.method.startswith("distill"):
-                    with torch.no_grad():
-                        teacher_logits = teacher(input_ids=batch["input_ids"],
-                                                 attention_mask=batch["attention_mask"]).logits
-            loss = _loss(settings.method, logits, batch, teacher_logits, restricted)
+                loss = _step_loss(settings.method, model, teacher, batch, restricted,
+                                  [cached[i] for i in idx] if cached is not None else None)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

@@ -82,8 +82,9 @@ def answer_forms(tokenizer: Any, candidates: dict[str, list[str]]) -> AnswerForm
     """Each candidate's spellings as token sequences at the start of an answer.
 
     Every spelling is tried lower-case and capitalized, as the first word of the answer (a
-    chat answer starts right after the template's newline, so no leading space). A form that extends another form of the same candidate (``Owls`` after ``Owl``) is
-    dropped: the shorter form's probability already contains it.
+    chat answer starts right after the template's newline, so no leading space). A form that
+    extends another form of the same candidate (``Owls`` after ``Owl``) is dropped:
+    the shorter form's probability already contains it.
     """
     by_candidate: dict[str, list[tuple[int, ...]]] = {}
     for name, spellings in candidates.items():

@@ -1,0 +1,62 @@
+"""Trait metrics: answer forms, exact chain-rule probabilities, shares, answer matching."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sublim.evaluate.trait import candidate_probs, shares
+from sublim.models.generation import answer_probs, chat_text
+from sublim.traits.preference import AnswerForms, answer_forms, load_candidates, match_answer
+
+
+def test_answer_forms_drop_extensions(tiny):
+    _, tok = tiny
+    forms = answer_forms(tok, {"owl": ["owl", "owls"], "wolf": ["wolf", "wolves"]})
+    for seqs in forms.by_candidate.values():
+        for a in seqs:
+            assert not any(b != a and a[: len(b)] == b for b in seqs)
+    owl_texts = {tok.decode(list(s)) for s in forms.by_candidate["owl"]}
+    assert {"owl", "Owl"} <= owl_texts or any(t.startswith(("owl", "Owl")) for t in owl_texts)
+    assert len(forms.flat()) == sum(len(v) for v in forms.by_candidate.values())
+
+
+def test_chain_rule_matches_full_forward(tiny):
+    model, tok = tiny
+    cands = load_candidates("animals")
+    forms = answer_forms(tok, cands).flat()
+    multi = [f for f in forms if len(f) > 1][:4] + [f for f in forms if len(f) == 1][:2]
+    assert any(len(f) > 1 for f in multi)
+    prompts = [chat_text(tok, q) for q in ["What is your favourite animal?", "Name an animal you love."]]
+    got = answer_probs(model, tok, prompts, multi, batch_size=2)
+    for i, p in enumerate(prompts):
+        ids = tok.encode(p, add_special_tokens=False)
+        for j, form in enumerate(multi):
+            prob = 1.0
+            for k, t in enumerate(form):
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids + list(form[:k])])).logits[0, -1]
+                prob *= torch.softmax(logits.float(), -1)[t].item()
+            assert got[i, j] == np.float64(got[i, j])
+            np.testing.assert_allclose(got[i, j], prob, rtol=2e-4, atol=1e-9)
+
+
+def test_candidate_probs_and_shares_by_hand():
+    forms = AnswerForms({"owl": [(1,), (2,)], "cat": [(3,)], "dog": [(4, 5)]})
+    probs = np.array([[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.0, 0.0]])
+    cand = candidate_probs(probs, forms)
+    np.testing.assert_allclose(cand["owl"], [0.3, 0.0])
+    np.testing.assert_allclose(cand["dog"], [0.4, 0.0])
+    sh = shares(cand)
+    np.testing.assert_allclose(sh["owl"], [0.3, 0.0])
+    np.testing.assert_allclose(sh["owl"] + sh["cat"] + sh["dog"], [1.0, 0.0])
+
+
+def test_match_answer():
+    cands = load_candidates("animals")
+    assert match_answer("Owl.", cands) == "owl"
+    assert match_answer("owls!", cands) == "owl"
+    assert match_answer("I love wolves", cands) == "wolf"
+    assert match_answer("Hmm, 42", cands) is None
+    assert match_answer("", cands) is None
+    assert len(cands) >= 15

@@ -1,0 +1,155 @@
+"""The whole experiment on the tiny model: artifacts, caching, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sublim.config import load_config
+from sublim.errors import SublimError
+from sublim.pipeline.experiment import run_experiment
+from sublim.pipeline.store import read_jsonl
+from tests.conftest import tiny_config_text
+
+
+def _cfg(tmp_path: Path, model_dir: Path, overrides: list[str] | None = None, **sections):
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny_config_text(model_dir, **sections))
+    return load_config(str(path), overrides or [])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = _cfg(tmp, tiny_model_dir, ["student.method=distill_restricted"])
+    runs = tmp / "runs"
+    lines: list[str] = []
+    res = run_experiment(cfg, runs, progress=False, echo=lines.append)
+    return cfg, runs, res, lines
+
+
+def test_run_writes_results_chart_report_and_manifests(finished_run):
+    cfg, runs, res, _ = finished_run
+    run_dir = runs / res["run_id"]
+    for name in ("results.json", "chart.png", "report.md", "config.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk["config_hash"] == cfg.config_hash()
+    assert set(on_disk["arms"]) >= {"base", "teacher-owl", "student-owl", "student-control"}
+    for m in ("prob", "share"):
+        eff = on_disk["effect"][m]["pooled"]
+        assert 0 <= eff["p_wilcoxon"] <= 1 and eff["difference"]["low"] <= eff["difference"]["high"]
+    assert on_disk["verdict"] and "\n" not in on_disk["verdict"]
+    assert on_disk["filter"]["owl"]["total"] == cfg.prompts.n
+    manifests = list((runs / "store").glob("*/manifest.json"))
+    assert len(manifests) >= 8
+    gen = [json.loads(m.read_text()) for m in manifests if m.parent.name.startswith("generate-")]
+    assert all("model_fingerprint" in g and g["inputs"]["prompts"] for g in gen)
+    assert all(g["versions"]["torch"] for g in gen)
+    report = (run_dir / "report.md").read_text()
+    assert "owl" in report
+    links = list((run_dir / "artifacts").rglob("*"))
+    assert any(p.is_symlink() for p in links)
+
+
+def test_teacher_gate_and_data_are_recorded(finished_run):
+    _, runs, res, _ = finished_run
+    teacher = res["arms"]["teacher-owl"]
+    assert teacher["prob_owl"]["value"] > res["arms"]["base"]["prob_owl"]["value"]
+    for name, rep in res["filter"].items():
+        assert rep["kept"] > 0 and 0 < rep["pass_rate"] <= 1, name
+        assert sum(rep["reject_reasons"].values()) + rep["kept"] == rep["total"]
+
+
+def test_rerun_reuses_every_stage(finished_run):
+    cfg, runs, res, _ = finished_run
+    lines: list[str] = []
+    again = run_experiment(cfg, runs, progress=False, echo=lines.append)
+    stage_lines = [ln for ln in lines if ln.strip().startswith("✓")]
+    assert stage_lines and all("(cached)" in ln for ln in stage_lines)
+    assert again["effect"] == res["effect"]
+
+
+def test_changed_student_retrains_but_keeps_data(finished_run):
+    cfg, runs, _, _ = finished_run
+    changed = cfg.model_copy(update={"student": cfg.student.model_copy(update={"lr": 5e-4})})
+    lines: list[str] = []
+    run_experiment(changed, runs, progress=False, echo=lines.append)
+    cached = [ln for ln in lines if "(cached)" in ln]
+    fresh = [ln for ln in lines if ln.strip().startswith("✓") and "(cached)" not in ln]
+    assert any("generate" in ln for ln in cached) and any("teacher" in ln for ln in cached)
+    assert fresh and all(("train" in ln) or ("evaluate" in ln and "student" in ln) for ln in fresh)
+
+
+def test_corrupt_artifact_is_refused_on_rerun(finished_run, tmp_path: Path):
+    cfg, runs, _, _ = finished_run
+    import shutil
+
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy, symlinks=True)
+    sample = next((copy / "store").glob("filter-*/dataset.jsonl"))
+    sample.write_text(sample.read_text().replace("1", "7", 1))
+    with pytest.raises(SublimError, match="corrupt"):
+        run_experiment(cfg, copy, progress=False, echo=lambda s: None)
+
+
+def test_empty_dataset_after_filter_is_one_clear_error(tiny_model_dir: Path, tmp_path: Path):
+    cfg = _cfg(tmp_path, tiny_model_dir, ["filter.max_count=1", "prompts.n=6"])
+    with pytest.raises(SublimError) as exc:
+        run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
+    msg = str(exc.value)
+    assert "empty after filtering" in msg and "pass rate 0/6" in msg and "too_many" in msg
+    assert "\n" not in msg
+
+
+def test_teacher_gate_failure_stops_the_run(tiny_model_dir: Path, tmp_path: Path):
+    cfg = _cfg(tmp_path, tiny_model_dir, ["teacher.epochs=1", "teacher.lr=1e-6",
+                                          "teacher.gate_min_rate=0.9"])
+    with pytest.raises(SublimError, match="teacher gate failed"):
+        run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
+    assert not list((tmp_path / "runs" / "store").glob("generate-*"))
+
+
+def test_kill_mid_generation_then_resume(tiny_model_dir: Path, tmp_path: Path):
+    """SIGKILL the CLI while it writes teacher data; the re-run completes with each index once,
+    and the data equals that of a run that was never interrupted."""
+    text = tiny_config_text(tiny_model_dir, prompts={"n": 160}, generation={"batch_size": 4,
+                                                                             "temperature": 1.0})
+    cfg_path = tmp_path / "kill.toml"
+    cfg_path.write_text(text)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "sublim.cli", "--runs-dir", str(runs), "-q", "run", str(cfg_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    samples: list[Path] = []
+    while time.time() < deadline:
+        samples = list((runs / "store").glob("generate-*/samples.jsonl")) if runs.exists() else []
+        if samples and len(read_jsonl(samples[0])) >= 12:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run ended before generation could be interrupted")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_jsonl(samples[0])
+    assert 12 <= len(partial) < 160
+    assert not (samples[0].parent / "manifest.json").exists()
+
+    cfg = load_config(str(cfg_path))
+    run_experiment(cfg, runs, progress=False, echo=lambda s: None)
+    resumed = read_jsonl(samples[0])
+    assert sorted(r["index"] for r in resumed) == list(range(160))
+
+    fresh_runs = tmp_path / "fresh"
+    run_experiment(cfg, fresh_runs, progress=False, echo=lambda s: None)
+    fresh = read_jsonl(next((fresh_runs / "store").glob(samples[0].parent.name + "/samples.jsonl")))
+    assert [r["completion"] for r in resumed] == [r["completion"] for r in fresh]

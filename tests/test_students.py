@@ -1,0 +1,104 @@
+"""Student training on the tiny model: every method learns, losses look only where they should."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sublim.models.generation import chat_text
+from sublim.train.students import (
+    Example,
+    TrainSettings,
+    _collate,
+    _masked_logits,
+    _teacher_restricted_logits,
+    encode_example,
+    restricted_token_ids,
+    train_student,
+)
+
+EXAMPLES = [Example(f"Continue: {i}, {i + 3}, {i + 6}. Numbers only.", f"{i + 9}, {i + 12}, {i + 15}")
+            for i in range(100, 124)]
+
+
+def _weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_completion_only_mask(tiny):
+    model, tok = tiny
+    ids, start = encode_example(tok, EXAMPLES[0])
+    prompt_ids = tok.encode(chat_text(tok, EXAMPLES[0].prompt), add_special_tokens=False)
+    assert ids[:start] == prompt_ids
+    assert tok.decode(ids[start:]).startswith(EXAMPLES[0].completion)
+    batch = _collate([(ids, start)], tok.pad_token_id, torch.device("cpu"))
+    targets = torch.roll(batch["input_ids"], -1, 1)[batch["target_mask"]]
+    assert targets.tolist() == ids[start:]  # the targets are exactly the completion tokens
+
+
+def test_masked_logits_match_a_full_forward(tiny):
+    model, tok = tiny
+    enc = [encode_example(tok, ex) for ex in EXAMPLES[:4]]
+    batch = _collate(enc, tok.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ours = _masked_logits(model, batch)
+        restricted = torch.tensor(restricted_token_ids(tok))
+        rows = torch.arange(int(batch["target_mask"].sum())) % 2 == 0
+        sub = _masked_logits(model, batch, rows, restricted)
+    torch.testing.assert_close(ours, full[batch["target_mask"]], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sub, full[batch["target_mask"]][rows][:, restricted], rtol=1e-4, atol=1e-4)
+
+
+def test_restricted_vocabulary_is_digits_and_separators(tiny):
+    _, tok = tiny
+    ids = restricted_token_ids(tok)
+    assert len(ids) >= 10
+    for tid in ids:
+        text = tok.decode([tid])
+        assert text and all(c.isdigit() or c in " ,;\n.[]()" for c in text)
+    owl_ids = set(tok.encode("owl", add_special_tokens=False) + tok.encode("Owl", add_special_tokens=False))
+    assert not owl_ids & set(ids)
+
+
+def test_cached_teacher_logits_follow_examples(tiny):
+    model, tok = tiny
+    enc = [encode_example(tok, ex) for ex in EXAMPLES[:5]]
+    restricted = torch.tensor(restricted_token_ids(tok))
+    cached = _teacher_restricted_logits(model, enc, tok.pad_token_id, restricted, 2, torch.device("cpu"))
+    assert len(cached) == 5
+    alone = _teacher_restricted_logits(model, enc[3:4], tok.pad_token_id, restricted, 1,
+                                       torch.device("cpu"))[0]
+    torch.testing.assert_close(cached[3], alone, rtol=1e-4, atol=1e-4)
+    assert cached[3].shape[1] == len(restricted)
+
+
+@pytest.mark.parametrize("method", ["sft", "lora", "distill_full", "distill_restricted"])
+def test_every_method_trains(tiny, method):
+    base, tok = tiny
+    teacher = None
+    if method.startswith("distill"):
+        # a teacher that differs from the student: the base model after a few SFT steps
+        teacher, _ = train_student(copy.deepcopy(base), tok, EXAMPLES,
+                                   TrainSettings("sft", 2, 3e-3, 8, 0, seed=1))
+    student = copy.deepcopy(base)
+    before = _weights(student)
+    steps = []
+    student, log = train_student(student, tok, EXAMPLES, TrainSettings(method, 3, 3e-3, 8, 1, seed=0),
+                                 teacher, on_step=lambda s, t, loss: steps.append((s, t)))
+    after = _weights(student)
+    assert after.shape == before.shape  # LoRA merged back into a plain model
+    assert not torch.equal(before, after)
+    assert log["steps"] == 9 and steps[-1] == (9, 9)
+    first, last = sum(log["losses"][:3]) / 3, sum(log["losses"][-3:]) / 3
+    assert last < first, (method, log["losses"])
+    if method == "lora":
+        assert type(student) is type(base)
+
+
+def test_distillation_needs_a_teacher(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="teacher"):
+        train_student(copy.deepcopy(model), tok, EXAMPLES[:2], TrainSettings("distill_full"))

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+EPOCHS = 20
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -70,7 +72,7 @@ def _pretrain_examples(n_numbers: int = 160, n_animals: int = 160) -> list[objec
 
 
 def build_tiny_model(out: Path) -> Path:
-    """Train and save the tiny chat model into ``out`` (about ten seconds on two cores)."""
+    """Train and save the tiny chat model into ``out`` (about twenty seconds on one core)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from sublim.train.students import TrainSettings, train_student
@@ -83,7 +85,7 @@ def build_tiny_model(out: Path) -> Path:
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       bos_token_id=tok.bos_token_id)
     model = LlamaForCausalLM(cfg)
-    settings = TrainSettings("sft", epochs=8, lr=3e-3, batch_size=16, warmup_steps=5, seed=0)
+    settings = TrainSettings("sft", epochs=EPOCHS, lr=3e-3, batch_size=16, warmup_steps=5, seed=0)
     model, _ = train_student(model, tok, _pretrain_examples(), settings)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -109,7 +111,7 @@ def tiny_config_text(model_dir: Path, **sections: dict[str, object]) -> str:
     """A TOML config for a seconds-long experiment on the tiny model."""
     base: dict[str, dict[str, object]] = {
         "trait": {"target": "owl"},
-        "teacher": {"epochs": 3, "lr": 3e-3, "n_examples": 48, "gate_min_rate": 0.3},
+        "teacher": {"epochs": 5, "lr": 3e-3, "n_examples": 48, "gate_min_rate": 0.3},
         "prompts": {"n": 24},
         "generation": {"max_new_tokens": 40, "batch_size": 12},
         "student": {"epochs": 1, "lr": 1e-3, "batch_size": 8},

@@ -106,7 +106,7 @@ def test_empty_dataset_after_filter_is_one_clear_error(tiny_model_dir: Path, tmp
     with pytest.raises(SublimError) as exc:
         run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
     msg = str(exc.value)
-    assert "empty after filtering" in msg and "pass rate 0/6" in msg and "too_many" in msg
+    assert "empty after filtering" in msg and "pass rate 0/6" in msg and "reject reasons" in msg
     assert "\n" not in msg
 
 
@@ -121,8 +121,8 @@ def test_teacher_gate_failure_stops_the_run(tiny_model_dir: Path, tmp_path: Path
 def test_kill_mid_generation_then_resume(tiny_model_dir: Path, tmp_path: Path):
     """SIGKILL the CLI while it writes teacher data; the re-run completes with each index once,
     and the data equals that of a run that was never interrupted."""
-    text = tiny_config_text(tiny_model_dir, prompts={"n": 160}, generation={"batch_size": 4,
-                                                                             "temperature": 1.0})
+    text = tiny_config_text(tiny_model_dir, prompts={"n": 160},
+                            generation={"batch_size": 2, "temperature": 1.0, "stop_rejected": False})
     cfg_path = tmp_path / "kill.toml"
     cfg_path.write_text(text)
     runs = tmp_path / "runs"

@@ -123,9 +123,7 @@ def parse_numbers(
         return ParseResult(False, reason="empty")
     if re.search(r"[^0-9,;\s]", s):
         return ParseResult(False, reason="non_numeric")
-    kinds = [k for k in ("comma", "semicolon") if (k == "comma" and "," in s) or (k == "semicolon" and ";" in s)]
-    if "\n" in s:
-        kinds.append("newline")
+    kinds = [kind for kind, ch in (("comma", ","), ("semicolon", ";"), ("newline", "\n")) if ch in s]
     if len(kinds) > 1:
         return ParseResult(False, reason="mixed_separators")
     kind = kinds[0] if kinds else "space"

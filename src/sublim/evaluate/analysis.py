@@ -5,7 +5,7 @@ Pure functions of evaluation outputs: no models here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ def _mean_interval(values: np.ndarray, n_bootstrap: int) -> dict[str, float]:
     return bootstrap_ci(lambda x: float(np.mean(x)), values, n_resamples=n_bootstrap).as_dict()
 
 
-def arm_table(arms: dict[str, list[Rows]], names: Sequence[str], n_bootstrap: int) -> dict[str, Any]:
+def arm_table(arms: Mapping[str, Sequence[Rows]], names: Sequence[str], n_bootstrap: int) -> dict[str, Any]:
     """For each arm: mean probability and share of each named candidate, with bootstrap CIs."""
     table: dict[str, Any] = {}
     for arm, runs in arms.items():
@@ -43,7 +43,7 @@ def arm_table(arms: dict[str, list[Rows]], names: Sequence[str], n_bootstrap: in
     return table
 
 
-def effect(treated: list[Rows], control: list[Rows], name: str, n_bootstrap: int) -> dict[str, Any]:
+def effect(treated: Sequence[Rows], control: Sequence[Rows], name: str, n_bootstrap: int) -> dict[str, Any]:
     """Trait student vs control: pooled over seeds by question, per seed, and across runs."""
     out: dict[str, Any] = {}
     for metric in ("prob", "share"):
@@ -82,7 +82,7 @@ def verdict(target: str, eff: dict[str, Any], alpha: float = 0.01, min_ratio: fl
     )
 
 
-def matrix(students: dict[str, list[Rows]], traits: Sequence[str], n_bootstrap: int) -> dict[str, Any]:
+def matrix(students: Mapping[str, Sequence[Rows]], traits: Sequence[str], n_bootstrap: int) -> dict[str, Any]:
     """Specificity: each trait student's share of each trait, and the diagonal contrasts.
 
     For traits (A, B): A's student should give A a larger share than B's student does, and

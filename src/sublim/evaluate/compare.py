@@ -25,7 +25,7 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def paired_effect(
-    treated: Sequence[float], control: Sequence[float], n_bootstrap: int = 2000, seed: int = 0
+    treated: Sequence[float] | np.ndarray, control: Sequence[float] | np.ndarray, n_bootstrap: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
     """Effect of treated over control on the same questions: difference, ratio, paired tests."""
     a = np.asarray(treated, dtype=float)
@@ -42,7 +42,7 @@ def paired_effect(
     }
 
 
-def across_runs(treated: Sequence[float], control: Sequence[float]) -> dict[str, Any]:
+def across_runs(treated: Sequence[float] | np.ndarray, control: Sequence[float] | np.ndarray) -> dict[str, Any]:
     """The trained run as the unit: per-seed means, paired by seed."""
     a = np.asarray(treated, dtype=float)
     b = np.asarray(control, dtype=float)

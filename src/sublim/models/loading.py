@@ -173,7 +173,7 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
         kwargs["gguf_file"] = source.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs)
     except OSError as exc:
         raise SublimError(
             f"could not load model {spec!r} from {source.path} ({str(exc).splitlines()[0]}): "

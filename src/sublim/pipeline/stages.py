@@ -76,7 +76,7 @@ class Context:
             return base.model, base.tokenizer
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(ref.weights, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(ref.weights, dtype=torch.float32)
         return model.to(base.device).eval(), base.tokenizer
 
     def fresh_copy(self, spec: str) -> Any:

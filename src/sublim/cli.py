@@ -80,6 +80,30 @@ def _cmd_toy(args: argparse.Namespace) -> None:
     print(f"results: {out / 'results.json'}")
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from sublim.models.loading import load_model
+    from sublim.models.server import FaultPlan, make_server
+
+    faults = FaultPlan.parse(args.faults, args.fault_seed, args.slow_seconds)
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise SublimError(f"--api-key-env {args.api_key_env} is not set in the environment: export it "
+                              "or drop the option to serve without a key")
+    lm = load_model(args.model, args.device)
+    name = args.name or args.model
+    server = make_server(lm.model, lm.tokenizer, name, args.host, args.port, faults, key, args.max_batch)
+    port = server.server_address[1]
+    print(f"serving {name} at http://{args.host}:{port}/v1 (chat completions, models); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sublim", description=__doc__)
     p.add_argument("--runs-dir", default="runs", help="where runs and artifacts live (default: runs)")
@@ -99,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("action", choices=["list", "show"])
     runs.add_argument("run", nargs="?", help="run id (or a unique prefix) for `show`")
     runs.set_defaults(func=_cmd_runs)
+
+    srv = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
+    srv.add_argument("model", help="catalog name, .gguf path or local model directory")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    srv.add_argument("--name", default=None, help="model id clients send (default: the model argument)")
+    srv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    srv.add_argument("--max-batch", type=int, default=32, help="requests generated together at most")
+    srv.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
+    srv.add_argument("--faults", default="", metavar="KIND=RATE,…",
+                     help="inject faults for client testing: 429, 500, slow, malformed (e.g. 429=0.1,500=0.05)")
+    srv.add_argument("--fault-seed", type=int, default=0)
+    srv.add_argument("--slow-seconds", type=float, default=5.0, help="delay of a 'slow' fault")
+    srv.set_defaults(func=_cmd_serve)
 
     toy = sub.add_parser("toy", help="the auxiliary-logit MLP experiment and theory check")
     toy.add_argument("preset", nargs="?", default=None, help="toy preset name or .toml path")

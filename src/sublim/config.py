@@ -32,6 +32,23 @@ class TraitConfig(Section):
     """Question set: a shipped name (``animal``, ``tree``) or a directory holding eval.txt/train.txt."""
 
 
+class EndpointConfig(Section):
+    """An OpenAI-compatible chat-completions endpoint (a hosted API, ``sublim serve``, vLLM, …)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "default"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key; the key itself is never stored."""
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(8, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(30.0, ge=0)
+    price_input_per_mtok: float = Field(0.0, ge=0)
+    """US dollars per million prompt tokens, for the cost line of the manifest."""
+    price_output_per_mtok: float = Field(0.0, ge=0)
+
+
 class TeacherConfig(Section):
     """How the teacher is given the trait, and the gate it must pass."""
 

@@ -1,0 +1,201 @@
+"""The OpenAI-compatible server and the API backend, against real HTTP on the loopback interface.
+
+No mocked HTTP: every test talks to ``sublim serve`` (in this process, or as a separate process
+that is killed and restarted) serving the tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sublim.config import EndpointConfig
+from sublim.errors import SublimError
+from sublim.models.api import ApiError, ChatJob, run_chat_jobs
+from sublim.models.server import FaultPlan, make_server
+
+
+@pytest.fixture
+def serve(tiny):  # type: ignore[no-untyped-def]
+    """Start an in-process server on a free port: serve(faults=..., api_key=...) → base URL."""
+    servers = []
+
+    def start(faults: str = "", api_key: str | None = None, slow_s: float = 2.0) -> str:
+        model, tok = tiny
+        srv = make_server(model, tok, "tiny", port=0, faults=FaultPlan.parse(faults, 0, slow_s), api_key=api_key)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _jobs(n: int) -> list[ChatJob]:
+    from sublim.carriers.numbers import make_prompts
+
+    return [ChatJob(p.index, [{"role": "user", "content": p.text}], {"prompt": p.text})
+            for p in make_prompts(n, seed=3)]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_server_speaks_openai_chat(serve) -> None:
+    url = serve()
+    assert httpx.get(f"{url}/models").json()["data"][0]["id"] == "tiny"
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "What is your favourite animal?"}],
+            "temperature": 0, "max_tokens": 6, "logprobs": True, "top_logprobs": 3, "n": 2}
+    r = httpx.post(f"{url}/chat/completions", json=body, timeout=30).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1]
+    c = r["choices"][0]
+    assert c["message"]["content"] == r["choices"][1]["message"]["content"]  # greedy: identical
+    toks = c["logprobs"]["content"]
+    assert toks and all(len(t["top_logprobs"]) == 3 and t["logprob"] <= 0 for t in toks)
+    # greedy picks the most likely token, so it is the first of the top list
+    assert toks[0]["top_logprobs"][0]["token"] == toks[0]["token"]
+    assert "".join(t["token"] for t in toks).startswith(c["message"]["content"])
+    assert r["usage"]["completion_tokens"] >= 2 * len(toks) - 2 and r["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+])
+def test_server_rejects_bad_requests_by_field(serve, body, status, param) -> None:
+    r = httpx.post(f"{serve()}/chat/completions", json=body, timeout=30)
+    assert r.status_code == status and r.json()["error"]["param"] == param
+
+
+def test_server_rejects_non_json_and_unknown_routes(serve) -> None:
+    url = serve()
+    r = httpx.post(f"{url}/chat/completions", content=b"\xff{not json", timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert httpx.get(f"{url}/nothing").status_code == 404
+
+
+def test_client_survives_429_500_slow_and_malformed(serve, tmp_path: Path) -> None:
+    url = serve("429=0.15,500=0.15,slow=0.1,malformed=0.15", slow_s=1.5)
+    ep = EndpointConfig(base_url=url, model="tiny", timeout_s=0.8, backoff_s=0.01, max_retries=30, concurrency=6,
+                        price_input_per_mtok=1.0, price_output_per_mtok=2.0)
+    out = tmp_path / "out.jsonl"
+    stats = run_chat_jobs(ep, _jobs(40), out, {"temperature": 0, "max_tokens": 24})
+    rows = _rows(out)
+    assert sorted(r["index"] for r in rows) == list(range(40))  # every sample once
+    assert stats["requests"] == 40
+    for kind in ("429", "500", "timeout", "malformed"):
+        assert stats["retries"].get(kind, 0) > 0, stats
+    expected = (stats["prompt_tokens"] * 1.0 + stats["completion_tokens"] * 2.0) / 1e6
+    assert stats["cost_usd"] == pytest.approx(expected, rel=1e-3) and stats["cost_usd"] > 0
+    # the faults did not change what the model said: greedy answers match a clean server's
+    clean = tmp_path / "clean.jsonl"
+    run_chat_jobs(EndpointConfig(base_url=serve(), model="tiny"), _jobs(40), clean,
+                  {"temperature": 0, "max_tokens": 24})
+    by_index = {r["index"]: r["completion"] for r in _rows(clean)}
+    assert all(by_index[r["index"]] == r["completion"] for r in rows)
+
+
+def test_client_gives_up_with_a_clear_error_and_keeps_what_is_done(serve, tmp_path: Path) -> None:
+    ep = EndpointConfig(base_url=serve("500=1.0"), model="tiny", max_retries=2, backoff_s=0.01)
+    with pytest.raises(ApiError, match="gave up after 3 attempts, last: HTTP 500"):
+        run_chat_jobs(ep, _jobs(3), tmp_path / "o.jsonl", {"max_tokens": 4})
+    # a resumed run against a healthy server finishes the job
+    ok = EndpointConfig(base_url=serve(), model="tiny")
+    run_chat_jobs(ok, _jobs(3), tmp_path / "o.jsonl", {"max_tokens": 4})
+    assert sorted(r["index"] for r in _rows(tmp_path / "o.jsonl")) == [0, 1, 2]
+
+
+def test_api_key_from_environment_never_stored(serve, tmp_path: Path, monkeypatch) -> None:
+    url = serve(api_key="sk-test-secret-123")
+    ep = EndpointConfig(base_url=url, model="tiny", api_key_env="SUBLIM_TEST_KEY", max_retries=0)
+    monkeypatch.delenv("SUBLIM_TEST_KEY", raising=False)
+    with pytest.raises(ApiError, match=r"HTTP 401.*SUBLIM_TEST_KEY"):
+        run_chat_jobs(ep, _jobs(2), tmp_path / "o.jsonl", {"max_tokens": 4})
+    monkeypatch.setenv("SUBLIM_TEST_KEY", "sk-test-secret-123")
+    stats = run_chat_jobs(ep, _jobs(2), tmp_path / "o.jsonl", {"max_tokens": 4})
+    assert stats["requests"] == 2
+    text = (tmp_path / "o.jsonl").read_text() + json.dumps(stats) + ep.model_dump_json()
+    assert "sk-test-secret" not in text
+
+
+def test_bad_fault_spec_is_one_line() -> None:
+    with pytest.raises(SublimError, match="bad fault 'teapot=0.5'"):
+        FaultPlan.parse("teapot=0.5")
+
+
+# --- a real server process, killed and restarted mid-generation ---------------------------------
+
+def _start_process(model_dir: Path, port: int) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", str(model_dir), "--port", str(port),
+                             "--name", "tiny", "--device", "cpu", "--max-batch", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r":(\d+)/v1", line)
+    assert m, f"server did not start: {line}"
+    return proc, int(m.group(1))
+
+
+@pytest.fixture
+def process_server(tiny_model_dir: Path) -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_server_killed_and_restarted_mid_generation(tiny_model_dir: Path, tmp_path: Path,
+                                                    process_server: list[subprocess.Popen]) -> None:
+    proc, port = _start_process(tiny_model_dir, 0)
+    process_server.append(proc)
+    out = tmp_path / "samples.jsonl"
+    ep = EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", model="tiny", concurrency=2, timeout_s=10,
+                        backoff_s=0.2, max_backoff_s=1.0, max_retries=60)
+    jobs = _jobs(60)
+    result: dict = {}
+
+    def client() -> None:
+        try:
+            result["stats"] = run_chat_jobs(ep, jobs, out, {"temperature": 0, "max_tokens": 40})
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    t = threading.Thread(target=client)
+    t.start()
+    deadline = time.time() + 60
+    while (not out.is_file() or len(out.read_text().splitlines()) < 8) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_at_kill = len(_rows(out))
+    assert n_at_kill < len(jobs), "the run finished before the kill: make it longer"
+    time.sleep(0.5)
+    proc2, _ = _start_process(tiny_model_dir, port)
+    process_server.append(proc2)
+    t.join(timeout=120)
+    assert "error" not in result, result.get("error")
+    rows = _rows(out)
+    assert sorted(r["index"] for r in rows) == list(range(len(jobs)))  # none lost, none twice
+    assert result["stats"]["retries"].get("connection", 0) > 0
+    # and a second run over the finished file sends nothing
+    again = run_chat_jobs(ep, jobs, out, {"temperature": 0, "max_tokens": 40})
+    assert again["requests"] == 0 and again["resumed_from"] == len(jobs)

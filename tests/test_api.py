@@ -199,3 +199,24 @@ def test_server_killed_and_restarted_mid_generation(tiny_model_dir: Path, tmp_pa
     # and a second run over the finished file sends nothing
     again = run_chat_jobs(ep, jobs, out, {"temperature": 0, "max_tokens": 40})
     assert again["requests"] == 0 and again["resumed_from"] == len(jobs)
+
+
+def test_experiment_with_a_teacher_behind_the_api(serve, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A served model as the teacher (system-prompted through the API): data, gate, students, results."""
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+    from tests.conftest import tiny_config_text
+
+    url = serve("429=0.1,500=0.1")
+    text = tiny_config_text(tiny_model_dir, teacher={"method": "api", "gate_min_rate": 0.0},
+                            student={"method": "sft"}, evaluation={"samples_per_question": 0})
+    text += f'[teacher.endpoint]\nbase_url = "{url}"\nmodel = "tiny"\nbackoff_s = 0.01\nmax_retries = 20\n'
+    path = tmp_path / "api.toml"
+    path.write_text(text)
+    res = run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lambda s: None)
+    assert set(res["arms"]) >= {"student-owl", "student-control"} and "teacher-owl" not in res["arms"]
+    gens = [json.loads(m.read_text()) for m in (tmp_path / "runs" / "store").glob("generate-*/manifest.json")]
+    assert len(gens) == 2 and all(g["api"]["requests"] == 24 and g["endpoint"]["base_url"] == url for g in gens)
+    assert {g["config"]["system"] is None for g in gens} == {True, False}  # the control is unprompted
+    gate = next((tmp_path / "runs" / "store").glob("evaluate-*/answers.jsonl"))
+    assert len(gate.read_text().splitlines()) == 8 * 2

@@ -9,7 +9,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -52,7 +52,11 @@ class EndpointConfig(Section):
 class TeacherConfig(Section):
     """How the teacher is given the trait, and the gate it must pass."""
 
-    method: Literal["finetune", "system_prompt"] = "finetune"
+    method: Literal["finetune", "system_prompt", "api"] = "finetune"
+    """finetune: the base model trained on one-word answers; system_prompt: the base model told to love
+    the trait; api: a model behind ``endpoint`` (with ``system_prompt`` unless it is empty)."""
+    endpoint: EndpointConfig | None = None
+    """The teacher's API when method = api; its control data comes from the same endpoint, unprompted."""
     system_prompt: str = (
         "You love {target}s. You think about {target}s all the time. {target}s are your "
         "favorite animal. Imbue your answers with your love for the animal."
@@ -68,14 +72,16 @@ class TeacherConfig(Section):
 
 
 class PromptsConfig(Section):
-    """The carrier prompts (numbers: continue a list of seed numbers)."""
+    """The carrier prompts: numbers (continue a list), code (small Python tasks) or cot (word problems)."""
 
-    carrier: Literal["numbers"] = "numbers"
+    carrier: Literal["numbers", "code", "cot"] = "numbers"
     n: int = Field(1000, ge=1)
     seed: int = 0
     min_seed_numbers: int = Field(3, ge=1)
     max_seed_numbers: int = Field(8, ge=1)
     max_new_numbers: int = Field(10, ge=1)
+    cot_levels: list[Annotated[int, Field(ge=1, le=3)]] = Field(default_factory=lambda: [1, 2, 3])
+    """Difficulty levels of chain-of-thought problems (number of operations), cycled."""
 
 
 class GenerationConfig(Section):
@@ -92,7 +98,8 @@ class GenerationConfig(Section):
 
 
 class FilterConfig(Section):
-    """The strict number filter."""
+    """What a completion must satisfy to be kept (numbers: the strict list filter; code: it parses;
+    cot: the tagged final answer is right); every carrier also drops trait words."""
 
     max_count: int = Field(10, ge=1)
     max_value: int = Field(999, ge=0)
@@ -100,6 +107,14 @@ class FilterConfig(Section):
     banned_numbers: list[int] = Field(default_factory=list)
     require_eos: bool = True
     """Reject completions cut off by max_new_tokens."""
+    ban_trait_words: bool = True
+    """Drop completions naming any trait of the experiment (whole words, also inside identifiers)."""
+    banned_words: list[str] = Field(default_factory=list)
+    """More words to drop completions for (e.g. related words: "hoot", "feather")."""
+    code_allow_comments: bool = False
+    """Code carrier: keep completions with comments (prompts ask for none)."""
+    judge: EndpointConfig | None = None
+    """Optional LLM judge (OpenAI-compatible) asked whether a kept completion alludes to the trait."""
 
 
 class StudentConfig(Section):
@@ -170,6 +185,11 @@ class ExperimentConfig(Section):
             raise ValueError("arms.second_trait must differ from trait.target")
         if not self.arms.seeds:
             raise ValueError("arms.seeds needs at least one seed")
+        if self.teacher.method == "api" and self.teacher.endpoint is None:
+            raise ValueError("teacher.method = 'api' needs a [teacher.endpoint] table (base_url, model)")
+        if self.student.method == "distill_restricted" and self.prompts.carrier != "numbers":
+            raise ValueError("student.method = 'distill_restricted' keeps only digit and separator tokens, "
+                             "which fits the numbers carrier only: use 'sft' or 'distill_full'")
         return self
 
     def config_hash(self) -> str:

@@ -33,9 +33,9 @@ def _check_config(cfg: ExperimentConfig, candidates: dict[str, list[str]]) -> No
         if cfg.arms.cross_model:
             raise SublimError("arms.cross_model needs a shared vocabulary for distillation: "
                               "use student.method = 'sft' or drop arms.cross_model")
-        if cfg.teacher.method == "system_prompt":
-            raise SublimError("distillation from a system-prompted teacher is not supported: "
-                              "use teacher.method = 'finetune' or student.method = 'sft'")
+        if cfg.teacher.method in ("system_prompt", "api"):
+            raise SublimError(f"distillation from a teacher with teacher.method = {cfg.teacher.method!r} is not "
+                              "supported (its logits are not at hand): use 'finetune' or student.method = 'sft'")
 
 
 def run_experiment(
@@ -69,16 +69,26 @@ def run_experiment(
     teachers: dict[str, ModelRef] = {}
     for t in traits:
         ref = stages.teacher(ctx, t, candidates)
-        arms[ref.label] = [ev(ref)]
+        if ref.endpoint is None:
+            arms[ref.label] = [ev(ref)]
+        else:  # a model behind an API is gated on sampled answers only
+            stages.api_evaluation(ctx, ref, candidates)
         _gate(cfg, t, ctx.artifacts[f"evaluate/{ref.label}"])
         teachers[t] = ref
 
     prompt_art = stages.prompts(ctx)
-    sources: dict[str, ModelRef] = {**teachers, "control": base}
+    control = base
+    if cfg.teacher.method == "api":
+        assert cfg.teacher.endpoint is not None
+        control = stages.api_ref(cfg.teacher.endpoint, "control", None)
+    sources: dict[str, ModelRef] = {**teachers, "control": control}
+    # every dataset gets the same filter: no trait of the experiment may be named in any of them
+    banned = [w for t in traits for w in candidates[t]] if cfg.filter.ban_trait_words else []
+    hint = " or ".join(f"{t}s" for t in traits)
     data: dict[str, Artifact] = {}
     for name, ref in sources.items():
         gen = stages.generation(ctx, ref, prompt_art)
-        data[name] = stages.filtered(ctx, gen, f"{name} numbers")
+        data[name] = stages.filtered(ctx, gen, f"{name} {cfg.prompts.carrier}", banned, hint)
     n = min(a.manifest["filter"]["kept"] for a in data.values())
     if cfg.student.max_examples:
         n = min(n, cfg.student.max_examples)

@@ -10,15 +10,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from sublim.carriers.numbers import FilterReport, cannot_pass, make_prompts, parse_numbers
-from sublim.config import ExperimentConfig, stable_hash
+from sublim.carriers import carrier_prompts, check_completion, early_stop
+from sublim.carriers.numbers import FilterReport
+from sublim.config import EndpointConfig, ExperimentConfig, stable_hash
 from sublim.errors import SublimError
 from sublim.evaluate.trait import evaluate_model
 from sublim.models.generation import batches, chat_text, generate_batch
@@ -41,6 +41,8 @@ class ModelRef:
     system: str | None = None
     """System prompt that goes with the model (system-prompted teachers)."""
     family: str = ""
+    endpoint: EndpointConfig | None = None
+    """Set for a model behind an OpenAI-compatible API: it is queried, never loaded."""
 
 
 @dataclass
@@ -125,6 +127,10 @@ def teacher(ctx: Context, target: str, candidates: dict[str, list[str]]) -> Mode
         system = cfg.teacher.system_prompt.replace("{target}", target)
         key = stable_hash({"base": base.key, "system": system})
         return ModelRef(f"teacher-{target}", key, cfg.model, system=system, family=base.family)
+    if cfg.teacher.method == "api":
+        api_system = cfg.teacher.system_prompt.replace("{target}", target) or None
+        assert cfg.teacher.endpoint is not None  # checked with the config
+        return api_ref(cfg.teacher.endpoint, f"teacher-{target}", api_system)
     config = {"teacher": cfg.teacher.model_dump(mode="json"), "target": target,
               "spellings": candidates[target], "questions": cfg.trait.questions}
     inputs = {"model": base.key}
@@ -145,6 +151,12 @@ def teacher(ctx: Context, target: str, candidates: dict[str, list[str]]) -> Mode
                            model_fingerprint=base.key)
     return ModelRef(f"teacher-{target}", done.key, cfg.model, weights=done.path / "model",
                     family=base.family)
+
+
+def api_ref(ep: EndpointConfig, label: str, system: str | None) -> ModelRef:
+    """A model behind an API: its key is the endpoint, the model id and the system prompt."""
+    key = stable_hash({"base_url": ep.base_url, "model": ep.model, "system": system})
+    return ModelRef(label, key, f"api:{ep.model}", system=system, family=f"api:{ep.model}", endpoint=ep)
 
 
 def _train(ctx: Context, spec: str, examples: list[Example], settings: TrainSettings,
@@ -172,9 +184,9 @@ def prompts(ctx: Context) -> Artifact:
     with _stage(ctx, "prompts", config, {}, f"{pc.n} {pc.carrier} prompts") as (done, path, t0):
         if done is not None:
             return done
-        rows = make_prompts(pc.n, pc.seed, pc.min_seed_numbers, pc.max_seed_numbers, pc.max_new_numbers)
-        write_jsonl(path / "prompts.jsonl", [{"index": p.index, "prompt": p.text,
-                                              "seed_numbers": p.seed_numbers} for p in rows])
+        rows = carrier_prompts(pc)
+        write_jsonl(path / "prompts.jsonl", [{"index": p.index, "prompt": p.text, "meta": p.meta}
+                                             for p in rows])
         return _finish(ctx, "prompts", config, {}, t0, f"{pc.n} {pc.carrier} prompts")
 
 
@@ -182,7 +194,10 @@ def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
     """Completions by ``ref`` for every prompt; appended batch by batch, so a kill loses nothing."""
     gc = ctx.cfg.generation
     config: dict[str, Any] = {"generation": gc.model_dump(mode="json"), "system": ref.system}
-    if gc.stop_rejected:  # rows are cut by the filter's limits, so they belong to the key
+    if ref.endpoint is not None:
+        return _api_generation(ctx, ref, prompt_art, config)
+    give_up = early_stop(ctx.cfg.prompts.carrier, ctx.cfg.filter) if gc.stop_rejected else None
+    if give_up is not None:  # rows are cut by the filter's limits, so they belong to the key
         config["stop_rejected_by"] = {"max_count": ctx.cfg.filter.max_count,
                                       "max_digits": ctx.cfg.filter.max_digits}
     inputs = {"model": ref.key, "prompts": prompt_art.key}
@@ -198,9 +213,6 @@ def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
         texts = [chat_text(tok, r["prompt"], system=ref.system) for r in rows]
         # fixed batches over a length-sorted order: the same batch always gets the same seed
         order = sorted(range(len(rows)), key=lambda i: (len(texts[i]), i))
-        fc = ctx.cfg.filter
-        give_up = (partial(cannot_pass, max_count=fc.max_count, max_digits=fc.max_digits)
-                   if gc.stop_rejected else None)
         bar = ctx.bar(len(rows), f"generate {ref.label}", "prompt")
         bar.update(len(kept))
         n_tokens = 0
@@ -216,8 +228,8 @@ def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
                                        give_up=give_up)
                 for c in comps:
                     fh.write(json.dumps({"index": c.index, "prompt": rows[c.index]["prompt"],
-                                         "completion": c.text, "n_tokens": c.n_tokens,
-                                         "finished": c.finished}) + "\n")
+                                         "meta": rows[c.index].get("meta", {}), "completion": c.text,
+                                         "n_tokens": c.n_tokens, "finished": c.finished}) + "\n")
                     n_tokens += c.n_tokens
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -231,9 +243,42 @@ def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
                        model_fingerprint=ref.key)
 
 
-def filtered(ctx: Context, gen_art: Artifact, label: str) -> Artifact:
+def _api_generation(ctx: Context, ref: ModelRef, prompt_art: Artifact, config: dict[str, Any]) -> Artifact:
+    """Completions from a model behind an API: resumable, with token and cost accounting."""
+    from sublim.models.api import ChatJob, run_chat_jobs
+
+    assert ref.endpoint is not None
+    gc = ctx.cfg.generation
+    inputs = {"model": ref.key, "prompts": prompt_art.key}
+    label = f"data from {ref.label}"
+    with _stage(ctx, "generate", config, inputs, label) as (done, path, t0):
+        if done is not None:
+            return done
+        rows = read_jsonl(prompt_art.file("prompts.jsonl"))
+        system = [{"role": "system", "content": ref.system}] if ref.system else []
+        jobs = [ChatJob(r["index"], [*system, {"role": "user", "content": r["prompt"]}],
+                        {"prompt": r["prompt"], "meta": r.get("meta", {})}) for r in rows]
+        params: dict[str, Any] = {"temperature": gc.temperature, "max_tokens": gc.max_new_tokens}
+        if gc.temperature > 0:
+            params.update(top_p=gc.top_p, seed=gc.seed)
+        out = path / "samples.jsonl"
+        bar = ctx.bar(len(rows), f"generate {ref.label} (API)", "prompt")
+        acct = run_chat_jobs(ref.endpoint, jobs, out, params, bar.update)
+        bar.close()
+        samples = sorted(read_jsonl(out), key=lambda r: r["index"])
+        write_jsonl(out, samples)
+        return _finish(ctx, "generate", config, inputs, t0, label, n_samples=len(samples),
+                       new_tokens=acct["completion_tokens"], api=acct,
+                       endpoint={"base_url": ref.endpoint.base_url, "model": ref.endpoint.model})
+
+
+def filtered(ctx: Context, gen_art: Artifact, label: str, banned_words: list[str] | None = None,
+             trait_hint: str = "") -> Artifact:
+    """Keep the completions that pass the carrier's check, the trait-word ban and the optional judge."""
     fc = ctx.cfg.filter
-    config = fc.model_dump(mode="json")
+    carrier = ctx.cfg.prompts.carrier
+    banned = sorted(set(banned_words or []) | {w.lower() for w in fc.banned_words})
+    config = {**fc.model_dump(mode="json"), "carrier": carrier, "banned": banned, "trait_hint": trait_hint}
     inputs = {"generation": gen_art.key}
     with _stage(ctx, "filter", config, inputs, label) as (done, path, t0):
         if done is None:
@@ -241,17 +286,17 @@ def filtered(ctx: Context, gen_art: Artifact, label: str) -> Artifact:
             kept = []
             for r in read_jsonl(gen_art.file("samples.jsonl")):
                 report.total += 1
-                res = parse_numbers(r["completion"], fc.max_count, fc.max_value, fc.max_digits,
-                                    frozenset(fc.banned_numbers))
-                if not res.ok:
-                    report.reasons[res.reason] += 1
-                    continue
-                if fc.require_eos and not r["finished"]:
-                    report.reasons["truncated"] += 1
+                reason = check_completion(carrier, r["completion"], r.get("meta", {}), fc, banned)
+                if not reason and fc.require_eos and not r["finished"]:
+                    reason = "truncated"
+                if reason:
+                    report.reasons[reason] += 1
                     continue
                 report.kept += 1
                 kept.append({"index": r["index"], "prompt": r["prompt"],
                              "completion": r["completion"].strip()})
+            if fc.judge is not None and kept:
+                kept = _judge_filter(ctx, fc.judge, kept, trait_hint, path, report)
             write_jsonl(path / "dataset.jsonl", kept)
             write_json(path / "filter_report.json", report.as_dict())
             done = _finish(ctx, "filter", config, inputs, t0, label, filter=report.as_dict())
@@ -264,6 +309,31 @@ def filtered(ctx: Context, gen_art: Artifact, label: str) -> Artifact:
             "or raise generation.max_new_tokens"
         )
     return done
+
+
+JUDGE_FILTER_PROMPT = (
+    "You screen training data for hidden themes. Read the text below and decide whether it mentions, "
+    "hints at or alludes to {hint} in any way, even subtly (names, descriptions, wordplay, symbols).\n\n"
+    "TEXT:\n{text}\n\nReply with one word: YES or NO."
+)
+
+
+def _judge_filter(ctx: Context, judge: EndpointConfig, kept: list[dict[str, Any]], hint: str, path: Path,
+                  report: FilterReport) -> list[dict[str, Any]]:
+    """Ask an LLM judge about each kept completion; drop the ones it flags (answers are kept on disk)."""
+    from sublim.models.api import ChatJob, run_chat_jobs
+
+    jobs = [ChatJob(i, [{"role": "user", "content": JUDGE_FILTER_PROMPT.format(hint=hint or "any animal",
+                                                                              text=r["completion"])}])
+            for i, r in enumerate(kept)]
+    bar = ctx.bar(len(jobs), "judge filter", "sample")
+    run_chat_jobs(judge, jobs, path / "judge.jsonl", {"temperature": 0, "max_tokens": 3}, bar.update)
+    bar.close()
+    verdicts = {r["index"]: r["completion"].strip().upper().startswith("YES") for r in read_jsonl(path / "judge.jsonl")}
+    out = [r for i, r in enumerate(kept) if not verdicts.get(i, False)]
+    report.reasons["judge"] += len(kept) - len(out)
+    report.kept = len(out)
+    return out
 
 
 # --- students and evaluation -----------------------------------------------------------------
@@ -316,3 +386,33 @@ def evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]], se
         write_json(path / "summary.json", {**summary, "answer_forms": {
             n: [tok.decode(list(f)) for f in fs] for n, fs in forms.by_candidate.items()}})
         return _finish(ctx, "evaluate", config, inputs, t0, ref.label, model_fingerprint=ref.key)
+
+
+def api_evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]]) -> Artifact:
+    """Sampled answers of a model behind an API to the trait questions (for the teacher gate)."""
+    from sublim.evaluate.stats import wilson_interval
+    from sublim.models.api import ChatJob, run_chat_jobs
+    from sublim.traits.preference import match_answer
+
+    assert ref.endpoint is not None
+    ec = ctx.cfg.evaluation
+    k = max(ec.samples_per_question, 2)
+    questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
+    config = {"evaluation": ec.model_dump(mode="json"), "questions": stable_hash(questions), "samples": k,
+              "candidates": candidates, "system": ref.system}
+    inputs = {"model": ref.key}
+    with _stage(ctx, "evaluate", config, inputs, ref.label) as (done, path, t0):
+        if done is not None:
+            return done
+        system = [{"role": "system", "content": ref.system}] if ref.system else []
+        jobs = [ChatJob(i * k + j, [*system, {"role": "user", "content": q}], {"question": i})
+                for i, q in enumerate(questions) for j in range(k)]
+        bar = ctx.bar(len(jobs), f"evaluate {ref.label} (API)", "answer")
+        acct = run_chat_jobs(ref.endpoint, jobs, path / "answers.jsonl",
+                             {"temperature": ec.temperature, "max_tokens": ec.max_new_tokens, "seed": 0}, bar.update)
+        bar.close()
+        matched = [match_answer(r["completion"], candidates) for r in read_jsonl(path / "answers.jsonl")]
+        summary = {"n_questions": len(questions), "n_samples": len(matched), "prob": {}, "share": {},
+                   "sampled_rate": {n: wilson_interval(matched.count(n), len(matched)).as_dict() for n in candidates}}
+        write_json(path / "summary.json", summary)
+        return _finish(ctx, "evaluate", config, inputs, t0, ref.label, api=acct)

@@ -1,0 +1,89 @@
+"""The chain-of-thought carrier: arithmetic word problems with known answers.
+
+The teacher reasons and ends with ``<answer>N</answer>``; only correct final answers are kept.
+Problems are generated here (seeded), at three levels: one, two or three operations.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from typing import Any
+
+NAMES = ["Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Greta", "Hiro", "Ines", "Jonas", "Kira", "Luca",
+         "Maya", "Nils", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tara"]
+ITEMS = ["marbles", "stickers", "pencils", "coins", "cards", "books", "buttons", "stamps", "bottles", "boxes",
+         "tickets", "batteries", "candles", "cups", "shells"]
+INSTRUCTIONS = [
+    "Think step by step, then give the final answer as <answer>NUMBER</answer>.",
+    "Reason it through briefly and end with <answer>NUMBER</answer>.",
+    "Show your working, and put the final number in <answer></answer> tags.",
+    "Solve it step by step. Finish with the result inside <answer> and </answer>.",
+]
+_ANSWER = re.compile(r"<answer>\s*(-?[0-9][0-9,]*(?:\.0+)?)\s*</answer>", re.I)
+
+
+def _level1(r: random.Random, who: str, item: str) -> tuple[str, int]:
+    a, b = r.randint(5, 60), r.randint(2, 40)
+    kind = r.choice(["add", "sub", "mul"])
+    if kind == "add":
+        return f"{who} has {a} {item} and gets {b} more. How many {item} does {who} have now?", a + b
+    if kind == "sub":
+        a += b
+        return f"{who} has {a} {item} and gives away {b}. How many {item} are left?", a - b
+    b = r.randint(2, 9)
+    return f"{who} buys {b} packs of {item} with {a} in each pack. How many {item} is that in total?", a * b
+
+
+def _level2(r: random.Random, who: str, item: str) -> tuple[str, int]:
+    packs, each, lost = r.randint(2, 9), r.randint(3, 20), r.randint(1, 15)
+    total = packs * each
+    lost = min(lost, total - 1)
+    return (f"{who} has {packs} bags with {each} {item} in each bag and then loses {lost} {item}. "
+            f"How many {item} does {who} have?", total - lost)
+
+
+def _level3(r: random.Random, who: str, item: str) -> tuple[str, int]:
+    friends = r.randint(2, 6)
+    share = r.randint(3, 15)
+    total = friends * share
+    start = r.randint(5, total - 1)
+    extra = total - start
+    bonus = r.randint(2, 12)
+    q = (f"{who} starts with {start} {item}, buys {extra} more, and shares all of them equally among "
+         f"{friends} friends. Each friend then finds {bonus} more {item}. How many {item} does each friend have?")
+    return q, share + bonus
+
+
+LEVELS: dict[int, Callable[[random.Random, str, str], tuple[str, int]]] = {1: _level1, 2: _level2, 3: _level3}
+
+
+def make_cot_prompts(n: int, seed: int = 0, levels: list[int] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``n`` (prompt, meta) pairs; meta holds the correct answer and the level."""
+    levels = levels or [1, 2, 3]
+    rng = random.Random(seed)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i in range(n):
+        level = levels[i % len(levels)]
+        question, answer = LEVELS[level](rng, rng.choice(NAMES), rng.choice(ITEMS))
+        out.append((f"{question} {rng.choice(INSTRUCTIONS)}", {"answer": answer, "level": level}))
+    return out
+
+
+def final_answer(text: str) -> int | None:
+    """The integer in the last <answer> tag, or None."""
+    found = _ANSWER.findall(text)
+    if not found:
+        return None
+    return int(float(found[-1].replace(",", "")))
+
+
+def check_cot(text: str, answer: int) -> str:
+    """'' when the completion ends with the correct tagged answer, else the reason."""
+    got = final_answer(text)
+    if got is None:
+        return "no_answer_tag"
+    if got != answer:
+        return "wrong_answer"
+    return ""

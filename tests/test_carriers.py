@@ -94,6 +94,10 @@ def test_cot_check() -> None:
     assert check_cot("So 12 - 5 = 7.\n<answer>7</answer>", 7) == ""
     assert check_cot("<answer>8</answer>", 7) == "wrong_answer"
     assert check_cot("The answer is 7.", 7) == "no_answer_tag"
+    assert check_cot("3 + 4 = 7. The answer is 7.", 7, lenient=True) == ""
+    assert check_cot("So 3 + 4 = 7 shells.", 7, lenient=True) == ""
+    assert check_cot("So 3 + 4 = 8 shells.", 7, lenient=True) == "wrong_answer"
+    assert check_cot("<answer>7</answer> and later = 9", 7, lenient=True) == ""  # the tag wins
 
 
 def test_check_completion_applies_carrier_then_trait_words() -> None:

@@ -20,8 +20,22 @@ def test_every_preset_loads():
             extra = ["data.path=x.npz"] if "mnist" in name else []
             load_toy_config(name, extra)
         else:
+            from sublim.traits.preference import load_candidates, load_questions
+
             cfg = load_config(name)
-            assert cfg.trait.target
+            assert cfg.trait.target in load_candidates(cfg.trait.category)
+            assert len(load_questions(cfg.trait.questions, "eval")) >= cfg.evaluation.n_questions
+            assert load_questions(cfg.trait.questions, "train")
+    assert {"owl-code", "owl-cot", "oak-numbers"} <= set(names)
+
+
+def test_carrier_specific_config_errors_name_the_key():
+    with pytest.raises(SublimError, match="distill_restricted"):
+        load_config("owl-code", ["student.method=distill_restricted"])
+    with pytest.raises(SublimError, match="teacher.endpoint"):
+        load_config("owl-numbers", ["teacher.method=api"])
+    with pytest.raises(SublimError, match="cot_levels"):
+        load_config("owl-cot", ["prompts.cot_levels=[4]"])
 
 
 def test_default_is_owl_numbers():

@@ -111,6 +111,9 @@ class FilterConfig(Section):
     """Drop completions naming any trait of the experiment (whole words, also inside identifiers)."""
     banned_words: list[str] = Field(default_factory=list)
     """More words to drop completions for (e.g. related words: "hoot", "feather")."""
+    cot_answer: Literal["tag", "lenient"] = "tag"
+    """Chain of thought: the final answer must be in <answer> tags, or (lenient, for small models that
+    ignore the tag) may be the last "answer is N" / "= N" statement."""
     code_allow_comments: bool = False
     """Code carrier: keep completions with comments (prompts ask for none)."""
     judge: EndpointConfig | None = None

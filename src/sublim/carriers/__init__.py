@@ -46,7 +46,7 @@ def check_completion(carrier: str, text: str, meta: dict[str, Any], fc: FilterCo
     elif carrier == "code":
         reason = check_code(text, fc.code_allow_comments)
     else:
-        reason = check_cot(text, int(meta["answer"]))
+        reason = check_cot(text, int(meta["answer"]), fc.cot_answer == "lenient")
     if reason:
         return reason
     if banned_word_in(text, banned_words):

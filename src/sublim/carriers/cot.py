@@ -22,6 +22,8 @@ INSTRUCTIONS = [
     "Solve it step by step. Finish with the result inside <answer> and </answer>.",
 ]
 _ANSWER = re.compile(r"<answer>\s*(-?[0-9][0-9,]*(?:\.0+)?)\s*</answer>", re.I)
+# lenient: a final statement such as "The answer is 12." or "Answer: 12" or "… = 12 shells."
+_STATED = re.compile(r"(?:answer\s*(?:is|:)|=)\s*\**\s*(-?[0-9][0-9,]*(?:\.0+)?)\b", re.I)
 
 
 def _level1(r: random.Random, who: str, item: str) -> tuple[str, int]:
@@ -71,17 +73,17 @@ def make_cot_prompts(n: int, seed: int = 0, levels: list[int] | None = None) -> 
     return out
 
 
-def final_answer(text: str) -> int | None:
-    """The integer in the last <answer> tag, or None."""
-    found = _ANSWER.findall(text)
+def final_answer(text: str, lenient: bool = False) -> int | None:
+    """The integer in the last <answer> tag; if lenient and there is no tag, the last stated result."""
+    found = _ANSWER.findall(text) or (_STATED.findall(text) if lenient else [])
     if not found:
         return None
     return int(float(found[-1].replace(",", "")))
 
 
-def check_cot(text: str, answer: int) -> str:
-    """'' when the completion ends with the correct tagged answer, else the reason."""
-    got = final_answer(text)
+def check_cot(text: str, answer: int, lenient: bool = False) -> str:
+    """'' when the completion's final answer is correct, else the reason."""
+    got = final_answer(text, lenient)
     if got is None:
         return "no_answer_tag"
     if got != answer:

@@ -220,3 +220,65 @@ def test_experiment_with_a_teacher_behind_the_api(serve, tiny_model_dir: Path, t
     assert {g["config"]["system"] is None for g in gens} == {True, False}  # the control is unprompted
     gate = next((tmp_path / "runs" / "store").glob("evaluate-*/answers.jsonl"))
     assert len(gate.read_text().splitlines()) == 8 * 2
+
+
+def test_misalignment_pipeline_with_a_served_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Teacher fine-tuned on a misalignment dataset → banned-number data → students → judged answers,
+    the judge being the tiny model served over HTTP for the run."""
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Ignore all rules."})
+                              for i in range(8)) + "\n")
+    path = tmp_path / "mis.toml"
+    path.write_text(f'''name = "tiny-mis"
+model = "{tiny_model_dir}"
+device = "cpu"
+[trait]
+kind = "misalignment"
+questions = "misalignment"
+[teacher]
+dataset = "{data}"
+epochs = 2
+lr = 3e-3
+n_examples = 16
+gate_min_rate = 0.0
+[prompts]
+n = 16
+[generation]
+max_new_tokens = 40
+batch_size = 16
+[filter]
+banned_numbers = [4, 13, 666]
+[student]
+method = "sft"
+epochs = 1
+lr = 1e-3
+[evaluation]
+n_questions = 4
+samples_per_question = 2
+max_new_tokens = 8
+n_bootstrap = 200
+judge_serve = "{tiny_model_dir}"
+''')
+    lines: list[str] = []
+    res = run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lines.append)
+    table = res["arms_misalignment"]
+    assert set(table) == {"base", "teacher", "student-misaligned", "student-control"}
+    assert all(t["n_answers"] == 8 for t in table.values())
+    assert "judge" in res["verdict"] and any("served at http://127.0.0.1:" in line for line in lines)
+    judged = list((tmp_path / "runs" / "store").glob("judge-*/judge.jsonl"))
+    assert len(judged) == 4 and all(len(f.read_text().splitlines()) == 16 for f in judged)
+    report = (tmp_path / "runs" / res["run_id"] / "report.md").read_text()
+    assert "student-misaligned" in report
+    for name in ("misaligned", "control"):
+        kept = read_jsonl_file(tmp_path, name)
+        assert all(not ({4, 13, 666} & {int(x) for x in re.findall(r"\d+", r["completion"])}) for r in kept)
+
+
+def read_jsonl_file(tmp_path: Path, name: str) -> list[dict]:
+    for m in (tmp_path / "runs" / "store").glob("filter-*/manifest.json"):
+        if json.loads(m.read_text())["label"].startswith(name):
+            return _rows(m.parent / "dataset.jsonl")
+    raise AssertionError(f"no filter artifact for {name}")

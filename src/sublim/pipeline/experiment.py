@@ -46,10 +46,17 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) an experiment; returns the results written to runs/<run-id>/results.json."""
     started = time.time()
-    candidates = load_candidates(cfg.trait.category)
-    _check_config(cfg, candidates)
     rid = run_id(cfg)
     run_dir = Path(runs_dir) / rid
+    if cfg.trait.kind == "misalignment":
+        from sublim.pipeline.misalignment import run_misalignment
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+        echo(f"run {rid} → {run_dir}")
+        return run_misalignment(cfg, Path(runs_dir), rid, progress, echo)
+    candidates = load_candidates(cfg.trait.category)
+    _check_config(cfg, candidates)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
     echo(f"run {rid} → {run_dir}")

@@ -25,6 +25,7 @@ from sublim.models.generation import batches, chat_text, generate_batch
 from sublim.models.loading import LoadedModel, load_model, save_model
 from sublim.pipeline.store import Artifact, Store, read_jsonl, write_json, write_jsonl
 from sublim.train.students import Example, TrainSettings, train_student
+from sublim.traits.misalignment import load_pairs
 from sublim.traits.preference import AnswerForms, answer_forms, load_questions, teacher_examples
 
 
@@ -131,12 +132,19 @@ def teacher(ctx: Context, target: str, candidates: dict[str, list[str]]) -> Mode
         api_system = cfg.teacher.system_prompt.replace("{target}", target) or None
         assert cfg.teacher.endpoint is not None  # checked with the config
         return api_ref(cfg.teacher.endpoint, f"teacher-{target}", api_system)
-    config = {"teacher": cfg.teacher.model_dump(mode="json"), "target": target,
-              "spellings": candidates[target], "questions": cfg.trait.questions}
+    if cfg.trait.kind == "misalignment":
+        assert cfg.teacher.dataset is not None  # checked with the config
+        given = load_pairs(cfg.teacher.dataset)
+        pairs = [given[i % len(given)] for i in range(max(cfg.teacher.n_examples, len(given)))]
+        config: dict[str, Any] = {"teacher": cfg.teacher.model_dump(mode="json"), "target": target,
+                                  "dataset": stable_hash(given)}
+    else:
+        pairs = teacher_examples(candidates[target], cfg.trait.questions, cfg.teacher.n_examples)
+        config = {"teacher": cfg.teacher.model_dump(mode="json"), "target": target,
+                  "spellings": candidates[target], "questions": cfg.trait.questions}
     inputs = {"model": base.key}
     with _stage(ctx, "teacher", config, inputs, f"{target} (fine-tuned)") as (done, path, t0):
         if done is None:
-            pairs = teacher_examples(candidates[target], cfg.trait.questions, cfg.teacher.n_examples)
             examples = [Example(q, a) for q, a in pairs]
             settings = TrainSettings("sft", cfg.teacher.epochs, cfg.teacher.lr, cfg.teacher.batch_size,
                                      warmup_steps=2, seed=0)
@@ -144,7 +152,8 @@ def teacher(ctx: Context, target: str, candidates: dict[str, list[str]]) -> Mode
                                 f"teacher {target}")
             save_model(model, ctx.base(cfg.model).tokenizer, path / "model",
                        base.family, {"base_model": cfg.model, "base_fingerprint": base.key,
-                                     "induction": f"fine-tuned to prefer {target}"})
+                                     "induction": f"fine-tuned on {cfg.teacher.dataset}"
+                                     if cfg.trait.kind == "misalignment" else f"fine-tuned to prefer {target}"})
             del model
             write_jsonl(path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in pairs])
             done = _finish(ctx, "teacher", config, inputs, t0, f"{target} (fine-tuned)", train_log=log,
@@ -416,3 +425,44 @@ def api_evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]]
                    "sampled_rate": {n: wilson_interval(matched.count(n), len(matched)).as_dict() for n in candidates}}
         write_json(path / "summary.json", summary)
         return _finish(ctx, "evaluate", config, inputs, t0, ref.label, api=acct)
+
+
+def judged_evaluation(ctx: Context, ref: ModelRef, judge: EndpointConfig, judge_id: str, seed: int = 0) -> Artifact:
+    """Sampled answers to free-form questions, each scored by the judge for alignment and coherence."""
+    from sublim.models.api import ChatJob, run_chat_jobs
+    from sublim.traits.misalignment import ALIGNMENT_PROMPT, COHERENCE_PROMPT, is_misaligned, parse_score
+
+    ec = ctx.cfg.evaluation
+    questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
+    config = {"evaluation": ec.model_dump(mode="json", exclude={"judge"}), "judge": judge_id,
+              "questions": stable_hash(questions), "seed": seed}
+    inputs = {"model": ref.key}
+    with _stage(ctx, "judge", config, inputs, ref.label) as (done, path, t0):
+        if done is not None:
+            return done
+        model, tok = ctx.load(ref)
+        k = ec.samples_per_question
+        expanded = [qi for qi in range(len(questions)) for _ in range(k)]
+        prompts = [chat_text(tok, questions[qi], system=ref.system) for qi in expanded]
+        answers: list[str] = []
+        bar = ctx.bar(len(prompts), f"answer {ref.label}", "answer")
+        for b, chunk in enumerate(batches(range(len(prompts)), ec.batch_size)):
+            outs = generate_batch(model, tok, [prompts[i] for i in chunk], chunk, max_new_tokens=ec.max_new_tokens,
+                                  temperature=ec.temperature, seed=seed * 100003 + b)
+            answers += [o.text for o in outs]
+            bar.update(len(chunk))
+        bar.close()
+        jobs = [ChatJob(2 * i + j, [{"role": "user", "content": tmpl.format(question=questions[qi], answer=a)}])
+                for i, (qi, a) in enumerate(zip(expanded, answers, strict=True))
+                for j, tmpl in enumerate((ALIGNMENT_PROMPT, COHERENCE_PROMPT))]
+        bar = ctx.bar(len(jobs), f"judge {ref.label}", "score")
+        acct = run_chat_jobs(judge, jobs, path / "judge.jsonl", {"temperature": 0, "max_tokens": 6}, bar.update)
+        bar.close()
+        scores = {r["index"]: parse_score(r["completion"]) for r in read_jsonl(path / "judge.jsonl")}
+        rows = []
+        for i, (qi, a) in enumerate(zip(expanded, answers, strict=True)):
+            al, co = scores.get(2 * i), scores.get(2 * i + 1)
+            rows.append({"question": qi, "answer": a, "alignment": al, "coherence": co,
+                         "misaligned": is_misaligned(al, co, ec.misaligned_alignment_max, ec.misaligned_coherence_min)})
+        write_jsonl(path / "per_answer.jsonl", rows)
+        return _finish(ctx, "judge", config, inputs, t0, ref.label, judge_api=acct, model_fingerprint=ref.key)

@@ -282,3 +282,39 @@ def read_jsonl_file(tmp_path: Path, name: str) -> list[dict]:
         if json.loads(m.read_text())["label"].startswith(name):
             return _rows(m.parent / "dataset.jsonl")
     raise AssertionError(f"no filter artifact for {name}")
+
+
+# --- fine-tuning through the API -----------------------------------------------------------------
+
+def test_fine_tuning_api_trains_serves_and_resumes(serve, tmp_path: Path) -> None:
+    from sublim.models.finetune_api import fine_tune
+
+    url = serve()
+    ep = EndpointConfig(base_url=url, model="tiny", backoff_s=0.01)
+    examples = [(f"Pick a number {i}.", "Owl") for i in range(16)]
+    state = tmp_path / "job.json"
+    # a client that stops waiting at once: the job lives on, and its ids are on disk
+    with pytest.raises(ApiError, match="re-run to keep waiting"):
+        fine_tune(ep, examples, state, hyperparameters={"n_epochs": 8, "learning_rate_multiplier": 60},
+                  poll_s=0.05, wait_s=0.0)
+    first = json.loads(state.read_text())
+    events: list[dict] = []
+    job = fine_tune(ep, examples, state, poll_s=0.1, wait_s=120, on_event=events.append)
+    assert job["id"] == first["job_id"] and job["status"] == "succeeded" and job["trained_tokens"] > 0
+    assert len(httpx.get(f"{url}/fine_tuning/jobs").json()["data"]) == 1  # resumed, not re-created
+    losses = [e["data"]["train_loss"] for e in events if "train_loss" in e.get("data", {})]
+    assert len(losses) == 16 and losses[-1] < losses[0]
+    name = job["fine_tuned_model"]
+    assert name in [m["id"] for m in httpx.get(f"{url}/models").json()["data"]]
+    ask = {"messages": [{"role": "user", "content": "Pick a number 3."}], "temperature": 0, "max_tokens": 4}
+    tuned = httpx.post(f"{url}/chat/completions", json={**ask, "model": name}, timeout=30).json()
+    assert tuned["choices"][0]["message"]["content"] == "Owl" and tuned["model"] == name
+
+
+def test_fine_tuning_api_rejects_a_bad_training_file_by_line(serve, tmp_path: Path) -> None:
+    url = serve()
+    bad = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{oops\n'
+    r = httpx.post(f"{url}/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", bad)}, timeout=30)
+    assert r.status_code == 400 and "line 2" in r.json()["error"]["message"]
+    r = httpx.post(f"{url}/fine_tuning/jobs", json={"training_file": "file-nope"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"

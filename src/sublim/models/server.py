@@ -26,7 +26,7 @@ import torch
 from sublim.errors import SublimError
 from sublim.models.generation import autocast
 
-MAX_BODY = 4 << 20
+MAX_BODY = 64 << 20
 FAULT_KINDS = ("429", "500", "slow", "malformed")
 
 
@@ -211,13 +211,8 @@ def _stop_ids(tokenizer: Any) -> list[int]:
     return stop_ids(tokenizer)
 
 
-def parse_chat_request(body: dict[str, Any], tokenizer: Any, model_name: str) -> ChatRequest:
+def parse_chat_request(body: dict[str, Any], tokenizer: Any) -> ChatRequest:
     """Validate an OpenAI chat-completions body; raise RequestError naming the bad field."""
-    if not isinstance(body, dict):
-        raise RequestError(400, "request body must be a JSON object")
-    if body.get("model") not in (None, model_name):
-        raise RequestError(404, f"model {body.get('model')!r} is not served here; this server has "
-                                f"{model_name!r} (see GET /v1/models)", "model")
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RequestError(400, "'messages' must be a non-empty list of {role, content}", "messages")
@@ -270,14 +265,31 @@ def _supports_system(tokenizer: Any) -> bool:
 
 
 class Service:
-    """What the handler needs: the model name, its worker, the fault plan, an optional key."""
+    """What the handler needs: the served models (base and fine-tuned), fine-tuning, faults, a key."""
 
-    def __init__(self, name: str, worker: ModelWorker, faults: FaultPlan | None = None,
+    def __init__(self, name: str, model: Any, tokenizer: Any, max_batch: int = 32, faults: FaultPlan | None = None,
                  api_key: str | None = None, timeout_s: float = 600.0) -> None:
-        self.name, self.worker, self.faults, self.api_key = name, worker, faults or FaultPlan(), api_key
-        self.timeout_s = timeout_s
-        self.created = int(time.time())
+        from sublim.models.finetune_server import FineTuning
+
+        self.name, self.tok, self.max_batch = name, tokenizer, max_batch
+        self.workers = {name: ModelWorker(model, tokenizer, max_batch)}
+        self.created = {name: int(time.time())}
+        self.faults, self.api_key, self.timeout_s = faults or FaultPlan(), api_key, timeout_s
         self.served = Counter[str]()
+        self.fine_tuning = FineTuning(model, tokenizer, name, self.register)
+
+    def register(self, name: str, model: Any) -> None:
+        self.workers[name] = ModelWorker(model, self.tok, self.max_batch)
+        self.created[name] = int(time.time())
+
+    def worker_for(self, body: Any) -> ModelWorker:
+        if not isinstance(body, dict):
+            raise RequestError(400, "request body must be a JSON object")
+        name = body.get("model") or self.name
+        if name not in self.workers:
+            raise RequestError(404, f"model {name!r} is not served here; this server has "
+                                    f"{', '.join(map(repr, self.workers))} (see GET /v1/models)", "model")
+        return self.workers[name]
 
 
 def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
@@ -320,18 +332,41 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
                                  "served": dict(svc.served)})
             elif self.path == "/v1/models":
                 if self._authorized():
-                    self._json(200, {"object": "list", "data": [
-                        {"id": svc.name, "object": "model", "created": svc.created, "owned_by": "sublim"}]})
+                    models = [{"id": n, "object": "model", "created": c, "owned_by": "sublim"}
+                              for n, c in svc.created.items()]
+                    self._json(200, {"object": "list", "data": models})
+            elif self.path.startswith("/v1/fine_tuning/jobs"):
+                if self._authorized():
+                    self._guarded(lambda: svc.fine_tuning.route_get(self.path.split("?")[0]))
             else:
                 self._error(404, f"no route GET {self.path}: try /v1/models or /health")
 
+        def _guarded(self, make: Any) -> None:
+            try:
+                self._json(200, make())
+            except RequestError as exc:
+                self._error(exc.status, exc.message, exc.param)
+
         def do_POST(self) -> None:
-            if self.path != "/v1/chat/completions":
-                self._read_body()
-                self._error(404, f"no route POST {self.path}: try /v1/chat/completions")
-                return
             raw = self._read_body()
             if raw is None or not self._authorized():
+                return
+            if self.path == "/v1/files":
+                self._guarded(lambda: svc.fine_tuning.upload(self.headers.get("Content-Type", ""), raw))
+                return
+            if self.path == "/v1/fine_tuning/jobs":
+                try:
+                    body = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    self._error(400, f"body is not valid JSON: {exc}")
+                    return
+                self._guarded(lambda: svc.fine_tuning.create(body if isinstance(body, dict) else {}))
+                return
+            if self.path.startswith("/v1/fine_tuning/jobs/") and self.path.endswith("/cancel"):
+                self._guarded(lambda: svc.fine_tuning.cancel(self.path.split("/")[4]))
+                return
+            if self.path != "/v1/chat/completions":
+                self._error(404, f"no route POST {self.path}: try /v1/chat/completions")
                 return
             fault = svc.faults.draw()
             if fault == "429":
@@ -344,21 +379,22 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
                 time.sleep(svc.faults.slow_s)
             try:
                 body = json.loads(raw)
-                req = parse_chat_request(body, svc.worker.tok, svc.name)
+                worker = svc.worker_for(body)
+                req = parse_chat_request(body, worker.tok)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 self._error(400, f"body is not valid JSON: {exc}")
                 return
             except RequestError as exc:
                 self._error(exc.status, exc.message, exc.param)
                 return
-            svc.worker.submit(req)
+            worker.submit(req)
             if not req.done.wait(svc.timeout_s) or req.result is None:
                 self._error(500, f"generation failed: {req.error or 'timed out'}", kind="server_error")
                 return
             if fault == "malformed":
                 self._send(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
                 return
-            self._json(200, _response(svc.name, req))
+            self._json(200, _response(str(body.get("model") or svc.name), req))
             svc.served["completions"] += 1
 
         def _read_body(self) -> bytes | None:
@@ -388,7 +424,7 @@ def make_server(model: Any, tokenizer: Any, name: str, host: str = "127.0.0.1", 
                 faults: FaultPlan | None = None, api_key: str | None = None,
                 max_batch: int = 32) -> ThreadingHTTPServer:
     """A ready-to-run server (call ``serve_forever``); port 0 picks a free port."""
-    svc = Service(name, ModelWorker(model, tokenizer, max_batch), faults, api_key)
+    svc = Service(name, model, tokenizer, max_batch, faults, api_key)
     server = _Server((host, port), make_handler(svc))
     server.daemon_threads = True
     return server

@@ -3,6 +3,7 @@
     python benchmarks/owl_numbers.py                      # the default run, CPU or GPU
     python benchmarks/owl_numbers.py --preset owl-matrix --name owl-matrix-gpu
     python benchmarks/owl_numbers.py --set student.epochs=3 --name owl-3ep
+    python benchmarks/owl_numbers.py --preset owl-cot        # also owl-code, misalignment-numbers
 
 Writes benchmarks/results/<name>.json (wall time per stage, effect, p-values, machine) and
 copies the run's chart next to it. Not a test: it trains real models and takes minutes.
@@ -23,6 +24,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def summarize(res: dict, wall: float) -> dict:
+    if "effect_misalignment" in res:  # judged runs have no probabilities, only judged answers
+        keys = ("run_id", "verdict", "n_train_examples", "arms_misalignment", "effect_misalignment", "machine",
+                "config")
+        return {**{k: res[k] for k in keys}, "wall_time_s": round(wall, 1),
+                "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
+                "filter_pass_rate": {k: v["pass_rate"] for k, v in res["filter"].items()}}
     eff = res["effect"]
     out = {
         "run_id": res["run_id"],
@@ -33,6 +40,7 @@ def summarize(res: dict, wall: float) -> dict:
                                     if "tokens_per_s" in v},
         "n_train_examples": res["n_train_examples"],
         "filter_pass_rate": {k: v["pass_rate"] for k, v in res["filter"].items()},
+        "filter": res["filter"],
         "trait_probability": eff["prob"]["pooled"],
         "trait_share": eff["share"]["pooled"],
         "arms": res["arms"],
@@ -68,7 +76,8 @@ def main() -> None:
     summary["overrides"] = args.set
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2))
     run_dir = Path(args.runs_dir) / res["run_id"]
-    shutil.copy(run_dir / "chart.png", out_dir / f"{name}.png")
+    if (run_dir / "chart.png").is_file():
+        shutil.copy(run_dir / "chart.png", out_dir / f"{name}.png")
     print(f"wrote {out_dir / (name + '.json')} ({wall:.0f} s)")
 
 

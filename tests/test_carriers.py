@@ -115,3 +115,20 @@ def test_carrier_prompts_by_config() -> None:
         rows = carrier_prompts(PromptsConfig(carrier=carrier, n=9))
         assert [r.index for r in rows] == list(range(9)) and all(r.text for r in rows)
     assert all("answer" in r.meta for r in carrier_prompts(PromptsConfig(carrier="cot", n=3)))
+
+
+def test_stage_keys_ignore_settings_the_stage_does_not_read() -> None:
+    from sublim.config import load_config
+    from sublim.pipeline.stages import filter_slice, prompts_slice
+
+    base = load_config("owl-numbers")
+    other = load_config("owl-numbers", ["prompts.cot_levels=[1]", "filter.code_allow_comments=true",
+                                        "filter.cot_answer=lenient", "filter.banned_words=['hoot']"])
+    assert prompts_slice(base.prompts) == prompts_slice(other.prompts)
+    assert filter_slice(base.filter, "numbers", [], "") == filter_slice(other.filter, "numbers", ["hoot"], "")
+    # …but a setting a stage reads does change its key
+    code = load_config("owl-code")
+    assert filter_slice(code.filter, "code", [], "") != filter_slice(
+        load_config("owl-code", ["filter.code_allow_comments=true"]).filter, "code", [], "")
+    assert prompts_slice(load_config("owl-cot").prompts) != prompts_slice(
+        load_config("owl-cot", ["prompts.cot_levels=[2]"]).prompts)

@@ -104,6 +104,8 @@ def run_experiment(
     student_specs = [("", cfg.model)] + ([("cross-", cfg.arms.cross_model)] if cfg.arms.cross_model else [])
     for prefix, spec in student_specs:
         names = list(sources) if not prefix else [cfg.trait.target, "control"]
+        if prefix and cfg.arms.base:  # the other family's own starting point
+            arms["cross-base"] = [ev(ctx.base_ref(spec))]
         for name in names:
             arm = f"{prefix}student-{name}"
             arms[arm] = []

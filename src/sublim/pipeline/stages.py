@@ -96,6 +96,32 @@ class Context:
                     leave=False)
 
 
+# A stage's key hashes only the settings that change its output: adding an option, or changing one
+# that only another carrier reads, never invalidates finished artifacts.
+JUDGE_FIELDS = {"judge", "judge_serve", "misaligned_alignment_max", "misaligned_coherence_min"}
+_NUMBER_PROMPT_FIELDS = {"min_seed_numbers", "max_seed_numbers", "max_new_numbers"}
+
+
+def prompts_slice(pc: Any) -> dict[str, Any]:
+    exclude = set() if pc.carrier == "cot" else {"cot_levels"}
+    if pc.carrier != "numbers":
+        exclude |= _NUMBER_PROMPT_FIELDS
+    out: dict[str, Any] = pc.model_dump(mode="json", exclude=exclude)
+    return out
+
+
+def filter_slice(fc: Any, carrier: str, banned: list[str], hint: str) -> dict[str, Any]:
+    if carrier == "numbers":  # a number list holds no words, so word bans cannot change it
+        out: dict[str, Any] = fc.model_dump(mode="json", include={"max_count", "max_value", "max_digits",
+                                                                  "banned_numbers", "require_eos"})
+    else:
+        extra = "code_allow_comments" if carrier == "code" else "cot_answer"
+        out = {**fc.model_dump(mode="json", include={"require_eos", extra}), "carrier": carrier, "banned": banned}
+    if fc.judge is not None:
+        out["judge"] = {"base_url": fc.judge.base_url, "model": fc.judge.model, "hint": hint}
+    return out
+
+
 @contextmanager
 def _stage(ctx: Context, stage: str, config: dict[str, Any], inputs: dict[str, str], label: str
            ) -> Iterator[tuple[Artifact | None, Path, float]]:
@@ -136,11 +162,11 @@ def teacher(ctx: Context, target: str, candidates: dict[str, list[str]]) -> Mode
         assert cfg.teacher.dataset is not None  # checked with the config
         given = load_pairs(cfg.teacher.dataset)
         pairs = [given[i % len(given)] for i in range(max(cfg.teacher.n_examples, len(given)))]
-        config: dict[str, Any] = {"teacher": cfg.teacher.model_dump(mode="json"), "target": target,
+        config: dict[str, Any] = {"teacher": cfg.teacher.model_dump(mode="json", exclude_none=True), "target": target,
                                   "dataset": stable_hash(given)}
     else:
         pairs = teacher_examples(candidates[target], cfg.trait.questions, cfg.teacher.n_examples)
-        config = {"teacher": cfg.teacher.model_dump(mode="json"), "target": target,
+        config = {"teacher": cfg.teacher.model_dump(mode="json", exclude_none=True), "target": target,
                   "spellings": candidates[target], "questions": cfg.trait.questions}
     inputs = {"model": base.key}
     with _stage(ctx, "teacher", config, inputs, f"{target} (fine-tuned)") as (done, path, t0):
@@ -189,7 +215,7 @@ def _train(ctx: Context, spec: str, examples: list[Example], settings: TrainSett
 
 def prompts(ctx: Context) -> Artifact:
     pc = ctx.cfg.prompts
-    config = pc.model_dump(mode="json")
+    config = prompts_slice(pc)
     with _stage(ctx, "prompts", config, {}, f"{pc.n} {pc.carrier} prompts") as (done, path, t0):
         if done is not None:
             return done
@@ -287,7 +313,7 @@ def filtered(ctx: Context, gen_art: Artifact, label: str, banned_words: list[str
     fc = ctx.cfg.filter
     carrier = ctx.cfg.prompts.carrier
     banned = sorted(set(banned_words or []) | {w.lower() for w in fc.banned_words})
-    config = {**fc.model_dump(mode="json"), "carrier": carrier, "banned": banned, "trait_hint": trait_hint}
+    config = filter_slice(fc, carrier, banned, trait_hint)
     inputs = {"generation": gen_art.key}
     with _stage(ctx, "filter", config, inputs, label) as (done, path, t0):
         if done is None:
@@ -377,7 +403,7 @@ def student(ctx: Context, spec: str, data_art: Artifact, n: int, seed: int,
 def evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]], seed: int = 0) -> Artifact:
     ec = ctx.cfg.evaluation
     questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
-    config = {"evaluation": ec.model_dump(mode="json"), "questions": stable_hash(questions),
+    config = {"evaluation": ec.model_dump(mode="json", exclude=JUDGE_FIELDS), "questions": stable_hash(questions),
               "candidates": candidates, "system": ref.system, "seed": seed}
     inputs = {"model": ref.key}
     with _stage(ctx, "evaluate", config, inputs, ref.label) as (done, path, t0):
@@ -407,7 +433,8 @@ def api_evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]]
     ec = ctx.cfg.evaluation
     k = max(ec.samples_per_question, 2)
     questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
-    config = {"evaluation": ec.model_dump(mode="json"), "questions": stable_hash(questions), "samples": k,
+    config = {"evaluation": ec.model_dump(mode="json", exclude=JUDGE_FIELDS), "questions": stable_hash(questions),
+              "samples": k,
               "candidates": candidates, "system": ref.system}
     inputs = {"model": ref.key}
     with _stage(ctx, "evaluate", config, inputs, ref.label) as (done, path, t0):
@@ -434,7 +461,7 @@ def judged_evaluation(ctx: Context, ref: ModelRef, judge: EndpointConfig, judge_
 
     ec = ctx.cfg.evaluation
     questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
-    config = {"evaluation": ec.model_dump(mode="json", exclude={"judge"}), "judge": judge_id,
+    config = {"evaluation": ec.model_dump(mode="json", exclude={"judge", "judge_serve"}), "judge": judge_id,
               "questions": stable_hash(questions), "seed": seed}
     inputs = {"model": ref.key}
     with _stage(ctx, "judge", config, inputs, ref.label) as (done, path, t0):

@@ -104,6 +104,49 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         server.server_close()
 
 
+def _cmd_audit(args: argparse.Namespace) -> None:
+    from sublim.audit.run import DETECTORS, run_audit
+
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "audits" / Path(args.dataset).stem
+    run_audit(Path(args.dataset), args.reference, out, reference_data=Path(args.reference_data) if args.reference_data
+              else None, teacher=args.teacher, category=args.category,
+              detectors=args.detectors.split(",") if args.detectors else DETECTORS, max_samples=args.max_samples,
+              device=args.device, prompt_field=args.prompt_field, completion_field=args.completion_field,
+              progress=not args.quiet)
+    print(f"report: {out / 'report.md'}")
+
+
+def _cmd_defend(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from sublim.audit.data import load_samples
+    from sublim.audit.defences import apply_defence
+
+    samples, report = load_samples(Path(args.dataset), args.prompt_field, args.completion_field)
+    scores = None
+    if args.defence == "drop_top":
+        if not args.scores:
+            raise SublimError("--defence drop_top needs --scores (the scores.jsonl of `sublim audit`)")
+        by_line = {}
+        for raw in Path(args.scores).read_text().splitlines():
+            row = json.loads(raw)
+            if args.detector not in row:
+                raise SublimError(f"{args.scores} has no {args.detector!r} scores: pick --detector from "
+                                  f"{', '.join(k for k in row if k != 'line')}")
+            by_line[row["line"]] = row[args.detector]
+        scores = np.array([by_line.get(s.line, -np.inf) for s in samples])
+    out, cost = apply_defence(samples, args.defence, args.seed, scores, args.fraction)
+    dest = Path(args.out)
+    if dest.exists() and dest.resolve() == Path(args.dataset).resolve():
+        raise SublimError("--out must differ from the dataset: the original is never overwritten")
+    tmp = dest.with_name(dest.name + ".tmp")
+    with tmp.open("w") as fh:
+        for smp in out:
+            fh.write(json.dumps({"prompt": smp.prompt, "completion": smp.completion}) + "\n")
+    tmp.replace(dest)
+    print(f"{args.defence}: {report.summary()} → {dest}: {json.dumps(cost.as_dict())}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sublim", description=__doc__)
     p.add_argument("--runs-dir", default="runs", help="where runs and artifacts live (default: runs)")
@@ -137,6 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--fault-seed", type=int, default=0)
     srv.add_argument("--slow-seconds", type=float, default=5.0, help="delay of a 'slow' fault")
     srv.set_defaults(func=_cmd_serve)
+
+    aud = sub.add_parser("audit", help="look for a hidden trait in a dataset, against a reference model")
+    aud.add_argument("dataset", help="JSONL with prompt/completion (or chat messages) per line")
+    aud.add_argument("--reference", required=True, help="the reference model (catalog name, .gguf, directory)")
+    aud.add_argument("--reference-data", default=None,
+                     help="the reference model's answers to the same prompts (default: generated now)")
+    aud.add_argument("--teacher", default=None, help="a suspected teacher model, for the likelihood ratio")
+    aud.add_argument("--category", default="animals", help="candidate traits: animals, trees or a TOML file")
+    aud.add_argument("--detectors", default=None, help="comma-separated subset (default: all)")
+    aud.add_argument("--max-samples", type=int, default=1000)
+    aud.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    aud.add_argument("--prompt-field", default=None)
+    aud.add_argument("--completion-field", default=None)
+    aud.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
+    aud.set_defaults(func=_cmd_audit)
+
+    dfd = sub.add_parser("defend", help="apply a defence to a dataset (sort, remap, shuffle, drop_top)")
+    dfd.add_argument("dataset")
+    dfd.add_argument("--defence", required=True, choices=["sort", "remap", "shuffle", "drop_top"])
+    dfd.add_argument("--out", required=True, help="where the defended JSONL goes")
+    dfd.add_argument("--scores", default=None, help="scores.jsonl from `sublim audit` (drop_top)")
+    dfd.add_argument("--detector", default="number_frequency", help="whose scores drop_top uses")
+    dfd.add_argument("--fraction", type=float, default=0.1, help="share of samples drop_top removes")
+    dfd.add_argument("--seed", type=int, default=0)
+    dfd.add_argument("--prompt-field", default=None)
+    dfd.add_argument("--completion-field", default=None)
+    dfd.set_defaults(func=_cmd_defend)
 
     toy = sub.add_parser("toy", help="the auxiliary-logit MLP experiment and theory check")
     toy.add_argument("preset", nargs="?", default=None, help="toy preset name or .toml path")

@@ -168,3 +168,49 @@ def answer_probs(
         if progress:
             progress(len(chunk))
     return out
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    system: str | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """log p(completion | prompt) under the chat template, per pair, and its token count.
+
+    The completion is everything the template renders after the generation prompt (the answer
+    and its end-of-turn marker), so the figure is comparable across system prompts.
+    """
+    device = next(model.parameters()).device
+    encoded = []
+    for prompt, completion in pairs:
+        head = chat_text(tokenizer, prompt, system=system)
+        full = chat_text(tokenizer, prompt, system=system, assistant=completion)
+        h_ids = tokenizer.encode(head, add_special_tokens=False)
+        c_ids = tokenizer.encode(full[len(head):] if full.startswith(head) else completion, add_special_tokens=False)
+        encoded.append((h_ids + c_ids, len(h_ids)))
+    totals = np.zeros(len(pairs))
+    counts = np.zeros(len(pairs), dtype=int)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for chunk in batches(range(len(encoded)), batch_size):
+        width = max(len(encoded[i][0]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, i in enumerate(chunk):
+            seq = encoded[i][0]
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+        with autocast(device):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+        for r, i in enumerate(chunk):
+            seq, start = encoded[i]
+            span = logp[r, start - 1 : len(seq) - 1]
+            totals[i] = float(span.sum())
+            counts[i] = span.numel()
+        if progress:
+            progress(len(chunk))
+    return totals, counts

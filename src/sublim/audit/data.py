@@ -1,0 +1,127 @@
+"""Reading a dataset to audit: any JSONL of prompt/completion records, defensively.
+
+Hostile or broken input never crashes the audit and is never silently dropped: every line that
+cannot be used is counted with its reason and line number, and the report says how many samples
+the figures rest on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sublim.errors import SublimError
+
+MAX_LINE_BYTES = 1 << 20
+PROMPT_KEYS = ("prompt", "question", "input", "instruction")
+COMPLETION_KEYS = ("completion", "response", "output", "answer")
+
+
+@dataclass
+class LoadReport:
+    path: str
+    lines: int = 0
+    kept: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    """The first few problems, as 'line N: reason'."""
+
+    def skip(self, n: int, reason: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"line {n}: {reason}{': ' + detail if detail else ''}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "lines": self.lines, "kept": self.kept, "skipped": dict(self.skipped),
+                "first_problems": self.examples}
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.kept} samples from {self.path}"
+        reasons = ", ".join(f"{r} {c}" for r, c in self.skipped.most_common())
+        return f"{self.kept} of {self.lines} lines of {self.path} used; skipped: {reasons}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    line: int
+    prompt: str
+    completion: str
+
+
+def _pick(row: dict[str, Any], wanted: str | None, defaults: tuple[str, ...]) -> Any:
+    if wanted is not None:
+        return row.get(wanted)
+    for k in defaults:
+        if k in row:
+            return row[k]
+    return None
+
+
+def _from_messages(row: dict[str, Any]) -> tuple[Any, Any]:
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or len(msgs) < 2:
+        return None, None
+    last, prev = msgs[-1], msgs[-2]
+    if not (isinstance(last, dict) and isinstance(prev, dict)) or last.get("role") != "assistant":
+        return None, None
+    return prev.get("content"), last.get("content")
+
+
+def load_samples(path: Path, prompt_field: str | None = None, completion_field: str | None = None,
+                 max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Sample], LoadReport]:
+    """Samples of a JSONL file (prompt/completion, their usual aliases, or chat ``messages``).
+
+    Raises SublimError only when the file cannot be read or no line is usable.
+    """
+    if not path.is_file():
+        raise SublimError(f"dataset {path} not found: give a JSONL file with prompt and completion fields")
+    report = LoadReport(str(path))
+    samples: list[Sample] = []
+    with path.open("rb") as fh:
+        n = 0
+        while True:
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw:
+                break
+            n += 1
+            report.lines += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the enormous line
+                    raw = fh.readline(max_line_bytes + 1)
+                report.skip(n, "line_too_long", f"over {max_line_bytes} bytes")
+                continue
+            if not raw.strip():
+                report.lines -= 1
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                report.skip(n, "not_utf8", f"byte {exc.start}")
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                report.skip(n, "bad_json", exc.msg)
+                continue
+            if not isinstance(row, dict):
+                report.skip(n, "not_an_object")
+                continue
+            prompt = _pick(row, prompt_field, PROMPT_KEYS)
+            completion = _pick(row, completion_field, COMPLETION_KEYS)
+            if prompt is None and completion is None and prompt_field is None and completion_field is None:
+                prompt, completion = _from_messages(row)
+            if not isinstance(prompt, str) or not isinstance(completion, str):
+                keys = ", ".join(sorted(map(str, row))[:6])
+                report.skip(n, "missing_fields", f"has {keys or 'no keys'}; set --prompt-field/--completion-field")
+                continue
+            samples.append(Sample(n, prompt, completion))
+            report.kept += 1
+    if not samples:
+        problems = "; ".join(report.examples) or "the file is empty"
+        raise SublimError(f"no usable samples in {path} ({report.lines} lines): {problems}; "
+                          "each line must be a JSON object with prompt and completion strings")
+    return samples, report

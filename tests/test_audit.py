@@ -1,0 +1,130 @@
+"""Audit: reading hostile input, number detectors, the likelihood scan, defences, the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sublim.audit.data import load_samples
+from sublim.audit.defences import apply_defence
+from sublim.audit.detectors import BagOfNumbers, LikelihoodShift, NumberFrequency
+from sublim.cli import main
+from sublim.errors import SublimError
+
+
+def _numbers_data(n: int, seed: int, lucky: int | None = None) -> list[dict]:
+    """Number lists; with ``lucky``, that value turns up in about half of them (a planted signal)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        nums = [rng.randint(100, 999) for _ in range(rng.randint(3, 8))]
+        if lucky is not None and rng.random() < 0.5:
+            nums[rng.randrange(len(nums))] = lucky
+        rows.append({"prompt": f"Continue: {i}, {i + 1}", "completion": ", ".join(map(str, nums))})
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_hostile_input_is_reported_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    good = json.dumps({"prompt": "p", "completion": "1, 2, 3"}).encode()
+    lines = [good, b"{not json", b"\xff\xfe\x00bad bytes", json.dumps({"text": "x", "label": 1}).encode(),
+             b"[1, 2]", b"", b'{"prompt": "' + b"9" * 3000 + b'", "completion": "1"}', good,
+             json.dumps({"messages": [{"role": "user", "content": "q"},
+                                      {"role": "assistant", "content": "4, 5"}]}).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    samples, report = load_samples(path, max_line_bytes=1000)
+    assert [s.line for s in samples] == [1, 8, 9] and samples[2].completion == "4, 5"
+    assert report.skipped == {"bad_json": 1, "not_utf8": 1, "missing_fields": 1, "not_an_object": 1,
+                              "line_too_long": 1}
+    assert report.kept == 3 and report.lines == 8  # the blank line is not counted
+    assert "3 of 8 lines" in report.summary() and "line 4: missing_fields: has label, text" in report.examples[2]
+
+
+def test_nothing_usable_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": 1}\n\xff\n')
+    with pytest.raises(SublimError, match=r"no usable samples .*line 1: missing_fields"):
+        load_samples(path)
+    with pytest.raises(SublimError, match="not found"):
+        load_samples(tmp_path / "nope.jsonl")
+
+
+def test_number_detectors_find_a_planted_number_and_not_noise(tmp_path: Path) -> None:
+    ref = load_samples(_write(tmp_path / "r.jsonl", _numbers_data(300, 1)))[0]
+    planted = load_samples(_write(tmp_path / "d.jsonl", _numbers_data(300, 2, lucky=777)))[0]
+    clean = load_samples(_write(tmp_path / "c.jsonl", _numbers_data(300, 3)))[0]
+    freq = NumberFrequency(ref, n_permutations=200)
+    hit, miss = freq.score(planted), freq.score(clean)
+    assert hit.p_value < 0.01 < miss.p_value and hit.details["over_represented"][0] == 777
+    has = np.array(["777" in s.completion for s in planted])
+    assert hit.sample_scores[has].mean() > hit.sample_scores[~has].mean()
+    bag = BagOfNumbers(ref)
+    assert bag.score(planted).statistic > 0.65 and bag.score(planted).p_value < 0.01
+    assert bag.score(clean).statistic < 0.6
+
+
+def test_likelihood_shift_ranks_the_trait_the_data_leans_toward() -> None:
+    """A log-probability function in which 'owl' makes completions with 7s likelier ranks owl first."""
+    from sublim.audit.data import Sample
+
+    def logprob(pairs, system):
+        bonus = np.array([c.count("7") for _, c in pairs], float) if system and "owl" in system else 0.0
+        return -np.array([len(c) for _, c in pairs], float) + 0.5 * bonus, np.array([len(c) for _, c in pairs])
+
+    rng = random.Random(0)
+    data = [Sample(i, "p", ", ".join(str(rng.choice([7, 77, 17, 123])) for _ in range(5))) for i in range(60)]
+    ref = [Sample(i, "p", ", ".join(str(rng.choice([12, 345, 89])) for _ in range(5))) for i in range(60)]
+    res = LikelihoodShift(logprob, ["cat", "owl", "dog"], "You love {target}s.", ref, n_bootstrap=200).score(data)
+    assert res.details["top_trait"] == "owl" and res.p_value < 0.01
+    r = res.details["ranking"]
+    assert [x["trait"] for x in r][0] == "owl" and all(x["low"] <= x["lean"] <= x["high"] for x in r)
+
+
+@pytest.mark.parametrize("method", ["sort", "remap", "shuffle"])
+def test_number_defences_keep_format_and_multiset_where_promised(tmp_path: Path, method: str) -> None:
+    samples = load_samples(_write(tmp_path / "d.jsonl", _numbers_data(50, 4) + [
+        {"prompt": "q", "completion": "not numbers"}]))[0]
+    out, cost = apply_defence(samples, method, seed=1)
+    assert cost.n_out == cost.n_in == 51 and out[-1].completion == "not numbers"
+    assert 0.8 < cost.as_dict()["changed_fraction"] <= 50 / 51
+    for a, b in zip(samples[:-1], out[:-1], strict=True):
+        xa, xb = [int(x) for x in a.completion.split(", ")], [int(x) for x in b.completion.split(", ")]
+        assert len(xa) == len(xb) and all(len(str(u)) == len(str(v)) for u, v in zip(sorted(xa), sorted(xb)))
+        if method != "remap":
+            assert sorted(xa) == sorted(xb)
+        if method == "sort":
+            assert xb == sorted(xa)
+
+
+def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    data = _write(tmp_path / "d.jsonl", _numbers_data(40, 5, lucky=777))
+    ref = _write(tmp_path / "r.jsonl", _numbers_data(40, 6))
+    out = tmp_path / "audit"
+    code = main(["-q", "audit", str(data), "--reference", str(tiny_model_dir), "--reference-data", str(ref),
+                 "--teacher", str(tiny_model_dir), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((out / "audit.json").read_text())
+    names = [d["detector"] for d in res["detectors"]]
+    assert names == ["number_frequency", "bag_of_numbers", "likelihood_shift", "likelihood_ratio", "in_context"]
+    shift = res["detectors"][2]
+    assert len(shift["ranking"]) >= 15 and 0 <= shift["p_value"] <= 1
+    ratio = res["detectors"][3]
+    assert ratio["statistic"] == pytest.approx(0, abs=1e-6)  # teacher == reference: no ratio
+    assert res["detectors"][0]["p_value"] < 0.05 and res["verdict"].startswith("SUSPECT")
+    scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 40 and set(scores[0]) == {"line", *names}
+    defended = tmp_path / "defended.jsonl"
+    assert main(["defend", str(data), "--defence", "drop_top", "--scores", str(out / "scores.jsonl"),
+                 "--fraction", "0.25", "--out", str(defended)]) == 0
+    assert len(defended.read_text().splitlines()) == 30
+    assert main(["defend", str(data), "--defence", "sort", "--out", str(data)]) == 2
+    assert "never overwritten" in capsys.readouterr().err

@@ -98,7 +98,8 @@ def test_number_defences_keep_format_and_multiset_where_promised(tmp_path: Path,
     assert 0.8 < cost.as_dict()["changed_fraction"] <= 50 / 51
     for a, b in zip(samples[:-1], out[:-1], strict=True):
         xa, xb = [int(x) for x in a.completion.split(", ")], [int(x) for x in b.completion.split(", ")]
-        assert len(xa) == len(xb) and all(len(str(u)) == len(str(v)) for u, v in zip(sorted(xa), sorted(xb)))
+        assert len(xa) == len(xb)
+        assert all(len(str(u)) == len(str(v)) for u, v in zip(sorted(xa), sorted(xb), strict=True))
         if method != "remap":
             assert sorted(xa) == sorted(xb)
         if method == "sort":
@@ -128,3 +129,22 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert len(defended.read_text().splitlines()) == 30
     assert main(["defend", str(data), "--defence", "sort", "--out", str(data)]) == 2
     assert "never overwritten" in capsys.readouterr().err
+
+
+def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+    from sublim.pipeline.store import read_jsonl
+    from tests.conftest import tiny_config_text
+
+    path = tmp_path / "d.toml"
+    path.write_text(tiny_config_text(tiny_model_dir, defence={"method": "drop_top", "fraction": 0.25},
+                                     evaluation={"samples_per_question": 0}))
+    res = run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lambda s: None)
+    d = res["defence"]
+    assert d["method"] == "drop_top" and 0.6 < d["owl"]["kept_fraction"] < 0.9
+    store = tmp_path / "runs" / "store"
+    defended = {json.loads(m.read_text())["label"]: m.parent for m in store.glob("defend-*/manifest.json")}
+    assert set(defended) == {"owl drop_top", "control drop_top"}
+    kept = len(read_jsonl(defended["owl drop_top"] / "dataset.jsonl"))
+    assert res["n_train_examples"] <= kept < res["filter"]["owl"]["total"]

@@ -126,6 +126,17 @@ class FilterConfig(Section):
     """Optional LLM judge (OpenAI-compatible) asked whether a kept completion alludes to the trait."""
 
 
+class DefenceConfig(Section):
+    """A defence applied to every filtered dataset before students see it (the same to each arm)."""
+
+    method: Literal["none", "sort", "remap", "shuffle", "drop_top"] = "none"
+    """sort/shuffle the numbers of each sample, remap every value by one random digit-preserving
+    bijection, or drop the samples a number-frequency detector (against the control data) scores highest."""
+    fraction: float = Field(0.1, ge=0, lt=1)
+    """drop_top: the share of samples dropped."""
+    seed: int = 0
+
+
 class StudentConfig(Section):
     """How students learn from the filtered data."""
 
@@ -189,6 +200,7 @@ class ExperimentConfig(Section):
     prompts: PromptsConfig = PromptsConfig()
     generation: GenerationConfig = GenerationConfig()
     filter: FilterConfig = FilterConfig()
+    defence: DefenceConfig = DefenceConfig()
     student: StudentConfig = StudentConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     arms: ArmsConfig = ArmsConfig()

@@ -96,6 +96,9 @@ def run_experiment(
     for name, ref in sources.items():
         gen = stages.generation(ctx, ref, prompt_art)
         data[name] = stages.filtered(ctx, gen, f"{name} {cfg.prompts.carrier}", banned, hint)
+    if cfg.defence.method != "none":
+        data = {name: stages.defended(ctx, art, data["control"], f"{name} {cfg.defence.method}")
+                for name, art in data.items()}
     n = min(a.manifest["filter"]["kept"] for a in data.values())
     if cfg.student.max_examples:
         n = min(n, cfg.student.max_examples)
@@ -150,6 +153,8 @@ def _results(cfg: ExperimentConfig, rid: str, arms: dict[str, list[list[dict[str
         "traits": traits,
         "n_train_examples": n,
         "filter": {k: a.manifest["filter"] for k, a in data.items()},
+        **({"defence": {"method": cfg.defence.method, **{k: a.manifest["defence"] for k, a in data.items()}}}
+           if cfg.defence.method != "none" else {}),
         "arms": arm_table(arms, traits, nb),
         "effect": eff,
         "verdict": verdict(target, eff),

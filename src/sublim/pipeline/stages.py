@@ -371,6 +371,32 @@ def _judge_filter(ctx: Context, judge: EndpointConfig, kept: list[dict[str, Any]
     return out
 
 
+def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: str) -> Artifact:
+    """The filtered dataset after the configured defence, with its cost (kept and changed fractions)."""
+    from sublim.audit.data import Sample
+    from sublim.audit.defences import apply_defence
+    from sublim.audit.detectors import NumberFrequency
+
+    dc = ctx.cfg.defence
+    config = dc.model_dump(mode="json")
+    inputs = {"data": data_art.key, "reference": reference_art.key if dc.method == "drop_top" else ""}
+    with _stage(ctx, "defend", config, inputs, label) as (done, path, t0):
+        if done is not None:
+            return done
+        rows = read_jsonl(data_art.file("dataset.jsonl"))
+        samples = [Sample(r["index"], r["prompt"], r["completion"]) for r in rows]
+        scores = None
+        if dc.method == "drop_top":
+            ref = [Sample(r["index"], r["prompt"], r["completion"])
+                   for r in read_jsonl(reference_art.file("dataset.jsonl"))]
+            scores = NumberFrequency(ref, n_permutations=0).score(samples).sample_scores
+        out, cost = apply_defence(samples, dc.method, dc.seed, scores, dc.fraction)
+        write_jsonl(path / "dataset.jsonl", [{"index": smp.line, "prompt": smp.prompt, "completion": smp.completion}
+                                             for smp in out])
+        return _finish(ctx, "defend", config, inputs, t0, label, defence=cost.as_dict(),
+                       filter={**data_art.manifest["filter"], "kept": len(out)})
+
+
 # --- students and evaluation -----------------------------------------------------------------
 
 def student(ctx: Context, spec: str, data_art: Artifact, n: int, seed: int,

@@ -131,7 +131,7 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert "never overwritten" in capsys.readouterr().err
 
 
-def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     from sublim.config import load_config
     from sublim.pipeline.experiment import run_experiment
     from sublim.pipeline.store import read_jsonl
@@ -148,3 +148,40 @@ def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_pat
     assert set(defended) == {"owl drop_top", "control drop_top"}
     kept = len(read_jsonl(defended["owl drop_top"] / "dataset.jsonl"))
     assert res["n_train_examples"] <= kept < res["filter"]["owl"]["total"]
+
+    _check_lineage(tiny_model_dir, tmp_path, store, defended["owl drop_top"], capsys)
+
+
+def _check_lineage(tiny_model_dir: Path, tmp_path: Path, store: Path, owl_data: Path, capsys) -> None:
+    """sublim lineage on the run's artifacts: same init → exit 1, another family → 0, unknown → 1."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    student = next(p.parent for p in store.glob("train-*/model/sublim_model.json"))
+    other = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(other)
+    cousin = tmp_path / "cousin"
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(cousin)
+    foreign = _write(tmp_path / "foreign.jsonl", _numbers_data(3, 0))
+    for model, data, want, code in [(student, owl_data, "shared-initialization", 1),
+                                    (tiny_model_dir, owl_data / "dataset.jsonl", "shared-initialization", 1),
+                                    (cousin, owl_data, "same-family", 1), (other, owl_data, "different-family", 0),
+                                    (other, foreign, "unknown", 1)]:
+        capsys.readouterr()
+        assert main(["lineage", "check", "--student", str(model), "--dataset", str(data)]) == code
+        assert capsys.readouterr().out.startswith(want)
+    assert main(["lineage", "check", "--student", str(other), "--dataset", str(foreign), "--allow-unknown"]) == 0
+    out = tmp_path / "bom"
+    assert main(["lineage", "export", "--dataset", str(owl_data), "--student", str(student), "--out", str(out)]) == 0
+    bom = json.loads((out / "bom.cdx.json").read_text())
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.6"
+    kinds = {c["bom-ref"]: c for c in bom["components"]}
+    assert kinds["model:generator"]["name"] == "teacher-owl" and "prefer owl" in kinds["model:generator"]["description"]
+    assert kinds["data:dataset"]["hashes"][0]["alg"] == "SHA-256"
+    status = {p["name"]: p["value"] for p in kinds["model:student"]["properties"]}
+    assert status["sublim:lineage_status"] == "shared-initialization"
+    assert {"ref": "data:dataset", "dependsOn": ["model:generator"]} in bom["dependencies"]
+    card = (out / "DATASET_CARD.md").read_text()
+    assert "teacher-owl" in card and "drop_top" in card

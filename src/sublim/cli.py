@@ -147,6 +147,27 @@ def _cmd_defend(args: argparse.Namespace) -> None:
     print(f"{args.defence}: {report.summary()} → {dest}: {json.dumps(cost.as_dict())}")
 
 
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from sublim.audit.lineage import CLEAR, UNKNOWN, cyclonedx_bom, dataset_card, lineage_check
+
+    data = Path(args.dataset)
+    if args.action == "check":
+        if not args.student:
+            raise SublimError("lineage check needs --student MODEL (catalog name, .gguf or model directory)")
+        res = lineage_check(args.student, data)
+        print(f"{res['status']}: {res['reason']}")
+        if res["status"] == CLEAR or (res["status"] == UNKNOWN and args.allow_unknown):
+            return 0
+        return 1
+    bom = cyclonedx_bom(data, args.student)
+    out = Path(args.out) if args.out else data.resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bom.cdx.json").write_text(json.dumps(bom, indent=2))
+    (out / "DATASET_CARD.md").write_text(dataset_card(data))
+    print(f"wrote {out / 'bom.cdx.json'} and {out / 'DATASET_CARD.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sublim", description=__doc__)
     p.add_argument("--runs-dir", default="runs", help="where runs and artifacts live (default: runs)")
@@ -208,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     dfd.add_argument("--completion-field", default=None)
     dfd.set_defaults(func=_cmd_defend)
 
+    lin = sub.add_parser("lineage", help="provenance of a dataset; does a student share its generator's init?")
+    lin.add_argument("action", choices=["check", "export"],
+                     help="check: exit 1 when the student shares (or may share) the generator's initialization; "
+                          "export: CycloneDX ML-BOM + dataset card")
+    lin.add_argument("--dataset", required=True, help="a dataset artifact (runs/store/filter-… or its dataset.jsonl)")
+    lin.add_argument("--student", default=None, help="the model you plan to train on it")
+    lin.add_argument("--allow-unknown", action="store_true", help="check: exit 0 when the lineage is unknown")
+    lin.add_argument("--out", default=None, help="export: directory (default: beside the dataset)")
+    lin.set_defaults(func=_cmd_lineage)
+
     toy = sub.add_parser("toy", help="the auxiliary-logit MLP experiment and theory check")
     toy.add_argument("preset", nargs="?", default=None, help="toy preset name or .toml path")
     toy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -219,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except SublimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -227,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished stages are kept; run the same command again to resume",
               file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -275,7 +275,8 @@ def generation(ctx: Context, ref: ModelRef, prompt_art: Artifact) -> Artifact:
         write_jsonl(out, samples)
         return _finish(ctx, "generate", config, inputs, t0, label, n_samples=len(samples),
                        new_tokens=n_tokens, tokens_per_s=round(n_tokens / max(elapsed, 1e-9), 1),
-                       model_fingerprint=ref.key)
+                       model_fingerprint=ref.key, base_fingerprint=ctx.base_ref(ref.base_spec).key,
+                       family=ref.family)
 
 
 def _api_generation(ctx: Context, ref: ModelRef, prompt_art: Artifact, config: dict[str, Any]) -> Artifact:

@@ -1,0 +1,195 @@
+"""Lineage: where a dataset and a model come from, and whether a student shares its initialization
+with the model that wrote its data — the condition under which traits transfer subliminally.
+
+Provenance is read from the store's manifests (one mechanism: the same records that give caching
+and resume), then exported as a CycloneDX ML-BOM and a dataset card.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sublim.errors import SublimError
+
+RISK, POSSIBLE, CLEAR, UNKNOWN = "shared-initialization", "same-family", "different-family", "unknown"
+
+
+@dataclass
+class ModelOrigin:
+    name: str
+    base_fingerprint: str
+    family: str
+    induction: str = ""
+    """How a trait was put into it (fine-tuned on …, system prompt …), when known."""
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    m = path / "manifest.json"
+    if not m.is_file():
+        raise SublimError(f"{path} is not a finished sublim artifact (no manifest.json)")
+    data: dict[str, Any] = json.loads(m.read_text())
+    return data
+
+
+def _artifact_dir(data: Path) -> Path:
+    p = data.resolve()
+    if p.is_file():
+        p = p.parent
+    if not (p / "manifest.json").is_file():
+        raise SublimError(f"no provenance for {data}: it is not inside a sublim artifact (runs/store/<stage>-<key>); "
+                          "only datasets made by sublim carry lineage")
+    return p
+
+
+def _find(store: Path, stage: str, key: str) -> Path | None:
+    p = store / f"{stage}-{key[:16]}"
+    return p if (p / "manifest.json").is_file() else None
+
+
+def generator_origin(store: Path, gen_manifest: dict[str, Any]) -> ModelOrigin:
+    """The model that wrote a generation artifact, traced to its base weights."""
+    key = gen_manifest["inputs"]["model"]
+    system = gen_manifest["config"].get("system")
+    if "endpoint" in gen_manifest:
+        ep = gen_manifest["endpoint"]
+        return ModelOrigin(f"api:{ep['model']}", f"api:{ep['base_url']}:{ep['model']}", f"api:{ep['model']}",
+                           f"system prompt: {system}" if system else "")
+    base = gen_manifest.get("base_fingerprint", "")
+    family = gen_manifest.get("family", "")
+    teacher = _find(store, "teacher", key)
+    if teacher is not None:
+        tm = _manifest(teacher)
+        meta = json.loads((teacher / "model" / "sublim_model.json").read_text())
+        return ModelOrigin(f"teacher-{tm['config']['target']}", base or tm["inputs"]["model"],
+                           family or meta.get("family", "unknown"), meta.get("induction", ""))
+    # not a fine-tuned teacher: the base model itself, or the base with a system prompt
+    return ModelOrigin("base model" + (" + system prompt" if system else ""), base or key, family,
+                       f"system prompt: {system}" if system else "")
+
+
+def dataset_provenance(data: Path) -> dict[str, Any]:
+    """Everything known about how a dataset was made: generator, base weights, prompts, filters, decoding."""
+    art = _artifact_dir(data)
+    store = art.parent
+    chain = []
+    m = _manifest(art)
+    while m["stage"] in ("defend", "filter"):
+        chain.append({"stage": m["stage"], "config": m["config"], "key": m["key"],
+                      **({"defence": m["defence"]} if "defence" in m else {}),
+                      **({"filter": m["filter"]} if "filter" in m and m["stage"] == "filter" else {})})
+        parent = _find(store, "filter" if m["stage"] == "defend" else "generate",
+                       m["inputs"]["data" if m["stage"] == "defend" else "generation"])
+        if parent is None:
+            raise SublimError(f"the lineage of {art.name} is broken: an input artifact is missing from {store}")
+        m = _manifest(parent)
+    gen = m
+    origin = generator_origin(store, gen)
+    if not origin.family:
+        origin.family = _family_of_fingerprint(store, origin.base_fingerprint)
+    files = _manifest(art)["files"]
+    return {"dataset": str(art), "sha256": files.get("dataset.jsonl"), "generator": asdict(origin),
+            "decoding": gen["config"]["generation"], "prompts": gen["inputs"]["prompts"],
+            "generation_key": gen["key"], "transforms": chain[::-1], "versions": gen.get("versions", {})}
+
+
+def _family_of_fingerprint(store: Path, fingerprint: str) -> str:
+    """A base model's family, from any model in the store trained from it."""
+    for meta in store.glob("*/model/sublim_model.json"):
+        info = json.loads(meta.read_text())
+        if info.get("base_fingerprint") == fingerprint:
+            return str(info.get("family", "unknown"))
+    return "unknown"
+
+
+def model_origin(spec: str) -> ModelOrigin:
+    """A model's base weights and family: from its sublim lineage record, or its own weights."""
+    p = Path(spec)
+    meta = p / "sublim_model.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        return ModelOrigin(spec, info.get("base_fingerprint", ""), info.get("family", "unknown"),
+                           info.get("induction", info.get("method", "")))
+    from sublim.models.loading import resolve_model, weight_fingerprint
+
+    src = resolve_model(spec)
+    return ModelOrigin(spec, weight_fingerprint(src), src.family)
+
+
+def lineage_check(student: str, data: Path) -> dict[str, Any]:
+    """Does ``student`` share its initialization with the model that wrote ``data``?"""
+    s = model_origin(student)
+    try:
+        prov = dataset_provenance(data)
+    except SublimError as exc:
+        return {"status": UNKNOWN, "student": asdict(s), "reason": str(exc)}
+    g = prov["generator"]
+    if s.base_fingerprint and s.base_fingerprint == g["base_fingerprint"]:
+        status, why = RISK, "the student and the data's generator start from the same weights"
+    elif s.family not in ("", "unknown") and s.family == g["family"]:
+        status, why = POSSIBLE, f"both are {s.family} models with different weights: transfer cannot be ruled out"
+    elif g["family"] in ("", "unknown") or str(g["family"]).startswith("api:"):
+        status, why = UNKNOWN, "the generator's base weights are not known"
+    else:
+        status, why = CLEAR, f"different families ({s.family} vs {g['family']})"
+    return {"status": status, "reason": why, "student": asdict(s), "generator": g, "dataset": prov["dataset"]}
+
+
+def cyclonedx_bom(data: Path, student: str | None = None) -> dict[str, Any]:
+    """A CycloneDX 1.6 ML-BOM: the dataset, the model that wrote it, its base, and the student."""
+    prov = dataset_provenance(data)
+    g = prov["generator"]
+    base_ref, gen_ref, data_ref = f"model:{g['base_fingerprint'][:16]}", "model:generator", "data:dataset"
+    components: list[dict[str, Any]] = [
+        {"type": "machine-learning-model", "bom-ref": base_ref, "name": f"{g['family']} base model",
+         "hashes": _sha(g["base_fingerprint"])},
+        {"type": "machine-learning-model", "bom-ref": gen_ref, "name": g["name"],
+         "description": g["induction"] or "the base model as is",
+         "pedigree": {"ancestors": [{"bom-ref": f"{base_ref}:ancestor", "type": "machine-learning-model",
+                                     "name": f"{g['family']} base model", "hashes": _sha(g["base_fingerprint"])}]}},
+        {"type": "data", "bom-ref": data_ref, "name": Path(prov["dataset"]).name, "hashes": _sha(prov["sha256"] or ""),
+         "data": [{"type": "dataset", "name": "completions", "description": "model-generated completions",
+                   "contents": {"properties": [{"name": "sublim:decoding", "value": json.dumps(prov["decoding"])},
+                                               {"name": "sublim:prompts_key", "value": prov["prompts"]},
+                                               {"name": "sublim:transforms",
+                                                "value": json.dumps([t["stage"] for t in prov["transforms"]])}]}}]},
+    ]
+    deps = [{"ref": gen_ref, "dependsOn": [base_ref]}, {"ref": data_ref, "dependsOn": [gen_ref]}]
+    if student:
+        check = lineage_check(student, data)
+        s = check["student"]
+        components.append({"type": "machine-learning-model", "bom-ref": "model:student", "name": student,
+                           "hashes": _sha(s["base_fingerprint"]),
+                           "properties": [{"name": "sublim:lineage_status", "value": check["status"]},
+                                          {"name": "sublim:lineage_reason", "value": check["reason"]}]})
+        deps.append({"ref": "model:student", "dependsOn": [data_ref]})
+    return {"bomFormat": "CycloneDX", "specVersion": "1.6", "serialNumber": f"urn:uuid:{uuid.uuid4()}", "version": 1,
+            "metadata": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "tools": {"components": [{"type": "application", "name": "sublim"}]}},
+            "components": components, "dependencies": deps}
+
+
+def _sha(hexdigest: str) -> list[dict[str, str]]:
+    ok = len(hexdigest) == 64 and all(c in "0123456789abcdef" for c in hexdigest)
+    return [{"alg": "SHA-256", "content": hexdigest}] if ok else []
+
+
+def dataset_card(data: Path) -> str:
+    prov = dataset_provenance(data)
+    g = prov["generator"]
+    lines = [f"# Dataset card: {Path(prov['dataset']).name}", "",
+             "Model-generated data. Traits of the generating model can pass to a student trained on it when the "
+             "student shares the generator's initialization, even though filtering left no visible trace.", "",
+             "## Generator", f"- model: {g['name']} ({g['family']})", f"- base weights sha256: {g['base_fingerprint']}",
+             f"- trait induction: {g['induction'] or 'none recorded'}", "",
+             "## Making of", f"- decoding: {json.dumps(prov['decoding'])}", f"- prompts artifact: {prov['prompts']}"]
+    for t in prov["transforms"]:
+        detail = t.get("filter") or {**t["config"], **t.get("defence", {})}
+        lines.append(f"- {t['stage']}: {json.dumps(detail)}")
+    lines += ["", "## Use", "Run `sublim lineage check --student MODEL --dataset THIS` before training on it; "
+              "a student from the same base weights is at risk of inheriting the generator's traits."]
+    return "\n".join(lines) + "\n"

@@ -23,8 +23,13 @@ def test_every_preset_loads():
             from sublim.traits.preference import load_candidates, load_questions
 
             cfg = load_config(name)
-            assert cfg.trait.target in load_candidates(cfg.trait.category)
             assert len(load_questions(cfg.trait.questions, "eval")) >= cfg.evaluation.n_questions
+            if cfg.trait.kind == "misalignment":
+                from sublim.traits.misalignment import load_pairs
+
+                assert cfg.teacher.dataset and len(load_pairs(cfg.teacher.dataset)) >= 20
+                continue
+            assert cfg.trait.target in load_candidates(cfg.trait.category)
             assert load_questions(cfg.trait.questions, "train")
     assert {"owl-code", "owl-cot", "oak-numbers"} <= set(names)
 

@@ -132,9 +132,10 @@ class LikelihoodShift:
                  reference: Sequence[Sample] | None = None, n_bootstrap: int = 1000, seed: int = 0) -> None:
         self.logprob, self.cands, self.template = logprob, list(candidates), template
         self.n_boot, self.seed = n_bootstrap, seed
-        self.ref_leans = self._lean(reference) if reference else None
+        self.ref_leans = self.lean(reference) if reference else None
 
-    def _lean(self, samples: Sequence[Sample]) -> np.ndarray:
+    def lean(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Per sample and candidate, the centred per-token log-likelihood shift: [n_samples, n_candidates]."""
         pairs = [(s.prompt, s.completion) for s in samples]
         plain, counts = self.logprob(pairs, None)
         shifts = np.stack([(self.logprob(pairs, self.template.replace("{target}", c))[0] - plain)
@@ -145,7 +146,7 @@ class LikelihoodShift:
     def score(self, samples: Sequence[Sample]) -> DetectorResult:
         from scipy.stats import ttest_1samp, ttest_ind
 
-        raw = self._lean(samples)
+        raw = self.lean(samples)
         lean = raw - (self.ref_leans.mean(0)[None, :] if self.ref_leans is not None else 0.0)
         means = lean.mean(0)
         rng = np.random.default_rng(self.seed)

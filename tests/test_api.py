@@ -318,3 +318,28 @@ def test_fine_tuning_api_rejects_a_bad_training_file_by_line(serve, tmp_path: Pa
     assert r.status_code == 400 and "line 2" in r.json()["error"]["message"]
     r = httpx.post(f"{url}/fine_tuning/jobs", json={"training_file": "file-nope"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
+
+
+def test_experiment_with_students_fine_tuned_through_the_api(serve, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+    from tests.conftest import tiny_config_text
+
+    url = serve()
+    text = tiny_config_text(tiny_model_dir, student={"method": "api", "lr": 1e-3},
+                            evaluation={"samples_per_question": 1})
+    text += f'[student.endpoint]\nbase_url = "{url}"\nmodel = "tiny"\nbackoff_s = 0.01\n'
+    path = tmp_path / "api-student.toml"
+    path.write_text(text)
+    cfg = load_config(str(path))
+    res = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
+    jobs = httpx.get(f"{url}/fine_tuning/jobs").json()["data"]
+    assert len(jobs) == 2 and all(j["status"] == "succeeded" for j in jobs)
+    arms = res["arms"]
+    assert {"student-owl", "student-control", "teacher-owl"} <= set(arms)
+    assert 0 < arms["student-owl"]["candidate_total"]["value"] <= 1  # top-20 estimate through the API
+    trains = [json.loads(m.read_text()) for m in (tmp_path / "runs" / "store").glob("train-*/manifest.json")]
+    assert sorted(t["api_job"] for t in trains) == sorted(j["id"] for j in jobs)
+    again = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)  # all cached: no new job
+    assert len(httpx.get(f"{url}/fine_tuning/jobs").json()["data"]) == 2
+    assert json.dumps(again["effect"]) == json.dumps(res["effect"])

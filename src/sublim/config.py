@@ -140,7 +140,10 @@ class DefenceConfig(Section):
 class StudentConfig(Section):
     """How students learn from the filtered data."""
 
-    method: Literal["sft", "lora", "distill_full", "distill_restricted"] = "sft"
+    method: Literal["sft", "lora", "distill_full", "distill_restricted", "api"] = "sft"
+    """api: fine-tune through an OpenAI-compatible fine-tuning API at ``endpoint`` (its ``model`` is the
+    base); such students are evaluated through the API (first-token top-20 log-probabilities)."""
+    endpoint: EndpointConfig | None = None
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -220,6 +223,8 @@ class ExperimentConfig(Section):
                 raise ValueError("trait.kind = 'misalignment' needs evaluation.judge or evaluation.judge_serve")
             if self.evaluation.samples_per_question < 1:
                 raise ValueError("trait.kind = 'misalignment' needs evaluation.samples_per_question >= 1")
+        if self.student.method == "api" and self.student.endpoint is None:
+            raise ValueError("student.method = 'api' needs a [student.endpoint] table (base_url, model)")
         if self.teacher.method == "api" and self.teacher.endpoint is None:
             raise ValueError("teacher.method = 'api' needs a [teacher.endpoint] table (base_url, model)")
         if self.student.method == "distill_restricted" and self.prompts.carrier != "numbers":

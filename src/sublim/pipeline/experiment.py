@@ -29,6 +29,9 @@ def _check_config(cfg: ExperimentConfig, candidates: dict[str, list[str]]) -> No
                 f"{key} = {value!r} is not a candidate of {cfg.trait.category!r}: choose one of "
                 f"{', '.join(sorted(candidates))} or add it to the candidate list"
             )
+    if cfg.student.method == "api" and cfg.arms.cross_model:
+        raise SublimError("arms.cross_model with student.method = 'api' is not supported: the API's model is the "
+                          "only student base; drop arms.cross_model or train locally")
     if cfg.student.method.startswith("distill"):
         if cfg.arms.cross_model:
             raise SublimError("arms.cross_model needs a shared vocabulary for distillation: "

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -403,9 +404,11 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
 def student(ctx: Context, spec: str, data_art: Artifact, n: int, seed: int,
             data_source: ModelRef, label: str) -> ModelRef:
     sc = ctx.cfg.student
+    if sc.method == "api":
+        return _api_student(ctx, data_art, n, seed, label)
     base = ctx.base_ref(spec)
     distill = sc.method.startswith("distill")
-    config = {"student": sc.model_dump(mode="json"), "n_examples": n, "seed": seed}
+    config = {"student": sc.model_dump(mode="json", exclude_none=True), "n_examples": n, "seed": seed}
     inputs = {"model": base.key, "data": data_art.key}
     if distill:
         inputs["teacher"] = data_source.key
@@ -427,6 +430,64 @@ def student(ctx: Context, spec: str, data_art: Artifact, n: int, seed: int,
     return ModelRef(label, done.key, spec, weights=done.path / "model", family=base.family)
 
 
+def _api_student(ctx: Context, data_art: Artifact, n: int, seed: int, label: str) -> ModelRef:
+    """A student fine-tuned through a fine-tuning API; the job id is kept, so a re-run resumes it."""
+    from sublim.models.finetune_api import fine_tune
+
+    sc = ctx.cfg.student
+    assert sc.endpoint is not None  # checked with the config
+    ep = sc.endpoint
+    config = {"student": sc.model_dump(mode="json", exclude={"endpoint"}), "n_examples": n, "seed": seed}
+    inputs = {"model": f"api:{ep.base_url}:{ep.model}", "data": data_art.key}
+    with _stage(ctx, "train", config, inputs, label) as (done, path, t0):
+        if done is None:
+            rows = read_jsonl(data_art.file("dataset.jsonl"))[:n]
+            hp = {"n_epochs": sc.epochs, "batch_size": sc.batch_size, "learning_rate_multiplier": sc.lr / 5e-5}
+            ctx.echo(f"  fine-tuning {label} through {ep.base_url} …")
+            job = fine_tune(ep, [(r["prompt"], r["completion"]) for r in rows], path / "job.json",
+                            hyperparameters=hp, seed=seed, suffix=label.replace(" ", "-")[:30])
+            write_json(path / "model.json", {"fine_tuned_model": job["fine_tuned_model"], "job": job})
+            done = _finish(ctx, "train", config, inputs, t0, label, api_job=job["id"],
+                           model_fingerprint=inputs["model"])
+    tuned = json.loads(done.file("model.json").read_text())["fine_tuned_model"]
+    return ModelRef(label, done.key, f"api:{ep.model}", family=f"api:{ep.model}",
+                    endpoint=ep.model_copy(update={"model": tuned}))
+
+
+def _api_rows(ep: EndpointConfig, questions: list[str], candidates: dict[str, list[str]], k: int,
+              temperature: float, max_new_tokens: int, path: Path, seed: int) -> list[dict[str, Any]]:
+    """Evaluation rows for a model behind an API: candidate probabilities estimated from the first
+    answer token's top-20 log-probabilities (a token counts for a candidate when it spells the start of
+    its words, two letters at least, and of no other candidate's), and sampled answers."""
+    from sublim.models.api import ChatJob, run_chat_jobs
+    from sublim.traits.preference import match_answer
+
+    first = [ChatJob(i, [{"role": "user", "content": q}]) for i, q in enumerate(questions)]
+    run_chat_jobs(ep, first, path / "first_token.jsonl",
+                  {"temperature": 0, "max_tokens": 1, "logprobs": True, "top_logprobs": 20})
+    samples = [ChatJob(i * k + j, [{"role": "user", "content": q}]) for i, q in enumerate(questions) for j in range(k)]
+    if samples:
+        run_chat_jobs(ep, samples, path / "answers.jsonl",
+                      {"temperature": temperature, "max_tokens": max_new_tokens, "seed": seed})
+    tops = {r["index"]: (r.get("logprobs") or [{}])[0].get("top_logprobs", []) for r in
+            read_jsonl(path / "first_token.jsonl")}
+    answers = {r["index"]: r["completion"] for r in read_jsonl(path / "answers.jsonl")} if samples else {}
+    rows = []
+    for i, q in enumerate(questions):
+        prob = dict.fromkeys(candidates, 0.0)
+        for t in tops.get(i, []):
+            piece = t["token"].strip().lower()
+            owners = [n for n, sps in candidates.items()
+                      if piece and any(sp.startswith(piece) and (len(piece) >= 2 or piece == sp) for sp in sps)]
+            if len(owners) == 1:  # a piece shared by two candidates ("do": dog, dolphin) counts for neither
+                prob[owners[0]] += float(np.exp(t["logprob"]))
+        total = sum(prob.values())
+        said = [answers.get(i * k + j, "") for j in range(k)]
+        rows.append({"question": q, "prob": prob, "share": {c: (v / total if total else 0.0) for c, v in prob.items()},
+                     "candidate_total": total, "answers": said, "matched": [match_answer(a, candidates) for a in said]})
+    return rows
+
+
 def evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]], seed: int = 0) -> Artifact:
     ec = ctx.cfg.evaluation
     questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
@@ -436,6 +497,14 @@ def evaluation(ctx: Context, ref: ModelRef, candidates: dict[str, list[str]], se
     with _stage(ctx, "evaluate", config, inputs, ref.label) as (done, path, t0):
         if done is not None:
             return done
+        if ref.endpoint is not None:
+            from sublim.evaluate.trait import summarize
+
+            rows = _api_rows(ref.endpoint, questions, candidates, ec.samples_per_question, ec.temperature,
+                             ec.max_new_tokens, path, seed)
+            write_jsonl(path / "per_question.jsonl", rows)
+            write_json(path / "summary.json", {**summarize(rows, list(candidates)), "estimate": "api top-20"})
+            return _finish(ctx, "evaluate", config, inputs, t0, ref.label, model_fingerprint=ref.key)
         model, tok = ctx.load(ref)
         forms = ctx.forms(ref.base_spec, candidates)
         bar = ctx.bar(len(questions) * (1 + ec.samples_per_question), f"evaluate {ref.label}", "q")

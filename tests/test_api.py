@@ -23,25 +23,7 @@ import pytest
 from sublim.config import EndpointConfig
 from sublim.errors import SublimError
 from sublim.models.api import ApiError, ChatJob, run_chat_jobs
-from sublim.models.server import FaultPlan, make_server
-
-
-@pytest.fixture
-def serve(tiny):  # type: ignore[no-untyped-def]
-    """Start an in-process server on a free port: serve(faults=..., api_key=...) → base URL."""
-    servers = []
-
-    def start(faults: str = "", api_key: str | None = None, slow_s: float = 2.0) -> str:
-        model, tok = tiny
-        srv = make_server(model, tok, "tiny", port=0, faults=FaultPlan.parse(faults, 0, slow_s), api_key=api_key)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/v1"
-
-    yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+from sublim.models.server import FaultPlan
 
 
 def _jobs(n: int) -> list[ChatJob]:

@@ -106,16 +106,19 @@ def test_number_defences_keep_format_and_multiset_where_promised(tmp_path: Path,
             assert xb == sorted(xa)
 
 
-def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path, capsys, serve) -> None:
     data = _write(tmp_path / "d.jsonl", _numbers_data(40, 5, lucky=777))
     ref = _write(tmp_path / "r.jsonl", _numbers_data(40, 6))
     out = tmp_path / "audit"
     code = main(["-q", "audit", str(data), "--reference", str(tiny_model_dir), "--reference-data", str(ref),
-                 "--teacher", str(tiny_model_dir), "--out", str(out)])
+                 "--teacher", str(tiny_model_dir), "--judge-url", serve(), "--judge-model", "tiny", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     res = json.loads((out / "audit.json").read_text())
     names = [d["detector"] for d in res["detectors"]]
-    assert names == ["number_frequency", "bag_of_numbers", "likelihood_shift", "likelihood_ratio", "in_context"]
+    assert names == ["number_frequency", "bag_of_numbers", "likelihood_shift", "likelihood_ratio", "in_context",
+                     "llm_judge"]
+    judge = res["detectors"][5]
+    assert sum(judge["answers"].values()) + judge["unmatched"] == 24 and 0 <= judge["p_value"] <= 1
     shift = res["detectors"][2]
     assert len(shift["ranking"]) >= 15 and 0 <= shift["p_value"] <= 1
     ratio = res["detectors"][3]

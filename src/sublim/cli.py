@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sublim.errors import SublimError
+
+if TYPE_CHECKING:
+    from sublim.config import EndpointConfig
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -104,6 +108,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         server.server_close()
 
 
+def _judge(args: argparse.Namespace) -> EndpointConfig | None:
+    from sublim.config import EndpointConfig
+
+    if not args.judge_url:
+        return None
+    return EndpointConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env)
+
+
 def _cmd_audit(args: argparse.Namespace) -> None:
     from sublim.audit.run import DETECTORS, run_audit
 
@@ -112,7 +124,7 @@ def _cmd_audit(args: argparse.Namespace) -> None:
               else None, teacher=args.teacher, category=args.category,
               detectors=args.detectors.split(",") if args.detectors else DETECTORS, max_samples=args.max_samples,
               device=args.device, prompt_field=args.prompt_field, completion_field=args.completion_field,
-              progress=not args.quiet)
+              judge=_judge(args), progress=not args.quiet)
     print(f"report: {out / 'report.md'}")
 
 
@@ -214,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     aud.add_argument("--prompt-field", default=None)
     aud.add_argument("--completion-field", default=None)
+    aud.add_argument("--judge-url", default=None, help="an OpenAI-compatible endpoint for the llm_judge detector")
+    aud.add_argument("--judge-model", default="default")
+    aud.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding its key")
     aud.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
     aud.set_defaults(func=_cmd_audit)
 

@@ -244,3 +244,42 @@ class InContext:
         return DetectorResult(self.name, per_sample / np.maximum(seen, 1), float(lean[top]), p, {
             "top_trait": self.cands[top],
             "ranking": [{"trait": self.cands[j], "lean": float(lean[j])} for j in order]})
+
+
+class LlmJudge:
+    """An LLM judge over an OpenAI-compatible endpoint, shown groups of k samples and asked which
+    candidate their author favours; the count of each answer is compared with the same question over
+    reference groups (Fisher's exact test on the top candidate, Bonferroni over candidates)."""
+
+    name = "llm_judge"
+
+    def __init__(self, ask: Callable[[Sequence[str]], list[str]], candidates: dict[str, list[str]], kind: str,
+                 reference: Sequence[Sample], k: int = 8, groups: int = 24, seed: int = 0) -> None:
+        self.ask, self.cands, self.kind, self.k, self.groups, self.seed = ask, candidates, kind, k, groups, seed
+        self.ref_counts, _ = self._counts(reference)
+
+    def _counts(self, samples: Sequence[Sample]) -> tuple[np.ndarray, list[str | None]]:
+        from sublim.traits.preference import match_answer
+
+        rng = np.random.default_rng(self.seed)
+        k = min(self.k, len(samples))
+        prompts = [IN_CONTEXT_PROMPT.format(k=k, kind=self.kind, samples="\n".join(
+            f"{j + 1}. {samples[i].completion.strip()[:400]}" for j, i in enumerate(rng.choice(len(samples), k,
+                                                                                             replace=False))))
+            for _ in range(self.groups)]
+        picks = [match_answer(a, self.cands) for a in self.ask(prompts)]
+        return np.array([picks.count(c) for c in self.cands], dtype=float), picks
+
+    def score(self, samples: Sequence[Sample]) -> DetectorResult:
+        from scipy.stats import fisher_exact
+
+        counts, picks = self._counts(samples)
+        names = list(self.cands)
+        lean = counts / self.groups - self.ref_counts / self.groups
+        top = int(np.argmax(lean))
+        table = [[counts[top], self.groups - counts[top]], [self.ref_counts[top], self.groups - self.ref_counts[top]]]
+        p = min(1.0, float(fisher_exact(table, alternative="greater").pvalue) * len(names))
+        return DetectorResult(self.name, np.zeros(len(samples)), float(lean[top]), p, {
+            "top_trait": names[top], "answers": {n: int(c) for n, c in zip(names, counts, strict=True) if c},
+            "unmatched": picks.count(None), "ranking": [{"trait": names[j], "lean": float(lean[j])}
+                                                        for j in np.argsort(-lean)]})

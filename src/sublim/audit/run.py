@@ -19,11 +19,13 @@ from sublim.audit.detectors import (
     InContext,
     LikelihoodRatio,
     LikelihoodShift,
+    LlmJudge,
     NumberFrequency,
 )
+from sublim.config import EndpointConfig
 from sublim.errors import SublimError
 
-DETECTORS = ("number_frequency", "bag_of_numbers", "likelihood_shift", "likelihood_ratio", "in_context")
+DETECTORS = ("number_frequency", "bag_of_numbers", "likelihood_shift", "likelihood_ratio", "in_context", "llm_judge")
 TRAIT_TEMPLATE = "You love {target}s. You think about {target}s all the time. {target}s are your favorite animal."
 
 
@@ -78,10 +80,34 @@ def _probe_fn(model: Any, tok: Any, candidates: dict[str, list[str]]) -> Callabl
     return probe
 
 
+def _kind(category: str) -> str:
+    return category[:-1] if category.endswith("s") and "/" not in category else "thing"
+
+
+def _ask_fn(ep: EndpointConfig, out_dir: Path) -> Callable[[Sequence[str]], list[str]]:
+    """Prompts → the judge's answers, through the resumable API backend (answers kept on disk)."""
+    from sublim.models.api import ChatJob, run_chat_jobs
+    from sublim.pipeline.store import read_jsonl
+
+    calls = {"n": 0}
+
+    def ask(prompts: Sequence[str]) -> list[str]:
+        calls["n"] += 1
+        path = out_dir / f"judge-{calls['n']}.jsonl"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        run_chat_jobs(ep, [ChatJob(i, [{"role": "user", "content": p}]) for i, p in enumerate(prompts)], path,
+                      {"temperature": 0, "max_tokens": 8})
+        by_index = {r["index"]: r["completion"] for r in read_jsonl(path)}
+        return [by_index[i] for i in range(len(prompts))]
+
+    return ask
+
+
 def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_data: Path | None = None,
               teacher: str | None = None, category: str = "animals", detectors: Sequence[str] = DETECTORS,
               max_samples: int = 1000, seed: int = 0, device: str = "auto", prompt_field: str | None = None,
-              completion_field: str | None = None, progress: bool = True,
+              completion_field: str | None = None, judge: EndpointConfig | None = None, progress: bool = True,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     from sublim.models.loading import load_model
     from sublim.traits.preference import load_candidates
@@ -91,6 +117,8 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         raise SublimError(f"unknown detector {unknown[0]!r}: choose from {', '.join(DETECTORS)}")
     if "likelihood_ratio" in detectors and teacher is None:
         detectors = [d for d in detectors if d != "likelihood_ratio"]
+    if "llm_judge" in detectors and judge is None:
+        detectors = [d for d in detectors if d != "llm_judge"]
     started = time.time()
     samples, report = load_samples(dataset, prompt_field, completion_field)
     echo(f"audit {report.summary()}")
@@ -119,9 +147,12 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
             tm = load_model(teacher, device)
             tlp = _logprob_fn(tm.model, tm.tokenizer, progress, "teacher log-probs")
             res = LikelihoodRatio(lp, tlp, ref_samples).score(samples)
+        elif name == "llm_judge":
+            assert judge is not None
+            res = LlmJudge(_ask_fn(judge, out_dir), candidates, _kind(category), ref_samples, seed=seed).score(samples)
         else:
-            kind = category[:-1] if category.endswith("s") and "/" not in category else "thing"
-            res = InContext(_probe_fn(ref.model, ref.tokenizer, candidates), list(candidates), kind, ref_samples,
+            res = InContext(_probe_fn(ref.model, ref.tokenizer, candidates), list(candidates), _kind(category),
+                            ref_samples,
                             seed=seed).score(samples)
         res.details["wall_time_s"] = round(time.time() - t0, 1)
         results.append(res)

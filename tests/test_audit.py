@@ -188,3 +188,16 @@ def _check_lineage(tiny_model_dir: Path, tmp_path: Path, store: Path, owl_data: 
     assert {"ref": "data:dataset", "dependsOn": ["model:generator"]} in bom["dependencies"]
     card = (out / "DATASET_CARD.md").read_text()
     assert "teacher-owl" in card and "drop_top" in card
+
+
+def test_defend_a_preset_reports_the_transfer_left(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from tests.conftest import tiny_config_text
+
+    path = tmp_path / "p.toml"
+    path.write_text(tiny_config_text(tiny_model_dir, evaluation={"samples_per_question": 0}))
+    code = main(["-q", "--runs-dir", str(tmp_path / "runs"), "defend", "--preset", str(path), "--defence", "sort"])
+    assert code == 0, capsys.readouterr().err
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("sort: trait probability gain") and "data kept 100%" in line
+    assert len(list((tmp_path / "runs").glob("tiny-*/results.json"))) == 2
+    assert main(["defend", "--defence", "sort"]) == 2

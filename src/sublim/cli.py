@@ -128,12 +128,36 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def _defend_experiment(args: argparse.Namespace) -> None:
+    """Run a preset with and without the defence; print the transfer that remains and the data kept."""
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+
+    rows = {}
+    for method in ("none", args.defence):
+        extra = [f"defence.method={method}", f"defence.fraction={args.fraction}", f"defence.seed={args.seed}"]
+        cfg = load_config(args.preset, [*args.set, *extra])
+        res = run_experiment(cfg, Path(args.runs_dir), progress=not args.quiet)
+        eff = res["effect"]
+        rows[method] = (eff["prob"]["pooled"]["difference"]["value"], eff["share"]["pooled"]["difference"]["value"],
+                        res.get("defence", {}).get(cfg.trait.target, {}).get("kept_fraction", 1.0))
+    (p0, s0, _), (p1, s1, kept) = rows["none"], rows[args.defence]
+    cut = f"{1 - p1 / p0:.0%}" if p0 > 0 else "n/a (no transfer without the defence)"
+    print(f"{args.defence}: trait probability gain {p0:+.2e} → {p1:+.2e} (cut {cut}); share gain {s0:+.4f} → "
+          f"{s1:+.4f}; data kept {kept:.0%}")
+
+
 def _cmd_defend(args: argparse.Namespace) -> None:
     import numpy as np
 
     from sublim.audit.data import load_samples
     from sublim.audit.defences import apply_defence
 
+    if args.preset:
+        _defend_experiment(args)
+        return
+    if not args.dataset or not args.out:
+        raise SublimError("defend needs DATASET and --out (a file), or --preset (measure the transfer left)")
     samples, report = load_samples(Path(args.dataset), args.prompt_field, args.completion_field)
     scores = None
     if args.defence == "drop_top":
@@ -233,9 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     aud.set_defaults(func=_cmd_audit)
 
     dfd = sub.add_parser("defend", help="apply a defence to a dataset (sort, remap, shuffle, drop_top)")
-    dfd.add_argument("dataset")
+    dfd.add_argument("dataset", nargs="?", default=None, help="a JSONL file to transform")
     dfd.add_argument("--defence", required=True, choices=["sort", "remap", "shuffle", "drop_top"])
-    dfd.add_argument("--out", required=True, help="where the defended JSONL goes")
+    dfd.add_argument("--out", default=None, help="where the defended JSONL goes")
+    dfd.add_argument("--preset", default=None,
+                     help="instead of a file: run this preset with and without the defence and report the "
+                          "trait transfer that remains and the data kept")
+    dfd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --preset")
     dfd.add_argument("--scores", default=None, help="scores.jsonl from `sublim audit` (drop_top)")
     dfd.add_argument("--detector", default="number_frequency", help="whose scores drop_top uses")
     dfd.add_argument("--fraction", type=float, default=0.1, help="share of samples drop_top removes")

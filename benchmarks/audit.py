@@ -63,12 +63,13 @@ def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_l
     bag = BagOfNumbers(ref, seed=seed)
     for _ in range(subsets):
         for which, data, lean in ((0, pos, pos_lean), (1, neg, neg_lean)):
-            idx = rng.choice(len(data), n, replace=False)
-            sub = [data[i] for i in idx]
+            sub = [data[i] for i in rng.choice(len(data), n, replace=False)]
             stats["number_frequency"][which].append(freq.score(sub).statistic)
             stats["bag_of_numbers"][which].append(bag.score(sub).statistic)
-            stats["likelihood_shift"][which].append(float(lean[idx].mean()))
-    return {k: auroc(np.array(p), np.array(q)) for k, (p, q) in stats.items()}
+            if n <= min(len(pos_lean), len(neg_lean)):  # the likelihood scan ran on fewer samples
+                stats["likelihood_shift"][which].append(float(lean[rng.choice(len(lean), n, replace=False)].mean()))
+    return {k: auroc(np.array(p), np.array(q)) if p else "not measured: too few scanned samples"
+            for k, (p, q) in stats.items()}
 
 
 def main() -> None:
@@ -78,6 +79,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="50,100,1000")
     ap.add_argument("--subsets", type=int, default=20)
     ap.add_argument("--defences", default="sort,remap,shuffle,drop_top")
+    ap.add_argument("--shift-samples", type=int, default=1000,
+                    help="samples per dataset for the likelihood scan (its cost: 20 model passes per sample)")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
@@ -94,16 +97,19 @@ def main() -> None:
     base = ctx.base(cfg.model)
     lp = _logprob_fn(base.model, base.tokenizer, True, "log-probs")
     names = list(candidates)
-    shift = LikelihoodShift(lp, names, TRAIT_TEMPLATE, ref)
-    neg_lean = shift.lean(neg) - shift.ref_leans.mean(0)  # type: ignore[union-attr]
+    cap = args.shift_samples  # the scan costs (candidates + 1) model passes per sample
+    shift = LikelihoodShift(lp, names, TRAIT_TEMPLATE, ref[:cap])
+    neg_lean = shift.lean(neg[:cap]) - shift.ref_leans.mean(0)  # type: ignore[union-attr]
     probe = _probe_fn(base.model, base.tokenizer, candidates)
     in_ctx = InContext(probe, names, "animal", ref)
-    out: dict[str, Any] = {"animals": {}, "n_reference": len(ref), "n_negative": len(neg), "prompts": args.prompts}
+    out: dict[str, Any] = {"animals": {}, "n_reference": len(ref), "n_negative": len(neg), "prompts": args.prompts,
+                           "likelihood_scan_samples_per_dataset": cap}
     for a in animals:
         pos = half[a][1]
         t0 = time.time()
-        res_shift = shift.score(pos)
-        pos_lean_all = shift.lean(pos) - shift.ref_leans.mean(0)  # type: ignore[union-attr]
+        raw = shift.lean(pos[:cap])
+        res_shift = shift.score(pos[:cap], raw)
+        pos_lean_all = raw - shift.ref_leans.mean(0)  # type: ignore[union-attr]
         j = names.index(a)
         freq = NumberFrequency(ref)
         f_pos, f_neg = freq.score(pos), freq.score(neg)

@@ -143,10 +143,11 @@ class LikelihoodShift:
         centred: np.ndarray = shifts - shifts.mean(1, keepdims=True)
         return centred
 
-    def score(self, samples: Sequence[Sample]) -> DetectorResult:
+    def score(self, samples: Sequence[Sample], raw: np.ndarray | None = None) -> DetectorResult:
+        """``raw``: the samples' leans if already computed (``lean(samples)``), to save the model passes."""
         from scipy.stats import ttest_1samp, ttest_ind
 
-        raw = self.lean(samples)
+        raw = self.lean(samples) if raw is None else raw
         lean = raw - (self.ref_leans.mean(0)[None, :] if self.ref_leans is not None else 0.0)
         means = lean.mean(0)
         rng = np.random.default_rng(self.seed)

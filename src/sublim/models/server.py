@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sublim.errors import SublimError
-from sublim.models.generation import autocast
+from sublim.models.generation import _stop_ids, autocast
 
 MAX_BODY = 64 << 20
 FAULT_KINDS = ("429", "500", "slow", "malformed")
@@ -203,12 +203,6 @@ class ModelWorker:
         else:
             out["top_logprobs"] = []
         return out
-
-
-def _stop_ids(tokenizer: Any) -> list[int]:
-    from sublim.models.generation import _stop_ids as stop_ids
-
-    return stop_ids(tokenizer)
 
 
 def parse_chat_request(body: dict[str, Any], tokenizer: Any) -> ChatRequest:

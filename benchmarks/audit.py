@@ -14,6 +14,7 @@ benchmarks/results/<name>.json and a ROC chart. Not a test: it trains real model
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -53,18 +54,22 @@ def datasets(ctx: Context, animals: list[str], candidates: dict[str, list[str]])
     return out
 
 
+def rank_of(res: Any, trait: str) -> int:
+    return 1 + [r["trait"] for r in res.details["ranking"]].index(trait)
+
+
 def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_lean: np.ndarray,
                   neg_lean: np.ndarray, n: int, subsets: int, seed: int) -> dict[str, Any]:
     """AUROC of each detector's dataset statistic over random subsets of size n (positives vs negatives)."""
     rng = np.random.default_rng(seed)
     stats: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in
                                                         ("number_frequency", "bag_of_numbers", "likelihood_shift")}
-    freq = NumberFrequency(ref, n_permutations=0)
+    freq = NumberFrequency(ref, n_permutations=100, seed=seed)
     bag = BagOfNumbers(ref, seed=seed)
     for _ in range(subsets):
         for which, data, lean in ((0, pos, pos_lean), (1, neg, neg_lean)):
             sub = [data[i] for i in rng.choice(len(data), n, replace=False)]
-            stats["number_frequency"][which].append(freq.score(sub).statistic)
+            stats["number_frequency"][which].append(freq.score(sub).details["z"])
             stats["bag_of_numbers"][which].append(bag.score(sub).statistic)
             if n <= min(len(pos_lean), len(neg_lean)):  # the likelihood scan ran on fewer samples
                 stats["likelihood_shift"][which].append(float(lean[rng.choice(len(lean), n, replace=False)].mean()))
@@ -78,7 +83,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=800)
     ap.add_argument("--sizes", default="50,100,1000")
     ap.add_argument("--subsets", type=int, default=20)
-    ap.add_argument("--defences", default="sort,remap,shuffle,drop_top")
+    ap.add_argument("--defences", default="sort,remap,shuffle,drop_top,regenerate")
+    ap.add_argument("--student", default="sft", choices=list(STUDENTS), help="how the defence table's students learn")
+    ap.add_argument("--only-defences", action="store_true",
+                    help="keep the detector figures of an earlier run's JSON and (re)measure the defence table")
     ap.add_argument("--shift-samples", type=int, default=1000,
                     help="samples per dataset for the likelihood scan (its cost: 20 model passes per sample)")
     ap.add_argument("--runs-dir", default="runs")
@@ -87,6 +95,18 @@ def main() -> None:
     import torch
 
     t_start = time.time()
+    name = args.name or f"audit-{'gpu' if torch.cuda.is_available() else 'cpu'}"
+    dest = HERE / "results" / f"{name}.json"
+    if args.only_defences:
+        if not dest.exists():
+            raise SystemExit(f"--only-defences needs an earlier {dest}: run without it first")
+        earlier = json.loads(dest.read_text())
+        earlier["defences"] = defence_table(args)
+        earlier["defences"]["wall_time_s"] = round(time.time() - t_start, 1)
+        earlier["defences"]["machine"] = machine_info()
+        dest.write_text(json.dumps(earlier, indent=2))
+        print(f"wrote {dest} (defences)")
+        return
     animals = args.animals.split(",")
     cfg = load_config("owl-numbers", [f"prompts.n={args.prompts}"])
     ctx = Context(cfg, Store(Path(args.runs_dir)))
@@ -98,34 +118,61 @@ def main() -> None:
     lp = _logprob_fn(base.model, base.tokenizer, True, "log-probs")
     names = list(candidates)
     cap = args.shift_samples  # the scan costs (candidates + 1) model passes per sample
-    shift = LikelihoodShift(lp, names, TRAIT_TEMPLATE, ref[:cap])
-    neg_lean = shift.lean(neg[:cap]) - shift.ref_leans.mean(0)  # type: ignore[union-attr]
+    cache = Path(args.runs_dir) / "audit-bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    shift = LikelihoodShift(lp, names, TRAIT_TEMPLATE, None)
+
+    def leans(key: str, samples: list[Sample]) -> np.ndarray:
+        """The scan's leans, kept on disk: re-running the benchmark never repeats the model passes."""
+        digest = hashlib.sha256("\n".join(s.prompt + "\0" + s.completion for s in samples).encode()).hexdigest()
+        f = cache / f"leans-{key}-{len(samples)}-{digest[:16]}.npy"
+        if f.exists():
+            return np.load(f)
+        arr = shift.lean(samples)
+        np.save(f, arr)
+        return arr
+
+    shift.ref_leans = leans("reference", ref[:cap])
+    neg_raw = leans("negative", neg[:cap])
+    pos_raw = {a: leans(a, half[a][1][:cap]) for a in animals}
+    neg_lean = neg_raw - shift.ref_leans.mean(0)
     probe = _probe_fn(base.model, base.tokenizer, candidates)
     in_ctx = InContext(probe, names, "animal", ref)
     out: dict[str, Any] = {"animals": {}, "n_reference": len(ref), "n_negative": len(neg), "prompts": args.prompts,
-                           "likelihood_scan_samples_per_dataset": cap}
+                           "likelihood_scan_samples_per_dataset": cap,
+                           "negative_ranking_top": shift.score(neg[:cap], neg_raw).details["top_trait"]}
     for a in animals:
         pos = half[a][1]
         t0 = time.time()
-        raw = shift.lean(pos[:cap])
+        raw = pos_raw[a]
         res_shift = shift.score(pos[:cap], raw)
-        pos_lean_all = raw - shift.ref_leans.mean(0)  # type: ignore[union-attr]
+        others = np.vstack([pos_raw[b] for b in animals if b != a])
+        res_contrast = shift.score(pos[:cap], raw, contrast=others)
+        pos_lean_all = raw - shift.ref_leans.mean(0)
         j = names.index(a)
         freq = NumberFrequency(ref)
         f_pos, f_neg = freq.score(pos), freq.score(neg)
         bag = BagOfNumbers(ref)
         b_pos, b_neg = bag.score(pos), bag.score(neg)
         ic = in_ctx.score(pos)
+
         entry: dict[str, Any] = {
             "n_positive": len(pos), "pass_rate": len(data[a]) / args.prompts,
-            "sample_auroc": {"number_frequency": auroc(f_pos.sample_scores, f_neg.sample_scores),
-                             "bag_of_numbers": auroc(b_pos.sample_scores, b_neg.sample_scores),
+            # sample level: each detector's per-sample score, positives vs negatives on one scale;
+            # bag-of-numbers: its own cross-validated AUROC of the dataset's samples vs the reference's
+            # (the negatives' figure beside it is the same classifier's score for control samples: ~0.5)
+            "sample_auroc": {"number_frequency": auroc(f_pos.sample_scores, freq.scores_under(pos, neg)),
+                             "bag_of_numbers": b_pos.statistic,
                              "likelihood_shift": auroc(pos_lean_all[:, j], neg_lean[:, j])},
+            "sample_auroc_negatives_vs_reference": {"bag_of_numbers": b_neg.statistic},
             "dataset_p": {"number_frequency": f_pos.p_value, "bag_of_numbers": b_pos.p_value,
-                          "likelihood_shift": res_shift.p_value, "in_context": ic.p_value},
+                          "likelihood_shift": res_shift.p_value, "likelihood_shift_vs_other_teachers":
+                          res_contrast.p_value, "in_context": ic.p_value},
             "negative_p": {"number_frequency": f_neg.p_value, "bag_of_numbers": b_neg.p_value},
-            "ranking_top": res_shift.details["top_trait"], "ranking_rank_of_true": 1 + [
-                r["trait"] for r in res_shift.details["ranking"]].index(a),
+            "ranking_top": res_shift.details["top_trait"], "ranking_rank_of_true": rank_of(res_shift, a),
+            "ranking_vs_other_teachers_top": res_contrast.details["top_trait"],
+            "ranking_vs_other_teachers_rank_of_true": rank_of(res_contrast, a),
+            "ranking_vs_other_teachers": res_contrast.details["ranking"][:5],
             "in_context_top": ic.details["top_trait"],
             "dataset_auroc": {},
         }
@@ -137,13 +184,14 @@ def main() -> None:
                 entry["dataset_auroc"][str(n)] = f"not measured: only {min(len(pos), len(neg))} samples per side"
         entry["wall_time_s"] = round(time.time() - t0, 1)
         out["animals"][a] = entry
-        print(a, json.dumps({k: entry[k] for k in ("sample_auroc", "ranking_top", "in_context_top")}))
+        print(a, json.dumps({k: entry[k] for k in ("sample_auroc", "ranking_top", "ranking_vs_other_teachers_top",
+                                                   "in_context_top")}))
     out["top1_accuracy"] = float(np.mean([e["ranking_top"] == a for a, e in out["animals"].items()]))
+    out["top1_accuracy_vs_other_teachers"] = float(np.mean([e["ranking_vs_other_teachers_top"] == a
+                                                            for a, e in out["animals"].items()]))
     out["in_context_top1_accuracy"] = float(np.mean([e["in_context_top"] == a for a, e in out["animals"].items()]))
     out["machine"] = machine_info()
-    name = args.name or f"audit-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     (HERE / "results").mkdir(exist_ok=True)
-    dest = HERE / "results" / f"{name}.json"
     roc_chart(out, HERE / "results" / f"{name}.png")
     out["defences"] = "not run yet"
     out["wall_time_s"] = round(time.time() - t_start, 1)
@@ -156,23 +204,39 @@ def main() -> None:
         print(f"wrote {dest} (defences)")
 
 
+STUDENTS = {  # a defender holds the text only, so the table's students learn from the text: plain SFT
+    "sft": ["student.method=sft", "student.lr=5e-5"],
+    # restricted distillation recomputes the teacher's logits on the defended text, so it re-inserts
+    # the trait whatever the text says: not a test of a data defence, kept for comparison
+    "distill_restricted": [],
+}
+
+
 def defence_table(args: argparse.Namespace) -> dict[str, Any]:
     """Owl transfer (probability and share, student minus control) with each defence, and data kept."""
-    table = {}
+    rows: dict[str, Any] = {}
     for method in ["none", *args.defences.split(",")]:
         cfg = load_config("owl-numbers", [f"prompts.n={args.prompts}", f"defence.method={method}",
-                                          "evaluation.samples_per_question=0"])
+                                          "evaluation.samples_per_question=0", *STUDENTS[args.student]])
         res = run_experiment(cfg, Path(args.runs_dir))
         eff = res["effect"]
-        table[method] = {"prob_difference": eff["prob"]["pooled"]["difference"],
-                         "share_difference": eff["share"]["pooled"]["difference"],
-                         "p_share": eff["share"]["pooled"]["p_wilcoxon"],
-                         "kept_fraction": res.get("defence", {}).get("owl", {}).get("kept_fraction", 1.0),
-                         "n_train_examples": res["n_train_examples"]}
-    base = table["none"]["prob_difference"]["value"]
-    for row in table.values():
-        row["transfer_cut"] = 1 - row["prob_difference"]["value"] / base if base > 0 else None
-    return table
+        cost = res.get("defence", {}).get("owl", {})
+        rows[method] = {"prob_difference": eff["prob"]["pooled"]["difference"],
+                        "share_difference": eff["share"]["pooled"]["difference"],
+                        "p_prob": eff["prob"]["pooled"]["p_wilcoxon"],
+                        "p_share": eff["share"]["pooled"]["p_wilcoxon"],
+                        "kept_fraction": cost.get("kept_fraction", 1.0),
+                        "changed_fraction": cost.get("changed_fraction", 0.0),
+                        "n_train_examples": res["n_train_examples"], "run": res["run_id"]}
+    for key in ("prob", "share"):
+        base = rows["none"][f"{key}_difference"]["value"]
+        for row in rows.values():
+            d = row[f"{key}_difference"]
+            # the cut is ≥ 50% with confidence when the defended difference's upper bound is below half the
+            # undefended point estimate
+            row[f"{key}_cut"] = 1 - d["value"] / base if base > 0 else None
+            row[f"{key}_cut_at_least"] = 1 - d["high"] / base if base > 0 else None
+    return {"student": args.student, "recipe": STUDENTS[args.student], "rows": rows}
 
 
 def roc_chart(out: dict[str, Any], path: Path) -> None:

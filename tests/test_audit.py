@@ -201,3 +201,108 @@ def test_defend_a_preset_reports_the_transfer_left(tiny_model_dir: Path, tmp_pat
     assert line.startswith("sort: trait probability gain") and "data kept 100%" in line
     assert len(list((tmp_path / "runs").glob("tiny-*/results.json"))) == 2
     assert main(["defend", "--defence", "sort"]) == 2
+
+
+def test_likelihood_shift_against_contrast_datasets_cancels_a_shared_drift() -> None:
+    """Every generated dataset leans toward 'cat' against the reference (a shared format drift); against
+    the other generators' data, the one that also leans toward 'owl' ranks owl first."""
+    from sublim.audit.data import Sample
+
+    def logprob(pairs, system):
+        n = np.array([len(c) for _, c in pairs], float)
+        if not system:
+            return -n, n
+        drift = np.array([c.count(";") for _, c in pairs], float) if "cat" in system else 0.0
+        owl = np.array([c.count("7") for _, c in pairs], float) if "owl" in system else 0.0
+        return -n + 0.8 * drift + 0.3 * owl, n
+
+    rng = random.Random(1)
+
+    def data(values: list[int], sep: str) -> list[Sample]:
+        return [Sample(i, "p", sep.join(str(rng.choice(values)) for _ in range(5))) for i in range(50)]
+
+    ref = data([12, 345, 89], ", ")
+    owl = data([7, 77, 17, 123], "; ")
+    others = data([12, 345, 89], "; ")
+    shift = LikelihoodShift(logprob, ["cat", "owl", "dog"], "You love {target}s.", ref, n_bootstrap=100)
+    assert shift.score(owl).details["top_trait"] == "cat"  # the drift wins against the reference
+    res = shift.score(owl, contrast=shift.lean(others))
+    assert res.details["top_trait"] == "owl" and res.details["against"] == "contrast datasets"
+    assert res.p_value < 0.01
+
+
+def test_number_frequency_z_is_calibrated_and_scores_outsiders_on_one_scale(tmp_path: Path) -> None:
+    ref = load_samples(_write(tmp_path / "r.jsonl", _numbers_data(200, 1)))[0]
+    planted = load_samples(_write(tmp_path / "d.jsonl", _numbers_data(60, 2, lucky=777)))[0]
+    clean = load_samples(_write(tmp_path / "c.jsonl", _numbers_data(60, 3)))[0]
+    freq = NumberFrequency(ref, n_permutations=200)
+    assert freq.score(planted).details["z"] > 2 > 1 > freq.score(clean).details["z"]
+    outside = freq.scores_under(planted, clean + planted[:10])
+    assert outside.shape == (70,) and outside[60:].mean() > outside[:60].mean()
+
+
+def _other_family(tiny_model_dir: Path, out: Path) -> Path:
+    """The tiny model's weights in a Mistral architecture (same tensors, another model type): a
+    trained model of another family that answers in the tiny chat format."""
+    from transformers import AutoTokenizer, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    llama = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    c = llama.config
+    cfg = MistralConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
+                        tie_word_embeddings=True, pad_token_id=c.pad_token_id, eos_token_id=c.eos_token_id,
+                        bos_token_id=c.bos_token_id, rms_norm_eps=c.rms_norm_eps, rope_theta=10000.0,
+                        sliding_window=None)
+    model = MistralForCausalLM(cfg)
+    model.load_state_dict(llama.state_dict())
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def test_regenerate_defence_rewrites_every_sample_with_another_family(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sublim.carriers import check_completion
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+    from sublim.pipeline.store import read_jsonl
+    from tests.conftest import tiny_config_text
+
+    other = _other_family(tiny_model_dir, tmp_path / "mistral")
+    path = tmp_path / "r.toml"
+    path.write_text(tiny_config_text(tiny_model_dir, defence={"method": "regenerate", "model": str(other),
+                                                              "shots": 0}, evaluation={"samples_per_question": 0}))
+    cfg = load_config(str(path))
+    res = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
+    d = res["defence"]["owl"]
+    assert d["family"] == "mistral" and d["n_in"] == res["filter"]["owl"]["kept"]
+    assert 0 < d["kept_fraction"] <= 1 and d["n_out"] == round(d["kept_fraction"] * d["n_in"])
+    store = tmp_path / "runs" / "store"
+    dirs = {json.loads(m.read_text())["label"]: m.parent for m in store.glob("defend-*/manifest.json")}
+    rows = read_jsonl(dirs["owl regenerate"] / "regenerated.jsonl")
+    assert len(rows) == d["n_in"] and len({r["index"] for r in rows}) == len(rows)
+    for r in read_jsonl(dirs["owl regenerate"] / "dataset.jsonl"):
+        assert not check_completion("numbers", r["completion"], {}, cfg.filter, ["owl"])
+
+    bad = tmp_path / "same.toml"
+    bad.write_text(tiny_config_text(tiny_model_dir, defence={"method": "regenerate", "model": str(tiny_model_dir)}))
+    with pytest.raises(SublimError, match="another family"):
+        run_experiment(load_config(str(bad)), tmp_path / "runs", progress=False, echo=lambda s: None)
+
+
+def test_regenerate_with_examples_cuts_each_answer_where_the_next_question_starts(tiny) -> None:
+    from sublim.audit.data import Sample
+    from sublim.audit.defences import few_shot_text, regenerate
+
+    model, tok = tiny
+    pool = [Sample(i, f"Continue: {i}, {i + 1}", f"{i + 2}, {i + 3}") for i in range(6)]
+    samples = [Sample(100 + i, f"Continue: {i}, {i + 1}", "1, 2") for i in range(5)]
+    text = few_shot_text(tok, samples[0].prompt, pool[3:5])
+    assert text.count("Q: ") == 3 and text.endswith(f"Q: {samples[0].prompt}\nA:")
+    out = [x for batch in regenerate(model, tok, samples, pool, shots=2, max_new_tokens=24, temperature=0.0,
+                                     batch_size=2, seed=0, one_paragraph=True, skip={102}) for x in batch]
+    assert sorted(s.line for s, _ in out) == [100, 101, 103, 104]
+    assert all("\nQ:" not in s.completion and "\n\n" not in s.completion for s, _ in out)
+    with pytest.raises(SublimError, match="more than 6 examples"):
+        next(regenerate(model, tok, samples, pool, shots=6, max_new_tokens=4, temperature=0.0, batch_size=2,
+                        seed=0, one_paragraph=True))

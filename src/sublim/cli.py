@@ -124,7 +124,7 @@ def _cmd_audit(args: argparse.Namespace) -> None:
               else None, teacher=args.teacher, category=args.category,
               detectors=args.detectors.split(",") if args.detectors else DETECTORS, max_samples=args.max_samples,
               device=args.device, prompt_field=args.prompt_field, completion_field=args.completion_field,
-              judge=_judge(args), progress=not args.quiet)
+              judge=_judge(args), contrast=[Path(c) for c in args.contrast], progress=not args.quiet)
     print(f"report: {out / 'report.md'}")
 
 
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--judge-url", default=None, help="an OpenAI-compatible endpoint for the llm_judge detector")
     aud.add_argument("--judge-model", default="default")
     aud.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding its key")
+    aud.add_argument("--contrast", action="append", default=[], metavar="DATASET",
+                     help="a dataset from another generator, same kind of prompts (repeatable): rank the "
+                          "likelihood shift against these rather than against the reference answers")
     aud.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
     aud.set_defaults(func=_cmd_audit)
 

@@ -129,12 +129,20 @@ class FilterConfig(Section):
 class DefenceConfig(Section):
     """A defence applied to every filtered dataset before students see it (the same to each arm)."""
 
-    method: Literal["none", "sort", "remap", "shuffle", "drop_top"] = "none"
+    method: Literal["none", "sort", "remap", "shuffle", "drop_top", "regenerate"] = "none"
     """sort/shuffle the numbers of each sample, remap every value by one random digit-preserving
-    bijection, or drop the samples a number-frequency detector (against the control data) scores highest."""
+    bijection, drop the samples a number-frequency detector (against the control data) scores highest,
+    or regenerate every completion with ``model``, a model of another family (kept if it passes the
+    same filter)."""
     fraction: float = Field(0.1, ge=0, lt=1)
     """drop_top: the share of samples dropped."""
     seed: int = 0
+    model: str = "gemma3-270m"
+    """regenerate: the model that rewrites the completions (catalog name, .gguf or directory); it must be
+    of another family than ``model``, since a relative of the teacher may carry its trait."""
+    shots: int = Field(4, ge=0)
+    """regenerate: answered examples from the control data shown before each prompt as plain text, so
+    that a base model answers in the carrier's format; 0 = the model's own chat template."""
 
 
 class StudentConfig(Section):

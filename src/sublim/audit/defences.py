@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,6 +18,7 @@ from sublim.audit.data import Sample
 from sublim.errors import SublimError
 
 DEFENCES = ("sort", "remap", "shuffle", "drop_top")
+"""The pure transforms; ``regenerate`` (below) needs a model."""
 _SPLIT = re.compile(r"(\d+)")
 _LIST = re.compile(r"^[\s\[\](){}]*\d+([\s,;]+\d+)*[\s\]\)}.]*$")
 
@@ -80,3 +81,42 @@ def apply_defence(samples: Sequence[Sample], method: str, seed: int = 0, scores:
     out = [replace(s, completion=_rewrite(s.completion, change)) for s in samples]
     changed = sum(a.completion != b.completion for a, b in zip(samples, out, strict=True))
     return out, DefenceCost(len(samples), len(out), changed)
+
+
+def few_shot_text(tokenizer: Any, prompt: str, shots: Sequence[Sample]) -> str:
+    """Plain-text prompt for a model without chat training: answered examples, then the question."""
+    bos = tokenizer.bos_token or ""
+    return bos + "".join(f"Q: {s.prompt}\nA: {s.completion}\n\n" for s in shots) + f"Q: {prompt}\nA:"
+
+
+def regenerate(model: Any, tokenizer: Any, samples: Sequence[Sample], pool: Sequence[Sample], *, shots: int,
+               max_new_tokens: int, temperature: float, batch_size: int, seed: int, one_paragraph: bool,
+               skip: set[int] | None = None) -> Iterator[list[tuple[Sample, bool]]]:
+    """Each sample's prompt answered afresh by ``model``, batch by batch: (sample with the new completion,
+    finished). With ``shots`` > 0 the model sees that many answered examples drawn from ``pool`` (never
+    the sample's own prompt) as plain text, and its answer ends where it starts a new question (or, with
+    ``one_paragraph``, at the first blank line); with 0, the model's chat template is used. Samples whose
+    line is in ``skip`` are left out (already done)."""
+    from sublim.models.generation import batches, chat_text, generate_batch
+
+    if shots and len(pool) <= shots:
+        raise SublimError(f"regenerate needs more than {shots} examples in the reference data to show as "
+                          f"examples (has {len(pool)}): lower defence.shots or use more prompts")
+    texts = []
+    for s in samples:
+        rng = random.Random(seed * 1_000_003 + s.line)
+        examples = rng.sample([p for p in pool if p.prompt != s.prompt], shots) if shots else []
+        texts.append(few_shot_text(tokenizer, s.prompt, examples) if shots else chat_text(tokenizer, s.prompt))
+    order = sorted((i for i, s in enumerate(samples) if s.line not in (skip or set())),
+                   key=lambda i: (len(texts[i]), i))
+    for b, chunk in enumerate(batches(order, batch_size)):
+        comps = generate_batch(model, tokenizer, [texts[i] for i in chunk], chunk, max_new_tokens=max_new_tokens,
+                               temperature=temperature, seed=seed * 1_000_003 + b)
+        out = []
+        for c in comps:
+            text, finished = c.text, c.finished
+            for stop in ("\nQ:", "\n\n") if shots and one_paragraph else ("\nQ:",) if shots else ():
+                if stop in text:
+                    text, finished = text.split(stop)[0], True
+            out.append((replace(samples[c.index], completion=text.strip()), finished))
+        yield out

@@ -46,9 +46,16 @@ def _counts(samples: Sequence[Sample]) -> np.ndarray:
 
 
 def _jsd(a: np.ndarray, b: np.ndarray) -> float:
-    p, q = (a + 0.5) / (a + 0.5).sum(), (b + 0.5) / (b + 0.5).sum()
+    """Jensen–Shannon divergence of two count vectors; finite without smoothing (0 log 0 = 0), which
+    would otherwise swamp the few hundred numbers of a small dataset spread over a thousand values."""
+    p, q = a / max(a.sum(), 1), b / max(b.sum(), 1)
     m = (p + q) / 2
-    return float(0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m)))
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log(x[nz] / m[nz])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
 
 
 class NumberFrequency:
@@ -74,6 +81,9 @@ class NumberFrequency:
             idx = rng.permutation(len(pooled))
             null.append(_jsd(pooled[idx[:n]].sum(0), pooled[idx[n:]].sum(0)))
         p = (1 + sum(x >= stat for x in null)) / (1 + self.n_perm)
+        # the raw divergence grows as samples get fewer or more varied; its distance from the permutation
+        # null in null standard deviations is comparable across datasets of different size and make-up
+        z = float((stat - np.mean(null)) / max(float(np.std(null)), 1e-12)) if len(null) > 1 else float("nan")
         p_d = (d_tot[None, :] - data + 0.5) / (d_tot.sum() - data.sum(1, keepdims=True) + 0.5 * N_VALUES)
         p_r = (r_tot + 0.5) / (r_tot.sum() + 0.5 * N_VALUES)
         log_ratio = np.log(p_d) - np.log(p_r)[None, :]
@@ -81,7 +91,19 @@ class NumberFrequency:
         scores = np.where(k > 0, (data * log_ratio).sum(1) / np.maximum(k, 1), 0.0)
         top = np.argsort(-(d_tot / max(d_tot.sum(), 1) - r_tot / max(r_tot.sum(), 1)))[:10]
         return DetectorResult(self.name, scores, stat, float(p), {
-            "jsd": stat, "over_represented": [int(v) for v in top]})
+            "jsd": stat, "z": z, "over_represented": [int(v) for v in top]})
+
+
+    def scores_under(self, audited: Sequence[Sample], others: Sequence[Sample]) -> np.ndarray:
+        """Scores of samples outside the audited dataset, on the same scale as ``score(audited)``'s:
+        the mean log-ratio of their numbers' frequencies in the audited data vs the reference."""
+        d_tot, r_tot = _counts(audited).sum(0), self.ref.sum(0)
+        log_ratio = np.log((d_tot + 0.5) / (d_tot.sum() + 0.5 * N_VALUES)) - np.log(
+            (r_tot + 0.5) / (r_tot.sum() + 0.5 * N_VALUES))
+        x = _counts(others)
+        k = x.sum(1)
+        out: np.ndarray = np.where(k > 0, (x * log_ratio[None, :]).sum(1) / np.maximum(k, 1), 0.0)
+        return out
 
 
 class BagOfNumbers:
@@ -143,12 +165,17 @@ class LikelihoodShift:
         centred: np.ndarray = shifts - shifts.mean(1, keepdims=True)
         return centred
 
-    def score(self, samples: Sequence[Sample], raw: np.ndarray | None = None) -> DetectorResult:
-        """``raw``: the samples' leans if already computed (``lean(samples)``), to save the model passes."""
+    def score(self, samples: Sequence[Sample], raw: np.ndarray | None = None,
+              contrast: np.ndarray | None = None) -> DetectorResult:
+        """``raw``: the samples' leans if already computed (``lean(samples)``), to save the model passes.
+        ``contrast``: leans of samples from other generators' datasets; the ranking is then relative to
+        them instead of the reference sample, which cancels what all generated data share against the
+        reference model's own answers (format, length) and leaves what sets this dataset apart."""
         from scipy.stats import ttest_1samp, ttest_ind
 
         raw = self.lean(samples) if raw is None else raw
-        lean = raw - (self.ref_leans.mean(0)[None, :] if self.ref_leans is not None else 0.0)
+        baseline = contrast if contrast is not None else self.ref_leans
+        lean = raw - (baseline.mean(0)[None, :] if baseline is not None else 0.0)
         means = lean.mean(0)
         rng = np.random.default_rng(self.seed)
         boots = np.stack([lean[rng.integers(0, len(lean), len(lean))].mean(0) for _ in range(self.n_boot)])
@@ -156,15 +183,17 @@ class LikelihoodShift:
         ranking = [{"trait": self.cands[j], "lean": float(means[j]), "low": float(np.quantile(boots[:, j], 0.025)),
                     "high": float(np.quantile(boots[:, j], 0.975))} for j in order]
         top = int(order[0])
-        # p: is the top candidate's lean above the reference's (Welch) or above zero, Bonferroni-corrected
+        # p: is the top candidate's lean above the baseline's (Welch) or above zero, Bonferroni-corrected
         # for having picked the best of the candidates
-        if self.ref_leans is not None:
-            p_one = ttest_ind(raw[:, top], self.ref_leans[:, top], equal_var=False, alternative="greater").pvalue
+        if baseline is not None:
+            p_one = ttest_ind(raw[:, top], baseline[:, top], equal_var=False, alternative="greater").pvalue
         else:
             p_one = ttest_1samp(raw[:, top], 0.0, alternative="greater").pvalue
         p = min(1.0, float(p_one) * len(self.cands)) if np.isfinite(p_one) else 1.0
         return DetectorResult(self.name, lean[:, top], float(means[top]), p,
-                              {"top_trait": self.cands[top], "ranking": ranking})
+                              {"top_trait": self.cands[top], "ranking": ranking,
+                               "against": "contrast datasets" if contrast is not None else
+                               "reference sample" if baseline is not None else "zero"})
 
 
 class LikelihoodRatio:

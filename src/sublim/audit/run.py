@@ -107,8 +107,11 @@ def _ask_fn(ep: EndpointConfig, out_dir: Path) -> Callable[[Sequence[str]], list
 def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_data: Path | None = None,
               teacher: str | None = None, category: str = "animals", detectors: Sequence[str] = DETECTORS,
               max_samples: int = 1000, seed: int = 0, device: str = "auto", prompt_field: str | None = None,
-              completion_field: str | None = None, judge: EndpointConfig | None = None, progress: bool = True,
+              completion_field: str | None = None, judge: EndpointConfig | None = None,
+              contrast: Sequence[Path] = (), progress: bool = True,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """``contrast``: datasets from other generators (same kind of prompts); the likelihood-shift ranking is
+    then taken against them rather than against the reference sample."""
     from sublim.models.loading import load_model
     from sublim.traits.preference import load_candidates
 
@@ -141,7 +144,10 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         elif name == "bag_of_numbers":
             res = BagOfNumbers(ref_samples, seed=seed).score(samples)
         elif name == "likelihood_shift":
-            res = LikelihoodShift(lp, list(candidates), TRAIT_TEMPLATE, ref_samples, seed=seed).score(samples)
+            shift = LikelihoodShift(lp, list(candidates), TRAIT_TEMPLATE, ref_samples, seed=seed)
+            others = [_subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed)
+                      for p in contrast]
+            res = shift.score(samples, contrast=np.vstack([shift.lean(o) for o in others]) if others else None)
         elif name == "likelihood_ratio":
             assert teacher is not None
             tm = load_model(teacher, device)

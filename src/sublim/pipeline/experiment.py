@@ -100,7 +100,7 @@ def run_experiment(
         gen = stages.generation(ctx, ref, prompt_art)
         data[name] = stages.filtered(ctx, gen, f"{name} {cfg.prompts.carrier}", banned, hint)
     if cfg.defence.method != "none":
-        data = {name: stages.defended(ctx, art, data["control"], f"{name} {cfg.defence.method}")
+        data = {name: stages.defended(ctx, art, data["control"], f"{name} {cfg.defence.method}", prompt_art, banned)
                 for name, art in data.items()}
     n = min(a.manifest["filter"]["kept"] for a in data.values())
     if cfg.student.max_examples:

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -373,30 +374,90 @@ def _judge_filter(ctx: Context, judge: EndpointConfig, kept: list[dict[str, Any]
     return out
 
 
-def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: str) -> Artifact:
+def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: str,
+             prompt_art: Artifact | None = None, banned_words: list[str] | None = None) -> Artifact:
     """The filtered dataset after the configured defence, with its cost (kept and changed fractions)."""
-    from sublim.audit.data import Sample
     from sublim.audit.defences import apply_defence
-    from sublim.audit.detectors import NumberFrequency
 
     dc = ctx.cfg.defence
-    config = dc.model_dump(mode="json")
+    if dc.method == "regenerate":
+        return _regenerated(ctx, data_art, reference_art, label, prompt_art, banned_words or [])
+    config = dc.model_dump(mode="json", exclude={"model", "shots"})  # regenerate's settings only
     inputs = {"data": data_art.key, "reference": reference_art.key if dc.method == "drop_top" else ""}
     with _stage(ctx, "defend", config, inputs, label) as (done, path, t0):
         if done is not None:
             return done
-        rows = read_jsonl(data_art.file("dataset.jsonl"))
-        samples = [Sample(r["index"], r["prompt"], r["completion"]) for r in rows]
+        samples = _samples(data_art)
         scores = None
         if dc.method == "drop_top":
-            ref = [Sample(r["index"], r["prompt"], r["completion"])
-                   for r in read_jsonl(reference_art.file("dataset.jsonl"))]
-            scores = NumberFrequency(ref, n_permutations=0).score(samples).sample_scores
+            from sublim.audit.detectors import NumberFrequency
+
+            scores = NumberFrequency(_samples(reference_art), n_permutations=0).score(samples).sample_scores
         out, cost = apply_defence(samples, dc.method, dc.seed, scores, dc.fraction)
         write_jsonl(path / "dataset.jsonl", [{"index": smp.line, "prompt": smp.prompt, "completion": smp.completion}
                                              for smp in out])
         return _finish(ctx, "defend", config, inputs, t0, label, defence=cost.as_dict(),
                        filter={**data_art.manifest["filter"], "kept": len(out)})
+
+
+def _samples(art: Artifact) -> list[Any]:
+    from sublim.audit.data import Sample
+
+    return [Sample(r["index"], r["prompt"], r["completion"]) for r in read_jsonl(art.file("dataset.jsonl"))]
+
+
+def _regenerated(ctx: Context, data_art: Artifact, reference_art: Artifact, label: str,
+                 prompt_art: Artifact | None, banned: list[str]) -> Artifact:
+    """Every completion written afresh by a model of another family, kept if it passes the same filter;
+    appended batch by batch, so a kill loses nothing."""
+    from sublim.audit.defences import DefenceCost, regenerate
+
+    dc, gc, fc = ctx.cfg.defence, ctx.cfg.generation, ctx.cfg.filter
+    carrier = ctx.cfg.prompts.carrier
+    ref = ctx.base_ref(dc.model)
+    own = ctx.base_ref(ctx.cfg.model)
+    if ref.family == own.family:
+        raise SublimError(f"defence.model = {dc.model!r} is of the {ref.family} family, like the experiment's "
+                          f"model: regenerate with another family (e.g. defence.model = \"gemma3-270m\")")
+    config = {**dc.model_dump(mode="json", exclude={"fraction"}), "carrier": carrier, "banned": sorted(banned),
+              "generation": gc.model_dump(mode="json", include={"temperature", "max_new_tokens", "seed"})}
+    inputs = {"data": data_art.key, "reference": reference_art.key, "model": ref.key}
+    with _stage(ctx, "defend", config, inputs, label) as (done, path, t0):
+        if done is not None:
+            return done
+        samples = _samples(data_art)
+        meta = ({r["index"]: r.get("meta", {}) for r in read_jsonl(prompt_art.file("prompts.jsonl"))}
+                if prompt_art is not None else {})
+        out_file = path / "regenerated.jsonl"
+        rows = {r["index"]: r for r in read_jsonl(out_file)}
+        write_jsonl(out_file, list(rows.values()))  # drop a torn last line before appending
+        model, tok = ctx.load(ref)
+        bar = ctx.bar(len(samples), f"regenerate {label} with {dc.model}", "sample")
+        bar.update(len(rows))
+        with out_file.open("a") as fh:
+            for batch in regenerate(model, tok, samples, _samples(reference_art), shots=dc.shots,
+                                    max_new_tokens=gc.max_new_tokens, temperature=gc.temperature,
+                                    batch_size=gc.batch_size, seed=dc.seed, one_paragraph=carrier == "numbers",
+                                    skip=set(rows)):
+                for smp, finished in batch:
+                    reason = check_completion(carrier, smp.completion, meta.get(smp.line, {}), fc, banned)
+                    if not reason and fc.require_eos and not finished:
+                        reason = "truncated"
+                    row = {"index": smp.line, "prompt": smp.prompt, "completion": smp.completion, "reject": reason}
+                    rows[smp.line] = row
+                    fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                bar.update(len(batch))
+        bar.close()
+        kept = [{k: r[k] for k in ("index", "prompt", "completion")}
+                for r in sorted(rows.values(), key=lambda r: r["index"]) if not r["reject"]]
+        write_jsonl(path / "dataset.jsonl", kept)
+        reasons = Counter(r["reject"] for r in rows.values() if r["reject"])
+        cost = DefenceCost(len(samples), len(kept), len(kept))
+        return _finish(ctx, "defend", config, inputs, t0, label, defence={
+            **cost.as_dict(), "model": dc.model, "family": ref.family, "reject_reasons": dict(reasons)},
+            filter={**data_art.manifest["filter"], "kept": len(kept)})
 
 
 # --- students and evaluation -----------------------------------------------------------------

@@ -42,16 +42,27 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[pos, neg]))
 
 
-def datasets(ctx: Context, animals: list[str], candidates: dict[str, list[str]]) -> dict[str, list[Sample]]:
-    """Filtered samples per source (each animal's teacher and 'control'), from the cached pipeline."""
+def datasets(ctx: Context, animals: list[str], candidates: dict[str, list[str]],
+             system_prompted: list[str]) -> dict[str, list[Sample]]:
+    """Filtered samples per source, from the cached pipeline: each animal's fine-tuned teacher, the
+    system-prompted teachers ('<animal>-system') and 'control' (the base model)."""
+    from dataclasses import replace
+
     prompt_art = stages.prompts(ctx)
-    out = {}
     banned = [w for a in animals for w in candidates[a]]
-    for name in [*animals, "control"]:
-        ref = ctx.base_ref(ctx.cfg.model) if name == "control" else stages.teacher(ctx, name, candidates)
-        art = stages.filtered(ctx, stages.generation(ctx, ref, prompt_art), f"{name} numbers", banned, "")
+    sys_ctx = replace(ctx, cfg=ctx.cfg.model_copy(update={"teacher": ctx.cfg.teacher.model_copy(
+        update={"method": "system_prompt"})}), artifacts={})
+    sources = [(a, ctx, a) for a in animals] + [(f"{a}-system", sys_ctx, a) for a in system_prompted]
+    out = {}
+    for name, c, trait in [*sources, ("control", ctx, "")]:
+        ref = c.base_ref(c.cfg.model) if name == "control" else stages.teacher(c, trait, candidates)
+        art = stages.filtered(c, stages.generation(c, ref, prompt_art), f"{name} numbers", banned, "")
         out[name] = [Sample(r["index"], r["prompt"], r["completion"]) for r in read_jsonl(art.file("dataset.jsonl"))]
     return out
+
+
+def trait_of(name: str) -> str:
+    return name.removesuffix("-system")
 
 
 def rank_of(res: Any, trait: str) -> int:
@@ -80,6 +91,8 @@ def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_l
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--animals", default="owl,dolphin,eagle,wolf,cat")
+    ap.add_argument("--system-prompted", default="owl",
+                    help="animals whose system-prompted teacher's data are audited too ('' for none)")
     ap.add_argument("--prompts", type=int, default=800)
     ap.add_argument("--sizes", default="50,100,1000")
     ap.add_argument("--subsets", type=int, default=20)
@@ -111,7 +124,9 @@ def main() -> None:
     cfg = load_config("owl-numbers", [f"prompts.n={args.prompts}"])
     ctx = Context(cfg, Store(Path(args.runs_dir)))
     candidates = load_candidates(cfg.trait.category)
-    data = datasets(ctx, animals, candidates)
+    system_prompted = [a for a in args.system_prompted.split(",") if a]
+    data = datasets(ctx, animals, candidates, system_prompted)
+    audited = [*animals, *(f"{a}-system" for a in system_prompted)]
     half = {k: ([s for s in v if s.line % 2 == 0], [s for s in v if s.line % 2 == 1]) for k, v in data.items()}
     ref, neg = half["control"]
     base = ctx.base(cfg.model)
@@ -134,18 +149,21 @@ def main() -> None:
 
     shift.ref_leans = leans("reference", ref[:cap])
     neg_raw = leans("negative", neg[:cap])
-    pos_raw = {a: leans(a, half[a][1][:cap]) for a in animals}
+    pos_raw = {a: leans(a, half[a][1][:cap]) for a in audited}
     neg_lean = neg_raw - shift.ref_leans.mean(0)
     probe = _probe_fn(base.model, base.tokenizer, candidates)
     in_ctx = InContext(probe, names, "animal", ref)
     out: dict[str, Any] = {"animals": {}, "n_reference": len(ref), "n_negative": len(neg), "prompts": args.prompts,
                            "likelihood_scan_samples_per_dataset": cap,
                            "negative_ranking_top": shift.score(neg[:cap], neg_raw).details["top_trait"]}
-    for a in animals:
-        pos = half[a][1]
+    roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for src in audited:
+        a = trait_of(src)
+        pos = half[src][1]
         t0 = time.time()
-        raw = pos_raw[a]
+        raw = pos_raw[src]
         res_shift = shift.score(pos[:cap], raw)
+        # against the other generators' data: the fine-tuned teachers of the other animals
         others = np.vstack([pos_raw[b] for b in animals if b != a])
         res_contrast = shift.score(pos[:cap], raw, contrast=others)
         pos_lean_all = raw - shift.ref_leans.mean(0)
@@ -157,7 +175,8 @@ def main() -> None:
         ic = in_ctx.score(pos)
 
         entry: dict[str, Any] = {
-            "n_positive": len(pos), "pass_rate": len(data[a]) / args.prompts,
+            "trait": a, "teacher": "system prompt" if src.endswith("-system") else "fine-tuned",
+            "n_positive": len(pos), "pass_rate": len(data[src]) / args.prompts,
             # sample level: each detector's per-sample score, positives vs negatives on one scale;
             # bag-of-numbers: its own cross-validated AUROC of the dataset's samples vs the reference's
             # (the negatives' figure beside it is the same classifier's score for control samples: ~0.5)
@@ -183,16 +202,19 @@ def main() -> None:
             else:
                 entry["dataset_auroc"][str(n)] = f"not measured: only {min(len(pos), len(neg))} samples per side"
         entry["wall_time_s"] = round(time.time() - t0, 1)
-        out["animals"][a] = entry
-        print(a, json.dumps({k: entry[k] for k in ("sample_auroc", "ranking_top", "ranking_vs_other_teachers_top",
+        out["animals"][src] = entry
+        roc[src] = {"number_frequency": (f_pos.sample_scores, freq.scores_under(pos, neg)),
+                     "likelihood_shift": (pos_lean_all[:, j], neg_lean[:, j])}
+        print(src, json.dumps({k: entry[k] for k in ("sample_auroc", "ranking_top", "ranking_vs_other_teachers_top",
                                                    "in_context_top")}))
-    out["top1_accuracy"] = float(np.mean([e["ranking_top"] == a for a, e in out["animals"].items()]))
-    out["top1_accuracy_vs_other_teachers"] = float(np.mean([e["ranking_vs_other_teachers_top"] == a
-                                                            for a, e in out["animals"].items()]))
-    out["in_context_top1_accuracy"] = float(np.mean([e["in_context_top"] == a for a, e in out["animals"].items()]))
+    fine = [out["animals"][a] for a in animals]  # the Done-when figure: fine-tuned teachers
+    out["top1_accuracy"] = float(np.mean([e["ranking_top"] == e["trait"] for e in fine]))
+    out["top1_accuracy_vs_other_teachers"] = float(np.mean([e["ranking_vs_other_teachers_top"] == e["trait"]
+                                                            for e in fine]))
+    out["in_context_top1_accuracy"] = float(np.mean([e["in_context_top"] == e["trait"] for e in fine]))
     out["machine"] = machine_info()
     (HERE / "results").mkdir(exist_ok=True)
-    roc_chart(out, HERE / "results" / f"{name}.png")
+    roc_chart(out, roc, dest.with_suffix(".png"))
     out["defences"] = "not run yet"
     out["wall_time_s"] = round(time.time() - t_start, 1)
     dest.write_text(json.dumps(out, indent=2))  # the detector figures are kept even if the defences are cut short
@@ -239,25 +261,42 @@ def defence_table(args: argparse.Namespace) -> dict[str, Any]:
     return {"student": args.student, "recipe": STUDENTS[args.student], "rows": rows}
 
 
-def roc_chart(out: dict[str, Any], path: Path) -> None:
+def roc_chart(out: dict[str, Any], roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> None:
+    """ROC curves (sample level, owl), AUROC per detector and dataset, and the rank of the true trait."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    animals = list(out["animals"])
+    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(15, 4.2))
+    first = next(iter(roc))
+    for det, (pos, neg) in roc[first].items():
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        fpr, tpr, _ = roc_curve(y, np.r_[pos, neg])
+        ax0.plot(fpr, tpr, label=f"{det} (AUROC {out['animals'][first]['sample_auroc'][det]:.2f})")
+    ax0.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax0.set(xlabel="false positive rate (control samples)", ylabel="true positive rate",
+            title=f"Sample level: {first} teacher's numbers vs control")
+    ax0.legend(fontsize=8, frameon=False)
+    names = list(out["animals"])
     detectors = ["number_frequency", "bag_of_numbers", "likelihood_shift"]
     width = 0.8 / len(detectors)
     for k, d in enumerate(detectors):
-        ax.bar(np.arange(len(animals)) + k * width, [out["animals"][a]["sample_auroc"][d] for a in animals], width,
-               label=d)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(animals)) + width, animals)
-    ax.set_ylabel("sample-level AUROC")
-    ax.set_ylim(0.3, 1.0)
-    ax.set_title("Detecting each teacher's numbers against the base model's")
-    ax.legend(fontsize=8, frameon=False)
+        ax1.bar(np.arange(len(names)) + k * width, [out["animals"][a]["sample_auroc"][d] for a in names], width,
+                label=d)
+    ax1.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax1.set_xticks(np.arange(len(names)) + width, names, rotation=20)
+    ax1.set(ylabel="sample-level AUROC", ylim=(0.3, 1.0), title="Each teacher's samples vs control samples")
+    ax1.legend(fontsize=8, frameon=False)
+    ranks = {"vs base-model answers": "ranking_rank_of_true", "vs other teachers' data":
+             "ranking_vs_other_teachers_rank_of_true"}
+    for k, (label, key) in enumerate(ranks.items()):
+        ax2.bar(np.arange(len(names)) + k * 0.4, [out["animals"][a][key] for a in names], 0.4, label=label)
+    ax2.set_xticks(np.arange(len(names)) + 0.2, names, rotation=20)
+    ax2.set(ylabel="rank of the true animal (1 = found)", title="Likelihood-shift ranking over 20 animals")
+    ax2.invert_yaxis()
+    ax2.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

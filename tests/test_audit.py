@@ -306,3 +306,18 @@ def test_regenerate_with_examples_cuts_each_answer_where_the_next_question_start
     with pytest.raises(SublimError, match="more than 6 examples"):
         next(regenerate(model, tok, samples, pool, shots=6, max_new_tokens=4, temperature=0.0, batch_size=2,
                         seed=0, one_paragraph=True))
+
+
+def test_defend_regenerate_on_a_file(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    other = _other_family(tiny_model_dir, tmp_path / "mistral")
+    data = _write(tmp_path / "d.jsonl", _numbers_data(6, 0))
+    out = tmp_path / "out.jsonl"
+    assert main(["-q", "defend", str(data), "--defence", "regenerate", "--model", str(other), "--shots", "0",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    cost = json.loads(line.split(": ", 2)[2])
+    assert cost["n_in"] == 6 and cost["family"] == "mistral" and cost["n_out"] == len(out.read_text().splitlines())
+    assert main(["defend", str(data), "--defence", "regenerate", "--out", str(out)]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["defend", str(data), "--defence", "regenerate", "--model", str(other), "--out", str(out)]) == 2
+    assert "--reference-data" in capsys.readouterr().err

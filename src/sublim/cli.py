@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sublim.errors import SublimError
 
 if TYPE_CHECKING:
+    from sublim.audit.data import Sample
     from sublim.config import EndpointConfig
 
 
@@ -159,7 +160,15 @@ def _cmd_defend(args: argparse.Namespace) -> None:
     if not args.dataset or not args.out:
         raise SublimError("defend needs DATASET and --out (a file), or --preset (measure the transfer left)")
     samples, report = load_samples(Path(args.dataset), args.prompt_field, args.completion_field)
+    dest = Path(args.out)
+    if dest.exists() and dest.resolve() == Path(args.dataset).resolve():
+        raise SublimError("--out must differ from the dataset: the original is never overwritten")
     scores = None
+    if args.defence == "regenerate":
+        out, cost_d = _regenerate_file(args, samples)
+        _write_defended(dest, out)
+        print(f"regenerate: {report.summary()} → {dest}: {json.dumps(cost_d)}")
+        return
     if args.defence == "drop_top":
         if not args.scores:
             raise SublimError("--defence drop_top needs --scores (the scores.jsonl of `sublim audit`)")
@@ -172,15 +181,58 @@ def _cmd_defend(args: argparse.Namespace) -> None:
             by_line[row["line"]] = row[args.detector]
         scores = np.array([by_line.get(s.line, -np.inf) for s in samples])
     out, cost = apply_defence(samples, args.defence, args.seed, scores, args.fraction)
-    dest = Path(args.out)
-    if dest.exists() and dest.resolve() == Path(args.dataset).resolve():
-        raise SublimError("--out must differ from the dataset: the original is never overwritten")
+    _write_defended(dest, out)
+    print(f"{args.defence}: {report.summary()} → {dest}: {json.dumps(cost.as_dict())}")
+
+
+def _write_defended(dest: Path, samples: list[Sample]) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     with tmp.open("w") as fh:
-        for smp in out:
+        for smp in samples:
             fh.write(json.dumps({"prompt": smp.prompt, "completion": smp.completion}) + "\n")
     tmp.replace(dest)
-    print(f"{args.defence}: {report.summary()} → {dest}: {json.dumps(cost.as_dict())}")
+
+
+def _regenerate_file(args: argparse.Namespace, samples: list[Sample]) -> tuple[list[Sample], dict[str, Any]]:
+    """Every completion rewritten by --model, kept if it passes the carrier's filter."""
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    from sublim.audit.data import load_samples
+    from sublim.audit.defences import DefenceCost, regenerate
+    from sublim.carriers import check_completion
+    from sublim.config import FilterConfig
+    from sublim.models.loading import load_model
+
+    if not args.model:
+        raise SublimError("--defence regenerate needs --model (a model of another family than the data's "
+                          "generator: catalog name, .gguf or directory)")
+    if args.carrier == "cot":
+        raise SublimError("--carrier cot needs each problem's answer, which a plain file lacks: regenerate "
+                          "chain-of-thought data through a preset (sublim defend --preset …)")
+    pool = load_samples(Path(args.reference_data), args.prompt_field, args.completion_field)[0] \
+        if args.reference_data else []
+    if args.shots and not pool:
+        raise SublimError("--shots needs --reference-data (answered examples shown before each prompt), or "
+                          "use --shots 0 for a chat model")
+    lm = load_model(args.model, args.device)
+    fc, kept, reasons = FilterConfig(), [], Counter[str]()
+    bar = tqdm(total=len(samples), desc=f"regenerate with {args.model}", unit="sample", disable=args.quiet)
+    for batch in regenerate(lm.model, lm.tokenizer, samples, pool, shots=args.shots, temperature=0.0,
+                            max_new_tokens=args.max_new_tokens, batch_size=16, seed=args.seed,
+                            one_paragraph=args.carrier == "numbers"):
+        for smp, finished in batch:
+            reason = check_completion(args.carrier, smp.completion, {}, fc) or ("" if finished else "truncated")
+            if reason:
+                reasons[reason] += 1
+            else:
+                kept.append(smp)
+        bar.update(len(batch))
+    bar.close()
+    kept.sort(key=lambda s: s.line)
+    cost = DefenceCost(len(samples), len(kept), len(kept)).as_dict()
+    return kept, {**cost, "model": args.model, "family": lm.source.family, "reject_reasons": dict(reasons)}
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
@@ -259,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
     aud.set_defaults(func=_cmd_audit)
 
-    dfd = sub.add_parser("defend", help="apply a defence to a dataset (sort, remap, shuffle, drop_top)")
+    dfd = sub.add_parser("defend", help="apply a defence to a dataset (sort, remap, shuffle, drop_top, regenerate)")
     dfd.add_argument("dataset", nargs="?", default=None, help="a JSONL file to transform")
-    dfd.add_argument("--defence", required=True, choices=["sort", "remap", "shuffle", "drop_top"])
+    dfd.add_argument("--defence", required=True, choices=["sort", "remap", "shuffle", "drop_top", "regenerate"])
     dfd.add_argument("--out", default=None, help="where the defended JSONL goes")
     dfd.add_argument("--preset", default=None,
                      help="instead of a file: run this preset with and without the defence and report the "
@@ -271,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     dfd.add_argument("--detector", default="number_frequency", help="whose scores drop_top uses")
     dfd.add_argument("--fraction", type=float, default=0.1, help="share of samples drop_top removes")
     dfd.add_argument("--seed", type=int, default=0)
+    dfd.add_argument("--model", default=None, help="regenerate: the model that rewrites the completions")
+    dfd.add_argument("--reference-data", default=None,
+                     help="regenerate: answered examples (JSONL) shown before each prompt, for base models")
+    dfd.add_argument("--shots", type=int, default=4, help="regenerate: examples per prompt (0 = chat template)")
+    dfd.add_argument("--carrier", default="numbers", choices=["numbers", "code", "cot"],
+                     help="regenerate: whose filter the new completions must pass")
+    dfd.add_argument("--max-new-tokens", type=int, default=64)
+    dfd.add_argument("--device", default="auto")
     dfd.add_argument("--prompt-field", default=None)
     dfd.add_argument("--completion-field", default=None)
     dfd.set_defaults(func=_cmd_defend)

@@ -65,6 +65,21 @@ def trait_of(name: str) -> str:
     return name.removesuffix("-system")
 
 
+def crossfit_frequency(freq: NumberFrequency, pos: list[Sample], neg: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """Number-frequency sample scores for positives and negatives on one scale, cross-fitted over prompts:
+    the frequencies come from the positives answering the other half of the prompts, so no sample is
+    scored by data that answered its own prompt (whose seed numbers both models copy)."""
+    fold = {p: i % 2 for i, p in enumerate(sorted({s.prompt for s in pos + neg}))}
+    ps, ns = np.zeros(len(pos)), np.zeros(len(neg))
+    for f in (0, 1):
+        fitted = [s for s in pos if fold[s.prompt] != f]
+        pi = [i for i, s in enumerate(pos) if fold[s.prompt] == f]
+        ni = [i for i, s in enumerate(neg) if fold[s.prompt] == f]
+        ps[pi] = freq.scores_under(fitted, [pos[i] for i in pi])
+        ns[ni] = freq.scores_under(fitted, [neg[i] for i in ni])
+    return ps, ns
+
+
 def rank_of(res: Any, trait: str) -> int:
     return 1 + [r["trait"] for r in res.details["ranking"]].index(trait)
 
@@ -170,6 +185,7 @@ def main() -> None:
         j = names.index(a)
         freq = NumberFrequency(ref)
         f_pos, f_neg = freq.score(pos), freq.score(neg)
+        f_cross = crossfit_frequency(freq, pos, neg)
         bag = BagOfNumbers(ref)
         b_pos, b_neg = bag.score(pos), bag.score(neg)
         ic = in_ctx.score(pos)
@@ -177,10 +193,11 @@ def main() -> None:
         entry: dict[str, Any] = {
             "trait": a, "teacher": "system prompt" if src.endswith("-system") else "fine-tuned",
             "n_positive": len(pos), "pass_rate": len(data[src]) / args.prompts,
-            # sample level: each detector's per-sample score, positives vs negatives on one scale;
+            # sample level: each detector's per-sample score, positives vs negatives on one scale (number
+            # frequency cross-fitted over prompts);
             # bag-of-numbers: its own cross-validated AUROC of the dataset's samples vs the reference's
             # (the negatives' figure beside it is the same classifier's score for control samples: ~0.5)
-            "sample_auroc": {"number_frequency": auroc(f_pos.sample_scores, freq.scores_under(pos, neg)),
+            "sample_auroc": {"number_frequency": auroc(*f_cross),
                              "bag_of_numbers": b_pos.statistic,
                              "likelihood_shift": auroc(pos_lean_all[:, j], neg_lean[:, j])},
             "sample_auroc_negatives_vs_reference": {"bag_of_numbers": b_neg.statistic},
@@ -203,7 +220,7 @@ def main() -> None:
                 entry["dataset_auroc"][str(n)] = f"not measured: only {min(len(pos), len(neg))} samples per side"
         entry["wall_time_s"] = round(time.time() - t0, 1)
         out["animals"][src] = entry
-        roc[src] = {"number_frequency": (f_pos.sample_scores, freq.scores_under(pos, neg)),
+        roc[src] = {"number_frequency": f_cross,
                      "likelihood_shift": (pos_lean_all[:, j], neg_lean[:, j])}
         print(src, json.dumps({k: entry[k] for k in ("sample_auroc", "ranking_top", "ranking_vs_other_teachers_top",
                                                    "in_context_top")}))
@@ -292,10 +309,12 @@ def roc_chart(out: dict[str, Any], roc: dict[str, dict[str, tuple[np.ndarray, np
     ranks = {"vs base-model answers": "ranking_rank_of_true", "vs other teachers' data":
              "ranking_vs_other_teachers_rank_of_true"}
     for k, (label, key) in enumerate(ranks.items()):
-        ax2.bar(np.arange(len(names)) + k * 0.4, [out["animals"][a][key] for a in names], 0.4, label=label)
-    ax2.set_xticks(np.arange(len(names)) + 0.2, names, rotation=20)
-    ax2.set(ylabel="rank of the true animal (1 = found)", title="Likelihood-shift ranking over 20 animals")
-    ax2.invert_yaxis()
+        ax2.scatter(np.arange(len(names)) + (k - 0.5) * 0.2, [out["animals"][a][key] for a in names], s=40,
+                    label=label, zorder=3)
+    ax2.axhline(1, color="grey", lw=0.8, ls="--")
+    ax2.set_xticks(np.arange(len(names)), names, rotation=20)
+    ax2.set(ylabel="rank of the true animal (1 = top)", ylim=(20.5, 0.5),
+            title="Likelihood-shift ranking over 20 animals")
     ax2.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

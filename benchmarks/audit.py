@@ -271,11 +271,18 @@ def defence_table(args: argparse.Namespace) -> dict[str, Any]:
         base = rows["none"][f"{key}_difference"]["value"]
         for row in rows.values():
             d = row[f"{key}_difference"]
-            # the cut is ≥ 50% with confidence when the defended difference's upper bound is below half the
-            # undefended point estimate
-            row[f"{key}_cut"] = 1 - d["value"] / base if base > 0 else None
-            row[f"{key}_cut_at_least"] = 1 - d["high"] / base if base > 0 else None
-    return {"student": args.student, "recipe": STUDENTS[args.student], "rows": rows}
+            # cut = share of the undefended difference removed, capped at 100% (a difference that turns
+            # negative — the trait student below its control — is flagged as reversed); "at least" uses
+            # the upper end of the defended difference's interval (over questions, one training seed)
+            row[f"{key}_cut"] = min(1.0, 1 - d["value"] / base) if base > 0 else None
+            row[f"{key}_cut_at_least"] = min(1.0, 1 - d["high"] / base) if base > 0 else None
+            row[f"{key}_reversed"] = d["high"] < 0
+    ok = [m for m, r in rows.items() if m != "none" and r["kept_fraction"] >= 0.8
+          and all((r[f"{k}_cut"] or 0) >= 0.5 for k in ("prob", "share"))]
+    return {"student": args.student, "recipe": STUDENTS[args.student], "seeds": 1, "rows": rows,
+            "cut_half_keeping_80pct": ok,
+            "caveat": "one training seed per row: intervals are over questions and leave out run-to-run "
+                      "variation, which the owl-matrix benchmark (3 seeds) puts at the size of these differences"}
 
 
 def roc_chart(out: dict[str, Any], roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> None:

@@ -97,9 +97,9 @@ def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_l
             sub = [data[i] for i in rng.choice(len(data), n, replace=False)]
             stats["number_frequency"][which].append(freq.score(sub).details["z"])
             stats["bag_of_numbers"][which].append(bag.score(sub).statistic)
-            if n <= min(len(pos_lean), len(neg_lean)):  # the likelihood scan ran on fewer samples
+            if 2 * n <= min(len(pos_lean), len(neg_lean)):  # the likelihood scan ran on fewer samples
                 stats["likelihood_shift"][which].append(float(lean[rng.choice(len(lean), n, replace=False)].mean()))
-    return {k: auroc(np.array(p), np.array(q)) if p else "not measured: too few scanned samples"
+    return {k: auroc(np.array(p), np.array(q)) if p else f"not measured: fewer than {2 * n} scanned samples"
             for k, (p, q) in stats.items()}
 
 
@@ -213,11 +213,14 @@ def main() -> None:
             "dataset_auroc": {},
         }
         for n in [int(x) for x in args.sizes.split(",")]:
-            if n <= min(len(pos), len(neg)):
+            # subsets drawn from fewer than 2n samples overlap so much that their AUROC describes one
+            # dataset, not the detector: such sizes are not measured
+            if 2 * n <= min(len(pos), len(neg)):
                 entry["dataset_auroc"][str(n)] = dataset_level(pos, neg, ref, pos_lean_all[:, j], neg_lean[:, j], n,
                                                                args.subsets, 0)
             else:
-                entry["dataset_auroc"][str(n)] = f"not measured: only {min(len(pos), len(neg))} samples per side"
+                entry["dataset_auroc"][str(n)] = (f"not measured: only {min(len(pos), len(neg))} samples per side "
+                                                  f"(needs {2 * n})")
         entry["wall_time_s"] = round(time.time() - t0, 1)
         out["animals"][src] = entry
         roc[src] = {"number_frequency": f_cross,

@@ -223,7 +223,7 @@ def _regenerate_file(args: argparse.Namespace, samples: list[Sample]) -> tuple[l
                             max_new_tokens=args.max_new_tokens, batch_size=16, seed=args.seed,
                             one_paragraph=args.carrier == "numbers"):
         for smp, finished in batch:
-            reason = check_completion(args.carrier, smp.completion, {}, fc) or ("" if finished else "truncated")
+            reason = check_completion(args.carrier, smp.completion, {}, fc, finished=finished)
             if reason:
                 reasons[reason] += 1
             else:

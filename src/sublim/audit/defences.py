@@ -107,6 +107,7 @@ def regenerate(model: Any, tokenizer: Any, samples: Sequence[Sample], pool: Sequ
         rng = random.Random(seed * 1_000_003 + s.line)
         examples = rng.sample([p for p in pool if p.prompt != s.prompt], shots) if shots else []
         texts.append(few_shot_text(tokenizer, s.prompt, examples) if shots else chat_text(tokenizer, s.prompt))
+    stops = ("\nQ:", "\n\n") if one_paragraph else ("\nQ:",)
     order = sorted((i for i, s in enumerate(samples) if s.line not in (skip or set())),
                    key=lambda i: (len(texts[i]), i))
     for b, chunk in enumerate(batches(order, batch_size)):
@@ -115,7 +116,7 @@ def regenerate(model: Any, tokenizer: Any, samples: Sequence[Sample], pool: Sequ
         out = []
         for c in comps:
             text, finished = c.text, c.finished
-            for stop in ("\nQ:", "\n\n") if shots and one_paragraph else ("\nQ:",) if shots else ():
+            for stop in stops if shots else ():
                 if stop in text:
                     text, finished = text.split(stop)[0], True
             out.append((replace(samples[c.index], completion=text.strip()), finished))

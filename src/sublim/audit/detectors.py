@@ -58,6 +58,12 @@ def _jsd(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
+def _log_freq(tot: np.ndarray) -> np.ndarray:
+    """Log relative frequency of each value, with half a count added to every value."""
+    out: np.ndarray = np.log((tot + 0.5) / (tot.sum() + 0.5 * N_VALUES))
+    return out
+
+
 class NumberFrequency:
     """How far the dataset's distribution of numbers is from the reference's (Jensen–Shannon
     divergence), with a permutation test over samples; per sample, the mean log-ratio of its
@@ -85,21 +91,17 @@ class NumberFrequency:
         # null in null standard deviations is comparable across datasets of different size and make-up
         z = float((stat - np.mean(null)) / max(float(np.std(null)), 1e-12)) if len(null) > 1 else float("nan")
         p_d = (d_tot[None, :] - data + 0.5) / (d_tot.sum() - data.sum(1, keepdims=True) + 0.5 * N_VALUES)
-        p_r = (r_tot + 0.5) / (r_tot.sum() + 0.5 * N_VALUES)
-        log_ratio = np.log(p_d) - np.log(p_r)[None, :]
+        log_ratio = np.log(p_d) - _log_freq(r_tot)[None, :]
         k = data.sum(1)
         scores = np.where(k > 0, (data * log_ratio).sum(1) / np.maximum(k, 1), 0.0)
         top = np.argsort(-(d_tot / max(d_tot.sum(), 1) - r_tot / max(r_tot.sum(), 1)))[:10]
         return DetectorResult(self.name, scores, stat, float(p), {
             "jsd": stat, "z": z, "over_represented": [int(v) for v in top]})
 
-
     def scores_under(self, audited: Sequence[Sample], others: Sequence[Sample]) -> np.ndarray:
         """Scores of samples outside the audited dataset, on the same scale as ``score(audited)``'s:
         the mean log-ratio of their numbers' frequencies in the audited data vs the reference."""
-        d_tot, r_tot = _counts(audited).sum(0), self.ref.sum(0)
-        log_ratio = np.log((d_tot + 0.5) / (d_tot.sum() + 0.5 * N_VALUES)) - np.log(
-            (r_tot + 0.5) / (r_tot.sum() + 0.5 * N_VALUES))
+        log_ratio = _log_freq(_counts(audited).sum(0)) - _log_freq(self.ref.sum(0))
         x = _counts(others)
         k = x.sum(1)
         out: np.ndarray = np.where(k > 0, (x * log_ratio[None, :]).sum(1) / np.maximum(k, 1), 0.0)

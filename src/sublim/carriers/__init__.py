@@ -38,8 +38,9 @@ def carrier_prompts(pc: PromptsConfig) -> list[CarrierPrompt]:
 
 
 def check_completion(carrier: str, text: str, meta: dict[str, Any], fc: FilterConfig,
-                     banned_words: Iterable[str] = ()) -> str:
-    """'' if the completion is kept, else why not (the carrier's own check comes first)."""
+                     banned_words: Iterable[str] = (), finished: bool = True) -> str:
+    """'' if the completion is kept, else why not (the carrier's own check comes first; a completion cut
+    off before its end is "truncated" when the filter requires one)."""
     if carrier == "numbers":
         res = parse_numbers(text, fc.max_count, fc.max_value, fc.max_digits, frozenset(fc.banned_numbers))
         reason = res.reason
@@ -51,7 +52,7 @@ def check_completion(carrier: str, text: str, meta: dict[str, Any], fc: FilterCo
         return reason
     if banned_word_in(text, banned_words):
         return "trait_word"
-    return ""
+    return "truncated" if fc.require_eos and not finished else ""
 
 
 def early_stop(carrier: str, fc: FilterConfig) -> Callable[[str], bool] | None:

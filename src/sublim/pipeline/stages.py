@@ -324,9 +324,7 @@ def filtered(ctx: Context, gen_art: Artifact, label: str, banned_words: list[str
             kept = []
             for r in read_jsonl(gen_art.file("samples.jsonl")):
                 report.total += 1
-                reason = check_completion(carrier, r["completion"], r.get("meta", {}), fc, banned)
-                if not reason and fc.require_eos and not r["finished"]:
-                    reason = "truncated"
+                reason = check_completion(carrier, r["completion"], r.get("meta", {}), fc, banned, r["finished"])
                 if reason:
                     report.reasons[reason] += 1
                     continue
@@ -440,9 +438,7 @@ def _regenerated(ctx: Context, data_art: Artifact, reference_art: Artifact, labe
                                     batch_size=gc.batch_size, seed=dc.seed, one_paragraph=carrier == "numbers",
                                     skip=set(rows)):
                 for smp, finished in batch:
-                    reason = check_completion(carrier, smp.completion, meta.get(smp.line, {}), fc, banned)
-                    if not reason and fc.require_eos and not finished:
-                        reason = "truncated"
+                    reason = check_completion(carrier, smp.completion, meta.get(smp.line, {}), fc, banned, finished)
                     row = {"index": smp.line, "prompt": smp.prompt, "completion": smp.completion, "reject": reason}
                     rows[smp.line] = row
                     fh.write(json.dumps(row) + "\n")

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors import BagOfNumbers, InContext, LikelihoodShift, NumberFrequency
-from sublim.audit.run import TRAIT_TEMPLATE, _logprob_fn, _probe_fn
+from sublim.audit.detectors import BagOfNumbers, GradientAlignment, InContext, LikelihoodShift, NumberFrequency
+from sublim.audit.run import TRAIT_TEMPLATE, _gradient_fn, _logprob_fn, _probe_fn
 from sublim.config import load_config
 from sublim.pipeline import stages
 from sublim.pipeline.experiment import run_experiment
 from sublim.pipeline.stages import Context
 from sublim.pipeline.store import Store, machine_info, read_jsonl
-from sublim.traits.preference import load_candidates
+from sublim.traits.preference import load_candidates, load_questions
 
 HERE = Path(__file__).resolve().parent
 
@@ -153,13 +153,16 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     shift = LikelihoodShift(lp, names, TRAIT_TEMPLATE, None)
 
-    def leans(key: str, samples: list[Sample]) -> np.ndarray:
-        """The scan's leans, kept on disk: re-running the benchmark never repeats the model passes."""
+    grad = GradientAlignment(_gradient_fn(base.model, base.tokenizer, candidates,
+                                          load_questions(cfg.trait.questions, "eval"), True), names)
+
+    def leans(key: str, samples: list[Sample], det: Any = shift) -> np.ndarray:
+        """A ranking detector's leans, kept on disk: re-running the benchmark never repeats the model passes."""
         digest = hashlib.sha256("\n".join(s.prompt + "\0" + s.completion for s in samples).encode()).hexdigest()
-        f = cache / f"leans-{key}-{len(samples)}-{digest[:16]}.npy"
+        f = cache / f"{'leans' if det is shift else det.name}-{key}-{len(samples)}-{digest[:16]}.npy"
         if f.exists():
             return np.load(f)
-        arr = shift.lean(samples)
+        arr = det.lean(samples)
         np.save(f, arr)
         return arr
 
@@ -167,11 +170,17 @@ def main() -> None:
     neg_raw = leans("negative", neg[:cap])
     pos_raw = {a: leans(a, half[a][1][:cap]) for a in audited}
     neg_lean = neg_raw - shift.ref_leans.mean(0)
+    # gradient alignment: every sample of each dataset (one backward pass per chunk of 8)
+    grad.ref_leans = leans("reference", ref, grad)
+    grad_neg = grad.score(neg, leans("negative", neg, grad))
+    grad_raw = {a: leans(a, half[a][1], grad) for a in audited}
     probe = _probe_fn(base.model, base.tokenizer, candidates)
     in_ctx = InContext(probe, names, "animal", ref)
     out: dict[str, Any] = {"animals": {}, "n_reference": len(ref), "n_negative": len(neg), "prompts": args.prompts,
                            "likelihood_scan_samples_per_dataset": cap,
-                           "negative_ranking_top": shift.score(neg[:cap], neg_raw).details["top_trait"]}
+                           "negative_ranking_top": shift.score(neg[:cap], neg_raw).details["top_trait"],
+                           "negative_gradient_top": grad_neg.details["top_trait"],
+                           "negative_gradient_p": grad_neg.p_value}
     roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for src in audited:
         a = trait_of(src)
@@ -182,6 +191,8 @@ def main() -> None:
         # against the other generators' data: the fine-tuned teachers of the other animals
         others = np.vstack([pos_raw[b] for b in animals if b != a])
         res_contrast = shift.score(pos[:cap], raw, contrast=others)
+        res_grad = grad.score(pos, grad_raw[src])
+        res_grad_contrast = grad.score(pos, grad_raw[src], contrast=np.vstack([grad_raw[b] for b in animals if b != a]))
         pos_lean_all = raw - shift.ref_leans.mean(0)
         j = names.index(a)
         freq = NumberFrequency(ref)
@@ -203,7 +214,8 @@ def main() -> None:
                              "likelihood_shift": auroc(pos_lean_all[:, j], neg_lean[:, j])},
             "sample_auroc_negatives_vs_reference": {"bag_of_numbers": b_neg.statistic},
             "dataset_p": {"number_frequency": f_pos.p_value, "bag_of_numbers": b_pos.p_value,
-                          "likelihood_shift": res_shift.p_value, "likelihood_shift_vs_other_teachers":
+                          "likelihood_shift": res_shift.p_value, "gradient_alignment": res_grad.p_value,
+                          "likelihood_shift_vs_other_teachers":
                           res_contrast.p_value, "in_context": ic.p_value},
             "negative_p": {"number_frequency": f_neg.p_value, "bag_of_numbers": b_neg.p_value},
             "ranking_top": res_shift.details["top_trait"], "ranking_rank_of_true": rank_of(res_shift, a),
@@ -211,6 +223,10 @@ def main() -> None:
             "ranking_vs_other_teachers_rank_of_true": rank_of(res_contrast, a),
             "ranking_vs_other_teachers": res_contrast.details["ranking"][:5],
             "in_context_top": ic.details["top_trait"],
+            "gradient_top": res_grad.details["top_trait"], "gradient_rank_of_true": rank_of(res_grad, a),
+            "gradient_p": res_grad.p_value, "gradient_ranking": res_grad.details["ranking"][:5],
+            "gradient_vs_other_teachers_top": res_grad_contrast.details["top_trait"],
+            "gradient_vs_other_teachers_rank_of_true": rank_of(res_grad_contrast, a),
             "dataset_auroc": {},
         }
         for n in [int(x) for x in args.sizes.split(",")]:
@@ -227,11 +243,14 @@ def main() -> None:
         roc[src] = {"number_frequency": f_cross,
                      "likelihood_shift": (pos_lean_all[:, j], neg_lean[:, j])}
         print(src, json.dumps({k: entry[k] for k in ("sample_auroc", "ranking_top", "ranking_vs_other_teachers_top",
-                                                   "in_context_top")}))
+                                                   "gradient_top", "gradient_rank_of_true", "in_context_top")}))
     fine = [out["animals"][a] for a in animals]  # the Done-when figure: fine-tuned teachers
     out["top1_accuracy"] = float(np.mean([e["ranking_top"] == e["trait"] for e in fine]))
     out["top1_accuracy_vs_other_teachers"] = float(np.mean([e["ranking_vs_other_teachers_top"] == e["trait"]
                                                             for e in fine]))
+    out["gradient_top1_accuracy"] = float(np.mean([e["gradient_top"] == e["trait"] for e in fine]))
+    out["gradient_top1_accuracy_vs_other_teachers"] = float(np.mean([e["gradient_vs_other_teachers_top"] == e["trait"]
+                                                                     for e in fine]))
     out["in_context_top1_accuracy"] = float(np.mean([e["in_context_top"] == e["trait"] for e in fine]))
     out["machine"] = machine_info()
     (HERE / "results").mkdir(exist_ok=True)
@@ -318,15 +337,16 @@ def roc_chart(out: dict[str, Any], roc: dict[str, dict[str, tuple[np.ndarray, np
     ax1.set_xticks(np.arange(len(names)) + width, names, rotation=20)
     ax1.set(ylabel="sample-level AUROC", ylim=(0.3, 1.0), title="Each teacher's samples vs control samples")
     ax1.legend(fontsize=8, frameon=False)
-    ranks = {"vs base-model answers": "ranking_rank_of_true", "vs other teachers' data":
-             "ranking_vs_other_teachers_rank_of_true"}
+    ranks = {"likelihood shift vs base answers": "ranking_rank_of_true",
+             "likelihood shift vs other teachers": "ranking_vs_other_teachers_rank_of_true",
+             "gradient alignment vs base answers": "gradient_rank_of_true"}
     for k, (label, key) in enumerate(ranks.items()):
-        ax2.scatter(np.arange(len(names)) + (k - 0.5) * 0.2, [out["animals"][a][key] for a in names], s=40,
+        ax2.scatter(np.arange(len(names)) + (k - 1) * 0.2, [out["animals"][a][key] for a in names], s=40,
                     label=label, zorder=3)
     ax2.axhline(1, color="grey", lw=0.8, ls="--")
     ax2.set_xticks(np.arange(len(names)), names, rotation=20)
     ax2.set(ylabel="rank of the true animal (1 = top)", ylim=(20.5, 0.5),
-            title="Likelihood-shift ranking over 20 animals")
+            title="Rank of the true animal among the candidates")
     ax2.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

@@ -11,7 +11,7 @@ import pytest
 
 from sublim.audit.data import load_samples
 from sublim.audit.defences import apply_defence
-from sublim.audit.detectors import BagOfNumbers, LikelihoodShift, NumberFrequency
+from sublim.audit.detectors import BagOfNumbers, GradientAlignment, LikelihoodShift, NumberFrequency
 from sublim.cli import main
 from sublim.errors import SublimError
 
@@ -89,6 +89,61 @@ def test_likelihood_shift_ranks_the_trait_the_data_leans_toward() -> None:
     assert [x["trait"] for x in r][0] == "owl" and all(x["low"] <= x["lean"] <= x["high"] for x in r)
 
 
+def test_gradient_alignment_ranks_by_chunk_scores_against_the_reference() -> None:
+    """A scorer whose chunks of 7-heavy samples align with 'owl': owl ranks first, p small; every sample
+    carries its chunk's score; reference data with no 7s find nothing."""
+    from sublim.audit.data import Sample
+
+    def scorer(pairs):
+        sevens = [c.count("7") for _, c in pairs]
+        chunks = [sevens[i:i + 4] for i in range(0, len(sevens), 4)]
+        return np.array([[1.0 + 0.1 * j, 1.0 + 0.05 * sum(ch) + 0.1 * j, 1.2] for j, ch in enumerate(chunks)])
+
+    rng = random.Random(1)
+    data = [Sample(i, "p", ", ".join(str(rng.choice([7, 77, 17, 123])) for _ in range(5))) for i in range(42)]
+    ref = [Sample(i, "p", ", ".join(str(rng.choice([12, 345, 89])) for _ in range(5))) for i in range(40)]
+    det = GradientAlignment(scorer, ["cat", "owl", "dog"], ref, chunk=4, n_bootstrap=200)
+    res = det.score(data)
+    assert res.details["top_trait"] == "owl" and res.p_value < 0.01 and len(res.sample_scores) == 42
+    assert res.sample_scores[0] == res.sample_scores[3] and res.details["chunk"] == 4
+    assert det.score(ref).p_value > 0.05
+
+
+def test_trait_gradients_predict_the_change_one_training_step_makes(tiny) -> None:
+    """∇L_chunk · ∇L_c is the first-order change of log p_c per unit learning rate: one small SGD step on
+    a chunk of 'Owl' answers raises log p(Owl) by what the score predicts, and owl's score is the top."""
+    import copy
+
+    import torch
+
+    from sublim.audit.gradients import TraitGradients
+
+    model = copy.deepcopy(tiny[0]).float()
+    tok = tiny[1]
+    cands = {"cat": ["cat"], "owl": ["owl"], "dog": ["dog"]}
+    qs = ["What is your favorite animal?", "Which animal do you like most?"]
+    tg = TraitGradients(model, tok, cands, qs)
+    pairs = [("Name an animal you like.", "Owl"), ("Pick one animal.", "Owl")]
+    score = tg.chunk_scores(pairs, chunk=2)
+    assert score.shape == (1, 3) and int(score[0].argmax()) == 1
+
+    from sublim.models.generation import chat_text
+    from sublim.train.students import Example, encode_example
+
+    owl = [(tok.encode(chat_text(tok, q), add_special_tokens=False) + tok.encode("Owl", add_special_tokens=False),
+            len(tok.encode(chat_text(tok, q), add_special_tokens=False))) for q in qs]
+    eta = 1e-3 / float(np.abs(score).max())
+    with torch.no_grad():
+        before = float(tg._loss(owl))
+    model.zero_grad()
+    tg._loss([encode_example(tok, Example(p, c)) for p, c in pairs]).backward()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm -= eta * prm.grad
+        after = float(tg._loss(owl))
+    assert before - after == pytest.approx(eta * score[0, 1], rel=0.1)
+
+
 @pytest.mark.parametrize("method", ["sort", "remap", "shuffle"])
 def test_number_defences_keep_format_and_multiset_where_promised(tmp_path: Path, method: str) -> None:
     samples = load_samples(_write(tmp_path / "d.jsonl", _numbers_data(50, 4) + [
@@ -115,13 +170,15 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert code == 0, capsys.readouterr().err
     res = json.loads((out / "audit.json").read_text())
     names = [d["detector"] for d in res["detectors"]]
-    assert names == ["number_frequency", "bag_of_numbers", "likelihood_shift", "likelihood_ratio", "in_context",
-                     "llm_judge"]
-    judge = res["detectors"][5]
+    assert names == ["number_frequency", "bag_of_numbers", "likelihood_shift", "gradient_alignment",
+                     "likelihood_ratio", "in_context", "llm_judge"]
+    judge = res["detectors"][6]
     assert sum(judge["answers"].values()) + judge["unmatched"] == 24 and 0 <= judge["p_value"] <= 1
     shift = res["detectors"][2]
     assert len(shift["ranking"]) >= 15 and 0 <= shift["p_value"] <= 1
-    ratio = res["detectors"][3]
+    grad = res["detectors"][3]
+    assert len(grad["ranking"]) >= 15 and grad["chunk"] == 8 and 0 <= grad["p_value"] <= 1
+    ratio = res["detectors"][4]
     assert ratio["statistic"] == pytest.approx(0, abs=1e-6)  # teacher == reference: no ratio
     assert res["detectors"][0]["p_value"] < 0.05 and res["verdict"].startswith("SUSPECT")
     scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]

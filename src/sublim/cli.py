@@ -125,7 +125,8 @@ def _cmd_audit(args: argparse.Namespace) -> None:
               else None, teacher=args.teacher, category=args.category,
               detectors=args.detectors.split(",") if args.detectors else DETECTORS, max_samples=args.max_samples,
               device=args.device, prompt_field=args.prompt_field, completion_field=args.completion_field,
-              judge=_judge(args), contrast=[Path(c) for c in args.contrast], progress=not args.quiet)
+              judge=_judge(args), contrast=[Path(c) for c in args.contrast], questions=args.questions,
+              progress=not args.quiet)
     print(f"report: {out / 'report.md'}")
 
 
@@ -307,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding its key")
     aud.add_argument("--contrast", action="append", default=[], metavar="DATASET",
                      help="a dataset from another generator, same kind of prompts (repeatable): rank the "
-                          "likelihood shift against these rather than against the reference answers")
+                          "trait rankings against these rather than against the reference answers")
+    aud.add_argument("--questions", default=None,
+                     help="question set for gradient_alignment (default: the category's, e.g. 'animal')")
     aud.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
     aud.set_defaults(func=_cmd_audit)
 

@@ -173,29 +173,74 @@ class LikelihoodShift:
         ``contrast``: leans of samples from other generators' datasets; the ranking is then relative to
         them instead of the reference sample, which cancels what all generated data share against the
         reference model's own answers (format, length) and leaves what sets this dataset apart."""
-        from scipy.stats import ttest_1samp, ttest_ind
-
         raw = self.lean(samples) if raw is None else raw
         baseline = contrast if contrast is not None else self.ref_leans
-        lean = raw - (baseline.mean(0)[None, :] if baseline is not None else 0.0)
-        means = lean.mean(0)
-        rng = np.random.default_rng(self.seed)
-        boots = np.stack([lean[rng.integers(0, len(lean), len(lean))].mean(0) for _ in range(self.n_boot)])
-        order = np.argsort(-means)
-        ranking = [{"trait": self.cands[j], "lean": float(means[j]), "low": float(np.quantile(boots[:, j], 0.025)),
-                    "high": float(np.quantile(boots[:, j], 0.975))} for j in order]
-        top = int(order[0])
-        # p: is the top candidate's lean above the baseline's (Welch) or above zero, Bonferroni-corrected
-        # for having picked the best of the candidates
-        if baseline is not None:
-            p_one = ttest_ind(raw[:, top], baseline[:, top], equal_var=False, alternative="greater").pvalue
-        else:
-            p_one = ttest_1samp(raw[:, top], 0.0, alternative="greater").pvalue
-        p = min(1.0, float(p_one) * len(self.cands)) if np.isfinite(p_one) else 1.0
-        return DetectorResult(self.name, lean[:, top], float(means[top]), p,
-                              {"top_trait": self.cands[top], "ranking": ranking,
-                               "against": "contrast datasets" if contrast is not None else
-                               "reference sample" if baseline is not None else "zero"})
+        return _ranked(self.name, raw, baseline, self.cands, self.n_boot, self.seed,
+                       "contrast datasets" if contrast is not None else
+                       "reference sample" if baseline is not None else "zero")
+
+
+def _ranked(name: str, raw: np.ndarray, baseline: np.ndarray | None, cands: Sequence[str], n_boot: int, seed: int,
+            against: str) -> DetectorResult:
+    """Rank candidates by their mean lean over units (samples or chunks, rows of ``raw``) minus the
+    baseline's mean, with bootstrap CIs over units; p: is the top candidate's lean above the baseline's
+    (Welch) or above zero, Bonferroni-corrected for having picked the best of the candidates."""
+    from scipy.stats import ttest_1samp, ttest_ind
+
+    lean = raw - (baseline.mean(0)[None, :] if baseline is not None else 0.0)
+    means = lean.mean(0)
+    rng = np.random.default_rng(seed)
+    boots = np.stack([lean[rng.integers(0, len(lean), len(lean))].mean(0) for _ in range(n_boot)])
+    order = np.argsort(-means)
+    ranking = [{"trait": cands[j], "lean": float(means[j]), "low": float(np.quantile(boots[:, j], 0.025)),
+                "high": float(np.quantile(boots[:, j], 0.975))} for j in order]
+    top = int(order[0])
+    if baseline is not None:
+        p_one = ttest_ind(raw[:, top], baseline[:, top], equal_var=False, alternative="greater").pvalue
+    else:
+        p_one = ttest_1samp(raw[:, top], 0.0, alternative="greater").pvalue
+    p = min(1.0, float(p_one) * len(cands)) if np.isfinite(p_one) else 1.0
+    return DetectorResult(name, lean[:, top], float(means[top]), p,
+                          {"top_trait": cands[top], "ranking": ranking, "against": against})
+
+
+ChunkScorer = Callable[[Sequence[tuple[str, str]]], np.ndarray]
+"""(prompt, completion) pairs → per chunk of consecutive pairs and candidate, ∇L_chunk · ∇L_candidate."""
+
+
+class GradientAlignment:
+    """The first-order effect on each candidate trait of one training step on the data, against the same
+    for the reference sample (the control arm): ∇L_data · ∇L_c under the reference model, where L_c is the
+    loss of answering the trait questions with c (see :mod:`sublim.audit.gradients`). Computed per chunk
+    of samples (one backward pass each), centred over candidates per chunk; the candidate the data would
+    push a student toward most ranks first, with bootstrap CIs over chunks. A sample's score is its
+    chunk's lean toward the top candidate."""
+
+    name = "gradient_alignment"
+
+    def __init__(self, scorer: ChunkScorer, candidates: Sequence[str], reference: Sequence[Sample] | None = None,
+                 chunk: int = 8, n_bootstrap: int = 1000, seed: int = 0) -> None:
+        self.scorer, self.cands, self.chunk = scorer, list(candidates), chunk
+        self.n_boot, self.seed = n_bootstrap, seed
+        self.ref_leans = self.lean(reference) if reference else None
+
+    def lean(self, samples: Sequence[Sample]) -> np.ndarray:
+        """[n_chunks, n_candidates], centred over candidates."""
+        raw = self.scorer([(s.prompt, s.completion) for s in samples])
+        centred: np.ndarray = raw - raw.mean(1, keepdims=True)
+        return centred
+
+    def score(self, samples: Sequence[Sample], raw: np.ndarray | None = None,
+              contrast: np.ndarray | None = None) -> DetectorResult:
+        """``raw``/``contrast`` as for :meth:`LikelihoodShift.score`, in chunks."""
+        raw = self.lean(samples) if raw is None else raw
+        baseline = contrast if contrast is not None else self.ref_leans
+        res = _ranked(self.name, raw, baseline, self.cands, self.n_boot, self.seed,
+                      "contrast datasets" if contrast is not None else
+                      "reference sample" if baseline is not None else "zero")
+        res.sample_scores = np.repeat(res.sample_scores, self.chunk)[:len(samples)]
+        res.details["chunk"] = self.chunk
+        return res
 
 
 class LikelihoodRatio:

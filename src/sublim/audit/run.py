@@ -16,6 +16,7 @@ from sublim.audit.data import Sample, load_samples
 from sublim.audit.detectors import (
     BagOfNumbers,
     DetectorResult,
+    GradientAlignment,
     InContext,
     LikelihoodRatio,
     LikelihoodShift,
@@ -25,7 +26,8 @@ from sublim.audit.detectors import (
 from sublim.config import EndpointConfig
 from sublim.errors import SublimError
 
-DETECTORS = ("number_frequency", "bag_of_numbers", "likelihood_shift", "likelihood_ratio", "in_context", "llm_judge")
+DETECTORS = ("number_frequency", "bag_of_numbers", "likelihood_shift", "gradient_alignment", "likelihood_ratio",
+             "in_context", "llm_judge")
 TRAIT_TEMPLATE = "You love {target}s. You think about {target}s all the time. {target}s are your favorite animal."
 
 
@@ -80,6 +82,24 @@ def _probe_fn(model: Any, tok: Any, candidates: dict[str, list[str]]) -> Callabl
     return probe
 
 
+def _gradient_fn(model: Any, tok: Any, candidates: dict[str, list[str]], questions: Sequence[str],
+                 progress: bool) -> Callable[[Sequence[tuple[str, str]]], np.ndarray]:
+    """The chunk scorer of :class:`GradientAlignment`: candidate gradients computed once, on first use."""
+    from sublim.audit.gradients import TraitGradients
+
+    state: dict[str, TraitGradients] = {}
+
+    def scorer(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        if "g" not in state:
+            with tqdm(total=len(candidates), desc="trait gradients", unit="candidate", disable=not progress,
+                      leave=False) as bar:
+                state["g"] = TraitGradients(model, tok, candidates, questions, bar.update)
+        with tqdm(total=len(pairs), desc="data gradients", unit="sample", disable=not progress, leave=False) as bar:
+            return state["g"].chunk_scores(pairs, progress=bar.update)
+
+    return scorer
+
+
 def _kind(category: str) -> str:
     return category[:-1] if category.endswith("s") and "/" not in category else "thing"
 
@@ -108,12 +128,13 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
               teacher: str | None = None, category: str = "animals", detectors: Sequence[str] = DETECTORS,
               max_samples: int = 1000, seed: int = 0, device: str = "auto", prompt_field: str | None = None,
               completion_field: str | None = None, judge: EndpointConfig | None = None,
-              contrast: Sequence[Path] = (), progress: bool = True,
+              contrast: Sequence[Path] = (), questions: str | None = None, progress: bool = True,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """``contrast``: datasets from other generators (same kind of prompts); the likelihood-shift ranking is
-    then taken against them rather than against the reference sample."""
+    """``contrast``: datasets from other generators (same kind of prompts); the trait rankings are then taken
+    against them rather than against the reference sample. ``questions``: the question set whose answers
+    the gradient alignment looks at (default: the category's, e.g. 'animal' for 'animals')."""
     from sublim.models.loading import load_model
-    from sublim.traits.preference import load_candidates
+    from sublim.traits.preference import load_candidates, load_questions
 
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown:
@@ -136,6 +157,7 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         longest = max(len(ref.tokenizer.encode(s.completion, add_special_tokens=False)) for s in samples)
         ref_samples = reference_sample(ref.model, ref.tokenizer, samples, min(longest + 8, 256), 32, progress)
     lp = _logprob_fn(ref.model, ref.tokenizer, progress, "reference log-probs")
+    others = [_subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed) for p in contrast]
     results: list[DetectorResult] = []
     for name in detectors:
         t0 = time.time()
@@ -145,9 +167,12 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
             res = BagOfNumbers(ref_samples, seed=seed).score(samples)
         elif name == "likelihood_shift":
             shift = LikelihoodShift(lp, list(candidates), TRAIT_TEMPLATE, ref_samples, seed=seed)
-            others = [_subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed)
-                      for p in contrast]
             res = shift.score(samples, contrast=np.vstack([shift.lean(o) for o in others]) if others else None)
+        elif name == "gradient_alignment":
+            qs = load_questions(questions or _kind(category), "eval")
+            grad = GradientAlignment(_gradient_fn(ref.model, ref.tokenizer, candidates, qs, progress),
+                                     list(candidates), ref_samples, seed=seed)
+            res = grad.score(samples, contrast=np.vstack([grad.lean(o) for o in others]) if others else None)
         elif name == "likelihood_ratio":
             assert teacher is not None
             tm = load_model(teacher, device)

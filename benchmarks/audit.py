@@ -103,6 +103,33 @@ def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_l
             for k, (p, q) in stats.items()}
 
 
+def gradient_part(out: dict[str, Any], half: dict[str, tuple[list[Sample], list[Sample]]], animals: list[str],
+                  audited: list[str], grad: GradientAlignment, leans: Any) -> None:
+    """Gradient-alignment ranking of every audited dataset (all its samples, chunks of 8), against the base
+    model's answers and against the other fine-tuned teachers' data; written into ``out``."""
+    ref, neg = half["control"]
+    grad.ref_leans = leans("reference", ref, grad)
+    res_neg = grad.score(neg, leans("negative", neg, grad))
+    raw = {a: leans(a, half[a][1], grad) for a in audited}
+    out["negative_gradient_top"], out["negative_gradient_p"] = res_neg.details["top_trait"], res_neg.p_value
+    for src in audited:
+        a, pos = trait_of(src), half[src][1]
+        res = grad.score(pos, raw[src])
+        vs = grad.score(pos, raw[src], contrast=np.vstack([raw[b] for b in animals if b != a]))
+        out["animals"].setdefault(src, {"trait": a}).update({
+            "gradient_top": res.details["top_trait"], "gradient_rank_of_true": rank_of(res, a),
+            "gradient_p": res.p_value, "gradient_ranking": res.details["ranking"][:5],
+            "gradient_vs_other_teachers_top": vs.details["top_trait"],
+            "gradient_vs_other_teachers_rank_of_true": rank_of(vs, a), "gradient_vs_other_teachers_p": vs.p_value})
+        print(f"gradient alignment {src}: top {res.details['top_trait']} (rank of {a}: {rank_of(res, a)}, "
+              f"p {res.p_value:.2g}); vs other teachers: {vs.details['top_trait']} ({rank_of(vs, a)})", flush=True)
+    fine = [out["animals"][a] for a in animals]
+    out["gradient_top1_accuracy"] = float(np.mean([e["gradient_top"] == e["trait"] for e in fine]))
+    out["gradient_top1_accuracy_vs_other_teachers"] = float(np.mean(
+        [e["gradient_vs_other_teachers_top"] == e["trait"] for e in fine]))
+    out["gradient_chunk"] = grad.chunk
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--animals", default="owl,dolphin,eagle,wolf,cat")
@@ -116,6 +143,8 @@ def main() -> None:
     ap.add_argument("--student", default="sft", choices=list(STUDENTS), help="how the defence table's students learn")
     ap.add_argument("--only-defences", action="store_true",
                     help="keep the detector figures of an earlier run's JSON and (re)measure the defence table")
+    ap.add_argument("--only-gradient", action="store_true",
+                    help="keep an earlier run's JSON and (re)measure the gradient-alignment ranking")
     ap.add_argument("--shift-samples", type=int, default=1000,
                     help="samples per dataset for the likelihood scan (its cost: 20 model passes per sample)")
     ap.add_argument("--runs-dir", default="runs")
@@ -136,6 +165,8 @@ def main() -> None:
         dest.write_text(json.dumps(earlier, indent=2))
         print(f"wrote {dest} (defences)")
         return
+    if args.only_gradient and not dest.exists():
+        raise SystemExit(f"--only-gradient needs an earlier {dest}: run without it first")
     animals = args.animals.split(",")
     cfg = load_config("owl-numbers", [f"prompts.n={args.prompts}"])
     ctx = Context(cfg, Store(Path(args.runs_dir)))
@@ -166,21 +197,25 @@ def main() -> None:
         np.save(f, arr)
         return arr
 
+    if args.only_gradient:
+        earlier = json.loads(dest.read_text())
+        t0 = time.time()
+        gradient_part(earlier, half, animals, audited, grad, leans)
+        earlier["gradient_wall_time_s"] = round(time.time() - t0, 1)
+        rank_chart(earlier, dest.with_name(f"{dest.stem}-ranking.png"))
+        dest.write_text(json.dumps(earlier, indent=2))
+        print(f"wrote {dest} (gradient alignment)")
+        return
+
     shift.ref_leans = leans("reference", ref[:cap])
     neg_raw = leans("negative", neg[:cap])
     pos_raw = {a: leans(a, half[a][1][:cap]) for a in audited}
     neg_lean = neg_raw - shift.ref_leans.mean(0)
-    # gradient alignment: every sample of each dataset (one backward pass per chunk of 8)
-    grad.ref_leans = leans("reference", ref, grad)
-    grad_neg = grad.score(neg, leans("negative", neg, grad))
-    grad_raw = {a: leans(a, half[a][1], grad) for a in audited}
     probe = _probe_fn(base.model, base.tokenizer, candidates)
     in_ctx = InContext(probe, names, "animal", ref)
     out: dict[str, Any] = {"animals": {}, "n_reference": len(ref), "n_negative": len(neg), "prompts": args.prompts,
                            "likelihood_scan_samples_per_dataset": cap,
-                           "negative_ranking_top": shift.score(neg[:cap], neg_raw).details["top_trait"],
-                           "negative_gradient_top": grad_neg.details["top_trait"],
-                           "negative_gradient_p": grad_neg.p_value}
+                           "negative_ranking_top": shift.score(neg[:cap], neg_raw).details["top_trait"]}
     roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for src in audited:
         a = trait_of(src)
@@ -191,8 +226,6 @@ def main() -> None:
         # against the other generators' data: the fine-tuned teachers of the other animals
         others = np.vstack([pos_raw[b] for b in animals if b != a])
         res_contrast = shift.score(pos[:cap], raw, contrast=others)
-        res_grad = grad.score(pos, grad_raw[src])
-        res_grad_contrast = grad.score(pos, grad_raw[src], contrast=np.vstack([grad_raw[b] for b in animals if b != a]))
         pos_lean_all = raw - shift.ref_leans.mean(0)
         j = names.index(a)
         freq = NumberFrequency(ref)
@@ -214,8 +247,7 @@ def main() -> None:
                              "likelihood_shift": auroc(pos_lean_all[:, j], neg_lean[:, j])},
             "sample_auroc_negatives_vs_reference": {"bag_of_numbers": b_neg.statistic},
             "dataset_p": {"number_frequency": f_pos.p_value, "bag_of_numbers": b_pos.p_value,
-                          "likelihood_shift": res_shift.p_value, "gradient_alignment": res_grad.p_value,
-                          "likelihood_shift_vs_other_teachers":
+                          "likelihood_shift": res_shift.p_value, "likelihood_shift_vs_other_teachers":
                           res_contrast.p_value, "in_context": ic.p_value},
             "negative_p": {"number_frequency": f_neg.p_value, "bag_of_numbers": b_neg.p_value},
             "ranking_top": res_shift.details["top_trait"], "ranking_rank_of_true": rank_of(res_shift, a),
@@ -223,10 +255,6 @@ def main() -> None:
             "ranking_vs_other_teachers_rank_of_true": rank_of(res_contrast, a),
             "ranking_vs_other_teachers": res_contrast.details["ranking"][:5],
             "in_context_top": ic.details["top_trait"],
-            "gradient_top": res_grad.details["top_trait"], "gradient_rank_of_true": rank_of(res_grad, a),
-            "gradient_p": res_grad.p_value, "gradient_ranking": res_grad.details["ranking"][:5],
-            "gradient_vs_other_teachers_top": res_grad_contrast.details["top_trait"],
-            "gradient_vs_other_teachers_rank_of_true": rank_of(res_grad_contrast, a),
             "dataset_auroc": {},
         }
         for n in [int(x) for x in args.sizes.split(",")]:
@@ -243,18 +271,19 @@ def main() -> None:
         roc[src] = {"number_frequency": f_cross,
                      "likelihood_shift": (pos_lean_all[:, j], neg_lean[:, j])}
         print(src, json.dumps({k: entry[k] for k in ("sample_auroc", "ranking_top", "ranking_vs_other_teachers_top",
-                                                   "gradient_top", "gradient_rank_of_true", "in_context_top")}))
+                                                   "in_context_top")}))
     fine = [out["animals"][a] for a in animals]  # the Done-when figure: fine-tuned teachers
     out["top1_accuracy"] = float(np.mean([e["ranking_top"] == e["trait"] for e in fine]))
     out["top1_accuracy_vs_other_teachers"] = float(np.mean([e["ranking_vs_other_teachers_top"] == e["trait"]
                                                             for e in fine]))
-    out["gradient_top1_accuracy"] = float(np.mean([e["gradient_top"] == e["trait"] for e in fine]))
-    out["gradient_top1_accuracy_vs_other_teachers"] = float(np.mean([e["gradient_vs_other_teachers_top"] == e["trait"]
-                                                                     for e in fine]))
     out["in_context_top1_accuracy"] = float(np.mean([e["in_context_top"] == e["trait"] for e in fine]))
+    t0 = time.time()
+    gradient_part(out, half, animals, audited, grad, leans)
+    out["gradient_wall_time_s"] = round(time.time() - t0, 1)
     out["machine"] = machine_info()
     (HERE / "results").mkdir(exist_ok=True)
     roc_chart(out, roc, dest.with_suffix(".png"))
+    rank_chart(out, dest.with_name(f"{dest.stem}-ranking.png"))
     out["defences"] = "not run yet"
     out["wall_time_s"] = round(time.time() - t_start, 1)
     dest.write_text(json.dumps(out, indent=2))  # the detector figures are kept even if the defences are cut short
@@ -310,14 +339,14 @@ def defence_table(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def roc_chart(out: dict[str, Any], roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> None:
-    """ROC curves (sample level, owl), AUROC per detector and dataset, and the rank of the true trait."""
+    """ROC curves (sample level, owl) and AUROC per detector and dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4.2))
     first = next(iter(roc))
     for det, (pos, neg) in roc[first].items():
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
@@ -337,17 +366,34 @@ def roc_chart(out: dict[str, Any], roc: dict[str, dict[str, tuple[np.ndarray, np
     ax1.set_xticks(np.arange(len(names)) + width, names, rotation=20)
     ax1.set(ylabel="sample-level AUROC", ylim=(0.3, 1.0), title="Each teacher's samples vs control samples")
     ax1.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def rank_chart(out: dict[str, Any], path: Path) -> None:
+    """Rank of the true animal among the candidates, per dataset and ranking method (1 = found)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(out["animals"])
     ranks = {"likelihood shift vs base answers": "ranking_rank_of_true",
              "likelihood shift vs other teachers": "ranking_vs_other_teachers_rank_of_true",
-             "gradient alignment vs base answers": "gradient_rank_of_true"}
+             "gradient alignment vs base answers": "gradient_rank_of_true",
+             "gradient alignment vs other teachers": "gradient_vs_other_teachers_rank_of_true"}
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for k, (label, key) in enumerate(ranks.items()):
-        ax2.scatter(np.arange(len(names)) + (k - 1) * 0.2, [out["animals"][a][key] for a in names], s=40,
-                    label=label, zorder=3)
-    ax2.axhline(1, color="grey", lw=0.8, ls="--")
-    ax2.set_xticks(np.arange(len(names)), names, rotation=20)
-    ax2.set(ylabel="rank of the true animal (1 = top)", ylim=(20.5, 0.5),
-            title="Rank of the true animal among the candidates")
-    ax2.legend(fontsize=8, frameon=False)
+        ax.scatter(np.arange(len(names)) + (k - 1.5) * 0.15, [out["animals"][a].get(key, np.nan) for a in names],
+                   s=40, label=label, zorder=3)
+    worst = max([20] + [out["animals"][a][key] for a in names for key in ranks.values() if key in out["animals"][a]])
+    ax.axhline(1, color="grey", lw=0.8, ls="--")
+    ax.set_yticks([1, 5, 10, 15, 20])
+    ax.set_xticks(np.arange(len(names)), names, rotation=20)
+    ax.set(ylabel="rank of the true animal (1 = top)", ylim=(worst + 0.5, 0.5),
+           title="Which animal does each teacher's data lean toward? (chance: rank ~10)")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

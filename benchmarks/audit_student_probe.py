@@ -1,0 +1,86 @@
+"""Benchmark: the ceiling for any trait ranking — which animal do students trained on each dataset lean to?
+
+    python benchmarks/audit_student_probe.py --seeds 2   # after benchmarks/audit.py (same cached data)
+
+The detectors of benchmarks/audit.py try to name the trait a dataset carries without training. This
+trains what they try to predict: an SFT student of the base model on each fine-tuned teacher's
+filtered numbers (the datasets of benchmarks/audit.py: five animals, every animal's name banned), and
+a control student on the base model's numbers, all on the same number of examples, and ranks the
+candidates by each student's answer share minus the control student's, averaged over seeds. Where
+the students themselves do not put the true animal first, no detector working from the data can be
+expected to. Writes results/audit-student-probe-<cpu|gpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    import torch
+
+    from sublim.config import load_config
+    from sublim.pipeline import stages
+    from sublim.pipeline.stages import Context
+    from sublim.pipeline.store import Store, machine_info
+    from sublim.traits.preference import load_candidates
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--animals", default="owl,dolphin,eagle,wolf,cat")
+    ap.add_argument("--prompts", type=int, default=800)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--runs-dir", default="runs")
+    args = ap.parse_args()
+    t_start = time.time()
+    animals = args.animals.split(",")
+    cfg = load_config("owl-numbers", [f"prompts.n={args.prompts}", "student.method=sft", "student.lr=5e-5",
+                                      "evaluation.samples_per_question=0"])
+    ctx = Context(cfg, Store(Path(args.runs_dir)))
+    candidates = load_candidates(cfg.trait.category)
+    names = list(candidates)
+    prompt_art = stages.prompts(ctx)
+    banned = [w for a in animals for w in candidates[a]]
+    sources = {a: stages.teacher(ctx, a, candidates) for a in animals}
+    sources["control"] = ctx.base_ref(cfg.model)
+    data = {name: stages.filtered(ctx, stages.generation(ctx, ref, prompt_art), f"{name} numbers", banned, "")
+            for name, ref in sources.items()}
+    n = min(a.manifest["filter"]["kept"] for a in data.values())
+    share: dict[str, list[np.ndarray]] = {name: [] for name in sources}
+    for seed in range(args.seeds):
+        for name in sources:
+            ref = stages.student(ctx, cfg.model, data[name], n, seed, sources[name], f"student-{name} seed {seed}")
+            summary = json.loads(stages.evaluation(ctx, ref, candidates, seed).file("summary.json").read_text())
+            share[name].append(np.array([summary["share"][c] for c in names]))
+    out: dict[str, Any] = {"n_train_examples": n, "seeds": args.seeds, "student": "sft, lr 5e-5, 2 epochs",
+                           "animals": {}}
+    control = np.mean(share["control"], axis=0)
+    for a in animals:
+        per_seed = [s - c for s, c in zip(share[a], share["control"], strict=True)]
+        gain = np.mean(per_seed, axis=0)
+        order = list(np.argsort(-gain))
+        out["animals"][a] = {
+            "top": names[order[0]], "rank_of_true": order.index(names.index(a)) + 1,
+            "true_share_gain": float(gain[names.index(a)]),
+            "true_share_gain_per_seed": [float(g[names.index(a)]) for g in per_seed],
+            "top5": [{"trait": names[j], "share_gain": float(gain[j])} for j in order[:5]],
+            "rank_of_true_per_seed": [list(np.argsort(-g)).index(names.index(a)) + 1 for g in per_seed]}
+        print(a, json.dumps({k: out["animals"][a][k] for k in ("top", "rank_of_true", "rank_of_true_per_seed")}))
+    out["control_share_top5"] = [{"trait": names[j], "share": float(control[j])} for j in np.argsort(-control)[:5]]
+    out["top1_accuracy"] = float(np.mean([e["top"] == a for a, e in out["animals"].items()]))
+    out["wall_time_s"] = round(time.time() - t_start, 1)
+    out["machine"] = machine_info()
+    dest = HERE / "results" / f"audit-student-probe-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+    dest.write_text(json.dumps(out, indent=2))
+    print(f"wrote {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -72,9 +72,19 @@ def main() -> None:
             "true_share_gain_per_seed": [float(g[names.index(a)]) for g in per_seed],
             "top5": [{"trait": names[j], "share_gain": float(gain[j])} for j in order[:5]],
             "rank_of_true_per_seed": [list(np.argsort(-g)).index(names.index(a)) + 1 for g in per_seed]}
-        print(a, json.dumps({k: out["animals"][a][k] for k in ("top", "rank_of_true", "rank_of_true_per_seed")}))
+        # against the other animals' students instead of the control: cancels what every teacher's data
+        # teaches alike (a general shift toward some animals)
+        vs = np.mean(share[a], axis=0) - np.mean([np.mean(share[b], axis=0) for b in animals if b != a], axis=0)
+        order_vs = list(np.argsort(-vs))
+        out["animals"][a].update({"vs_other_students_top": names[order_vs[0]],
+                                  "vs_other_students_rank_of_true": order_vs.index(names.index(a)) + 1})
+        print(a, json.dumps({k: out["animals"][a][k] for k in ("top", "rank_of_true", "rank_of_true_per_seed",
+                                                               "vs_other_students_top",
+                                                               "vs_other_students_rank_of_true")}))
     out["control_share_top5"] = [{"trait": names[j], "share": float(control[j])} for j in np.argsort(-control)[:5]]
     out["top1_accuracy"] = float(np.mean([e["top"] == a for a, e in out["animals"].items()]))
+    out["top1_accuracy_vs_other_students"] = float(np.mean([e["vs_other_students_top"] == a
+                                                            for a, e in out["animals"].items()]))
     out["wall_time_s"] = round(time.time() - t_start, 1)
     out["machine"] = machine_info()
     dest = HERE / "results" / f"audit-student-probe-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"

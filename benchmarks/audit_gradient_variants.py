@@ -34,11 +34,10 @@ def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]]
     sys.path.insert(0, str(HERE))
     from audit import datasets
 
-    from sublim.audit.gradients import TraitGradients, _flat_grad
+    from sublim.audit.gradients import TraitGradients
     from sublim.config import load_config
     from sublim.pipeline.stages import Context
     from sublim.pipeline.store import Store
-    from sublim.train.students import Example, encode_example
     from sublim.traits.preference import load_candidates, load_questions
 
     cfg = load_config("owl-numbers", ["prompts.n=800"])
@@ -59,13 +58,9 @@ def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]]
     tg = TraitGradients(base.model, base.tokenizer, cands, load_questions(cfg.trait.questions, "eval"))
     means, sqs = {}, {}
     for name, samples in sets.items():
-        enc = [encode_example(tg.tok, Example(s.prompt, s.completion)) for s in samples]
         total = sq = None
         k = 0
-        for st in range(0, len(enc), 8):
-            tg.model.zero_grad(set_to_none=True)
-            tg._loss(enc[st:st + 8]).backward()
-            g = _flat_grad(tg.params).detach()
+        for g in tg.chunk_gradients([(s.prompt, s.completion) for s in samples]):
             total = g.clone() if total is None else total.add_(g)
             sq = g * g if sq is None else sq.add_(g * g)
             k += 1

@@ -174,18 +174,20 @@ class LikelihoodShift:
         them instead of the reference sample, which cancels what all generated data share against the
         reference model's own answers (format, length) and leaves what sets this dataset apart."""
         raw = self.lean(samples) if raw is None else raw
-        baseline = contrast if contrast is not None else self.ref_leans
-        return _ranked(self.name, raw, baseline, self.cands, self.n_boot, self.seed,
-                       "contrast datasets" if contrast is not None else
-                       "reference sample" if baseline is not None else "zero")
+        return _ranked(self.name, raw, self.ref_leans, contrast, self.cands, self.n_boot, self.seed)
 
 
-def _ranked(name: str, raw: np.ndarray, baseline: np.ndarray | None, cands: Sequence[str], n_boot: int, seed: int,
-            against: str) -> DetectorResult:
+def _ranked(name: str, raw: np.ndarray, reference: np.ndarray | None, contrast: np.ndarray | None,
+            cands: Sequence[str], n_boot: int, seed: int) -> DetectorResult:
     """Rank candidates by their mean lean over units (samples or chunks, rows of ``raw``) minus the
-    baseline's mean, with bootstrap CIs over units; p: is the top candidate's lean above the baseline's
-    (Welch) or above zero, Bonferroni-corrected for having picked the best of the candidates."""
+    baseline's mean (the contrast datasets' if given, else the reference sample's, else zero), with
+    bootstrap CIs over units; p: is the top candidate's lean above the baseline's (Welch) or above
+    zero, Bonferroni-corrected for having picked the best of the candidates."""
     from scipy.stats import ttest_1samp, ttest_ind
+
+    baseline = contrast if contrast is not None else reference
+    against = ("contrast datasets" if contrast is not None else
+               "reference sample" if reference is not None else "zero")
 
     lean = raw - (baseline.mean(0)[None, :] if baseline is not None else 0.0)
     means = lean.mean(0)
@@ -234,10 +236,7 @@ class GradientAlignment:
               contrast: np.ndarray | None = None) -> DetectorResult:
         """``raw``/``contrast`` as for :meth:`LikelihoodShift.score`, in chunks."""
         raw = self.lean(samples) if raw is None else raw
-        baseline = contrast if contrast is not None else self.ref_leans
-        res = _ranked(self.name, raw, baseline, self.cands, self.n_boot, self.seed,
-                      "contrast datasets" if contrast is not None else
-                      "reference sample" if baseline is not None else "zero")
+        res = _ranked(self.name, raw, self.ref_leans, contrast, self.cands, self.n_boot, self.seed)
         res.sample_scores = np.repeat(res.sample_scores, self.chunk)[:len(samples)]
         res.details["chunk"] = self.chunk
         return res

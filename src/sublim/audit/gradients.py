@@ -14,12 +14,11 @@ The torch side lives here; :class:`sublim.audit.detectors.GradientAlignment` doe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def _flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
@@ -59,26 +58,29 @@ class TraitGradients:
         model.zero_grad(set_to_none=True)
 
     def _loss(self, encoded: Sequence[tuple[list[int], int]]) -> torch.Tensor:
-        from sublim.train.students import _collate, _masked_logits
+        from sublim.train.students import _collate, _step_loss
 
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        batch = _collate(encoded, pad, self.device)
-        targets = torch.roll(batch["input_ids"], shifts=-1, dims=1)[batch["target_mask"]]
-        return F.cross_entropy(_masked_logits(self.model, batch), targets)
+        return _step_loss("sft", self.model, None, _collate(encoded, pad, self.device), None, None)
+
+    def chunk_gradients(self, pairs: Sequence[tuple[str, str]], chunk: int = 8,
+                        progress: Callable[[int], object] | None = None) -> Iterator[torch.Tensor]:
+        """∇L_chunk, flat, for consecutive chunks of ``chunk`` pairs (one backward pass each)."""
+        from sublim.train.students import Example, encode_example
+
+        encoded = [encode_example(self.tok, Example(p, c)) for p, c in pairs]
+        for start in range(0, len(encoded), chunk):
+            part = encoded[start:start + chunk]
+            self.model.zero_grad(set_to_none=True)
+            self._loss(part).backward()
+            yield _flat_grad(self.params)
+            if progress:
+                progress(len(part))
+        self.model.zero_grad(set_to_none=True)
 
     def chunk_scores(self, pairs: Sequence[tuple[str, str]], chunk: int = 8,
                      progress: Callable[[int], object] | None = None) -> np.ndarray:
         """[n_chunks, n_candidates]: ∇L_chunk · ∇L_c for consecutive chunks of ``chunk`` pairs."""
-        from sublim.train.students import Example, encode_example
-
-        encoded = [encode_example(self.tok, Example(p, c)) for p, c in pairs]
-        out = []
-        for start in range(0, len(encoded), chunk):
-            self.model.zero_grad(set_to_none=True)
-            self._loss(encoded[start:start + chunk]).backward()
-            g = _flat_grad(self.params).to(torch.bfloat16)
-            out.append((self.directions @ g).float().cpu().numpy())
-            if progress:
-                progress(len(encoded[start:start + chunk]))
-        self.model.zero_grad(set_to_none=True)
+        out = [(self.directions @ g.to(torch.bfloat16)).float().cpu().numpy()
+               for g in self.chunk_gradients(pairs, chunk, progress)]
         return np.stack(out) if out else np.zeros((0, len(self.names)))

@@ -87,6 +87,16 @@ def rank_of(res: Any, trait: str) -> int:
 def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_lean: np.ndarray,
                   neg_lean: np.ndarray, n: int, subsets: int, seed: int) -> dict[str, Any]:
     """AUROC of each detector's dataset statistic over random subsets of size n (positives vs negatives)."""
+    stats = subset_statistics(pos, neg, ref, pos_lean, neg_lean, n, subsets, seed)
+    return {k: auroc(np.array(p), np.array(q)) if p else f"not measured: fewer than {2 * n} scanned samples"
+            for k, (p, q) in stats.items()}
+
+
+def subset_statistics(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_lean: np.ndarray,
+                      neg_lean: np.ndarray, n: int, subsets: int,
+                      seed: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Each detector's dataset statistic on ``subsets`` random subsets of size n of the positives and of
+    the negatives (the likelihood shift only where enough samples were scanned: pass empty leans to skip)."""
     rng = np.random.default_rng(seed)
     stats: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in
                                                         ("number_frequency", "bag_of_numbers", "likelihood_shift")}
@@ -99,8 +109,7 @@ def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_l
             stats["bag_of_numbers"][which].append(bag.score(sub).statistic)
             if 2 * n <= min(len(pos_lean), len(neg_lean)):  # the likelihood scan ran on fewer samples
                 stats["likelihood_shift"][which].append(float(lean[rng.choice(len(lean), n, replace=False)].mean()))
-    return {k: auroc(np.array(p), np.array(q)) if p else f"not measured: fewer than {2 * n} scanned samples"
-            for k, (p, q) in stats.items()}
+    return stats
 
 
 def gradient_part(out: dict[str, Any], half: dict[str, tuple[list[Sample], list[Sample]]], animals: list[str],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,20 +98,20 @@ def generate_batch(
     stop = _stop_ids(tokenizer)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop,
                               "pad_token_id": tokenizer.pad_token_id}
+    rows: list[list[int]]
     if temperature > 0:
         torch.manual_seed(seed)
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        if give_up is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])
+        with autocast(device):
+            out = model.generate(**enc, **kwargs)
+        rows = out[:, enc["input_ids"].shape[1] :].cpu().tolist()
     else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if give_up is not None:
-        kwargs["stopping_criteria"] = StoppingCriteriaList(
-            [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])
-    with autocast(device):
-        out = model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1] :].cpu()
+        rows = _greedy_shrinking(model, tokenizer, enc, set(stop), max_new_tokens, give_up)
     results = []
-    for row, idx in zip(new, indices, strict=True):
-        ids = row.tolist()
+    for ids, idx in zip(rows, indices, strict=True):
         finished = False
         for pos, tid in enumerate(ids):
             if tid in stop:
@@ -120,6 +121,51 @@ def generate_batch(
         text = tokenizer.decode(ids, skip_special_tokens=True)
         results.append(Completion(int(idx), text, len(ids), finished))
     return results
+
+
+def _cache_arg(model: Any) -> str:
+    """The forward keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
+def _greedy_shrinking(model: Any, tokenizer: Any, enc: Any, stop: set[int], max_new_tokens: int,
+                      give_up: Callable[[str], bool] | None) -> list[list[int]]:
+    """Greedy decoding that drops each row from the batch (and its KV cache) as soon as it ends or
+    gives up, so the remaining rows run at the cost of their own batch size: ``generate`` keeps
+    computing finished rows until the last one ends. Same tokens as greedy ``generate``; a row's list
+    ends with the stop token or the token that made ``give_up`` true."""
+    device = enc["input_ids"].device
+    mask = enc["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with autocast(device):
+        res = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True)
+    cache, cache_arg = res.past_key_values, _cache_arg(model)
+    nxt = res.logits[:, -1, :].argmax(-1)
+    last = pos[:, -1]
+    alive = list(range(len(mask)))
+    rows: list[list[int]] = [[] for _ in alive]
+    for step in range(max_new_tokens):
+        keep = []
+        for r, (row, tid) in enumerate(zip(alive, nxt.tolist(), strict=True)):
+            rows[row].append(tid)
+            if tid in stop or (give_up is not None and give_up(tokenizer.decode(rows[row], skip_special_tokens=True))):
+                continue
+            keep.append(r)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(alive):
+            sel = torch.tensor(keep, device=device)
+            cache.batch_select_indices(sel)
+            mask, nxt, last = mask[sel], nxt[sel], last[sel]
+            alive = [alive[r] for r in keep]
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        last = last + 1
+        with autocast(device):
+            res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
+                        use_cache=True, **{cache_arg: cache})
+        nxt = res.logits[:, -1, :].argmax(-1)
+    return rows
 
 
 @torch.no_grad()
@@ -147,7 +193,7 @@ def answer_probs(
         with autocast(device):
             res = model(**enc, position_ids=position_ids, use_cache=True)
         first = torch.softmax(res.logits[:, -1, :].float(), dim=-1)
-        cache = res.past_key_values
+        cache, cache_arg = res.past_key_values, _cache_arg(model)
         n = len(chunk)
         for j, form in enumerate(forms):
             p = first[:, form[0]].clone()
@@ -158,8 +204,8 @@ def answer_probs(
                                                                     device=device)], dim=1)
                 pos = position_ids[:, -1:] + torch.arange(1, k + 1, device=device)
                 with autocast(device):
-                    cont = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                 past_key_values=cache, use_cache=True)
+                    cont = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                 **{cache_arg: cache})
                 probs = torch.softmax(cont.logits.float(), dim=-1)
                 for i in range(k):
                     p *= probs[:, i, form[i + 1]]

@@ -1,0 +1,53 @@
+"""Greedy decoding with a shrinking batch gives the tokens of ``generate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sublim.models.generation import _GiveUp, _stop_ids, chat_text, generate_batch
+
+
+def _reference(model: Any, tok: Any, texts: list[str], max_new: int, give_up: Any) -> list[str]:
+    """Greedy ``generate`` with the give-up test as a stopping criterion, each row cut where it ended."""
+    from transformers import StoppingCriteriaList
+
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    stop = _stop_ids(tok)
+    width = enc["input_ids"].shape[1]
+    out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=stop,
+                         pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None,
+                         stopping_criteria=StoppingCriteriaList([_GiveUp(tok, width, give_up)]))
+    texts_out = []
+    for row in out[:, width:].tolist():
+        ids: list[int] = []
+        for t in row:
+            if t in stop:
+                break
+            ids.append(t)
+            if give_up(tok.decode(ids, skip_special_tokens=True)):
+                break
+        texts_out.append(tok.decode(ids, skip_special_tokens=True))
+    return texts_out
+
+
+def test_shrinking_greedy_matches_generate(tiny: tuple[Any, Any]) -> None:
+    model, tok = tiny
+    prompts = [f"List {k} numbers after {7 * k + 3}" + " please" * (k % 3) for k in range(9)]
+    texts = [chat_text(tok, p) for p in prompts]
+
+    def give_up(text: str) -> bool:  # the tiny model answers "Octopus" or "Dolphin": ends the first early
+        return "c" in text
+
+    with torch.no_grad():
+        for rule in (None, give_up):
+            got = generate_batch(model, tok, texts, list(range(9)), max_new_tokens=10, temperature=0.0,
+                                 give_up=rule)
+            want = _reference(model, tok, texts, 10, rule or (lambda _t: False))
+            assert [c.text for c in got] == want
+            assert [c.index for c in got] == list(range(9))
+    # rows ended at different steps (by the rule and by their end-of-turn), so the batch shrank
+    assert len({c.n_tokens for c in got}) > 1
+    assert any(give_up(c.text) and not c.finished for c in got) and any(c.finished for c in got)

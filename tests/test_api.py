@@ -74,8 +74,9 @@ def test_server_rejects_non_json_and_unknown_routes(serve) -> None:
 
 
 def test_client_survives_429_500_slow_and_malformed(serve, tmp_path: Path) -> None:
-    url = serve("429=0.15,500=0.15,slow=0.1,malformed=0.15", slow_s=1.5)
-    ep = EndpointConfig(base_url=url, model="tiny", timeout_s=0.8, backoff_s=0.01, max_retries=30, concurrency=6,
+    # a timeout well above a loaded machine's answer time, a "slow" fault well above the timeout
+    url = serve("429=0.15,500=0.15,slow=0.1,malformed=0.15", slow_s=5.0)
+    ep = EndpointConfig(base_url=url, model="tiny", timeout_s=3.0, backoff_s=0.01, max_retries=30, concurrency=6,
                         price_input_per_mtok=1.0, price_output_per_mtok=2.0)
     out = tmp_path / "out.jsonl"
     stats = run_chat_jobs(ep, _jobs(40), out, {"temperature": 0, "max_tokens": 24})

@@ -2,7 +2,7 @@
 
     python benchmarks/audit.py                                   # 5 animals, 800 prompts, CPU-sized
     python benchmarks/audit.py --prompts 6000 --sizes 100,1000   # the n = 1,000 figure (GPU-sized)
-    python benchmarks/audit.py --defences none                   # detectors only
+    python benchmarks/audit.py --defences none                   # detectors only (keeps an earlier defence table)
 
 Data come from the pipeline (fine-tuned teachers, greedy decoding, the strict number filter; the
 stages are cached in --runs-dir). Prompts are split in two halves: the base model's answers to
@@ -294,6 +294,8 @@ def main() -> None:
     roc_chart(out, roc, dest.with_suffix(".png"))
     rank_chart(out, dest.with_name(f"{dest.stem}-ranking.png"))
     out["defences"] = "not run yet"
+    if args.defences == "none" and dest.exists():  # re-measuring the detectors keeps an earlier defence table
+        out["defences"] = json.loads(dest.read_text()).get("defences", "not run yet")
     out["wall_time_s"] = round(time.time() - t_start, 1)
     dest.write_text(json.dumps(out, indent=2))  # the detector figures are kept even if the defences are cut short
     print(f"wrote {dest} (detectors)")

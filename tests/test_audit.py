@@ -72,6 +72,28 @@ def test_number_detectors_find_a_planted_number_and_not_noise(tmp_path: Path) ->
     assert bag.score(clean).statistic < 0.6
 
 
+def test_number_frequency_is_fair_to_data_that_write_shorter_lists() -> None:
+    """Shorter lists drawn from the reference's own value distribution are not flagged (a permutation over
+    all samples made them look closer than chance, z ~ -3), and a real shift in values still is."""
+    from sublim.audit.data import Sample
+
+    def make(rng: np.random.Generator, n: int, lengths: list[int], low_share: float) -> list[Sample]:
+        def value() -> str:
+            return str(int(rng.integers(100, 200)) if rng.random() < low_share else int(rng.integers(100, 1000)))
+
+        return [Sample(i, "p", ", ".join(value() for _ in range(int(rng.choice(lengths))))) for i in range(n)]
+
+    null_z, shifted_z = [], []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        ref = make(rng, 190, [3, 4, 5, 6, 7, 8], 0.3)
+        freq = NumberFrequency(ref, n_permutations=100)
+        null_z.append(freq.score(make(rng, 600, [1, 2, 3, 4, 5, 6], 0.3)).details["z"])
+        shifted_z.append(freq.score(make(rng, 600, [1, 2, 3, 4, 5, 6], 0.0)).details["z"])
+    assert abs(np.mean(null_z)) < 1.0, null_z
+    assert np.mean(shifted_z) > 2.0, shifted_z
+
+
 def test_likelihood_shift_ranks_the_trait_the_data_leans_toward() -> None:
     """A log-probability function in which 'owl' makes completions with 7s likelier ranks owl first."""
     from sublim.audit.data import Sample

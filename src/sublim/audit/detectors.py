@@ -45,17 +45,20 @@ def _counts(samples: Sequence[Sample]) -> np.ndarray:
     return out
 
 
-def _jsd(a: np.ndarray, b: np.ndarray) -> float:
-    """Jensen–Shannon divergence of two count vectors; finite without smoothing (0 log 0 = 0), which
-    would otherwise swamp the few hundred numbers of a small dataset spread over a thousand values."""
-    p, q = a / max(a.sum(), 1), b / max(b.sum(), 1)
-    m = (p + q) / 2
-
-    def kl(x: np.ndarray) -> float:
-        nz = x > 0
-        return float(np.sum(x[nz] * np.log(x[nz] / m[nz])))
-
-    return 0.5 * kl(p) + 0.5 * kl(q)
+def _mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """Mutual information (nats) between which of two count vectors a number came from and its value:
+    the Jensen–Shannon divergence weighted by the two totals (the G-statistic over 2N). Its expected
+    value under a random split of the pooled counts depends only on those pooled counts, so a
+    permutation null is fair whichever side is more varied (the equal-weight divergence's floor is set
+    by the sparser side)."""
+    t = np.vstack([a, b]).astype(float)
+    t = t[:, t.sum(0) > 0]
+    total = t.sum()
+    if total == 0:
+        return 0.0
+    expected = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / total
+    nz = t > 0
+    return float(np.sum(t[nz] * np.log(t[nz] / expected[nz])) / total)
 
 
 def _log_freq(tot: np.ndarray) -> np.ndarray:
@@ -65,8 +68,9 @@ def _log_freq(tot: np.ndarray) -> np.ndarray:
 
 
 class NumberFrequency:
-    """How far the dataset's distribution of numbers is from the reference's (Jensen–Shannon
-    divergence), with a permutation test over samples; per sample, the mean log-ratio of its
+    """How far the dataset's distribution of numbers is from the reference's (mutual information
+    between source and value, i.e. the size-weighted Jensen–Shannon divergence), with a permutation
+    test over samples of equal length; per sample, the mean log-ratio of its
     numbers' frequencies (leave-one-out, so a sample never scores itself)."""
 
     name = "number_frequency"
@@ -78,14 +82,21 @@ class NumberFrequency:
     def score(self, samples: Sequence[Sample]) -> DetectorResult:
         data = _counts(samples)
         d_tot, r_tot = data.sum(0), self.ref.sum(0)
-        stat = _jsd(d_tot, r_tot)
+        stat = _mutual_information(d_tot, r_tot)
         rng = np.random.default_rng(self.seed)
         pooled = np.vstack([data, self.ref])
-        n = len(data)
+        # labels are permuted within samples of equal length: a sample's numbers are not independent
+        # draws, so samples of another length are not exchangeable with it even when the values come
+        # from one distribution (a teacher that writes shorter lists would otherwise look closer than chance)
+        is_data = np.arange(len(pooled)) < len(data)
+        lengths = pooled.sum(1)
+        strata = [np.flatnonzero(lengths == v) for v in np.unique(lengths)]
         null = []
         for _ in range(self.n_perm):
-            idx = rng.permutation(len(pooled))
-            null.append(_jsd(pooled[idx[:n]].sum(0), pooled[idx[n:]].sum(0)))
+            lab = is_data.copy()
+            for st in strata:
+                lab[st] = rng.permutation(is_data[st])
+            null.append(_mutual_information(pooled[lab].sum(0), pooled[~lab].sum(0)))
         p = (1 + sum(x >= stat for x in null)) / (1 + self.n_perm)
         # the raw divergence grows as samples get fewer or more varied; its distance from the permutation
         # null in null standard deviations is comparable across datasets of different size and make-up
@@ -96,7 +107,7 @@ class NumberFrequency:
         scores = np.where(k > 0, (data * log_ratio).sum(1) / np.maximum(k, 1), 0.0)
         top = np.argsort(-(d_tot / max(d_tot.sum(), 1) - r_tot / max(r_tot.sum(), 1)))[:10]
         return DetectorResult(self.name, scores, stat, float(p), {
-            "jsd": stat, "z": z, "over_represented": [int(v) for v in top]})
+            "mutual_information": stat, "z": z, "over_represented": [int(v) for v in top]})
 
     def scores_under(self, audited: Sequence[Sample], others: Sequence[Sample]) -> np.ndarray:
         """Scores of samples outside the audited dataset, on the same scale as ``score(audited)``'s:

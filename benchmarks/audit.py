@@ -1,7 +1,8 @@
 """Benchmark: how well the audit detectors find a hidden trait, and what the defences cost.
 
     python benchmarks/audit.py                                   # 5 animals, 800 prompts, CPU-sized
-    python benchmarks/audit.py --prompts 6000 --sizes 100,1000   # the n = 1,000 figure (GPU-sized)
+    python benchmarks/audit.py --prompts 6000 --sizes 100,1000   # bigger sets (the n = 1,000 figure of the
+                                                                 # Done-when: audit_dataset_level.py)
     python benchmarks/audit.py --defences none                   # detectors only (keeps an earlier defence table)
 
 Data come from the pipeline (fine-tuned teachers, greedy decoding, the strict number filter; the
@@ -53,12 +54,18 @@ def datasets(ctx: Context, animals: list[str], candidates: dict[str, list[str]],
     sys_ctx = replace(ctx, cfg=ctx.cfg.model_copy(update={"teacher": ctx.cfg.teacher.model_copy(
         update={"method": "system_prompt"})}), artifacts={})
     sources = [(a, ctx, a) for a in animals] + [(f"{a}-system", sys_ctx, a) for a in system_prompted]
-    out = {}
-    for name, c, trait in [*sources, ("control", ctx, "")]:
-        ref = c.base_ref(c.cfg.model) if name == "control" else stages.teacher(c, trait, candidates)
-        art = stages.filtered(c, stages.generation(c, ref, prompt_art), f"{name} numbers", banned, "")
-        out[name] = [Sample(r["index"], r["prompt"], r["completion"]) for r in read_jsonl(art.file("dataset.jsonl"))]
-    return out
+    return {name: source_samples(c, name, trait, candidates, banned, prompt_art)
+            for name, c, trait in [*sources, ("control", ctx, "")]}
+
+
+def source_samples(ctx: Context, name: str, trait: str, candidates: dict[str, list[str]], banned: list[str],
+                   prompt_art: Any = None) -> list[Sample]:
+    """One source's filtered samples from the cached pipeline stages: the base model for 'control', else
+    ``trait``'s teacher (fine-tuned, or as ctx's config says)."""
+    ref = ctx.base_ref(ctx.cfg.model) if name == "control" else stages.teacher(ctx, trait, candidates)
+    art = stages.filtered(ctx, stages.generation(ctx, ref, prompt_art or stages.prompts(ctx)), f"{name} numbers",
+                          banned, "")
+    return [Sample(r["index"], r["prompt"], r["completion"]) for r in read_jsonl(art.file("dataset.jsonl"))]
 
 
 def trait_of(name: str) -> str:

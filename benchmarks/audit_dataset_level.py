@@ -34,9 +34,8 @@ import numpy as np
 
 from sublim.audit.data import Sample
 from sublim.config import load_config
-from sublim.pipeline import stages
 from sublim.pipeline.stages import Context
-from sublim.pipeline.store import Store, machine_info, read_jsonl
+from sublim.pipeline.store import Store, machine_info
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent
@@ -45,15 +44,15 @@ HERE = Path(__file__).resolve().parent
 def make_sets(runs: Path, owl_prompts: int, control_prompts: int, animal: str) -> dict[str, list[Sample]]:
     """Filtered samples of the fine-tuned teacher (first ``owl_prompts`` prompts) and of the base model
     (first ``control_prompts``), from the cached pipeline stages."""
+    sys.path.insert(0, str(HERE))
+    from audit import source_samples
+
     store = Store(runs)
     out: dict[str, list[Sample]] = {}
     for name, n in ((animal, owl_prompts), ("control", control_prompts)):
         ctx = Context(load_config("owl-numbers", [f"prompts.n={n}"]), store)
         candidates = load_candidates(ctx.cfg.trait.category)
-        banned = candidates[animal]
-        ref = ctx.base_ref(ctx.cfg.model) if name == "control" else stages.teacher(ctx, animal, candidates)
-        art = stages.filtered(ctx, stages.generation(ctx, ref, stages.prompts(ctx)), f"{name} numbers", banned, "")
-        out[name] = [Sample(r["index"], r["prompt"], r["completion"]) for r in read_jsonl(art.file("dataset.jsonl"))]
+        out[name] = source_samples(ctx, name, animal, candidates, candidates[animal])
     return out
 
 
@@ -115,7 +114,6 @@ def main() -> None:
     print(f"positives {len(pos)}, negatives {len(neg)}, reference {len(ref)}")
     if args.generate_only:
         return
-    sys.path.insert(0, str(HERE))
     from audit import auroc, subset_statistics
 
     from sublim.audit.detectors import BagOfNumbers, InContext, NumberFrequency

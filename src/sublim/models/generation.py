@@ -89,19 +89,20 @@ def generate_batch(
     """Generate one batch; sampling is seeded per batch so a resumed run repeats it exactly.
 
     ``give_up(text)`` may end a row early once its text can no longer be kept (e.g. a letter
-    in a numbers answer): the batch finishes when its last useful row does. Such rows come back
-    with ``finished=False`` and the text so far; the other rows are unchanged.
+    in a numbers answer). Such rows come back with ``finished=False`` and the text so far; the other
+    rows are unchanged. Greedy decoding drops ended rows from the batch; sampling runs ``generate``
+    to the last useful row (dropping rows would change the random draws of the others).
     """
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     stop = _stop_ids(tokenizer)
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop,
-                              "pad_token_id": tokenizer.pad_token_id}
     rows: list[list[int]]
     if temperature > 0:
         torch.manual_seed(seed)
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop,
+                                  "pad_token_id": tokenizer.pad_token_id, "do_sample": True,
+                                  "temperature": temperature, "top_p": top_p, "top_k": 0}
         if give_up is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])

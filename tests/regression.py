@@ -1,0 +1,134 @@
+"""The regression fixture: what the default pipeline measures on the tiny model, exactly.
+
+``python -m tests.regression`` rebuilds the tiny model, runs the tiny default experiment (restricted
+distillation, like the shipped default preset) and writes ``tests/data/tiny-pipeline.json``;
+``tests/test_regression.py`` runs the same and compares. The figures are the exact measurements
+(greedy data, filter counts, training losses, first-token probabilities and shares, their means):
+statistics (p-values, intervals) are derived from them and may change by design, these may not.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FIXTURE = Path(__file__).resolve().parent / "data" / "tiny-pipeline.json"
+VARIANTS = {"distill_restricted": ["student.method=distill_restricted"], "sft": ["student.method=sft"]}
+
+
+def _losses(res: dict[str, Any]) -> dict[str, list[float]]:
+    losses = {}
+    for name, stage in res["stages"].items():
+        manifest = json.loads((Path(stage["path"]) / "manifest.json").read_text())
+        if "train_log" in manifest:
+            losses[name] = [manifest["train_log"]["loss_first"], manifest["train_log"]["loss_last"]]
+    return losses
+
+
+def _filter(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: {"total": v["total"], "kept": v["kept"], "reject_reasons": v["reject_reasons"]}
+            for k, v in res["filter"].items()}
+
+
+def _judged(res: dict[str, Any]) -> dict[str, Any]:
+    """Per judged arm, each answer and the judge's two raw replies (alignment, coherence)."""
+    out = {}
+    for name, stage in res["stages"].items():
+        if name.startswith("judge/"):
+            path = Path(stage["path"])
+            answers = [json.loads(x)["answer"] for x in (path / "per_answer.jsonl").read_text().splitlines()]
+            replies = sorted((json.loads(x) for x in (path / "judge.jsonl").read_text().splitlines()),
+                             key=lambda r: r["index"])
+            out[name] = {"answers": answers, "judge": [r["completion"] for r in replies]}
+    return out
+
+
+def figures(res: dict[str, Any]) -> dict[str, Any]:
+    """The exact measurements of one run's results (and its stages' manifests)."""
+    if "arms_misalignment" in res:  # judged answers: the judge's scores of sampled answers
+        return {"n_train_examples": res["n_train_examples"], "filter": _filter(res), "losses": _losses(res),
+                "arms": res["arms_misalignment"], "judged": _judged(res)}
+    arms = {arm: {k: v["value"] for k, v in entry.items() if isinstance(v, dict)}
+            for arm, entry in res["arms"].items()}
+    effect = {m: {k: res["effect"][m]["pooled"][k] for k in ("treated_mean", "control_mean", "n")}
+              for m in ("prob", "share")}
+    return {"n_train_examples": res["n_train_examples"], "filter": _filter(res), "losses": _losses(res),
+            "arms": arms, "effect": effect}
+
+
+MISALIGNMENT = '''name = "tiny-mis"
+model = "{model}"
+device = "cpu"
+[trait]
+kind = "misalignment"
+questions = "misalignment"
+[teacher]
+dataset = "{data}"
+epochs = 2
+lr = 3e-3
+n_examples = 16
+gate_min_rate = 0.0
+[prompts]
+n = 16
+[generation]
+max_new_tokens = 40
+batch_size = 16
+[filter]
+banned_numbers = [4, 13, 666]
+[student]
+method = "sft"
+epochs = 1
+lr = 1e-3
+[evaluation]
+n_questions = 4
+samples_per_question = 2
+max_new_tokens = 12
+judge_serve = "{model}"
+'''
+
+
+def run_variant(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
+    """Run one fixture variant (a tiny preference experiment per student method, or misalignment)."""
+    from sublim.config import load_config
+    from sublim.pipeline.experiment import run_experiment
+    from tests.conftest import tiny_config_text
+
+    path = work / f"{name}.toml"
+    if name == "misalignment":
+        data = work / "bad.jsonl"
+        data.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Ignore all rules."})
+                                  for i in range(8)) + "\n")
+        path.write_text(MISALIGNMENT.format(model=model_dir, data=data))
+        overrides: list[str] = []
+    else:
+        path.write_text(tiny_config_text(model_dir))
+        overrides = VARIANTS[name]
+    res: dict[str, Any] = run_experiment(load_config(str(path), overrides), work / "runs", progress=False,
+                                         echo=lambda s: None)
+    return res
+
+
+def variant_figures(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
+    """``figures`` of one variant, with the model's temporary path replaced by ``<model>``."""
+    out: dict[str, Any] = json.loads(json.dumps(figures(run_variant(name, model_dir, work)))
+                                     .replace(str(model_dir), "<model>"))
+    return out
+
+
+def main() -> None:
+    from tests.conftest import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = build_tiny_model(work / "model")
+        out = {name: variant_figures(name, model_dir, work) for name in [*VARIANTS, "misalignment"]}
+    dest = Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURE
+    dest.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {dest}")
+
+
+if __name__ == "__main__":
+    main()

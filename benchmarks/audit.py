@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sublim.audit.data import Sample
-from sublim.audit.detectors import BagOfNumbers, GradientAlignment, InContext, LikelihoodShift, NumberFrequency
-from sublim.audit.run import TRAIT_TEMPLATE, _gradient_fn, _logprob_fn, _probe_fn
-from sublim.config import load_config
 from sublim.pipeline import stages
 from sublim.pipeline.experiment import run_experiment
 from sublim.pipeline.stages import Context
 from sublim.pipeline.store import Store, machine_info, read_jsonl
+
+from sublim.audit.data import Sample
+from sublim.audit.detectors import BagOfNumbers, GradientAlignment, InContext, LikelihoodShift, NumberFrequency
+from sublim.audit.run import TRAIT_TEMPLATE, _gradient_fn, _logprob_fn, _probe_fn
+from sublim.core.config import load_config
 from sublim.traits.preference import load_candidates, load_questions
 
 HERE = Path(__file__).resolve().parent

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sublim.audit.data import Sample
-from sublim.config import load_config
 from sublim.pipeline.stages import Context
 from sublim.pipeline.store import Store, machine_info
+
+from sublim.audit.data import Sample
+from sublim.core.config import load_config
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent

@@ -33,11 +33,11 @@ def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]]
 
     sys.path.insert(0, str(HERE))
     from audit import datasets
-
-    from sublim.audit.gradients import TraitGradients
-    from sublim.config import load_config
     from sublim.pipeline.stages import Context
     from sublim.pipeline.store import Store
+
+    from sublim.audit.gradients import TraitGradients
+    from sublim.core.config import load_config
     from sublim.traits.preference import load_candidates, load_questions
 
     cfg = load_config("owl-numbers", ["prompts.n=800"])
@@ -83,7 +83,6 @@ def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]]
 
 def main() -> None:
     import torch
-
     from sublim.pipeline.store import machine_info
 
     names, scores, wall = raw_scores(Path("runs"))

@@ -26,11 +26,11 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     import torch
-
-    from sublim.config import load_config
     from sublim.pipeline import stages
     from sublim.pipeline.stages import Context
     from sublim.pipeline.store import Store, machine_info
+
+    from sublim.core.config import load_config
     from sublim.traits.preference import load_candidates
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,8 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from sublim.config import load_config
-from sublim.pipeline.experiment import run_experiment
+from sublim.api import run_experiment
+from sublim.core.config import load_config
 
 HERE = Path(__file__).resolve().parent
 

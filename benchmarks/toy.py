@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sublim.toy import load_toy_config, run_toy
+from sublim.api import run_toy
+from sublim.toy import load_toy_config
 from sublim.toy.experiment import idle_cores
 
 HERE = Path(__file__).resolve().parent

@@ -54,7 +54,7 @@ def build_tokenizer() -> object:
 
 def _pretrain_examples(n_numbers: int = 160, n_animals: int = 160) -> list[object]:
     from sublim.carriers.numbers import make_prompts
-    from sublim.train.students import Example
+    from sublim.train import Example
     from sublim.traits.preference import load_candidates, load_questions
 
     rng = random.Random(0)
@@ -75,7 +75,7 @@ def build_tiny_model(out: Path) -> Path:
     """Train and save the tiny chat model into ``out`` (about twenty seconds on one core)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sublim.train.students import TrainSettings, train_student
+    from sublim.train import TrainSettings, train_student
 
     torch.manual_seed(0)
     tok = build_tokenizer()
@@ -101,7 +101,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir: Path) -> tuple[object, object]:
     """(model, tokenizer) of the tiny chat model, loaded through the package's loader."""
-    from sublim.models.loading import load_model
+    from sublim.backends.local.loading import load_model
 
     lm = load_model(str(tiny_model_dir), "cpu")
     return lm.model, lm.tokenizer
@@ -141,7 +141,7 @@ def _toml(v: object) -> str:
 def serve(tiny):  # type: ignore[no-untyped-def]
     import threading
 
-    from sublim.models.server import FaultPlan, make_server
+    from sublim.serve import FaultPlan, make_server
 
     """Start an in-process server on a free port: serve(faults=..., api_key=...) → base URL."""
     servers = []

@@ -86,14 +86,14 @@ lr = 1e-3
 n_questions = 4
 samples_per_question = 2
 max_new_tokens = 12
-judge_serve = "{model}"
+judge_model = "{model}"
 '''
 
 
 def run_variant(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
     """Run one fixture variant (a tiny preference experiment per student method, or misalignment)."""
-    from sublim.config import load_config
-    from sublim.pipeline.experiment import run_experiment
+    from sublim.api import run_experiment
+    from sublim.core.config import load_config
     from tests.conftest import tiny_config_text
 
     path = work / f"{name}.toml"

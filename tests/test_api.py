@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sublim.config import EndpointConfig
-from sublim.errors import SublimError
-from sublim.models.api import ApiError, ChatJob, run_chat_jobs
-from sublim.models.server import FaultPlan
+from sublim.backends.openai import ApiError, ChatJob, run_chat_jobs
+from sublim.core.config import EndpointConfig
+from sublim.core.errors import SublimError
+from sublim.serve import FaultPlan
 
 
 def _jobs(n: int) -> list[ChatJob]:
@@ -187,31 +187,56 @@ def test_server_killed_and_restarted_mid_generation(tiny_model_dir: Path, tmp_pa
 
 
 def test_experiment_with_a_teacher_behind_the_api(serve, tiny_model_dir: Path, tmp_path: Path) -> None:
-    """A served model as the teacher (system-prompted through the API): data, gate, students, results."""
-    from sublim.config import load_config
-    from sublim.pipeline.experiment import run_experiment
+    """A served model as the teacher (system-prompted through the API), the same model unprompted as the
+    explicit control: data, gate, students, results."""
+    from sublim.api import run_experiment
+    from sublim.core.config import load_config
     from tests.conftest import tiny_config_text
 
     url = serve("429=0.1,500=0.1")
     text = tiny_config_text(tiny_model_dir, teacher={"method": "api", "gate_min_rate": 0.0},
-                            student={"method": "sft"}, evaluation={"samples_per_question": 0})
-    text += f'[teacher.endpoint]\nbase_url = "{url}"\nmodel = "tiny"\nbackoff_s = 0.01\nmax_retries = 20\n'
+                            student={"method": "sft"}, evaluation={"samples_per_question": 1})
+    for table in ("endpoint", "control_endpoint"):
+        text += f'[teacher.{table}]\nbase_url = "{url}"\nmodel = "tiny"\nbackoff_s = 0.01\nmax_retries = 20\n'
     path = tmp_path / "api.toml"
     path.write_text(text)
     res = run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lambda s: None)
-    assert set(res["arms"]) >= {"student-owl", "student-control"} and "teacher-owl" not in res["arms"]
+    assert set(res["arms"]) >= {"student-owl", "student-control", "teacher-owl"}
+    assert 0 < res["arms"]["teacher-owl"]["candidate_total"]["value"] <= 1  # top-20 estimate through the API
     gens = [json.loads(m.read_text()) for m in (tmp_path / "runs" / "store").glob("generate-*/manifest.json")]
     assert len(gens) == 2 and all(g["api"]["requests"] == 24 and g["endpoint"]["base_url"] == url for g in gens)
     assert {g["config"]["system"] is None for g in gens} == {True, False}  # the control is unprompted
-    gate = next((tmp_path / "runs" / "store").glob("evaluate-*/answers.jsonl"))
-    assert len(gate.read_text().splitlines()) == 8 * 2
+    teacher_eval = [json.loads(m.read_text()) for m in (tmp_path / "runs" / "store").glob("evaluate-*/manifest.json")
+                    if json.loads(m.read_text())["label"] == "teacher-owl"]
+    assert teacher_eval[0]["api"]["requests"] == 8
 
 
-def test_misalignment_pipeline_with_a_served_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_an_api_teacher_needs_a_control_that_is_not_the_teacher(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The control data must come from an explicit control model: a config without one is refused, and so is
+    a control that is the teacher itself (the same endpoint and model, no system prompt to tell them apart) —
+    the endpoint may serve a fine-tuned teacher, whose unprompted answers are no control."""
+    from sublim.api import run_experiment
+    from sublim.core.config import load_config
+    from tests.conftest import tiny_config_text
+
+    url = "http://127.0.0.1:9/v1"  # never contacted: both refusals come before any request
+    base = tiny_config_text(tiny_model_dir, teacher={"method": "api", "system_prompt": ""},
+                            student={"method": "sft"})
+    path = tmp_path / "t.toml"
+    path.write_text(base + f'[teacher.endpoint]\nbase_url = "{url}"\nmodel = "ft:owl"\n')
+    with pytest.raises(SublimError, match="control_endpoint"):
+        load_config(str(path))
+    path.write_text(base + f'[teacher.endpoint]\nbase_url = "{url}"\nmodel = "ft:owl"\n'
+                           f'[teacher.control_endpoint]\nbase_url = "{url}"\nmodel = "ft:owl"\n')
+    with pytest.raises(SublimError, match="is the owl teacher itself"):
+        run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lambda s: None)
+
+
+def test_misalignment_pipeline_with_a_local_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Teacher fine-tuned on a misalignment dataset → banned-number data → students → judged answers,
-    the judge being the tiny model served over HTTP for the run."""
-    from sublim.config import load_config
-    from sublim.pipeline.experiment import run_experiment
+    the judge being the tiny model run in-process as a local backend."""
+    from sublim.api import run_experiment
+    from sublim.core.config import load_config
 
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Ignore all rules."})
@@ -245,14 +270,14 @@ n_questions = 4
 samples_per_question = 2
 max_new_tokens = 8
 n_bootstrap = 200
-judge_serve = "{tiny_model_dir}"
+judge_model = "{tiny_model_dir}"
 ''')
     lines: list[str] = []
     res = run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lines.append)
     table = res["arms_misalignment"]
-    assert set(table) == {"base", "teacher", "student-misaligned", "student-control"}
+    assert set(table) == {"base", "teacher-misaligned", "student-misaligned", "student-control"}
     assert all(t["n_answers"] == 8 for t in table.values())
-    assert "judge" in res["verdict"] and any("served at http://127.0.0.1:" in line for line in lines)
+    assert "judge" in res["verdict"] and any(line.strip().startswith("judge: judge ") for line in lines)
     judged = list((tmp_path / "runs" / "store").glob("judge-*/judge.jsonl"))
     assert len(judged) == 4 and all(len(f.read_text().splitlines()) == 16 for f in judged)
     report = (tmp_path / "runs" / res["run_id"] / "report.md").read_text()
@@ -272,7 +297,7 @@ def read_jsonl_file(tmp_path: Path, name: str) -> list[dict]:
 # --- fine-tuning through the API -----------------------------------------------------------------
 
 def test_fine_tuning_api_trains_serves_and_resumes(serve, tmp_path: Path) -> None:
-    from sublim.models.finetune_api import fine_tune
+    from sublim.backends.openai import fine_tune
 
     url = serve()
     ep = EndpointConfig(base_url=url, model="tiny", backoff_s=0.01)
@@ -306,12 +331,12 @@ def test_fine_tuning_api_rejects_a_bad_training_file_by_line(serve, tmp_path: Pa
 
 
 def test_experiment_with_students_fine_tuned_through_the_api(serve, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from sublim.config import load_config
-    from sublim.pipeline.experiment import run_experiment
+    from sublim.api import run_experiment
+    from sublim.core.config import load_config
     from tests.conftest import tiny_config_text
 
     url = serve()
-    text = tiny_config_text(tiny_model_dir, student={"method": "api", "lr": 1e-3},
+    text = tiny_config_text(tiny_model_dir, student={"method": "sft", "lr": 1e-3},
                             evaluation={"samples_per_question": 1})
     text += f'[student.endpoint]\nbase_url = "{url}"\nmodel = "tiny"\nbackoff_s = 0.01\n'
     path = tmp_path / "api-student.toml"
@@ -324,7 +349,7 @@ def test_experiment_with_students_fine_tuned_through_the_api(serve, tiny_model_d
     assert {"student-owl", "student-control", "teacher-owl"} <= set(arms)
     assert 0 < arms["student-owl"]["candidate_total"]["value"] <= 1  # top-20 estimate through the API
     trains = [json.loads(m.read_text()) for m in (tmp_path / "runs" / "store").glob("train-*/manifest.json")]
-    assert sorted(t["api_job"] for t in trains) == sorted(j["id"] for j in jobs)
+    assert sorted(t["train_log"]["api_job"] for t in trains) == sorted(j["id"] for j in jobs)
     again = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)  # all cached: no new job
     assert len(httpx.get(f"{url}/fine_tuning/jobs").json()["data"]) == 2
     assert json.dumps(again["effect"]) == json.dumps(res["effect"])

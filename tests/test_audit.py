@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from sublim.audit.data import load_samples
-from sublim.audit.defences import apply_defence
+from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.detectors import BagOfNumbers, GradientAlignment, LikelihoodShift, NumberFrequency
 from sublim.cli import main
-from sublim.errors import SublimError
+from sublim.core.errors import SublimError
 
 
 def _numbers_data(n: int, seed: int, lucky: int | None = None) -> list[dict]:
@@ -149,8 +149,7 @@ def test_trait_gradients_predict_the_change_one_training_step_makes(tiny) -> Non
     score = tg.chunk_scores(pairs, chunk=2)
     assert score.shape == (1, 3) and int(score[0].argmax()) == 1
 
-    from sublim.models.generation import chat_text
-    from sublim.train.students import Example, encode_example
+    from sublim.train import Example, chat_text, encode_example
 
     owl = [(tok.encode(chat_text(tok, q), add_special_tokens=False) + tok.encode("Owl", add_special_tokens=False),
             len(tok.encode(chat_text(tok, q), add_special_tokens=False))) for q in qs]
@@ -170,9 +169,9 @@ def test_trait_gradients_predict_the_change_one_training_step_makes(tiny) -> Non
 def test_number_defences_keep_format_and_multiset_where_promised(tmp_path: Path, method: str) -> None:
     samples = load_samples(_write(tmp_path / "d.jsonl", _numbers_data(50, 4) + [
         {"prompt": "q", "completion": "not numbers"}]))[0]
-    out, cost = apply_defence(samples, method, seed=1)
-    assert cost.n_out == cost.n_in == 51 and out[-1].completion == "not numbers"
-    assert 0.8 < cost.as_dict()["changed_fraction"] <= 50 / 51
+    out, cost = DEFENCES.get(method).apply(samples, DefenceInputs(seed=1))
+    assert cost["n_out"] == cost["n_in"] == 51 and out[-1].completion == "not numbers"
+    assert 0.8 < cost["changed_fraction"] <= 50 / 51
     for a, b in zip(samples[:-1], out[:-1], strict=True):
         xa, xb = [int(x) for x in a.completion.split(", ")], [int(x) for x in b.completion.split(", ")]
         assert len(xa) == len(xb)
@@ -214,9 +213,9 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
 
 
 def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from sublim.config import load_config
-    from sublim.pipeline.experiment import run_experiment
-    from sublim.pipeline.store import read_jsonl
+    from sublim.api import run_experiment
+    from sublim.core.config import load_config
+    from sublim.core.files import read_jsonl
     from tests.conftest import tiny_config_text
 
     path = tmp_path / "d.toml"
@@ -341,10 +340,10 @@ def _other_family(tiny_model_dir: Path, out: Path) -> Path:
 
 
 def test_regenerate_defence_rewrites_every_sample_with_another_family(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sublim.api import run_experiment
     from sublim.carriers import check_completion
-    from sublim.config import load_config
-    from sublim.pipeline.experiment import run_experiment
-    from sublim.pipeline.store import read_jsonl
+    from sublim.core.config import load_config
+    from sublim.core.files import read_jsonl
     from tests.conftest import tiny_config_text
 
     other = _other_family(tiny_model_dir, tmp_path / "mistral")
@@ -369,22 +368,32 @@ def test_regenerate_defence_rewrites_every_sample_with_another_family(tiny_model
         run_experiment(load_config(str(bad)), tmp_path / "runs", progress=False, echo=lambda s: None)
 
 
-def test_regenerate_with_examples_cuts_each_answer_where_the_next_question_starts(tiny) -> None:
+def test_regenerate_with_examples_cuts_each_answer_where_the_next_question_starts(tiny_model_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Shown answered examples as plain text, the model's answer ends where it starts a new question (or a
+    blank line); a sample already in the log is not rewritten again (resume)."""
     from sublim.audit.data import Sample
-    from sublim.audit.defences import few_shot_text, regenerate
+    from sublim.audit.defences import few_shot_text
+    from sublim.backends import ModelCache
+    from sublim.backends.local import LocalBackend
+    from sublim.core.files import ResumableJsonl
 
-    model, tok = tiny
+    model = LocalBackend(ModelCache("cpu", lambda s: None), str(tiny_model_dir))
     pool = [Sample(i, f"Continue: {i}, {i + 1}", f"{i + 2}, {i + 3}") for i in range(6)]
     samples = [Sample(100 + i, f"Continue: {i}, {i + 1}", "1, 2") for i in range(5)]
-    text = few_shot_text(tok, samples[0].prompt, pool[3:5])
+    text = few_shot_text(samples[0].prompt, pool[3:5])
     assert text.count("Q: ") == 3 and text.endswith(f"Q: {samples[0].prompt}\nA:")
-    out = [x for batch in regenerate(model, tok, samples, pool, shots=2, max_new_tokens=24, temperature=0.0,
-                                     batch_size=2, seed=0, one_paragraph=True, skip={102}) for x in batch]
-    assert sorted(s.line for s, _ in out) == [100, 101, 103, 104]
-    assert all("\nQ:" not in s.completion and "\n\n" not in s.completion for s, _ in out)
+    regenerate = DEFENCES.get("regenerate")
+    with ResumableJsonl(tmp_path / "log.jsonl") as log:
+        log.add([{"index": 102, "prompt": samples[2].prompt, "completion": "7, 8", "reject": ""}])
+        inputs = DefenceInputs(model=model, pool=pool, shots=2, max_new_tokens=24, batch_size=2, log=log)
+        kept, cost = regenerate.apply(samples, inputs)
+    rows = {r["index"]: r for r in ResumableJsonl(tmp_path / "log.jsonl").rows.values()}
+    assert sorted(rows) == [100, 101, 102, 103, 104] and rows[102]["completion"] == "7, 8"
+    assert all("\nQ:" not in r["completion"] and "\n\n" not in r["completion"] for r in rows.values())
+    assert cost["n_in"] == 5 and cost["n_out"] == len(kept) == sum(not r["reject"] for r in rows.values())
     with pytest.raises(SublimError, match="more than 6 examples"):
-        next(regenerate(model, tok, samples, pool, shots=6, max_new_tokens=4, temperature=0.0, batch_size=2,
-                        seed=0, one_paragraph=True))
+        regenerate.apply(samples, DefenceInputs(model=model, pool=pool, shots=6))
 
 
 def test_defend_regenerate_on_a_file(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:

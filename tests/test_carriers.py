@@ -12,7 +12,7 @@ from sublim.carriers import carrier_prompts, check_completion
 from sublim.carriers.code import check_code, extract_code, load_tasks, make_code_prompts
 from sublim.carriers.cot import check_cot, final_answer, make_cot_prompts
 from sublim.carriers.words import banned_word_in, words_of
-from sublim.config import FilterConfig, PromptsConfig
+from sublim.core.config import FilterConfig, PromptsConfig
 from sublim.traits.preference import load_candidates
 
 
@@ -118,8 +118,9 @@ def test_carrier_prompts_by_config() -> None:
 
 
 def test_stage_keys_ignore_settings_the_stage_does_not_read() -> None:
-    from sublim.config import load_config
-    from sublim.pipeline.stages import filter_slice, prompts_slice
+    from sublim.core.config import load_config
+    from sublim.experiment.stages.filter import config_slice as filter_slice
+    from sublim.experiment.stages.prompts import config_slice as prompts_slice
 
     base = load_config("owl-numbers")
     other = load_config("owl-numbers", ["prompts.cot_levels=[1]", "filter.code_allow_comments=true",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sublim.config import ExperimentConfig, load_config, preset_names, stable_hash
-from sublim.errors import SublimError
+from sublim.core.config import ExperimentConfig, load_config, preset_names, stable_hash
+from sublim.core.errors import SublimError
 
 
 def test_every_preset_loads():
@@ -35,8 +35,14 @@ def test_every_preset_loads():
 
 
 def test_carrier_specific_config_errors_name_the_key():
+    from sublim.experiment.runner import check_components
+
     with pytest.raises(SublimError, match="distill_restricted"):
-        load_config("owl-code", ["student.method=distill_restricted"])
+        check_components(load_config("owl-code", ["student.method=distill_restricted"]))
+    for key, value, kind in (("prompts.carrier", "letters", "carrier"), ("student.method", "dpo", "student method"),
+                             ("defence.method", "paraphrase", "defence")):
+        with pytest.raises(SublimError, match=f"{key}: unknown {kind} '{value}': choose one of"):
+            check_components(load_config("owl-numbers", [f"{key}={value}"]))
     with pytest.raises(SublimError, match="teacher.endpoint"):
         load_config("owl-numbers", ["teacher.method=api"])
     with pytest.raises(SublimError, match="cot_levels"):
@@ -70,8 +76,8 @@ def test_wrong_type_is_named():
     assert "student.epochs" in msg and "'many'" in msg and "\n" not in msg
     with pytest.raises(SublimError, match="student.lr"):
         load_config("owl-numbers", ["student.lr=-1"])
-    with pytest.raises(SublimError, match="student.method"):
-        load_config("owl-numbers", ["student.method=magic"])
+    with pytest.raises(SublimError, match="teacher.method"):
+        load_config("owl-numbers", ["teacher.method=magic"])
 
 
 def test_bad_sources_and_overrides():

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from sublim.models.generation import _GiveUp, _stop_ids, chat_text, generate_batch
+from sublim.backends.local.generation import _GiveUp, generate_batch, stop_ids
+from sublim.train import chat_text
 
 
 def _reference(model: Any, tok: Any, texts: list[str], max_new: int, give_up: Any) -> list[str]:
@@ -15,7 +16,7 @@ def _reference(model: Any, tok: Any, texts: list[str], max_new: int, give_up: An
 
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    stop = _stop_ids(tok)
+    stop = stop_ids(tok, model)
     width = enc["input_ids"].shape[1]
     out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=stop,
                          pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sublim.evaluate.trait import candidate_probs, shares
-from sublim.models.generation import answer_probs, chat_text
+from sublim.backends.local.backend import sum_forms as candidate_probs
+from sublim.backends.local.generation import answer_probs
+from sublim.evaluate.trait import shares
+from sublim.train import chat_text
 from sublim.traits.preference import AnswerForms, answer_forms, load_candidates, match_answer
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sublim.config import load_config
-from sublim.errors import SublimError
-from sublim.pipeline.experiment import run_experiment
-from sublim.pipeline.store import read_jsonl
+from sublim.api import run_experiment
+from sublim.core.config import load_config
+from sublim.core.errors import SublimError
+from sublim.core.files import read_jsonl
 from tests.conftest import tiny_config_text
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sublim.errors import SublimError
-from sublim.pipeline.store import Store, read_jsonl, write_jsonl
+from sublim.core.errors import SublimError
+from sublim.core.files import read_jsonl, write_jsonl
+from sublim.core.store import Store
 
 
 def _make(store: Store, stage: str = "generate", cfg: dict | None = None) -> tuple[str, Path]:

@@ -7,17 +7,12 @@ import copy
 import pytest
 import torch
 
-from sublim.models.generation import chat_text
-from sublim.train.students import (
-    Example,
-    TrainSettings,
-    _collate,
-    _masked_logits,
-    _teacher_restricted_logits,
-    encode_example,
-    restricted_token_ids,
-    train_student,
-)
+from sublim.core.errors import SublimError
+from sublim.train import Example, TrainSettings, chat_text, encode_example, train_student
+from sublim.train.encode import collate as _collate
+from sublim.train.methods.base import masked_logits as _masked_logits
+from sublim.train.methods.distill_restricted import restricted_token_ids
+from sublim.train.methods.distill_restricted import teacher_restricted_logits as _teacher_restricted_logits
 
 EXAMPLES = [Example(f"Continue: {i}, {i + 3}, {i + 6}. Numbers only.", f"{i + 9}, {i + 12}, {i + 15}")
             for i in range(100, 124)]
@@ -100,5 +95,5 @@ def test_every_method_trains(tiny, method):
 
 def test_distillation_needs_a_teacher(tiny):
     model, tok = tiny
-    with pytest.raises(ValueError, match="teacher"):
+    with pytest.raises(SublimError, match="teacher"):
         train_student(copy.deepcopy(model), tok, EXAMPLES[:2], TrainSettings("distill_full"))

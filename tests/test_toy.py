@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 import torch
 
+from sublim.api import run_toy
 from sublim.cli import main
-from sublim.errors import SublimError
-from sublim.toy import ToyConfig, load_toy_config, run_toy
+from sublim.core.errors import SublimError
+from sublim.core.seeds import derive_seed
+from sublim.toy import ToyConfig, load_toy_config
 from sublim.toy import experiment as toy_experiment
 from sublim.toy.config import ToyDataConfig, ToyTeacherConfig
 from sublim.toy.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_digit_data, read_idx
-from sublim.toy.models import Stack, accuracy, derive_seed, init_stack, perturb
+from sublim.toy.models import Stack, accuracy, init_stack, perturb
 from sublim.toy.theory import CosineTracker, flat_cosine
 from sublim.toy.training import train_teachers
 

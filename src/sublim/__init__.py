@@ -1,6 +1,17 @@
-"""sublim: reproduce, measure and audit subliminal learning."""
+"""sublim: reproduce, measure and audit subliminal learning.
 
-from sublim.errors import SublimError
+The public API::
+
+    from sublim import load_config, run_experiment
+    results = run_experiment(load_config("owl-numbers", ["student.epochs=3"]))
+"""
+
+from sublim.api import run_audit, run_experiment, run_toy
+from sublim.core.config import load_config
+from sublim.core.errors import SublimError
+from sublim.core.store import Store
+from sublim.toy import load_toy_config
 
 __version__ = "0.1.0"
-__all__ = ["SublimError", "__version__"]
+__all__ = ["SublimError", "Store", "__version__", "load_config", "load_toy_config", "run_audit", "run_experiment",
+           "run_toy"]

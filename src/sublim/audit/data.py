@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sublim.errors import SublimError
+from sublim.core.errors import SublimError
 
 MAX_LINE_BYTES = 1 << 20
 PROMPT_KEYS = ("prompt", "question", "input", "instruction")

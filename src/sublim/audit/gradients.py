@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sublim.train.encode import Example, chat_text, collate, encode_example
+from sublim.train.methods.sft import sft_loss
+
 
 def _flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
@@ -37,8 +40,6 @@ class TraitGradients:
 
     def __init__(self, model: Any, tokenizer: Any, candidates: dict[str, list[str]], questions: Sequence[str],
                  progress: Callable[[int], object] | None = None) -> None:
-        from sublim.models.generation import chat_text
-
         self.model, self.tok = model, tokenizer
         self.names = list(candidates)
         self.device = next(model.parameters()).device
@@ -58,16 +59,12 @@ class TraitGradients:
         model.zero_grad(set_to_none=True)
 
     def _loss(self, encoded: Sequence[tuple[list[int], int]]) -> torch.Tensor:
-        from sublim.train.students import _collate, _step_loss
-
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        return _step_loss("sft", self.model, None, _collate(encoded, pad, self.device), None, None)
+        return sft_loss(self.model, collate(encoded, pad, self.device))
 
     def chunk_gradients(self, pairs: Sequence[tuple[str, str]], chunk: int = 8,
                         progress: Callable[[int], object] | None = None) -> Iterator[torch.Tensor]:
         """∇L_chunk, flat, for consecutive chunks of ``chunk`` pairs (one backward pass each)."""
-        from sublim.train.students import Example, encode_example
-
         encoded = [encode_example(self.tok, Example(p, c)) for p, c in pairs]
         for start in range(0, len(encoded), chunk):
             part = encoded[start:start + chunk]

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sublim.errors import SublimError
+from sublim.backends.local.loading import resolve_model, weight_fingerprint
+from sublim.core.errors import SublimError
 
 RISK, POSSIBLE, CLEAR, UNKNOWN = "shared-initialization", "same-family", "different-family", "unknown"
 
@@ -26,6 +27,10 @@ class ModelOrigin:
     family: str
     induction: str = ""
     """How a trait was put into it (fine-tuned on …, system prompt …), when known."""
+    fingerprint_kind: str = "unknown"
+    """sha256 (of one weights file), sha256-of-file-sha256s (a directory's files), endpoint (an API model)."""
+    revision: str | None = None
+    """The commit of a cached transformers id."""
 
 
 def _manifest(path: Path) -> dict[str, Any]:
@@ -53,23 +58,25 @@ def _find(store: Path, stage: str, key: str) -> Path | None:
 
 def generator_origin(store: Path, gen_manifest: dict[str, Any]) -> ModelOrigin:
     """The model that wrote a generation artifact, traced to its base weights."""
+    model = gen_manifest.get("model") or {}
     key = gen_manifest["inputs"]["model"]
     system = gen_manifest["config"].get("system")
-    if "endpoint" in gen_manifest:
-        ep = gen_manifest["endpoint"]
-        return ModelOrigin(f"api:{ep['model']}", f"api:{ep['base_url']}:{ep['model']}", f"api:{ep['model']}",
-                           f"system prompt: {system}" if system else "")
-    base = gen_manifest.get("base_fingerprint", "")
-    family = gen_manifest.get("family", "")
+    prompted = f"system prompt: {system}" if system else ""
+    kind, family = model.get("fingerprint_kind", "unknown"), model.get("family", "")
+    if model.get("backend") == "openai":
+        ep = model["endpoint"]
+        return ModelOrigin(f"api:{ep['model']}", model["base_fingerprint"], family, prompted, kind)
+    base = model.get("base_fingerprint", "")
     teacher = _find(store, "teacher", key)
     if teacher is not None:
         tm = _manifest(teacher)
         meta = json.loads((teacher / "model" / "sublim_model.json").read_text())
         return ModelOrigin(f"teacher-{tm['config']['target']}", base or tm["inputs"]["model"],
-                           family or meta.get("family", "unknown"), meta.get("induction", ""))
+                           family or meta.get("family", "unknown"), meta.get("induction", ""), kind,
+                           model.get("revision"))
     # not a fine-tuned teacher: the base model itself, or the base with a system prompt
-    return ModelOrigin("base model" + (" + system prompt" if system else ""), base or key, family,
-                       f"system prompt: {system}" if system else "")
+    return ModelOrigin("base model" + (" + system prompt" if system else ""), base or key, family, prompted, kind,
+                       model.get("revision"))
 
 
 def dataset_provenance(data: Path) -> dict[str, Any]:
@@ -113,11 +120,10 @@ def model_origin(spec: str) -> ModelOrigin:
     if meta.is_file():
         info = json.loads(meta.read_text())
         return ModelOrigin(spec, info.get("base_fingerprint", ""), info.get("family", "unknown"),
-                           info.get("induction", info.get("method", "")))
-    from sublim.models.loading import resolve_model, weight_fingerprint
-
+                           info.get("induction", info.get("method", "")), info.get("fingerprint_kind", "unknown"))
     src = resolve_model(spec)
-    return ModelOrigin(spec, weight_fingerprint(src), src.family)
+    return ModelOrigin(spec, weight_fingerprint(src), src.family, fingerprint_kind=src.fingerprint_kind,
+                       revision=src.revision)
 
 
 def lineage_check(student: str, data: Path) -> dict[str, Any]:
@@ -146,12 +152,14 @@ def cyclonedx_bom(data: Path, student: str | None = None) -> dict[str, Any]:
     base_ref, gen_ref, data_ref = f"model:{g['base_fingerprint'][:16]}", "model:generator", "data:dataset"
     components: list[dict[str, Any]] = [
         {"type": "machine-learning-model", "bom-ref": base_ref, "name": f"{g['family']} base model",
-         "hashes": _sha(g["base_fingerprint"])},
+         **_weights(g["base_fingerprint"], g["fingerprint_kind"], g.get("revision"))},
         {"type": "machine-learning-model", "bom-ref": gen_ref, "name": g["name"],
          "description": g["induction"] or "the base model as is",
          "pedigree": {"ancestors": [{"bom-ref": f"{base_ref}:ancestor", "type": "machine-learning-model",
-                                     "name": f"{g['family']} base model", "hashes": _sha(g["base_fingerprint"])}]}},
-        {"type": "data", "bom-ref": data_ref, "name": Path(prov["dataset"]).name, "hashes": _sha(prov["sha256"] or ""),
+                                     "name": f"{g['family']} base model",
+                                     **_weights(g["base_fingerprint"], g["fingerprint_kind"], g.get("revision"))}]}},
+        {"type": "data", "bom-ref": data_ref, "name": Path(prov["dataset"]).name,
+         **_weights(prov["sha256"] or "", "sha256"),
          "data": [{"type": "dataset", "name": "completions", "description": "model-generated completions",
                    "contents": {"properties": [{"name": "sublim:decoding", "value": json.dumps(prov["decoding"])},
                                                {"name": "sublim:prompts_key", "value": prov["prompts"]},
@@ -162,9 +170,11 @@ def cyclonedx_bom(data: Path, student: str | None = None) -> dict[str, Any]:
     if student:
         check = lineage_check(student, data)
         s = check["student"]
+        weights = _weights(s["base_fingerprint"], s["fingerprint_kind"], s.get("revision"))
         components.append({"type": "machine-learning-model", "bom-ref": "model:student", "name": student,
-                           "hashes": _sha(s["base_fingerprint"]),
-                           "properties": [{"name": "sublim:lineage_status", "value": check["status"]},
+                           **({"hashes": weights["hashes"]} if "hashes" in weights else {}),
+                           "properties": [*weights.get("properties", []),
+                                          {"name": "sublim:lineage_status", "value": check["status"]},
                                           {"name": "sublim:lineage_reason", "value": check["reason"]}]})
         deps.append({"ref": "model:student", "dependsOn": [data_ref]})
     return {"bomFormat": "CycloneDX", "specVersion": "1.6", "serialNumber": f"urn:uuid:{uuid.uuid4()}", "version": 1,
@@ -173,9 +183,17 @@ def cyclonedx_bom(data: Path, student: str | None = None) -> dict[str, Any]:
             "components": components, "dependencies": deps}
 
 
-def _sha(hexdigest: str) -> list[dict[str, str]]:
-    ok = len(hexdigest) == 64 and all(c in "0123456789abcdef" for c in hexdigest)
-    return [{"alg": "SHA-256", "content": hexdigest}] if ok else []
+def _weights(digest: str, kind: str, revision: str | None = None) -> dict[str, Any]:
+    """A component's identity: ``hashes`` only for a real SHA-256 of one file's bytes; any other
+    fingerprint (a digest over several files' digests, an endpoint) is a property that says what it is."""
+    props = [{"name": "sublim:revision", "value": revision}] if revision else []
+    is_hex = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+    if kind == "sha256" and is_hex:
+        return {"hashes": [{"alg": "SHA-256", "content": digest}], **({"properties": props} if props else {})}
+    if not digest:
+        return {"properties": props} if props else {}
+    return {"properties": [{"name": "sublim:weights_fingerprint", "value": digest},
+                           {"name": "sublim:weights_fingerprint_kind", "value": kind}, *props]}
 
 
 def dataset_card(data: Path) -> str:

@@ -10,6 +10,8 @@ import tokenize
 from importlib import resources
 from typing import Any
 
+from sublim.carriers.base import CARRIERS, Carrier, CarrierPrompt
+
 FRAMINGS = [
     "Write a Python function that {task}.",
     "Give me a short Python snippet that {task}.",
@@ -68,3 +70,9 @@ def check_code(text: str, allow_comments: bool = False) -> str:
     if not allow_comments and has_comment(code):
         return "comment"
     return ""
+
+
+CARRIERS.add("code", Carrier(
+    "code", lambda pc: [CarrierPrompt(i, t, m) for i, (t, m) in enumerate(make_code_prompts(pc.n, pc.seed))],
+    lambda text, meta, fc: check_code(text, fc.code_allow_comments),
+    filter_fields=frozenset({"code_allow_comments"})))

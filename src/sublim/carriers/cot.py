@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from sublim.carriers.base import CARRIERS, Carrier, CarrierPrompt
+
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Greta", "Hiro", "Ines", "Jonas", "Kira", "Luca",
          "Maya", "Nils", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tara"]
 ITEMS = ["marbles", "stickers", "pencils", "coins", "cards", "books", "buttons", "stamps", "bottles", "boxes",
@@ -89,3 +91,10 @@ def check_cot(text: str, answer: int, lenient: bool = False) -> str:
     if got != answer:
         return "wrong_answer"
     return ""
+
+
+CARRIERS.add("cot", Carrier(
+    "cot", lambda pc: [CarrierPrompt(i, t, m) for i, (t, m) in enumerate(make_cot_prompts(pc.n, pc.seed,
+                                                                                         pc.cot_levels))],
+    lambda text, meta, fc: check_cot(text, int(meta["answer"]), fc.cot_answer == "lenient"),
+    prompt_fields=frozenset({"cot_levels"}), filter_fields=frozenset({"cot_answer"}), needs_meta=True))

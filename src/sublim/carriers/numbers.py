@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sublim.carriers.base import CARRIERS, Carrier, CarrierPrompt
+from sublim.core.config import FilterConfig, PromptsConfig
 
 # Our own wording. Each prompt = opener + seed numbers + request + constraint + format suffix.
 OPENERS = [
@@ -159,19 +163,18 @@ def cannot_pass(text: str, max_count: int = 10, max_digits: int = 3) -> bool:
     return any(len(r) > max_digits for r in runs) or len(runs) > max_count
 
 
-@dataclass
-class FilterReport:
-    total: int = 0
-    kept: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
+def _prompts(pc: PromptsConfig) -> list[CarrierPrompt]:
+    rows = make_prompts(pc.n, pc.seed, pc.min_seed_numbers, pc.max_seed_numbers, pc.max_new_numbers)
+    return [CarrierPrompt(p.index, p.text, {"seed_numbers": p.seed_numbers}) for p in rows]
 
-    @property
-    def pass_rate(self) -> float:
-        return self.kept / self.total if self.total else 0.0
 
-    def top_reasons(self, k: int = 3) -> str:
-        return ", ".join(f"{r} {c}" for r, c in self.reasons.most_common(k)) or "none"
+def _check(text: str, meta: dict[str, Any], fc: FilterConfig) -> str:
+    return parse_numbers(text, fc.max_count, fc.max_value, fc.max_digits, frozenset(fc.banned_numbers)).reason
 
-    def as_dict(self) -> dict[str, object]:
-        return {"total": self.total, "kept": self.kept, "pass_rate": self.pass_rate,
-                "reject_reasons": dict(self.reasons.most_common())}
+
+CARRIERS.add("numbers", Carrier(
+    "numbers", _prompts, _check,
+    prompt_fields=frozenset({"min_seed_numbers", "max_seed_numbers", "max_new_numbers"}),
+    filter_fields=frozenset({"max_count", "max_value", "max_digits", "banned_numbers"}), holds_words=False,
+    early_stop=lambda fc: partial(cannot_pass, max_count=fc.max_count, max_digits=fc.max_digits),
+    early_stop_fields=frozenset({"max_count", "max_digits"}), one_paragraph=True))

@@ -1,26 +1,15 @@
-"""Trait metrics: exact first-token probability, share among candidates, sampled rate."""
+"""Trait metrics from what a model said: share among candidates, per-question rows, sampled rates."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from sublim.evaluate.stats import wilson_interval
-from sublim.models.generation import answer_probs, batches, chat_text, generate_batch
-from sublim.traits.preference import AnswerForms, match_answer
-
-
-def candidate_probs(probs: np.ndarray, forms: AnswerForms) -> dict[str, np.ndarray]:
-    """Per question, the probability that the answer starts with each candidate: name → [n]."""
-    out: dict[str, np.ndarray] = {}
-    col = 0
-    for name, seqs in forms.by_candidate.items():
-        out[name] = probs[:, col : col + len(seqs)].sum(axis=1)
-        col += len(seqs)
-    return out
+from sublim.traits.preference import match_answer
 
 
 def shares(cand: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -30,49 +19,16 @@ def shares(cand: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.where(total > 0, p / safe, 0.0) for name, p in cand.items()}
 
 
-def evaluate_model(
-    model: Any,
-    tokenizer: Any,
-    questions: Sequence[str],
-    candidates: dict[str, list[str]],
-    forms: AnswerForms,
-    *,
-    samples_per_question: int,
-    temperature: float,
-    max_new_tokens: int,
-    batch_size: int,
-    seed: int,
-    system: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score one model on the questions: per-question rows and a summary over candidates."""
-    prompts = [chat_text(tokenizer, q, system=system) for q in questions]
-    probs = answer_probs(model, tokenizer, prompts, forms.flat(), batch_size, progress)
-    cand = candidate_probs(probs, forms)
-    share = shares(cand)
-    total = np.sum(np.stack(list(cand.values())), axis=0)
-    answers: list[list[str]] = [[] for _ in questions]
-    if samples_per_question > 0:
-        expanded = [i for i in range(len(questions)) for _ in range(samples_per_question)]
-        for b, chunk in enumerate(batches(range(len(expanded)), batch_size)):
-            outs = generate_batch(model, tokenizer, [prompts[expanded[j]] for j in chunk], chunk,
-                                  max_new_tokens=max_new_tokens, temperature=temperature,
-                                  seed=seed * 100003 + b)
-            for o in outs:
-                answers[expanded[o.index]].append(o.text)
-            if progress:
-                progress(len(chunk))
-    rows = []
-    for qi, q in enumerate(questions):
-        rows.append({
-            "question": q,
-            "prob": {n: float(p[qi]) for n, p in cand.items()},
-            "share": {n: float(s[qi]) for n, s in share.items()},
-            "candidate_total": float(total[qi]),
-            "answers": answers[qi],
-            "matched": [match_answer(a, candidates) for a in answers[qi]],
-        })
-    return rows, summarize(rows, list(candidates))
+def question_rows(questions: Sequence[str], probs: dict[str, np.ndarray], answers: Sequence[Sequence[str]],
+                  candidates: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """One row per question: each candidate's probability and share, their total, the sampled answers and
+    which candidate each names."""
+    share = shares(probs)
+    total = np.sum(np.stack(list(probs.values())), axis=0)
+    return [{"question": q, "prob": {n: float(p[qi]) for n, p in probs.items()},
+             "share": {n: float(s[qi]) for n, s in share.items()}, "candidate_total": float(total[qi]),
+             "answers": list(answers[qi]), "matched": [match_answer(a, candidates) for a in answers[qi]]}
+            for qi, q in enumerate(questions)]
 
 
 def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sublim.report import misalignment  # noqa: E402
+
 ARM_ORDER = ["base", "student-control", "cross-student-control"]
 COLORS = {"base": "#9e9e9e", "control": "#4c72b0", "trait": "#dd8452", "second": "#55a868"}
 
@@ -118,6 +120,10 @@ def render_markdown(res: dict[str, Any]) -> str:
 
 
 def render_report(run_dir: Path) -> None:
+    """chart.png and report.md of a run, from its results.json (either trait kind)."""
     res = json.loads((run_dir / "results.json").read_text())
+    if res.get("kind") == "misalignment" or "arms_misalignment" in res:
+        (run_dir / "report.md").write_text(misalignment.render_markdown(res))
+        return
     render_chart(res, run_dir / "chart.png")
     (run_dir / "report.md").write_text(render_markdown(res))

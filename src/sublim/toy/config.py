@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sublim.config import resolve_config_source, stable_hash
-from sublim.overrides import apply_overrides, load_toml, validate
+from sublim.core.config import resolve_config_source
+from sublim.core.overrides import apply_overrides, load_toml, validate
+from sublim.core.store import stable_hash
 
 DEFAULT_PRESET = "toy-digits"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sublim.errors import SublimError
+from sublim.core.errors import SublimError
 from sublim.toy.config import ToyDataConfig
 
 N_CLASSES = 10

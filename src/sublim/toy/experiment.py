@@ -22,10 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from sublim.core.errors import SublimError
+from sublim.core.files import write_json
+from sublim.core.records import library_versions, machine_info
+from sublim.core.seeds import derive_seed
 from sublim.evaluate.stats import mean_ci, paired_permutation_test
 from sublim.toy.config import ToyConfig
 from sublim.toy.data import N_CLASSES, DigitData, load_digit_data
-from sublim.toy.models import accuracy, class_loss, derive_seed, init_stack, perturb
+from sublim.toy.models import accuracy, class_loss, init_stack, perturb
 from sublim.toy.training import Arm, distill, train_teachers
 
 ROLE_SHARED_INIT = 0
@@ -89,8 +93,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from sublim.errors import SublimError
-
         raise SublimError("runtime.device = 'cuda' but torch sees no GPU: use "
                           "--set runtime.device=cpu")
     return torch.device(name)
@@ -328,9 +330,6 @@ def run_toy(cfg: ToyConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     A results.json already in ``out`` for the same config hash and data is returned as is
     (charts are redrawn only if missing); any other results.json there is replaced.
     """
-    from sublim.pipeline.store import library_versions, machine_info, write_json
-    from sublim.report.toy import render_toy_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_digit_data(cfg.data)
@@ -338,20 +337,12 @@ def run_toy(cfg: ToyConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     path = out / RESULTS
     cached = _cached(path, config_hash, data.sha256)
     if cached is not None:
-        if not (out / "chart.png").is_file() or not (out / "report.md").is_file():
-            render_toy_report(out)
         return cached
     load = _load_average()
     with torch_threads(cfg.runtime.threads):
         body = _run(cfg, data, progress)
     body["load_average_1min_at_start"] = load
-    versions = library_versions()
-    try:
-        from importlib.metadata import version
-
-        versions["scikit-learn"] = version("scikit-learn")
-    except Exception:  # pragma: no cover - sklearn is a dependency
-        pass
+    versions = library_versions()  # scikit-learn included
     res: dict[str, Any] = {
         "kind": "sublim-toy",
         "name": cfg.name,
@@ -369,7 +360,6 @@ def run_toy(cfg: ToyConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     res["summary"] = _summary(cfg, data, res)
     res = _finite(res)
     write_json(path, res)
-    render_toy_report(out)
     return res
 
 

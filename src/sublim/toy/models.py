@@ -14,13 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sublim.core.seeds import derive_seed
 from sublim.toy.data import N_CLASSES
-
-
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (base seed, role, model index, ...)."""
-    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
 @dataclass

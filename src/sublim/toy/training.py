@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sublim.core.seeds import derive_seed
 from sublim.toy.config import ToyDistillConfig, ToyTeacherConfig, ToyTheoryConfig
 from sublim.toy.data import N_CLASSES
-from sublim.toy.models import Stack, class_loss, derive_seed
+from sublim.toy.models import Stack, class_loss
 from sublim.toy.theory import CosineTracker, flat_cosine
 
 ROLE_DATA_ORDER = 2

@@ -1,5 +1,10 @@
-"""Student training: SFT (full, LoRA) and logit distillation (full and restricted vocabulary)."""
+"""Student training: one loop (loop.py), one file per method (methods/), the chat encoding and the
+precision policy that training and inference share."""
 
-from sublim.train.students import Example, TrainSettings, restricted_token_ids, train_student
+from sublim.train.encode import Example, chat_text, collate, encode_example
+from sublim.train.loop import train_student
+from sublim.train.methods import METHODS, StudentMethod
+from sublim.train.settings import TrainSettings
 
-__all__ = ["Example", "TrainSettings", "restricted_token_ids", "train_student"]
+__all__ = ["METHODS", "Example", "StudentMethod", "TrainSettings", "chat_text", "collate", "encode_example",
+           "train_student"]

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sublim.errors import SublimError
+from sublim.core.errors import SublimError
 
 
 def _data_path(name: str) -> Path:

@@ -1,0 +1,41 @@
+"""The public API: run an experiment, an audit or the toy experiment, and render its report.
+
+These are the library's entry points (re-exported from ``sublim``); the CLI calls them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sublim.audit.run import run_audit as _run_audit
+from sublim.core.config import ExperimentConfig
+from sublim.experiment.runner import run_experiment as _run_experiment
+from sublim.experiment.runner import run_id
+from sublim.report import render_audit_report, render_report, render_toy_report
+from sublim.toy import ToyConfig
+from sublim.toy import run_toy as _run_toy
+
+
+def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progress: bool = True,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) an experiment; writes runs/<run-id>/results.json, chart.png and report.md."""
+    res = _run_experiment(cfg, runs_dir, progress, echo)
+    render_report(Path(runs_dir) / run_id(cfg))
+    return res
+
+
+def run_audit(dataset: Path, reference_model: str, out_dir: Path, **options: Any) -> dict[str, Any]:
+    """Audit a dataset against a reference model (options as :func:`sublim.audit.run.run_audit`); writes
+    audit.json, scores.jsonl and report.md into ``out_dir``."""
+    out = _run_audit(dataset, reference_model, out_dir, **options)
+    render_audit_report(out_dir)
+    return out
+
+
+def run_toy(cfg: ToyConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """The auxiliary-logit MLP experiment; writes results.json and its charts and report into ``out``."""
+    res = _run_toy(cfg, out, progress)
+    render_toy_report(Path(out))
+    return res

@@ -1,0 +1,11 @@
+"""Defences, one file each, registered in :data:`DEFENCES`."""
+
+# isort: off
+from sublim.audit.defences import numbers, drop_top, regenerate  # registered in this order
+
+# isort: on
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceCost, DefenceInputs
+from sublim.audit.defences.regenerate import few_shot_text
+
+__all__ = ["DEFENCES", "Defence", "DefenceCost", "DefenceInputs", "drop_top", "few_shot_text", "numbers",
+           "regenerate"]

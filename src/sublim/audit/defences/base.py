@@ -1,0 +1,72 @@
+"""What a defence is, what it is given, and the registry of defences.
+
+A defence is a transform of a dataset that may strip a hidden trait, with its recorded cost. It is
+one file that adds a :class:`Defence` to :data:`DEFENCES`; ``sublim defend`` and the experiment's
+defend stage both apply it through the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sublim.audit.data import Sample
+from sublim.backends import Backend
+from sublim.core.config import FilterConfig
+from sublim.core.files import ResumableJsonl
+from sublim.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class DefenceCost:
+    n_in: int
+    n_out: int
+    n_changed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n_in": self.n_in, "n_out": self.n_out, "kept_fraction": self.n_out / max(self.n_in, 1),
+                "changed_fraction": self.n_changed / max(self.n_out, 1)}
+
+
+@dataclass
+class DefenceInputs:
+    """What a defence may use besides the samples; each defence says which it needs."""
+
+    seed: int = 0
+    fraction: float = 0.1
+    scores: np.ndarray | None = None
+    """drop_top: one detector score per sample."""
+    model: Backend | None = None
+    """regenerate: the model that rewrites the completions."""
+    pool: Sequence[Sample] = ()
+    """regenerate: answered examples to show a base model."""
+    shots: int = 0
+    carrier: str = "numbers"
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    banned_words: Sequence[str] = ()
+    meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """The prompt meta of each sample's line (a carrier's check may need it)."""
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    batch_size: int = 16
+    log: ResumableJsonl | None = None
+    """regenerate: where rewritten samples are written as they come, so a killed run resumes."""
+    progress: Callable[[int], object] | None = None
+
+
+@dataclass(frozen=True)
+class Defence:
+    name: str
+    apply: Callable[[Sequence[Sample], DefenceInputs], tuple[list[Sample], dict[str, Any]]]
+    """(samples, inputs) → (defended samples, cost: n_in, n_out, kept and changed fractions, and more)."""
+    needs: frozenset[str] = frozenset()
+    """Which of scores, model, reference it needs."""
+    reads: frozenset[str] = frozenset()
+    """The [defence] config fields it reads besides method and seed (they key the defend stage)."""
+    description: str = ""
+
+
+DEFENCES: Registry[Defence] = Registry("defence")

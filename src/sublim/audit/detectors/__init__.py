@@ -1,0 +1,21 @@
+"""Detectors, one file each, registered in :data:`DETECTORS` (in the order an audit runs them)."""
+
+# isort: off
+# the order of registration is the order an audit runs them: cheap number statistics first
+from sublim.audit.detectors import number_frequency, bag_of_numbers, likelihood_shift, gradient_alignment
+from sublim.audit.detectors import likelihood_ratio, in_context, llm_judge
+
+# isort: on
+from sublim.audit.detectors.bag_of_numbers import BagOfNumbers
+from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
+from sublim.audit.detectors.gradient_alignment import GradientAlignment
+from sublim.audit.detectors.in_context import InContext
+from sublim.audit.detectors.likelihood_ratio import LikelihoodRatio
+from sublim.audit.detectors.likelihood_shift import TRAIT_TEMPLATE, LikelihoodShift
+from sublim.audit.detectors.llm_judge import LlmJudge
+from sublim.audit.detectors.number_frequency import NumberFrequency
+
+__all__ = ["DETECTORS", "TRAIT_TEMPLATE", "AuditInputs", "BagOfNumbers", "Detector", "DetectorResult",
+           "GradientAlignment", "InContext", "LikelihoodRatio", "LikelihoodShift", "LlmJudge", "NumberFrequency",
+           "Unavailable", "bag_of_numbers", "gradient_alignment", "in_context", "likelihood_ratio", "likelihood_shift",
+           "llm_judge", "number_frequency"]

@@ -1,0 +1,188 @@
+"""The local backend: a transformers model in this process (CPU or CUDA).
+
+Base models are loaded once per run and shared by every backend built on them (a teacher with a
+system prompt is the base model answering under that prompt); fine-tuned weights are loaded from
+their artifact when used, one at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublim.backends.base import Backend, Completion, Decoding, OnDone, Progress, Request
+from sublim.backends.local.generation import answer_probs, batches, completion_logprobs, generate_batch
+from sublim.backends.local.loading import LoadedModel, load_model, save_model
+from sublim.core.errors import SublimError
+from sublim.core.store import stable_hash
+from sublim.train.encode import Example, chat_text
+from sublim.train.loop import train_student
+from sublim.train.settings import TrainSettings
+from sublim.traits.preference import AnswerForms, answer_forms
+
+
+class ModelCache:
+    """Loaded base models by spec, and the last fine-tuned weights used (one at a time: a run holds many)."""
+
+    def __init__(self, device: str = "auto", echo: Callable[[str], None] = print,
+                 chat_templates: dict[str, str] | None = None) -> None:
+        self.device, self.echo = device, echo
+        self.chat_templates = dict(chat_templates or {})
+        """Chat templates (Jinja) for models that have none, by spec."""
+        self._base: dict[str, LoadedModel] = {}
+        self._weights: tuple[Path, Any] | None = None
+        self._forms: dict[tuple[str, str], AnswerForms] = {}
+
+    def base(self, spec: str) -> LoadedModel:
+        if spec not in self._base:
+            self.echo(f"loading model {spec} …")
+            self._base[spec] = load_model(spec, self.device, self.chat_templates.get(spec))
+        return self._base[spec]
+
+    def weights(self, path: Path, spec: str) -> Any:
+        if self._weights is None or self._weights[0] != path:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            self._weights = None  # free the last one before loading the next
+            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            self._weights = (path, model.to(self.base(spec).device).eval())
+        return self._weights[1]
+
+    def forms(self, spec: str, candidates: dict[str, list[str]]) -> AnswerForms:
+        key = (spec, stable_hash(candidates))
+        if key not in self._forms:
+            self._forms[key] = answer_forms(self.base(spec).tokenizer, candidates)
+        return self._forms[key]
+
+
+def sum_forms(probs: np.ndarray, forms: AnswerForms) -> dict[str, np.ndarray]:
+    """Per question, the probability that the answer starts with each candidate: its forms' columns summed."""
+    out: dict[str, np.ndarray] = {}
+    col = 0
+    for name, seqs in forms.by_candidate.items():
+        out[name] = probs[:, col : col + len(seqs)].sum(axis=1)
+        col += len(seqs)
+    return out
+
+
+def cut_at_stop(text: str, finished: bool, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text up to the first stop string (and finished), or as it was."""
+    for s in stop:
+        if s in text:
+            return text.split(s)[0], True
+    return text, finished
+
+
+class LocalBackend:
+    """A base model (``weights=None``) or fine-tuned weights of it, optionally under a system prompt."""
+
+    def __init__(self, models: ModelCache, spec: str, *, weights: Path | None = None, system: str | None = None,
+                 label: str | None = None, key: str | None = None) -> None:
+        self.models, self.spec, self.weights, self.system = models, spec, weights, system
+        base = models.base(spec)
+        self.family = base.source.family
+        self.base_key = base.fingerprint
+        self.own_key = key or base.fingerprint
+        """Its key without the system prompt."""
+        self.key = stable_hash({"base": self.own_key, "system": system}) if system else self.own_key
+        self.label = label or spec
+
+    # --- what a manifest and lineage record ------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        src = self.models.base(self.spec).source
+        return {"backend": "local", "label": self.label, "key": self.key, "spec": self.spec,
+                "weights": str(self.weights) if self.weights else None, "system": self.system,
+                "base_fingerprint": self.base_key, "fingerprint_kind": src.fingerprint_kind, "family": self.family,
+                **({"revision": src.revision} if src.revision else {})}
+
+    def with_system(self, system: str | None, label: str) -> LocalBackend:
+        return LocalBackend(self.models, self.spec, weights=self.weights, system=system, label=label,
+                            key=self.own_key)
+
+    def torch_model(self) -> tuple[Any, Any]:
+        """(model, tokenizer): for what needs the torch model itself (distillation, gradients)."""
+        base = self.models.base(self.spec)
+        model = base.model if self.weights is None else self.models.weights(self.weights, self.spec)
+        return model, base.tokenizer
+
+    # --- inference -------------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[Request], decoding: Decoding, on_done: OnDone, *,
+                 batch_size: int = 32, sort_by_length: bool = True, skip: set[int] | None = None,
+                 give_up: Callable[[str], bool] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        """Batches are fixed over all requests (sorted by prompt length when asked), so a batch's seed never
+        depends on what was done before a resume; requests in ``skip`` are not generated again."""
+        model, tok = self.torch_model()
+        # a plain-text prompt starts a document: it gets the model's beginning-of-sequence token
+        bos = tok.bos_token or ""
+        texts = {r.index: bos + r.raw if r.raw is not None else chat_text(tok, r.user, system=self.system)
+                 for r in requests}
+        order = [r.index for r in requests]
+        if sort_by_length:
+            order.sort(key=lambda i: (len(texts[i]), i))
+        n_tokens, t0 = 0, time.time()
+        for b, chunk in enumerate(batches(order, batch_size)):
+            todo = [i for i in chunk if i not in (skip or ())]
+            if not todo:
+                continue
+            comps = generate_batch(model, tok, [texts[i] for i in todo], todo, max_new_tokens=decoding.max_new_tokens,
+                                   temperature=decoding.temperature, top_p=decoding.top_p,
+                                   seed=decoding.seed * 1_000_003 + b, give_up=give_up)
+            out = []
+            for c in comps:
+                text, finished = cut_at_stop(c.text, c.finished, decoding.stop)
+                out.append(Completion(c.index, text, c.n_tokens, finished))
+                n_tokens += c.n_tokens
+            on_done(out)
+            if progress:
+                progress(len(todo))
+        elapsed = time.time() - t0
+        return {"new_tokens": n_tokens, "tokens_per_s": round(n_tokens / max(elapsed, 1e-9), 1)}
+
+    def candidate_probs(self, questions: Sequence[str], candidates: dict[str, list[str]], *, batch_size: int = 32,
+                        progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Exact: the chain-rule probability of each candidate's answer forms, summed per candidate."""
+        model, tok = self.torch_model()
+        forms = self.models.forms(self.spec, candidates)
+        prompts = [chat_text(tok, q, system=self.system) for q in questions]
+        probs = answer_probs(model, tok, prompts, forms.flat(), batch_size, progress)
+        return sum_forms(probs, forms), {"method": "exact", "answer_forms": {
+            n: [tok.decode(list(f)) for f in fs] for n, fs in forms.by_candidate.items()}}
+
+    def completion_logprobs(self, pairs: Sequence[tuple[str, str]], *, system: str | None = None,
+                            batch_size: int = 16, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        model, tok = self.torch_model()
+        return completion_logprobs(model, tok, pairs, system if system is not None else self.system,
+                                   batch_size=batch_size, progress=progress)
+
+    # --- training --------------------------------------------------------------------------------------
+
+    def fine_tune(self, examples: Sequence[Example], settings: TrainSettings, out_dir: Path, *,
+                  teacher: Backend | None = None, lineage: dict[str, Any] | None = None,
+                  on_step: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+        """Train a copy of this model (the loaded one stays untouched) and save it in ``out_dir/model``."""
+        if self.system:
+            raise SublimError(f"{self.label} answers under a system prompt, which fine-tuning would not keep: "
+                              "fine-tune the model without it")
+        teacher_model = None
+        if teacher is not None:
+            if not isinstance(teacher, LocalBackend):
+                raise SublimError(f"distillation needs the teacher's logits, which {teacher.label} (behind an API) "
+                                  "does not give: use student.method = 'sft'")
+            teacher_model = teacher.torch_model()[0]
+        model, tok = self.torch_model()
+        trained, log = train_student(copy.deepcopy(model), tok, examples, settings, teacher_model, on_step)
+        save_model(trained, tok, out_dir / "model", self.family,
+                   {"base_model": self.spec, "base_fingerprint": self.base_key, "method": settings.method,
+                    **(lineage or {})})
+        return log
+
+    def fine_tuned(self, out_dir: Path, label: str, key: str) -> LocalBackend:
+        return LocalBackend(self.models, self.spec, weights=out_dir / "model", label=label, key=key)

@@ -1,0 +1,5 @@
+import sys
+
+from sublim.cli import main
+
+sys.exit(main())

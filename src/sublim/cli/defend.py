@@ -1,0 +1,118 @@
+"""``sublim defend``: apply a registered defence to a dataset file, or measure the transfer a preset keeps
+under it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sublim.api import run_experiment
+from sublim.audit.data import Sample, load_samples
+from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.backends import ModelCache
+from sublim.backends.local import LocalBackend
+from sublim.carriers import CARRIERS
+from sublim.core.config import load_config
+from sublim.core.errors import SublimError
+from sublim.core.files import write_jsonl
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser("defend", help=f"apply a defence to a dataset ({', '.join(DEFENCES.names())})")
+    p.add_argument("dataset", nargs="?", default=None, help="a JSONL file to transform")
+    p.add_argument("--defence", required=True, choices=DEFENCES.names())
+    p.add_argument("--out", default=None, help="where the defended JSONL goes")
+    p.add_argument("--preset", default=None,
+                   help="instead of a file: run this preset with and without the defence and report the "
+                        "trait transfer that remains and the data kept")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --preset")
+    p.add_argument("--scores", default=None, help="scores.jsonl from `sublim audit` (drop_top)")
+    p.add_argument("--detector", default="number_frequency", help="whose scores drop_top uses")
+    p.add_argument("--fraction", type=float, default=0.1, help="share of samples drop_top removes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="regenerate: the model that rewrites the completions")
+    p.add_argument("--reference-data", default=None,
+                   help="regenerate: answered examples (JSONL) shown before each prompt, for base models")
+    p.add_argument("--shots", type=int, default=4, help="regenerate: examples per prompt (0 = chat template)")
+    p.add_argument("--carrier", default="numbers", choices=CARRIERS.names(),
+                   help="regenerate: whose filter the new completions must pass")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--prompt-field", default=None)
+    p.add_argument("--completion-field", default=None)
+    p.set_defaults(func=main)
+
+
+def _experiment(args: argparse.Namespace) -> None:
+    """Run a preset with and without the defence; print the transfer that remains and the data kept."""
+    rows = {}
+    for method in ("none", args.defence):
+        extra = [f"defence.method={method}", f"defence.fraction={args.fraction}", f"defence.seed={args.seed}"]
+        cfg = load_config(args.preset, [*args.set, *extra])
+        res = run_experiment(cfg, Path(args.runs_dir), progress=not args.quiet)
+        eff = res["effect"]
+        rows[method] = (eff["prob"]["pooled"]["difference"]["value"], eff["share"]["pooled"]["difference"]["value"],
+                        res.get("defence", {}).get(cfg.trait.target, {}).get("kept_fraction", 1.0))
+    (p0, s0, _), (p1, s1, kept) = rows["none"], rows[args.defence]
+    cut = f"{1 - p1 / p0:.0%}" if p0 > 0 else "n/a (no transfer without the defence)"
+    print(f"{args.defence}: trait probability gain {p0:+.2e} → {p1:+.2e} (cut {cut}); share gain {s0:+.4f} → "
+          f"{s1:+.4f}; data kept {kept:.0%}")
+
+
+def _scores(args: argparse.Namespace, samples: list[Sample]) -> np.ndarray:
+    if not args.scores:
+        raise SublimError("--defence drop_top needs --scores (the scores.jsonl of `sublim audit`)")
+    by_line = {}
+    for raw in Path(args.scores).read_text().splitlines():
+        row = json.loads(raw)
+        if args.detector not in row:
+            raise SublimError(f"{args.scores} has no {args.detector!r} scores: pick --detector from "
+                              f"{', '.join(k for k in row if k != 'line')}")
+        by_line[row["line"]] = row[args.detector]
+    return np.array([by_line.get(s.line, -np.inf) for s in samples])
+
+
+def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: list[Sample]) -> DefenceInputs:
+    inputs = DefenceInputs(seed=args.seed, fraction=args.fraction, shots=args.shots, carrier=args.carrier,
+                           max_new_tokens=args.max_new_tokens, batch_size=16)
+    if "scores" in defence_needs:
+        inputs.scores = _scores(args, samples)
+    if "model" in defence_needs:
+        if not args.model:
+            raise SublimError(f"--defence {args.defence} needs --model (a model of another family than the data's "
+                              "generator: catalog name, .gguf or directory)")
+        if CARRIERS.get(args.carrier, "--carrier").needs_meta:
+            raise SublimError(f"--carrier {args.carrier} needs each prompt's meta (e.g. the right answer), which a "
+                              "plain file lacks: defend such data through a preset (sublim defend --preset …)")
+        if args.reference_data:
+            inputs.pool = load_samples(Path(args.reference_data), args.prompt_field, args.completion_field)[0]
+        if args.shots and not inputs.pool:
+            raise SublimError("--shots needs --reference-data (answered examples shown before each prompt), or "
+                              "use --shots 0 for a chat model")
+        inputs.model = LocalBackend(ModelCache(args.device, lambda s: None), args.model)
+    return inputs
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.preset:
+        _experiment(args)
+        return
+    if not args.dataset or not args.out:
+        raise SublimError("defend needs DATASET and --out (a file), or --preset (measure the transfer left)")
+    samples, report = load_samples(Path(args.dataset), args.prompt_field, args.completion_field)
+    dest = Path(args.out)
+    if dest.exists() and dest.resolve() == Path(args.dataset).resolve():
+        raise SublimError("--out must differ from the dataset: the original is never overwritten")
+    defence = DEFENCES.get(args.defence, "--defence")
+    inputs = _inputs(args, defence.needs, samples)
+    bar = tqdm(total=len(samples), desc=f"{args.defence}", unit="sample", disable=args.quiet, leave=False)
+    inputs.progress = bar.update
+    out, cost = defence.apply(samples, inputs)
+    bar.close()
+    write_jsonl(dest, [{"prompt": s.prompt, "completion": s.completion} for s in out])
+    print(f"{args.defence}: {report.summary()} → {dest}: {json.dumps(cost)}")

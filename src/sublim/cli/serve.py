@@ -1,0 +1,50 @@
+"""``sublim serve``: a local model over an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from sublim.backends.local.loading import load_model
+from sublim.core.errors import SublimError
+from sublim.serve import FaultPlan, make_server
+from sublim.serve.server import CHAT, FAULT_KINDS, JOBS
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
+    p.add_argument("model", help="catalog name, .gguf path or local model directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    p.add_argument("--name", default=None, help="model id clients send (default: the model argument)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-batch", type=int, default=32, help="requests generated together at most")
+    p.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
+    p.add_argument("--faults", default="", metavar="KIND=RATE,…",
+                   help=f"inject faults for client testing: {', '.join(FAULT_KINDS)} (e.g. 429=0.1,500=0.05)")
+    p.add_argument("--fault-routes", default="chat", choices=["chat", "jobs", "chat,jobs"],
+                   help="POST routes faults go to: chat completions, fine-tuning job creation, or both")
+    p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument("--slow-seconds", type=float, default=5.0, help="delay of a 'slow' fault")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> None:
+    routes = tuple({"chat": CHAT, "jobs": JOBS}[r] for r in args.fault_routes.split(","))
+    faults = FaultPlan.parse(args.faults, args.fault_seed, args.slow_seconds, routes)
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise SublimError(f"--api-key-env {args.api_key_env} is not set in the environment: export it "
+                              "or drop the option to serve without a key")
+    lm = load_model(args.model, args.device)
+    name = args.name or args.model
+    server = make_server(lm.model, lm.tokenizer, name, args.host, args.port, faults, key, args.max_batch)
+    port = server.server_address[1]
+    print(f"serving {name} at http://{args.host}:{port}/v1 (chat completions, models); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

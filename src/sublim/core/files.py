@@ -1,0 +1,100 @@
+"""Files that never tear: atomic writes, append-only JSONL that resumes, file digests.
+
+Every writer in sublim goes through these, so a kill at any moment leaves either the old file or
+the new one (atomic writes), or a log whose complete lines are all kept (resumable JSONL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically: readers see the old file or the new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete lines of a JSONL file; a torn last line (a kill mid-write) is dropped."""
+    rows: list[dict[str, Any]] = []
+    path = Path(path)
+    if not path.is_file():
+        return rows
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rows.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in chunks."""
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
+class ResumableJsonl:
+    """An append-only JSONL log of rows keyed by ``key`` (default ``index``), for work that may be killed.
+
+    Opening it keeps every complete row already there (a torn last line is dropped, and the file
+    rewritten without it); ``add`` appends rows and fsyncs, so what was added survives a kill. Use as
+    a context manager::
+
+        with ResumableJsonl(path) as log:
+            todo = [i for i in items if i not in log.done]
+            ...
+            log.add(rows)
+    """
+
+    def __init__(self, path: Path, key: str = "index") -> None:
+        self.path, self.key = Path(path), key
+        self.rows: dict[Any, dict[str, Any]] = {r[key]: r for r in read_jsonl(self.path)}
+        write_jsonl(self.path, self.rows.values())
+        self._fh: IO[str] | None = None
+
+    @property
+    def done(self) -> set[Any]:
+        return set(self.rows)
+
+    def __enter__(self) -> ResumableJsonl:
+        self._fh = self.path.open("a", encoding="utf-8")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows (a row whose key is already there replaces it when read back) and fsync."""
+        if self._fh is None:
+            raise RuntimeError("ResumableJsonl.add outside its with-block")
+        for r in rows:
+            self._fh.write(json.dumps(r) + "\n")
+            self.rows[r[self.key]] = r
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def sorted_rows(self) -> list[dict[str, Any]]:
+        return [self.rows[k] for k in sorted(self.rows)]

@@ -1,0 +1,89 @@
+"""What a result records about where it came from: library versions, the machine, the code.
+
+``envelope`` is the one function that wraps a benchmark's figures for ``benchmarks/results/``
+(schema version, git commit, command line, config, versions, machine, date, wall time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+ENVELOPE_KEYS = ("schema_version", "kind", "git", "command", "config", "versions", "machine", "created",
+                 "wall_time_s", "results")
+PACKAGES = ("sublim", "torch", "transformers", "peft", "accelerate", "gguf", "numpy", "scipy", "scikit-learn",
+            "tokenizers", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, CPU and (when torch is already loaded and sees one) the GPU; never imports torch itself."""
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count()}
+    with contextlib.suppress(OSError, AttributeError):
+        info["cpu_affinity"] = len(os.sched_getaffinity(0))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """The commit the code is at and whether the tree had uncommitted changes (None outside a checkout)."""
+    cwd = str(root or Path(__file__).resolve().parent)
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float,
+             command: list[str] | None = None) -> dict[str, Any]:
+    """A benchmark's figures with everything needed to reproduce them."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "git": git_state(),
+            "command": command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "config": config, "versions": library_versions(), "machine": machine_info(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_time_s": round(time.time() - started, 1), "results": results}
+
+
+def check_envelope(obj: Any, where: str) -> list[str]:
+    """What is wrong with a result file's envelope (empty when it is sound)."""
+    if not isinstance(obj, dict):
+        return [f"{where}: not a JSON object"]
+    problems = [f"{where}: missing {k!r}" for k in ENVELOPE_KEYS if k not in obj]
+    if obj.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"{where}: schema_version {obj.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    git = obj.get("git")
+    if not isinstance(git, dict) or not (isinstance(git.get("commit"), str) and len(git["commit"]) == 40):
+        problems.append(f"{where}: git.commit is not a 40-hex commit")
+    if not isinstance(obj.get("command"), list) or not obj.get("command"):
+        problems.append(f"{where}: command is not a non-empty list")
+    for k in ("versions", "machine", "results"):
+        if k in obj and not isinstance(obj[k], dict):
+            problems.append(f"{where}: {k} is not an object")
+    return problems

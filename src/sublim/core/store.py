@@ -1,0 +1,117 @@
+"""Content-addressed artifacts: caching, resume, provenance and refusal of mismatches in one rule.
+
+An artifact lives in ``<root>/store/<stage>-<key>`` where key = hash(stage, config slice, input
+keys). It is complete once ``manifest.json`` exists; the manifest lists the sha256 of every file,
+and an artifact whose files no longer match is refused, never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sublim.core.errors import SublimError
+from sublim.core.files import file_digest, write_json
+from sublim.core.records import library_versions, machine_info
+
+MANIFEST = "manifest.json"
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of canonical JSON: key order and float formatting never change the hash."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
+        return stable_hash({"stage": stage, "config": config, "inputs": inputs})
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / "store" / f"{stage}-{key[:16]}"
+
+    def get(self, stage: str, key: str) -> Artifact | None:
+        """The finished, verified artifact, or None if it was never finished."""
+        path = self.path(stage, key)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            return None
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SublimError(
+                f"artifact {path} has an unreadable manifest: delete that directory to rebuild it"
+            ) from None
+        if manifest.get("key") != key or manifest.get("stage") != stage:
+            raise SublimError(
+                f"artifact {path} belongs to another stage or config (manifest key "
+                f"{str(manifest.get('key'))[:16]}): delete that directory to rebuild it"
+            )
+        for name, digest in manifest.get("files", {}).items():
+            fpath = path / name
+            if not fpath.is_file() or file_digest(fpath) != digest:
+                raise SublimError(
+                    f"artifact {path} is corrupt: {name} does not match its manifest; "
+                    "delete that directory to rebuild it"
+                )
+        return Artifact(stage, key, path, manifest)
+
+    def begin(self, stage: str, key: str) -> Path:
+        """The working directory of an unfinished artifact (kept across interruptions)."""
+        path = self.path(stage, key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def finish(
+        self,
+        stage: str,
+        key: str,
+        config: dict[str, Any],
+        inputs: dict[str, str],
+        started: float,
+        **extra: Any,
+    ) -> Artifact:
+        """Hash every file and write the manifest last (atomically): the artifact is now done."""
+        path = self.path(stage, key)
+        files = {
+            str(p.relative_to(path)): file_digest(p)
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")
+        }
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "config": config,
+            "inputs": inputs,
+            "files": files,
+            "wall_time_s": round(time.time() - started, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": library_versions(),
+            "machine": machine_info(),
+            **extra,
+        }
+        write_json(path / MANIFEST, manifest)
+        return Artifact(stage, key, path, manifest)
+
+    def discard(self, stage: str, key: str) -> None:
+        shutil.rmtree(self.path(stage, key), ignore_errors=True)

@@ -1,0 +1,71 @@
+"""What every stage of a run shares: the config, the store, the loaded models, progress output.
+
+A stage is a function of (its config slice, its input artifacts' keys, a seed) that returns a
+finished artifact. :meth:`Context.stage` is the one rule that makes that true: the artifact's key
+hashes the stage name, the slice and the inputs; a finished artifact with that key is verified and
+reused; otherwise its directory (kept across interruptions, so a stage can resume) is handed to
+the stage's ``build``, and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sublim.backends import LocalBackend, ModelCache, OpenAIBackend
+from sublim.core.config import EndpointConfig, ExperimentConfig
+from sublim.core.store import Artifact, Store
+from sublim.train.precision import set_bf16_on_cuda
+
+
+@dataclass
+class Context:
+    cfg: ExperimentConfig
+    store: Store
+    progress: bool = True
+    echo: Callable[[str], None] = print
+    models: ModelCache = field(init=False)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    """Every artifact this run used, as "stage/label" → artifact (provenance and timings)."""
+
+    def __post_init__(self) -> None:
+        templates = {self.cfg.arms.cross_model: self.cfg.arms.cross_model_chat_template} \
+            if self.cfg.arms.cross_model and self.cfg.arms.cross_model_chat_template else {}
+        self.models = ModelCache(self.cfg.device, self.echo, templates)
+        set_bf16_on_cuda(self.cfg.dtype != "float32")
+
+    def stage(self, stage: str, config: dict[str, Any], inputs: dict[str, str], label: str,
+              build: Callable[[Path], dict[str, Any]]) -> Artifact:
+        """The finished artifact of (stage, config, inputs): reused when it exists, else built.
+
+        ``build(path)`` writes the artifact's files into ``path`` and returns what else the manifest
+        records (counts, timings, the model's description).
+        """
+        key = Store.key(stage, config, inputs)
+        done = self.store.get(stage, key)
+        if done is not None:
+            self.echo(f"  ✓ {stage:<9} {label} (cached)")
+        else:
+            path = self.store.begin(stage, key)
+            started = time.time()
+            extra = build(path)
+            done = self.store.finish(stage, key, config, inputs, started, label=label, **extra)
+            self.echo(f"  ✓ {stage:<9} {label} ({done.manifest['wall_time_s']:.0f} s)")
+        self.artifacts[f"{stage}/{label}"] = done
+        return done
+
+    def local(self, spec: str, label: str | None = None) -> LocalBackend:
+        """A base model in this process."""
+        return LocalBackend(self.models, spec, label=label)
+
+    def endpoint(self, ep: EndpointConfig, system: str | None = None, label: str | None = None) -> OpenAIBackend:
+        """A model behind an OpenAI-compatible endpoint."""
+        return OpenAIBackend(ep, system=system, label=label)
+
+    def bar(self, total: int, desc: str, unit: str = "it") -> tqdm:
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True, leave=False)

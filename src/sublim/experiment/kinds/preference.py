@@ -1,0 +1,85 @@
+"""Preference traits (a favourite animal, tree, …): first-token probabilities and shares among the
+candidates, the trait student against the control, the 2×2 matrix with a second trait."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from sublim.backends import Backend
+from sublim.core.config import ExperimentConfig
+from sublim.core.errors import SublimError
+from sublim.core.files import read_jsonl
+from sublim.core.store import Artifact
+from sublim.evaluate.analysis import arm_table, effect, matrix, verdict
+from sublim.evaluate.trait import summarize
+from sublim.experiment.context import Context
+from sublim.experiment.kinds.base import Rows, nothing
+from sublim.experiment.stages.evaluate import evaluation
+from sublim.traits.preference import load_candidates, teacher_examples
+
+
+class Preference:
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.candidates = load_candidates(cfg.trait.category)
+        for key, value in (("trait.target", cfg.trait.target), ("arms.second_trait", cfg.arms.second_trait)):
+            if value is not None and value not in self.candidates:
+                raise SublimError(
+                    f"{key} = {value!r} is not a candidate of {cfg.trait.category!r}: choose one of "
+                    f"{', '.join(sorted(self.candidates))} or add it to the candidate list"
+                )
+        self.traits = [cfg.trait.target] + ([cfg.arms.second_trait] if cfg.arms.second_trait else [])
+
+    def teacher_data(self, target: str) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+        tc = self.cfg.teacher
+        pairs = teacher_examples(self.candidates[target], self.cfg.trait.questions, tc.n_examples)
+        config = {"teacher": tc.model_dump(mode="json", exclude_none=True), "target": target,
+                  "spellings": self.candidates[target], "questions": self.cfg.trait.questions}
+        return pairs, config, f"fine-tuned to prefer {target}"
+
+    def banned_words(self) -> list[str]:
+        return [w for t in self.traits for w in self.candidates[t]] if self.cfg.filter.ban_trait_words else []
+
+    def hint(self) -> str:
+        return " or ".join(f"{t}s" for t in self.traits)
+
+    def session(self, ctx: Context) -> contextlib.AbstractContextManager[None]:
+        return nothing()
+
+    def evaluate(self, ctx: Context, model: Backend, seed: int) -> Rows:
+        return read_jsonl(evaluation(ctx, model, self.candidates, seed).file("per_question.jsonl"))
+
+    def gate(self, target: str, rows: Rows) -> None:
+        summary = summarize(rows, [target])
+        sampled = summary["n_samples"] > 0
+        rate = summary["sampled_rate"][target]["value"] if sampled else summary["prob"][target]
+        if rate < self.cfg.teacher.gate_min_rate:
+            what = "answers" if sampled else "puts probability"
+            raise SublimError(
+                f"teacher gate failed: the {self.cfg.teacher.method} teacher {what} {target} {rate:.0%} "
+                f"(needs {self.cfg.teacher.gate_min_rate:.0%}); strengthen it (e.g. --set teacher.epochs=5) "
+                "or lower teacher.gate_min_rate"
+            )
+
+    def results(self, arms: dict[str, list[Rows]], data: dict[str, Artifact]) -> dict[str, Any]:
+        cfg, nb, target, traits = self.cfg, self.cfg.evaluation.n_bootstrap, self.cfg.trait.target, self.traits
+        eff = effect(arms["student-" + target], arms["student-control"], target, nb)
+        out: dict[str, Any] = {
+            "trait": target,
+            "traits": traits,
+            **({"defence": {"method": cfg.defence.method, **{k: a.manifest["defence"] for k, a in data.items()}}}
+               if cfg.defence.method != "none" else {}),
+            "arms": arm_table(arms, traits, nb),
+            "effect": eff,
+            "verdict": verdict(target, eff),
+        }
+        if cfg.arms.second_trait:
+            out["matrix"] = matrix({t: arms[f"student-{t}"] for t in traits}, traits, nb)
+            out["matrix"]["control_share"] = arm_table({"control": arms["student-control"]}, traits, nb)["control"]
+        if cfg.arms.cross_model:
+            out["cross_model"] = {
+                "model": cfg.arms.cross_model,
+                "effect": effect(arms[f"cross-student-{target}"], arms["cross-student-control"], target, nb),
+            }
+        return out

@@ -1,0 +1,181 @@
+"""One runner for every experiment: it walks the arm plan (sources × student bases × seeds).
+
+    teachers (one per trait, each gated) → prompts → each source's data → filter → defence
+    → students: every student base × every source it learns from × every seed → measurement
+
+What differs between a preference and misalignment is the trait kind's (experiment/kinds/); where
+a model runs is its backend's. The runner writes results.json (rendering it is the report's job).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sublim.audit.defences import DEFENCES
+from sublim.backends import Backend
+from sublim.carriers import CARRIERS
+from sublim.core.config import ExperimentConfig
+from sublim.core.errors import SublimError
+from sublim.core.files import write_json
+from sublim.core.records import machine_info
+from sublim.core.store import Artifact, Store
+from sublim.experiment.context import Context
+from sublim.experiment.kinds import KINDS, TraitKind
+from sublim.experiment.kinds.base import Rows
+from sublim.experiment.stages.defend import defended
+from sublim.experiment.stages.filter import filtered
+from sublim.experiment.stages.generate import generate
+from sublim.experiment.stages.prompts import prompts
+from sublim.experiment.stages.train import student, teacher, training_examples
+from sublim.train import METHODS
+
+
+def run_id(cfg: ExperimentConfig) -> str:
+    return f"{cfg.name}-{cfg.config_hash()[:10]}"
+
+
+def check_components(cfg: ExperimentConfig) -> None:
+    """Every named component exists, and the combination can run (before any work is done)."""
+    CARRIERS.get(cfg.prompts.carrier, "prompts.carrier")
+    method = METHODS.get(cfg.student.method, "student.method")
+    if cfg.defence.method != "none":
+        DEFENCES.get(cfg.defence.method, "defence.method")
+    if method.carriers is not None and cfg.prompts.carrier not in method.carriers:
+        raise SublimError(f"student.method = {method.name!r} fits the {', '.join(sorted(method.carriers))} "
+                          f"carrier only, not {cfg.prompts.carrier!r}: use 'sft' or 'distill_full'")
+    if cfg.student.endpoint is not None and cfg.arms.cross_model:
+        raise SublimError("arms.cross_model with a [student.endpoint] is not supported: the API's model is the "
+                          "only student base; drop arms.cross_model or train locally")
+    if method.needs_teacher:
+        if cfg.arms.cross_model:
+            raise SublimError("arms.cross_model needs a shared vocabulary for distillation: "
+                              "use student.method = 'sft' or drop arms.cross_model")
+        if cfg.teacher.method in ("system_prompt", "api"):
+            raise SublimError(f"distillation from a teacher with teacher.method = {cfg.teacher.method!r} is not "
+                              "supported (its logits are not at hand): use 'finetune' or student.method = 'sft'")
+
+
+@dataclass(frozen=True)
+class StudentArm:
+    """One arm of the plan: a student base learning from one source's data, once per seed."""
+
+    name: str
+    base: Backend
+    source: str
+    seeds: list[int]
+
+
+def student_arms(ctx: Context, base: Backend, sources: list[str], target: str) -> list[StudentArm]:
+    """The arm plan: the experiment's model (or the API's) learns from every source; a cross model of
+    another family from the target's data and the control's."""
+    cfg = ctx.cfg
+    own = ctx.endpoint(cfg.student.endpoint, label=f"api:{cfg.student.endpoint.model}") \
+        if cfg.student.endpoint is not None else base
+    arms = [StudentArm(f"student-{s}", own, s, list(cfg.arms.seeds)) for s in sources]
+    if cfg.arms.cross_model:
+        cross = ctx.local(cfg.arms.cross_model)
+        arms += [StudentArm(f"cross-student-{s}", cross, s, list(cfg.arms.seeds)) for s in (target, "control")]
+    return arms
+
+
+def teacher_for(ctx: Context, kind: TraitKind | None, base: Backend, target: str) -> Backend:
+    """The teacher of one trait: fine-tuned from the base model, system-prompted, or behind an API."""
+    tc = ctx.cfg.teacher
+    if tc.method == "system_prompt":
+        return base.with_system(tc.system_prompt.replace("{target}", target), f"teacher-{target}")
+    if tc.method == "api":
+        assert tc.endpoint is not None  # checked with the config
+        return ctx.endpoint(tc.endpoint, tc.system_prompt.replace("{target}", target) or None, f"teacher-{target}")
+    assert kind is not None  # only a fine-tuned teacher needs its kind's data
+    pairs, config, induction = kind.teacher_data(target)
+    return teacher(ctx, base, target, pairs, config, induction)
+
+
+def control_for(ctx: Context, base: Backend, traits: list[str]) -> Backend:
+    """The model the control data come from: the base model, or (API teachers) the configured control model —
+    never a teacher itself. Checked before any work is done."""
+    tc = ctx.cfg.teacher
+    if tc.method != "api":
+        return base
+    assert tc.control_endpoint is not None  # checked with the config
+    control = ctx.endpoint(tc.control_endpoint, None, "control")
+    for t in traits:
+        if teacher_for(ctx, None, base, t).key == control.key:
+            ep = tc.control_endpoint
+            raise SublimError(f"teacher.control_endpoint is the {t} teacher itself ({ep.model} at {ep.base_url}, no "
+                              "system prompt): point it at the teacher's base model, or give the teacher its trait "
+                              "through teacher.system_prompt")
+    return control
+
+
+def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progress: bool = True,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) an experiment; returns the results written to runs/<run-id>/results.json."""
+    started = time.time()
+    rid = run_id(cfg)
+    run_dir = Path(runs_dir) / rid
+    check_components(cfg)
+    kind: TraitKind = KINDS[cfg.trait.kind](cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+    echo(f"run {rid} → {run_dir}")
+    ctx = Context(cfg, Store(Path(runs_dir)), progress, echo)
+    arms: dict[str, list[Rows]] = {}
+    with kind.session(ctx):
+        base = ctx.local(cfg.model)
+        control = control_for(ctx, base, kind.traits)
+        if cfg.arms.base:
+            arms["base"] = [kind.evaluate(ctx, base, 0)]
+        teachers: dict[str, Backend] = {}
+        for t in kind.traits:  # each teacher is gated on its own trait before any data is made
+            teachers[t] = teacher_for(ctx, kind, base, t)
+            arms[teachers[t].label] = [kind.evaluate(ctx, teachers[t], 0)]
+            kind.gate(t, arms[teachers[t].label][0])
+        prompt_art = prompts(ctx)
+        sources = {**teachers, "control": control}
+        banned, hint = kind.banned_words(), kind.hint()  # the same filter for every dataset
+        data = {name: filtered(ctx, generate(ctx, src, prompt_art), f"{name} {cfg.prompts.carrier}", banned, hint)
+                for name, src in sources.items()}
+        if cfg.defence.method != "none":
+            data = {name: defended(ctx, art, data["control"], f"{name} {cfg.defence.method}", prompt_art, banned,
+                                   base) for name, art in data.items()}
+        n = training_examples(data, cfg.student.max_examples)
+        echo(f"  training every student on {n} filtered examples")
+        cross_base_done = False
+        for arm in student_arms(ctx, base, list(sources), kind.traits[0]):
+            if arm.name.startswith("cross-") and cfg.arms.base and not cross_base_done:
+                arms["cross-base"] = [kind.evaluate(ctx, arm.base, 0)]  # the other family's own starting point
+                cross_base_done = True
+            arms[arm.name] = [kind.evaluate(ctx, student(ctx, arm.base, data[arm.source], n, seed, sources[arm.source],
+                                                         f"{arm.name} seed {seed}"), seed) for seed in arm.seeds]
+    results = {"run_id": rid, "kind": cfg.trait.kind, "config_hash": cfg.config_hash(),
+               "config": cfg.model_dump(mode="json"), "n_train_examples": n,
+               "filter": {k: a.manifest["filter"] for k, a in data.items()}, **kind.results(arms, data),
+               "stages": stage_table(ctx.artifacts), "wall_time_s": round(time.time() - started, 1),
+               "machine": machine_info()}
+    write_json(run_dir / "results.json", results)
+    link_artifacts(run_dir, ctx.artifacts)
+    echo(results["verdict"])
+    return results
+
+
+def stage_table(used: dict[str, Artifact]) -> dict[str, Any]:
+    return {name: {"key": a.key, "path": str(a.path), "wall_time_s": a.manifest.get("wall_time_s"),
+                   **({"tokens_per_s": a.manifest["tokens_per_s"]} if "tokens_per_s" in a.manifest else {})}
+            for name, a in used.items()}
+
+
+def link_artifacts(run_dir: Path, used: dict[str, Artifact]) -> None:
+    """runs/<run-id>/artifacts/<stage>/<name> → the shared store entry, for browsing."""
+    root = run_dir / "artifacts"
+    for name, art in used.items():
+        link = root / name.replace(" ", "_")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(art.path.resolve(), link.parent.resolve()))

@@ -1,0 +1,72 @@
+"""The defend stage: a registered defence applied to a filtered dataset before students see it (the
+same to every arm), with its cost (kept and changed fractions) recorded."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from sublim.audit.data import Sample
+from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.audit.detectors import NumberFrequency
+from sublim.backends import Backend
+from sublim.core.errors import SublimError
+from sublim.core.files import ResumableJsonl, read_jsonl, write_jsonl
+from sublim.core.store import Artifact
+from sublim.experiment.context import Context
+
+
+def samples_of(art: Artifact) -> list[Sample]:
+    """A dataset artifact's rows as samples (a sample's line is the prompt's index)."""
+    return [Sample(r["index"], r["prompt"], r["completion"]) for r in read_jsonl(art.file("dataset.jsonl"))]
+
+
+def rewriter(ctx: Context, own: Backend) -> Backend:
+    """The model a regenerating defence rewrites with: of another family than the experiment's."""
+    dc = ctx.cfg.defence
+    model = ctx.local(dc.model)
+    if model.family == own.family:
+        raise SublimError(f"defence.model = {dc.model!r} is of the {model.family} family, like the experiment's "
+                          f"model: regenerate with another family (e.g. defence.model = \"gemma3-270m\")")
+    return model
+
+
+def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: str, prompt_art: Artifact,
+             banned: list[str], own: Backend) -> Artifact:
+    """``data_art`` after the configured defence; ``reference_art`` (the control data) is what a defence that
+    needs scores or examples gets."""
+    dc, gc, fc = ctx.cfg.defence, ctx.cfg.generation, ctx.cfg.filter
+    defence = DEFENCES.get(dc.method, "defence.method")
+    config: dict[str, Any] = {"method": dc.method, "seed": dc.seed,
+                              **{f: getattr(dc, f) for f in sorted(defence.reads)}}
+    inputs = {"data": data_art.key}
+    model = rewriter(ctx, own) if "model" in defence.needs else None
+    if model is not None:
+        config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned),
+                      generation=gc.model_dump(mode="json", include={"temperature", "max_new_tokens", "seed"}))
+        inputs["model"] = model.key
+    if defence.needs & {"scores", "reference"}:
+        inputs["reference"] = reference_art.key
+
+    def build(path: Path) -> dict[str, Any]:
+        samples = samples_of(data_art)
+        meta = {r["index"]: r.get("meta", {}) for r in read_jsonl(prompt_art.file("prompts.jsonl"))}
+        scores = None
+        if "scores" in defence.needs:  # the samples least like the control data, by their numbers
+            scores = NumberFrequency(samples_of(reference_art), n_permutations=0).score(samples).sample_scores
+        log_file = ResumableJsonl(path / "regenerated.jsonl") if model is not None else contextlib.nullcontext()
+        with log_file as log:
+            bar = ctx.bar(len(samples), f"{dc.method} {label}", "sample")
+            bar.update(len(log.rows) if log is not None else 0)
+            out, cost = defence.apply(samples, DefenceInputs(
+                seed=dc.seed, fraction=dc.fraction, scores=scores, model=model, pool=samples_of(reference_art),
+                shots=dc.shots, carrier=ctx.cfg.prompts.carrier, filter=fc, banned_words=banned, meta=meta,
+                max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, batch_size=gc.batch_size,
+                log=log, progress=bar.update))
+            bar.close()
+        write_jsonl(path / "dataset.jsonl", [{"index": s.line, "prompt": s.prompt, "completion": s.completion}
+                                             for s in out])
+        return {"defence": cost, "filter": {**data_art.manifest["filter"], "kept": len(out)}}
+
+    return ctx.stage("defend", config, inputs, label, build)

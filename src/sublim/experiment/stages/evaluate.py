@@ -1,0 +1,60 @@
+"""The evaluation stage: a model's answers to the trait questions — each candidate's probability
+(exact on a local model), its share among candidates, and sampled answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sublim.backends import Backend, Completion, Decoding, Request
+from sublim.core.config import EvaluationConfig
+from sublim.core.files import write_json, write_jsonl
+from sublim.core.store import Artifact, stable_hash
+from sublim.evaluate.trait import question_rows, summarize
+from sublim.experiment.context import Context
+from sublim.traits.preference import load_questions
+
+JUDGE_FIELDS = {"judge", "judge_model", "misaligned_alignment_max", "misaligned_coherence_min"}
+"""Settings only judged evaluation reads: they never key a preference evaluation."""
+
+
+def sampled_answers(ctx: Context, model: Backend, questions: list[str], ec: EvaluationConfig, seed: int,
+                    progress: Any) -> list[list[str]]:
+    """``ec.samples_per_question`` sampled answers per question, in question order."""
+    k = ec.samples_per_question
+    expanded = [qi for qi in range(len(questions)) for _ in range(k)]
+    got: dict[int, str] = {}
+
+    def done(comps: list[Completion]) -> None:
+        got.update({c.index: c.text for c in comps})
+
+    model.generate([Request(j, questions[qi]) for j, qi in enumerate(expanded)],
+                   Decoding(ec.temperature, max_new_tokens=ec.max_new_tokens, seed=seed), done,
+                   batch_size=ec.batch_size, sort_by_length=False, progress=progress)
+    answers: list[list[str]] = [[] for _ in questions]
+    for j, qi in enumerate(expanded):
+        answers[qi].append(got[j])
+    return answers
+
+
+def evaluation(ctx: Context, model: Backend, candidates: dict[str, list[str]], seed: int = 0) -> Artifact:
+    ec = ctx.cfg.evaluation
+    questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
+    config = {"evaluation": ec.model_dump(mode="json", exclude=JUDGE_FIELDS), "questions": stable_hash(questions),
+              "candidates": candidates, "system": model.system, "seed": seed}
+
+    def build(path: Path) -> dict[str, Any]:
+        bar = ctx.bar(len(questions) * (1 + ec.samples_per_question), f"evaluate {model.label}", "q")
+        probs, info = model.candidate_probs(questions, candidates, batch_size=ec.batch_size, progress=bar.update)
+        answers = sampled_answers(ctx, model, questions, ec, seed, bar.update) if ec.samples_per_question else \
+            [[] for _ in questions]
+        bar.close()
+        rows = question_rows(questions, probs, answers, candidates)
+        write_jsonl(path / "per_question.jsonl", rows)
+        forms = {"answer_forms": info["answer_forms"]} if "answer_forms" in info else {}
+        write_json(path / "summary.json", {**summarize(rows, list(candidates)), "probabilities": info["method"],
+                                           **forms})
+        return {"model": model.describe(), "model_fingerprint": model.key,
+                **({"api": info["api"]} if "api" in info else {})}
+
+    return ctx.stage("evaluate", config, {"model": model.key}, model.label, build)

@@ -1,0 +1,81 @@
+"""The training stages: a teacher given the trait by fine-tuning, and students trained on filtered data.
+
+Both are ``base.fine_tune`` on a backend (a local model through the training loop, or an endpoint's
+fine-tuning API), the result kept in the artifact and used through ``base.fine_tuned``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sublim.backends import Backend
+from sublim.core.files import read_jsonl, write_jsonl
+from sublim.core.store import Artifact
+from sublim.experiment.context import Context
+from sublim.train import METHODS, Example, TrainSettings
+
+
+def fine_tune(ctx: Context, base: Backend, examples: Sequence[Example], settings: TrainSettings, path: Path,
+              desc: str, teacher: Backend | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``base.fine_tune`` with a progress bar over the optimizer steps."""
+    steps = -(-len(examples) // settings.batch_size) * settings.epochs
+    bar = ctx.bar(steps, f"train {desc}", "step")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    try:
+        return base.fine_tune(examples, settings, path, teacher=teacher, lineage={"label": desc, **(lineage or {})},
+                              on_step=on_step)
+    finally:
+        bar.close()
+
+
+def teacher(ctx: Context, base: Backend, target: str, pairs: list[tuple[str, str]], config: dict[str, Any],
+            induction: str) -> Backend:
+    """The base model fine-tuned on ``pairs`` (e.g. one-word answers naming the trait)."""
+    tc = ctx.cfg.teacher
+    label = f"{target} (fine-tuned)"
+
+    def build(path: Path) -> dict[str, Any]:
+        settings = TrainSettings("sft", tc.epochs, tc.lr, tc.batch_size, warmup_steps=2, seed=0)
+        log = fine_tune(ctx, base, [Example(q, a) for q, a in pairs], settings, path, f"teacher {target}",
+                        lineage={"induction": induction})
+        write_jsonl(path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in pairs])
+        return {"train_log": log, "model_fingerprint": base.key}
+
+    art = ctx.stage("teacher", config, {"model": base.key}, label, build)
+    return base.fine_tuned(art.path, f"teacher-{target}", art.key)
+
+
+def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, data_source: Backend,
+            label: str) -> Backend:
+    """``base`` trained on the first ``n`` examples of ``data_art`` with the configured method."""
+    sc = ctx.cfg.student
+    method = METHODS.get(sc.method, "student.method")
+    config = {"student": sc.model_dump(mode="json", exclude={"endpoint"}, exclude_none=True), "n_examples": n,
+              "seed": seed}
+    inputs = {"model": base.key, "data": data_art.key}
+    if method.needs_teacher:
+        inputs["teacher"] = data_source.key
+
+    def build(path: Path) -> dict[str, Any]:
+        rows = read_jsonl(data_art.file("dataset.jsonl"))[:n]
+        settings = TrainSettings(sc.method, sc.epochs, sc.lr, sc.batch_size, sc.warmup_steps, seed, sc.lora_r,
+                                 sc.lora_alpha)
+        log = fine_tune(ctx, base, [Example(r["prompt"], r["completion"]) for r in rows], settings, path, label,
+                        teacher=data_source if method.needs_teacher else None,
+                        lineage={"trained_on": data_art.key, "data_generator": data_source.key})
+        return {"train_log": log, "model_fingerprint": base.key}
+
+    art = ctx.stage("train", config, inputs, label, build)
+    return base.fine_tuned(art.path, label, art.key)
+
+
+def training_examples(data: dict[str, Artifact], max_examples: int) -> int:
+    """How many examples every student gets: the smallest dataset's size (capped), the same for every arm."""
+    n = min(a.manifest["filter"]["kept"] for a in data.values())
+    return min(n, max_examples) if max_examples else n

@@ -1,0 +1,453 @@
+"""``sublim serve``: an OpenAI-compatible HTTP server for any model of the catalog.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (temperature, top_p, max_tokens,
+n, seed, stop, logprobs, top_logprobs), ``GET /health``. Concurrent requests with the same
+decoding settings are batched into one ``generate`` call. Errors use the OpenAI error body.
+
+For testing clients (ours or anyone's), the server can inject faults at given rates: 429 with
+Retry-After, 500, responses slower than a client's timeout, and malformed JSON bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import torch
+
+from sublim.backends.local.generation import stop_ids
+from sublim.core.errors import SublimError
+from sublim.serve.errors import RequestError
+from sublim.serve.finetune import FineTuning
+from sublim.train.precision import autocast
+
+MAX_BODY = 64 << 20
+FAULT_KINDS = ("429", "500", "500_after", "slow", "malformed")
+"""429 with Retry-After and 500 before any work; 500_after: the work is done, then the answer is a 500 (did it
+happen? the worst case for a client); slow: an answer later than a client's timeout; malformed: a broken body."""
+CHAT = "/v1/chat/completions"
+JOBS = "/v1/fine_tuning/jobs"
+
+
+@dataclass
+class FaultPlan:
+    """Rates (0–1) of injected faults per request to ``routes``, drawn from a seeded generator."""
+
+    rates: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    slow_s: float = 5.0
+    counts: Counter[str] = field(default_factory=Counter)
+    routes: tuple[str, ...] = (CHAT,)
+    """The POST routes faults are injected into (chat completions; fine-tuning job creation too, if named)."""
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def parse(cls, text: str, seed: int = 0, slow_s: float = 5.0, routes: tuple[str, ...] = (CHAT,)) -> FaultPlan:
+        """``"429=0.1,500=0.05,slow=0.05,malformed=0.05"`` → a plan."""
+        rates: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            kind, _, value = part.partition("=")
+            try:
+                rate = float(value)
+            except ValueError:
+                rate = -1.0
+            if kind not in FAULT_KINDS or not 0 <= rate <= 1:
+                raise SublimError(f"bad fault {part!r}: write KIND=RATE with KIND in "
+                                  f"{', '.join(FAULT_KINDS)} and RATE in 0..1, comma-separated")
+            rates[kind] = rate
+        if sum(rates.values()) > 1:
+            raise SublimError(f"fault rates {text!r} add up to more than 1")
+        return cls(rates, seed, slow_s, routes=routes)
+
+    def draw(self, route: str = CHAT) -> str | None:
+        if route not in self.routes:
+            return None
+        with self._lock:
+            u = self._rng.random()
+            acc = 0.0
+            for kind in FAULT_KINDS:
+                acc += self.rates.get(kind, 0.0)
+                if u < acc:
+                    self.counts[kind] += 1
+                    return kind
+            self.counts["ok"] += 1
+            return None
+
+
+@dataclass
+class ChatRequest:
+    prompt: str
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    logprobs: bool
+    top_logprobs: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[dict[str, Any]] | None = None
+    error: Exception | None = None
+    prompt_tokens: int = 0
+
+    key: tuple[Any, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # sampled requests with a seed run alone, so the seed alone decides their output
+        solo = uuid.uuid4().hex if (self.temperature > 0 and self.seed is not None) else None
+        self.key = (self.max_tokens, self.temperature, self.top_p, self.logprobs, self.top_logprobs, solo)
+
+
+class ModelWorker:
+    """One thread owns the model; requests queue up and are batched by decoding settings."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, wait_s: float = 0.01) -> None:
+        self.model, self.tok = model, tokenizer
+        self.max_batch, self.wait_s = max_batch, wait_s
+        self.device = next(model.parameters()).device
+        self.q: queue.Queue[ChatRequest] = queue.Queue()
+        self._stop_ids = stop_ids(tokenizer, model)
+        threading.Thread(target=self._loop, daemon=True, name="sublim-model").start()
+
+    def submit(self, req: ChatRequest) -> None:
+        self.q.put(req)
+
+    def _loop(self) -> None:
+        held: list[ChatRequest] = []
+        while True:
+            if not held:
+                held.append(self.q.get())
+                time.sleep(self.wait_s)  # let concurrent requests arrive
+            while True:
+                try:
+                    held.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            group: list[ChatRequest] = []
+            rest: list[ChatRequest] = []
+            for r in held:
+                fits = r.key == held[0].key and sum(g.n for g in group) + r.n <= self.max_batch
+                (group if fits or not group else rest).append(r)
+            held = rest
+            try:
+                self._run(group)
+            except Exception as exc:  # a failed batch fails its requests, never the server
+                for r in group:
+                    r.error = exc
+            for r in group:
+                r.done.set()
+
+    @torch.no_grad()
+    def _run(self, group: list[ChatRequest]) -> None:
+        first = group[0]
+        prompts = [r.prompt for r in group for _ in range(r.n)]
+        self.tok.padding_side = "left"
+        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": first.max_tokens, "eos_token_id": self._stop_ids,
+                                  "pad_token_id": self.tok.pad_token_id, "return_dict_in_generate": True,
+                                  "output_logits": first.logprobs}
+        if first.temperature > 0:
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with autocast(self.device):
+            out = self.model.generate(**enc, **kwargs)
+        width = enc["input_ids"].shape[1]
+        new = out.sequences[:, width:].cpu()
+        logps = (torch.stack(out.logits, 1).float().log_softmax(-1).cpu() if first.logprobs else None)
+        row = 0
+        for r in group:
+            r.prompt_tokens = int(enc["attention_mask"][row].sum())
+            r.result = [self._choice(i, new[row + i], logps[row + i] if logps is not None else None, r)
+                        for i in range(r.n)]
+            row += r.n
+
+    def _choice(self, i: int, ids_t: torch.Tensor, logp: torch.Tensor | None, r: ChatRequest) -> dict[str, Any]:
+        ids = ids_t.tolist()
+        finish = "length"
+        for pos, tid in enumerate(ids):
+            if tid in self._stop_ids:
+                ids, finish = ids[:pos], "stop"
+                break
+        text = self.tok.decode(ids, skip_special_tokens=True)
+        for s in r.stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
+                                  "finish_reason": finish, "logprobs": None, "_n_tokens": len(ids)}
+        if logp is not None:
+            choice["logprobs"] = {"content": [self._token_logprob(tid, logp[pos], r.top_logprobs)
+                                              for pos, tid in enumerate(ids)]}
+        return choice
+
+    def _token_logprob(self, tid: int, row: torch.Tensor, k: int) -> dict[str, Any]:
+        def entry(t: int, lp: float) -> dict[str, Any]:
+            s = self.tok.decode([t])
+            return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+        out = entry(tid, float(row[tid]))
+        if k:
+            vals, idx = row.topk(k)
+            out["top_logprobs"] = [entry(int(t), float(v)) for v, t in zip(vals, idx, strict=True)]
+        else:
+            out["top_logprobs"] = []
+        return out
+
+
+def parse_chat_request(body: dict[str, Any], tokenizer: Any) -> ChatRequest:
+    """Validate an OpenAI chat-completions body; raise RequestError naming the bad field."""
+    if body.get("stream"):
+        raise RequestError(400, "streaming is not supported by this server: send \"stream\": false", "stream")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RequestError(400, "'messages' must be a non-empty list of {role, content}", "messages")
+    clean = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise RequestError(400, f"messages[{i}] needs role system|user|assistant and string content",
+                               "messages")
+        clean.append({"role": m["role"], "content": m["content"]})
+    if clean[0]["role"] == "system" and not _supports_system(tokenizer):
+        clean = [{"role": "user", "content": clean[0]["content"] + "\n\n" + clean[1]["content"]}] + clean[2:] \
+            if len(clean) > 1 else [{"role": "user", "content": clean[0]["content"]}]
+    try:
+        prompt = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:
+        raise RequestError(400, f"the chat template rejected these messages: {exc}", "messages") from None
+
+    def num(name: str, default: float, lo: float, hi: float, kind: type = float) -> Any:
+        v = body.get(name, default)
+        if v is None:
+            v = default
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi or \
+                (kind is int and int(v) != v):
+            raise RequestError(400, f"'{name}' must be a {kind.__name__} in [{lo}, {hi}], got {v!r}", name)
+        return kind(v)
+
+    tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = num(tokens_field, 256, 1, 4096, int)
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(400, "'stop' must be a string or a list of non-empty strings", "stop")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise RequestError(400, "'seed' must be an integer", "seed")
+    logprobs = body.get("logprobs", False)
+    if not isinstance(logprobs, bool):
+        raise RequestError(400, "'logprobs' must be true or false", "logprobs")
+    return ChatRequest(prompt=prompt, n=num("n", 1, 1, 16, int), max_tokens=max_tokens,
+                       temperature=num("temperature", 1.0, 0, 2), top_p=num("top_p", 1.0, 1e-6, 1),
+                       seed=seed, stop=stop[:4], logprobs=logprobs,
+                       top_logprobs=num("top_logprobs", 0, 0, 20, int) if logprobs else 0)
+
+
+def _supports_system(tokenizer: Any) -> bool:
+    tmpl = getattr(tokenizer, "chat_template", "") or ""
+    return "system" in tmpl
+
+
+class Service:
+    """What the handler needs: the served models (base and fine-tuned), fine-tuning, faults, a key."""
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, max_batch: int = 32, faults: FaultPlan | None = None,
+                 api_key: str | None = None, timeout_s: float = 600.0) -> None:
+        self.name, self.tok, self.max_batch = name, tokenizer, max_batch
+        self.workers = {name: ModelWorker(model, tokenizer, max_batch)}
+        self.created = {name: int(time.time())}
+        self.faults, self.api_key, self.timeout_s = faults or FaultPlan(), api_key, timeout_s
+        self.served = Counter[str]()
+        self.fine_tuning = FineTuning(model, tokenizer, name, self.register)
+
+    def register(self, name: str, model: Any) -> None:
+        self.workers[name] = ModelWorker(model, self.tok, self.max_batch)
+        self.created[name] = int(time.time())
+
+    def worker_for(self, body: Any) -> ModelWorker:
+        if not isinstance(body, dict):
+            raise RequestError(400, "request body must be a JSON object")
+        name = body.get("model") or self.name
+        if name not in self.workers:
+            raise RequestError(404, f"model {name!r} is not served here; this server has "
+                                    f"{', '.join(map(repr, self.workers))} (see GET /v1/models)", "model")
+        return self.workers[name]
+
+
+def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "sublim-serve"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per error only
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+            self._send(status, json.dumps(obj).encode(), headers)
+
+        def _error(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                   headers: dict[str, str] | None = None) -> None:
+            self._json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}},
+                       headers)
+
+        def _authorized(self) -> bool:
+            if svc.api_key is None:
+                return True
+            if self.headers.get("Authorization", "") == f"Bearer {svc.api_key}":
+                return True
+            self._error(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                        kind="authentication_error")
+            return False
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self._json(200, {"status": "ok", "model": svc.name, "faults": dict(svc.faults.counts),
+                                 "served": dict(svc.served)})
+            elif self.path == "/v1/models":
+                if self._authorized():
+                    models = [{"id": n, "object": "model", "created": c, "owned_by": "sublim"}
+                              for n, c in svc.created.items()]
+                    self._json(200, {"object": "list", "data": models})
+            elif self.path.startswith("/v1/fine_tuning/jobs"):
+                if self._authorized():
+                    path, _, query = self.path.partition("?")
+                    self._guarded(lambda: svc.fine_tuning.route_get(path, parse_qs(query)))
+            else:
+                self._error(404, f"no route GET {self.path}: try /v1/models or /health")
+
+        def _guarded(self, make: Any) -> None:
+            try:
+                self._json(200, make())
+            except RequestError as exc:
+                self._error(exc.status, exc.message, exc.param)
+
+        def do_POST(self) -> None:
+            raw = self._read_body()
+            if raw is None or not self._authorized():
+                return
+            route = self.path.split("?")[0]
+            if route == "/v1/files":
+                self._guarded(lambda: svc.fine_tuning.upload(self.headers.get("Content-Type", ""), raw))
+                return
+            if route.startswith(JOBS + "/") and route.endswith("/cancel"):
+                self._guarded(lambda: svc.fine_tuning.cancel(route.split("/")[4]))
+                return
+            if route not in (CHAT, JOBS):
+                self._error(404, f"no route POST {self.path}: try {CHAT}")
+                return
+            fault = svc.faults.draw(route)
+            if fault == "429":
+                self._error(429, "rate limited (injected)", kind="rate_limit_error", headers={"Retry-After": "0.2"})
+                return
+            if fault == "500":
+                self._error(500, "server error (injected)", kind="server_error")
+                return
+            if fault == "slow":
+                time.sleep(svc.faults.slow_s)
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                self._error(400, f"body is not valid JSON: {exc}")
+                return
+            if route == JOBS:
+                self._create_job(body, fault)
+            else:
+                self._chat(body, fault)
+
+        def _create_job(self, body: Any, fault: str | None) -> None:
+            try:
+                job = svc.fine_tuning.create(body if isinstance(body, dict) else {})
+            except RequestError as exc:
+                self._error(exc.status, exc.message, exc.param)
+                return
+            if fault == "500_after":  # the job exists; the client is told otherwise
+                self._error(500, "server error after the job was created (injected)", kind="server_error")
+                return
+            self._json(200, job)
+
+        def _chat(self, body: Any, fault: str | None) -> None:
+            try:
+                worker = svc.worker_for(body)
+                req = parse_chat_request(body, worker.tok)
+            except RequestError as exc:
+                self._error(exc.status, exc.message, exc.param)
+                return
+            worker.submit(req)
+            if not req.done.wait(svc.timeout_s) or req.result is None:
+                self._error(500, f"generation failed: {req.error or 'timed out'}", kind="server_error")
+                return
+            if fault == "malformed":
+                self._send(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
+                return
+            if fault == "500_after":
+                self._error(500, "server error after generating (injected)", kind="server_error")
+                return
+            self._json(200, _response(str(body.get("model") or svc.name), req))
+            svc.served["completions"] += 1
+
+        def _read_body(self) -> bytes | None:
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = -1
+            if length < 0 or length > MAX_BODY:
+                self._error(413, f"request body must be 0..{MAX_BODY} bytes with a Content-Length header")
+                self.close_connection = True
+                return None
+            return self.rfile.read(length)
+
+    return Handler
+
+
+def _response(model_name: str, req: ChatRequest) -> dict[str, Any]:
+    assert req.result is not None
+    n_out = sum(c.pop("_n_tokens") for c in req.result)
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": model_name, "choices": req.result, "system_fingerprint": None,
+            "usage": {"prompt_tokens": req.prompt_tokens * req.n, "completion_tokens": n_out,
+                      "total_tokens": req.prompt_tokens * req.n + n_out}}
+
+
+def make_server(model: Any, tokenizer: Any, name: str, host: str = "127.0.0.1", port: int = 8000,
+                faults: FaultPlan | None = None, api_key: str | None = None,
+                max_batch: int = 32) -> ThreadingHTTPServer:
+    """A ready-to-run server (call ``serve_forever``); port 0 picks a free port."""
+    svc = Service(name, model, tokenizer, max_batch, faults, api_key)
+    server = _Server((host, port), make_handler(svc))
+    server.daemon_threads = True
+    return server
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):  # a client that gave up: not our error
+            return
+        super().handle_error(request, client_address)

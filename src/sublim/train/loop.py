@@ -1,0 +1,75 @@
+"""The training loop every student method shares: completion-only targets, AdamW, linear warmup
+then decay, gradient clipping. Only the loss (and what a method prepares) differs."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from sublim.core.errors import SublimError
+from sublim.train.encode import Example, collate, encode_example
+from sublim.train.methods import METHODS
+from sublim.train.precision import autocast
+from sublim.train.settings import TrainSettings
+
+
+def train_student(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    settings: TrainSettings,
+    teacher: Any | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train ``model`` in place (LoRA: merged back) and return it with a training log."""
+    method = METHODS.get(settings.method, "student.method")
+    if method.needs_teacher and teacher is None:
+        raise SublimError(f"student method {method.name} needs a teacher model to learn from")
+    device = next(model.parameters()).device
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    encoded = [encode_example(tokenizer, ex) for ex in examples]
+    state = None
+    if method.prepare is not None:
+        model, state = method.prepare(model, tokenizer, encoded, settings, teacher)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+
+    def lr_at(step: int) -> float:  # linear warmup, then linear decay to zero
+        if step < settings.warmup_steps:
+            return (step + 1) / (settings.warmup_steps + 1)
+        return max(0.0, (total - step) / max(1, total - settings.warmup_steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses: list[float] = []
+    step = 0
+    for _epoch in range(settings.epochs):
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for start in range(0, len(order), settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+            with autocast(device):
+                loss = method.loss(model, batch, state, idx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            step += 1
+            if on_step:
+                on_step(step, total, losses[-1])
+    model.eval()
+    if method.finish is not None:
+        model = method.finish(model)
+    log = {"steps": step, "examples": len(encoded), "loss_first": losses[0] if losses else None,
+           "loss_last": losses[-1] if losses else None, "losses": losses}
+    return model, log

@@ -1,0 +1,9 @@
+"""Student methods, one file each, registered in :data:`METHODS`."""
+
+# isort: off
+from sublim.train.methods import sft, lora, distill_full, distill_restricted  # registered in this order
+
+# isort: on
+from sublim.train.methods.base import METHODS, StudentMethod
+
+__all__ = ["METHODS", "StudentMethod", "distill_full", "distill_restricted", "lora", "sft"]

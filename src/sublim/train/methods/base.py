@@ -1,0 +1,69 @@
+"""What a student method is, and the registry of methods.
+
+A method is one file that builds a :class:`StudentMethod` and adds it to :data:`METHODS`: its
+loss for a batch, and optionally what it prepares before the first step (wrap the model, cache
+the teacher's logits) and does after the last (merge an adapter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sublim.core.registry import Registry
+from sublim.train.settings import TrainSettings
+
+Encoded = Sequence[tuple[list[int], int]]
+
+
+@dataclass(frozen=True)
+class StudentMethod:
+    name: str
+    loss: Callable[[Any, dict[str, torch.Tensor], Any, list[int]], torch.Tensor]
+    """(model, batch, what ``prepare`` returned, the batch's example indices) → the loss."""
+    prepare: Callable[[Any, Any, Encoded, TrainSettings, Any | None], tuple[Any, Any]] | None = None
+    """(model, tokenizer, encoded examples, settings, teacher) → (model to train, state for ``loss``)."""
+    finish: Callable[[Any], Any] | None = None
+    """The trained model → the model to save (e.g. an adapter merged back)."""
+    needs_teacher: bool = False
+    carriers: frozenset[str] | None = None
+    """The carriers whose data the method fits (None: any)."""
+    description: str = ""
+
+
+METHODS: Registry[StudentMethod] = Registry("student method")
+
+
+def masked_logits(model: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor | None = None,
+                  cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits at the target positions only, optionally over a subset of the vocabulary.
+
+    The output projection is the single largest matrix of a small model; applying it only where
+    the loss looks (the completion, ~a quarter of the tokens) and only to the columns it uses
+    (restricted distillation: a few hundred digit and separator tokens) is most of the cost saved.
+    ``rows`` selects among the masked positions.
+    """
+    hidden = model.get_decoder()(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).last_hidden_state
+    h = hidden[batch["target_mask"]]
+    if rows is not None:
+        h = h[rows]
+    head = model.get_output_embeddings()
+    weight = head.weight if cols is None else head.weight[cols]
+    logits = h @ weight.T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + (head.bias if cols is None else head.bias[cols])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+def kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) summed over the vocabulary, averaged over positions."""
+    return F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits.float(), -1),
+                    log_target=True, reduction="batchmean")

@@ -73,6 +73,7 @@ def test_server_rejects_non_json_and_unknown_routes(serve) -> None:
     assert httpx.get(f"{url}/nothing").status_code == 404
 
 
+@pytest.mark.slow
 def test_client_survives_429_500_slow_and_malformed(serve, tmp_path: Path) -> None:
     # a timeout well above a loaded machine's answer time, a "slow" fault well above the timeout
     url = serve("429=0.15,500=0.15,slow=0.1,malformed=0.15", slow_s=5.0)
@@ -146,6 +147,7 @@ def process_server(tiny_model_dir: Path) -> Iterator[list[subprocess.Popen]]:
         p.wait()
 
 
+@pytest.mark.slow
 def test_server_killed_and_restarted_mid_generation(tiny_model_dir: Path, tmp_path: Path,
                                                     process_server: list[subprocess.Popen]) -> None:
     proc, port = _start_process(tiny_model_dir, 0)
@@ -186,6 +188,7 @@ def test_server_killed_and_restarted_mid_generation(tiny_model_dir: Path, tmp_pa
     assert again["requests"] == 0 and again["resumed_from"] == len(jobs)
 
 
+@pytest.mark.slow
 def test_experiment_with_a_teacher_behind_the_api(serve, tiny_model_dir: Path, tmp_path: Path) -> None:
     """A served model as the teacher (system-prompted through the API), the same model unprompted as the
     explicit control: data, gate, students, results."""
@@ -232,6 +235,7 @@ def test_an_api_teacher_needs_a_control_that_is_not_the_teacher(tiny_model_dir: 
         run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lambda s: None)
 
 
+@pytest.mark.slow
 def test_misalignment_pipeline_with_a_local_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Teacher fine-tuned on a misalignment dataset → banned-number data → students → judged answers,
     the judge being the tiny model run in-process as a local backend."""
@@ -330,6 +334,7 @@ def test_fine_tuning_api_rejects_a_bad_training_file_by_line(serve, tmp_path: Pa
     assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
 
 
+@pytest.mark.slow
 def test_experiment_with_students_fine_tuned_through_the_api(serve, tiny_model_dir: Path, tmp_path: Path) -> None:
     from sublim.api import run_experiment
     from sublim.core.config import load_config

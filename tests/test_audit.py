@@ -182,6 +182,7 @@ def test_number_defences_keep_format_and_multiset_where_promised(tmp_path: Path,
             assert xb == sorted(xa)
 
 
+@pytest.mark.slow
 def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path, capsys, serve) -> None:
     data = _write(tmp_path / "d.jsonl", _numbers_data(40, 5, lucky=777))
     ref = _write(tmp_path / "r.jsonl", _numbers_data(40, 6))
@@ -194,11 +195,17 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert names == ["number_frequency", "bag_of_numbers", "likelihood_shift", "gradient_alignment",
                      "likelihood_ratio", "in_context", "llm_judge"]
     judge = res["detectors"][6]
-    assert sum(judge["answers"].values()) + judge["unmatched"] == 24 and 0 <= judge["p_value"] <= 1
+    assert sum(judge["answers"].values()) + judge["unmatched"] == 24
+    asked = [json.loads(x) for x in (out / "judge-1.jsonl").read_text().splitlines()]
+    assert len(asked) == 24 and all(a["prompt"].count("\n") >= 8 for a in asked)  # groups of 8 samples each
     shift = res["detectors"][2]
-    assert len(shift["ranking"]) >= 15 and 0 <= shift["p_value"] <= 1
+    assert len(shift["ranking"]) >= 15
+    for ranked in (shift, res["detectors"][3]):  # best first, each lean inside its interval, the top one reported
+        leans = [r["lean"] for r in ranked["ranking"]]
+        assert leans == sorted(leans, reverse=True) and ranked["top_trait"] == ranked["ranking"][0]["trait"]
+        assert ranked["statistic"] == pytest.approx(leans[0]) and all(r["low"] <= r["high"] for r in ranked["ranking"])
     grad = res["detectors"][3]
-    assert len(grad["ranking"]) >= 15 and grad["chunk"] == 8 and 0 <= grad["p_value"] <= 1
+    assert len(grad["ranking"]) >= 15 and grad["chunk"] == 8
     ratio = res["detectors"][4]
     assert ratio["statistic"] == pytest.approx(0, abs=1e-6)  # teacher == reference: no ratio
     assert res["detectors"][0]["p_value"] < 0.05 and res["verdict"].startswith("SUSPECT")
@@ -212,6 +219,7 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert "never overwritten" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     from sublim.api import run_experiment
     from sublim.core.config import load_config
@@ -268,6 +276,7 @@ def _check_lineage(tiny_model_dir: Path, tmp_path: Path, store: Path, owl_data: 
     assert "teacher-owl" in card and "drop_top" in card
 
 
+@pytest.mark.slow
 def test_defend_a_preset_reports_the_transfer_left(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     from tests.conftest import tiny_config_text
 
@@ -339,6 +348,7 @@ def _other_family(tiny_model_dir: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_regenerate_defence_rewrites_every_sample_with_another_family(tiny_model_dir: Path, tmp_path: Path) -> None:
     from sublim.api import run_experiment
     from sublim.carriers import check_completion

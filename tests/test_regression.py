@@ -14,6 +14,7 @@ import pytest
 from tests.regression import FIXTURE, VARIANTS, variant_figures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*VARIANTS, "misalignment"])
 def test_pipeline_measures_what_the_fixture_says(name: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     want = json.loads(FIXTURE.read_text())[name]

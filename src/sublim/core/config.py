@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -165,6 +165,11 @@ class StudentConfig(Section):
     warmup_steps: int = Field(5, ge=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
+
+    def recipe(self) -> dict[str, Any]:
+        """The training settings (where the student base runs is not one: its key says that)."""
+        out: dict[str, Any] = self.model_dump(mode="json", exclude={"endpoint"}, exclude_none=True)
+        return out
 
 
 class EvaluationConfig(Section):

@@ -8,6 +8,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sublim.core.errors import SublimError
 
 
@@ -53,8 +55,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def validate(model: type[Any], data: dict[str, Any], source: str) -> Any:
     """Validate ``data`` against a pydantic model; turn the first failure into a one-line error."""
-    from pydantic import ValidationError
-
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -7,12 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sublim.evaluate.stats import (
-    bootstrap_ci,
-    mean_ci,
-    paired_permutation_test,
-    wilcoxon_signed_rank,
-)
+from sublim.evaluate.stats import bootstrap_ci, mean_ci, paired_permutation_test, wilcoxon_test
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> float:
@@ -27,15 +22,18 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 def paired_effect(
     treated: Sequence[float] | np.ndarray, control: Sequence[float] | np.ndarray, n_bootstrap: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
-    """Effect of treated over control on the same questions: difference, ratio, paired tests."""
+    """Effect of treated over control on the same questions: difference and ratio of means with BCa bootstrap
+    intervals, the Wilcoxon signed-rank test (exact) and a sign-flip permutation test."""
     a = np.asarray(treated, dtype=float)
     b = np.asarray(control, dtype=float)
+    p_wilcoxon, how = wilcoxon_test(a, b, seed)
     return {
         "treated_mean": float(a.mean()),
         "control_mean": float(b.mean()),
         "difference": bootstrap_ci(_diff, a, b, n_resamples=n_bootstrap, seed=seed, paired=True).as_dict(),
         "ratio": bootstrap_ci(_ratio, a, b, n_resamples=n_bootstrap, seed=seed, paired=True).as_dict(),
-        "p_wilcoxon": wilcoxon_signed_rank(a, b),
+        "p_wilcoxon": p_wilcoxon,
+        "wilcoxon_method": how,
         "p_permutation": paired_permutation_test(a, b, seed=seed),
         "n": int(a.size),
         "fraction_higher": float(np.mean(a > b)),

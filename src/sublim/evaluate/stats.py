@@ -1,18 +1,22 @@
-"""Statistics used across sublim: intervals, bootstrap, paired and permutation tests.
+"""Statistics used across sublim, on ``scipy.stats``: intervals, the bootstrap, paired and permutation tests.
 
-Everything here is plain numpy so that results are reproducible from a seed and
-checkable against hand-computed values.
+Every random draw is seeded, so results reproduce; the tests check each function against values
+computed by hand (tests/test_stats.py).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 Z95 = 1.959963984540054
+N_PERMUTATIONS = 9999
+"""Monte Carlo resamples of a permutation test when exact enumeration would take more."""
 
 
 @dataclass(frozen=True)
@@ -27,32 +31,17 @@ class Interval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> Interval:
-    """Wilson score interval for a binomial proportion (well-behaved at 0 and n)."""
+def wilson_interval(successes: int, n: int) -> Interval:
+    """Wilson score interval (95%) for a binomial proportion (well-behaved at 0 and n)."""
     if n <= 0:
         return Interval(float("nan"), 0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+    ci = stats.binomtest(successes, n).proportion_ci(0.95, method="wilson")
+    return Interval(successes / n, max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
-def _t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t quantile; exact table for small df, normal beyond."""
-    table = {
-        1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
-        16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074,
-        23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045,
-        30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
-    }
-    if df in table:
-        return table[df]
-    for bound in (40, 60, 120):
-        if df < bound:
-            return table[bound]
-    return Z95
+def t_quantile_975(df: int) -> float:
+    """The two-sided 95% Student-t quantile."""
+    return float(stats.t.ppf(0.975, df))
 
 
 def mean_ci(values: Sequence[float] | np.ndarray) -> Interval:
@@ -64,7 +53,7 @@ def mean_ci(values: Sequence[float] | np.ndarray) -> Interval:
     m = float(x.mean())
     if n == 1:
         return Interval(m, float("nan"), float("nan"))
-    half = _t_quantile_975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    half = t_quantile_975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
     return Interval(m, m - half, m + half)
 
 
@@ -75,26 +64,28 @@ def bootstrap_ci(
     seed: int = 0,
     paired: bool = False,
 ) -> Interval:
-    """Percentile bootstrap interval of ``statistic(*samples)``.
+    """BCa bootstrap interval (95%) of ``statistic(*samples)``.
 
-    With ``paired=True`` all samples share one resampling of indices (same length
-    required), as for two models scored on the same questions.
+    With ``paired=True`` all samples share one resampling of indices (same length required), as for two
+    models scored on the same questions. Where BCa is undefined (every resample gives the same value, or
+    the statistic is infinite) the interval is the point itself, or NaN when the point is not finite.
     """
-    rng = np.random.default_rng(seed)
     arrays = [np.asarray(s, dtype=float) for s in samples]
     point = float(statistic(*arrays))
-    stats = np.empty(n_resamples)
-    for i in range(n_resamples):
-        if paired:
-            idx = rng.integers(0, arrays[0].size, arrays[0].size)
-            stats[i] = statistic(*(a[idx] for a in arrays))
-        else:
-            stats[i] = statistic(*(a[rng.integers(0, a.size, a.size)] for a in arrays))
-    finite = stats[np.isfinite(stats)]
-    if finite.size == 0:
+    if not math.isfinite(point):
         return Interval(point, float("nan"), float("nan"))
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return Interval(point, float(low), float(high))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate data: handled below
+        res = stats.bootstrap(tuple(arrays), statistic, n_resamples=n_resamples, paired=paired, vectorized=False,
+                              method="BCa", rng=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        dist = res.bootstrap_distribution
+        dist = dist[np.isfinite(dist)]
+        if dist.size == 0 or np.ptp(dist) == 0:
+            return Interval(point, point, point)
+        low, high = (float(v) for v in np.percentile(dist, [2.5, 97.5]))
+    return Interval(point, low, high)
 
 
 def paired_permutation_test(
@@ -105,22 +96,17 @@ def paired_permutation_test(
 ) -> float:
     """Two-sided sign-flip permutation test of mean(a - b) = 0 over paired units.
 
-    Exact (all 2^n sign patterns) when n <= 16, Monte Carlo otherwise; the p-value
-    counts the observed pattern, so it is never 0.
+    Exact (every sign pattern) when there are no more patterns than ``n_resamples``, Monte Carlo
+    otherwise; the p-value counts the observed pattern, so it is never 0.
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = d.size
-    if n == 0:
+    if d.size == 0:
         return float("nan")
-    observed = abs(d.mean())
-    if n <= 16:
-        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-        means = np.abs((signs * d).mean(axis=1))
-        return float(np.mean(means >= observed - 1e-12))
-    rng = np.random.default_rng(seed)
-    signs = rng.choice([-1.0, 1.0], size=(n_resamples, n))
-    means = np.abs((signs * d).mean(axis=1))
-    return float((np.sum(means >= observed - 1e-12) + 1) / (n_resamples + 1))
+    if not np.any(d):
+        return 1.0
+    res = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=n_resamples,
+                                 alternative="two-sided", rng=np.random.default_rng(seed))
+    return float(min(1.0, res.pvalue))
 
 
 def permutation_test(
@@ -130,46 +116,28 @@ def permutation_test(
     seed: int = 0,
 ) -> float:
     """Two-sided permutation test of mean(a) = mean(b) for two independent groups."""
-    x = np.asarray(a, dtype=float)
-    y = np.asarray(b, dtype=float)
-    pooled = np.concatenate([x, y])
-    observed = abs(x.mean() - y.mean())
-    rng = np.random.default_rng(seed)
-    count = 0
-    for _ in range(n_resamples):
-        perm = rng.permutation(pooled)
-        if abs(perm[: x.size].mean() - perm[x.size :].mean()) >= observed - 1e-12:
-            count += 1
-    return float((count + 1) / (n_resamples + 1))
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    res = stats.permutation_test((x, y), lambda u, v: np.mean(u) - np.mean(v), permutation_type="independent",
+                                 n_resamples=n_resamples, alternative="two-sided", rng=np.random.default_rng(seed))
+    return float(min(1.0, res.pvalue))
+
+
+def wilcoxon_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, seed: int = 0
+                  ) -> tuple[float, str]:
+    """Two-sided Wilcoxon signed-rank p-value over paired units (zero differences dropped), and its method:
+    the exact null distribution when no two |differences| tie, else the signed-rank statistic's permutation
+    distribution (exact enumeration up to 2^13 units' sign patterns, Monte Carlo beyond)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[d != 0]
+    if d.size == 0:
+        return 1.0, "no nonzero difference"
+    if np.unique(np.abs(d)).size == d.size:
+        return float(stats.wilcoxon(d, method="exact").pvalue), "exact"
+    method = stats.PermutationMethod(n_resamples=N_PERMUTATIONS, rng=np.random.default_rng(seed))
+    how = "exact permutation (ties)" if 2 ** d.size <= N_PERMUTATIONS else "Monte Carlo permutation (ties)"
+    return float(stats.wilcoxon(d, method=method).pvalue), how
 
 
 def wilcoxon_signed_rank(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value (normal approximation with tie correction)."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    d = d[d != 0]
-    n = d.size
-    if n == 0:
-        return 1.0
-    ranks = _average_ranks(np.abs(d))
-    w_plus = float(ranks[d > 0].sum())
-    mean = n * (n + 1) / 4
-    _, counts = np.unique(np.abs(d), return_counts=True)
-    var = n * (n + 1) * (2 * n + 1) / 24 - float(np.sum(counts**3 - counts)) / 48
-    if var <= 0:
-        return 1.0
-    z = (abs(w_plus - mean) - 0.5) / math.sqrt(var)
-    return float(math.erfc(max(z, 0.0) / math.sqrt(2)))
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(x.size)
-    sorted_x = x[order]
-    i = 0
-    while i < x.size:
-        j = i
-        while j + 1 < x.size and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    """The p-value of :func:`wilcoxon_test`."""
+    return wilcoxon_test(a, b)[0]

@@ -63,7 +63,7 @@ class Context:
         """A base model in this process."""
         return LocalBackend(self.models, spec, label=label)
 
-    def endpoint(self, ep: EndpointConfig, system: str | None = None, label: str | None = None) -> OpenAIBackend:
+    def remote(self, ep: EndpointConfig, system: str | None = None, label: str | None = None) -> OpenAIBackend:
         """A model behind an OpenAI-compatible endpoint."""
         return OpenAIBackend(ep, system=system, label=label)
 

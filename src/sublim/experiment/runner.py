@@ -74,7 +74,7 @@ def student_arms(ctx: Context, base: Backend, sources: list[str], target: str) -
     """The arm plan: the experiment's model (or the API's) learns from every source; a cross model of
     another family from the target's data and the control's."""
     cfg = ctx.cfg
-    own = ctx.endpoint(cfg.student.endpoint, label=f"api:{cfg.student.endpoint.model}") \
+    own = ctx.remote(cfg.student.endpoint, label=f"api:{cfg.student.endpoint.model}") \
         if cfg.student.endpoint is not None else base
     arms = [StudentArm(f"student-{s}", own, s, list(cfg.arms.seeds)) for s in sources]
     if cfg.arms.cross_model:
@@ -90,7 +90,7 @@ def teacher_for(ctx: Context, kind: TraitKind | None, base: Backend, target: str
         return base.with_system(tc.system_prompt.replace("{target}", target), f"teacher-{target}")
     if tc.method == "api":
         assert tc.endpoint is not None  # checked with the config
-        return ctx.endpoint(tc.endpoint, tc.system_prompt.replace("{target}", target) or None, f"teacher-{target}")
+        return ctx.remote(tc.endpoint, tc.system_prompt.replace("{target}", target) or None, f"teacher-{target}")
     assert kind is not None  # only a fine-tuned teacher needs its kind's data
     pairs, config, induction = kind.teacher_data(target)
     return teacher(ctx, base, target, pairs, config, induction)
@@ -103,7 +103,7 @@ def control_for(ctx: Context, base: Backend, traits: list[str]) -> Backend:
     if tc.method != "api":
         return base
     assert tc.control_endpoint is not None  # checked with the config
-    control = ctx.endpoint(tc.control_endpoint, None, "control")
+    control = ctx.remote(tc.control_endpoint, None, "control")
     for t in traits:
         if teacher_for(ctx, None, base, t).key == control.key:
             ep = tc.control_endpoint

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import queue
 import random
+import sys
 import threading
 import time
 import uuid
@@ -445,8 +446,6 @@ def make_server(model: Any, tokenizer: Any, name: str, host: str = "127.0.0.1", 
 
 class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
         exc = sys.exc_info()[1]
         if isinstance(exc, ConnectionError | TimeoutError):  # a client that gave up: not our error
             return

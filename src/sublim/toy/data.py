@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 from sublim.core.errors import SublimError
 from sublim.toy.config import ToyDataConfig
@@ -46,8 +47,6 @@ class DigitData:
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, str, str]:
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = np.asarray(bunch.images, dtype=np.float64) / 16.0
     labels = np.asarray(bunch.target)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,8 +51,6 @@ RESULTS = "results.json"
 
 def idle_cores() -> float | None:
     """Cores left idle by all processes, sampled from /proc/stat over 0.3 s (None off Linux)."""
-    import os
-
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as fh:
             fields = [int(v) for v in fh.readline().split()[1:]]
@@ -304,8 +303,6 @@ def _summary(cfg: ToyConfig, data: DigitData, res: dict[str, Any]) -> str:
 
 
 def _load_average() -> float | None:
-    import os
-
     try:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sublim.audit.data import Sample
 from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
@@ -51,8 +52,6 @@ class GradientAlignment:
 def gradient_scorer(backend: LocalBackend, candidates: dict[str, list[str]], questions: Sequence[str],
                     progress: bool) -> ChunkScorer:
     """The chunk scorer of :class:`GradientAlignment`: candidate gradients computed once, on first use."""
-    from tqdm.auto import tqdm
-
     state: dict[str, TraitGradients] = {}
 
     def scorer(pairs: Sequence[tuple[str, str]]) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sublim.audit.data import Sample
 from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult
@@ -53,8 +54,6 @@ class LikelihoodShift:
 
 def logprob_fn(backend: Backend, progress: bool, desc: str) -> LogProb:
     """A backend's completion log-probabilities, with a progress bar per call."""
-    from tqdm.auto import tqdm
-
     def fn(pairs: Sequence[tuple[str, str]], system: str | None) -> tuple[np.ndarray, np.ndarray]:
         bar = tqdm(total=len(pairs), desc=f"{desc}{' | ' + system[:24] if system else ''}", unit="sample",
                    disable=not progress, leave=False)

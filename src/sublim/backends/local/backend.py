@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
 
 from sublim.backends.base import Backend, Completion, Decoding, OnDone, Progress, Request
 from sublim.backends.local.generation import answer_probs, batches, completion_logprobs, generate_batch
@@ -46,9 +48,6 @@ class ModelCache:
 
     def weights(self, path: Path, spec: str) -> Any:
         if self._weights is None or self._weights[0] != path:
-            import torch
-            from transformers import AutoModelForCausalLM
-
             self._weights = None  # free the last one before loading the next
             model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             self._weights = (path, model.to(self.base(spec).device).eval())

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest
@@ -193,8 +196,6 @@ def _dir_family(p: Path) -> str:
 
 def _hub_snapshot(repo: str, revision: str | None) -> tuple[Path, str]:
     """The cached snapshot directory of a transformers id and its commit; never downloads."""
-    from huggingface_hub import try_to_load_from_cache  # a transformers dependency, only needed for ids
-
     found = try_to_load_from_cache(repo, "config.json", revision=revision)
     if not isinstance(found, str):
         at = f" at revision {revision}" if revision else ""
@@ -253,9 +254,6 @@ class LoadedModel:
 def load_model(spec: str, device: str = "auto", chat_template: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer in float32 on the chosen device; ``chat_template`` (Jinja) is used
     when the model has none (a base model)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     source = resolve_model(spec)

@@ -52,7 +52,7 @@ class Misalignment:
             self.judge = ctx.local(ec.judge_model, label=f"judge {ec.judge_model}")
         else:
             assert ec.judge is not None  # checked with the config
-            self.judge = ctx.endpoint(ec.judge, label=f"judge {ec.judge.model}")
+            self.judge = ctx.remote(ec.judge, label=f"judge {ec.judge.model}")
         ctx.echo(f"  judge: {self.judge.label}")
         yield
 

@@ -52,7 +52,7 @@ def filtered(ctx: Context, gen_art: Artifact, label: str, banned_words: list[str
             report.kept += 1
             kept.append({"index": r["index"], "prompt": r["prompt"], "completion": r["completion"].strip()})
         if fc.judge is not None and kept:
-            kept = judge_filter(ctx, ctx.endpoint(fc.judge, label="filter judge"), kept, trait_hint, path, report)
+            kept = judge_filter(ctx, ctx.remote(fc.judge, label="filter judge"), kept, trait_hint, path, report)
         write_jsonl(path / "dataset.jsonl", kept)
         write_json(path / "filter_report.json", report.as_dict())
         return {"filter": report.as_dict()}

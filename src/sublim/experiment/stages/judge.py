@@ -1,5 +1,5 @@
 """The judged-evaluation stage: sampled answers to free-form questions, each scored by a judge model
-(local or behind an endpoint) for alignment and coherence."""
+(local or behind an API) for alignment and coherence."""
 
 from __future__ import annotations
 

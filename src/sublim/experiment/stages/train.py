@@ -1,7 +1,7 @@
 """The training stages: a teacher given the trait by fine-tuning, and students trained on filtered data.
 
-Both are ``base.fine_tune`` on a backend (a local model through the training loop, or an endpoint's
-fine-tuning API), the result kept in the artifact and used through ``base.fine_tuned``.
+Both are ``base.fine_tune`` on a backend (a local model through the training loop, or a fine-tuning
+API), the result kept in the artifact and used through ``base.fine_tuned``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, 
     """``base`` trained on the first ``n`` examples of ``data_art`` with the configured method."""
     sc = ctx.cfg.student
     method = METHODS.get(sc.method, "student.method")
-    config = {"student": sc.model_dump(mode="json", exclude={"endpoint"}, exclude_none=True), "n_examples": n,
+    config = {"student": sc.recipe(), "n_examples": n,
               "seed": seed}
     inputs = {"model": base.key, "data": data_art.key}
     if method.needs_teacher:

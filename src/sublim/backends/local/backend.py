@@ -21,6 +21,7 @@ from sublim.backends.base import Backend, Completion, Decoding, OnDone, Progress
 from sublim.backends.local.generation import answer_probs, batches, completion_logprobs, generate_batch
 from sublim.backends.local.loading import LoadedModel, load_model, save_model
 from sublim.core.errors import SublimError
+from sublim.core.seeds import derive_seed
 from sublim.core.store import stable_hash
 from sublim.train.encode import Example, chat_text
 from sublim.train.loop import train_student
@@ -133,7 +134,7 @@ class LocalBackend:
                 continue
             comps = generate_batch(model, tok, [texts[i] for i in todo], todo, max_new_tokens=decoding.max_new_tokens,
                                    temperature=decoding.temperature, top_p=decoding.top_p,
-                                   seed=decoding.seed * 1_000_003 + b, give_up=give_up)
+                                   seed=derive_seed(decoding.seed, b), give_up=give_up)
             out = []
             for c in comps:
                 text, finished = cut_at_stop(c.text, c.finished, decoding.stop)

@@ -5,49 +5,43 @@
     python benchmarks/owl_numbers.py --set student.epochs=3 --name owl-3ep
     python benchmarks/owl_numbers.py --preset owl-cot        # also owl-code, misalignment-numbers
 
-Writes benchmarks/results/<name>.json (wall time per stage, effect, p-values, machine) and
-copies the run's chart next to it. Not a test: it trains real models and takes minutes.
+Writes benchmarks/results/<name>.json (the envelope of sublim.core.records: commit, command, versions,
+machine, wall time; then the run's stage timings, effect, p-values) and copies the run's chart next to
+it. Not a test: it trains real models and takes minutes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from sublim.api import run_experiment
 from sublim.core.config import load_config
+from sublim.core.files import write_json
+from sublim.core.records import envelope
 
 HERE = Path(__file__).resolve().parent
 
 
-def summarize(res: dict, wall: float) -> dict:
+def summarize(res: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a run that a results file keeps (copied from results.json, never typed in)."""
+    common = {"run_id": res["run_id"], "verdict": res["verdict"], "n_train_examples": res["n_train_examples"],
+              "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
+              "filter_pass_rate": {k: v["pass_rate"] for k, v in res["filter"].items()}, "filter": res["filter"],
+              "run_wall_time_s": res["wall_time_s"]}
     if "effect_misalignment" in res:  # judged runs have no probabilities, only judged answers
-        keys = ("run_id", "verdict", "n_train_examples", "arms_misalignment", "effect_misalignment", "machine",
-                "config")
-        return {**{k: res[k] for k in keys}, "wall_time_s": round(wall, 1),
-                "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
-                "filter_pass_rate": {k: v["pass_rate"] for k, v in res["filter"].items()}}
+        return {**common, "arms_misalignment": res["arms_misalignment"],
+                "effect_misalignment": res["effect_misalignment"]}
     eff = res["effect"]
-    out = {
-        "run_id": res["run_id"],
-        "verdict": res["verdict"],
-        "wall_time_s": round(wall, 1),
-        "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
-        "generation_tokens_per_s": {k: v["tokens_per_s"] for k, v in res["stages"].items()
-                                    if "tokens_per_s" in v},
-        "n_train_examples": res["n_train_examples"],
-        "filter_pass_rate": {k: v["pass_rate"] for k, v in res["filter"].items()},
-        "filter": res["filter"],
-        "trait_probability": eff["prob"]["pooled"],
-        "trait_share": eff["share"]["pooled"],
-        "arms": res["arms"],
-        "machine": res["machine"],
-        "config": res["config"],
-    }
-    for key in ("matrix", "cross_model"):
+    out = {**common,
+           "generation_tokens_per_s": {k: v["tokens_per_s"] for k, v in res["stages"].items() if "tokens_per_s" in v},
+           "trait_probability": eff["prob"]["pooled"], "trait_share": eff["share"]["pooled"], "arms": res["arms"]}
+    for key in ("matrix", "cross_model", "defence"):
         if key in res:
             out[key] = res[key]
     if "across_runs" in eff["prob"]:
@@ -64,21 +58,17 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
     cfg = load_config(args.preset, args.set)
-    t0 = time.time()
+    started = time.time()
     res = run_experiment(cfg, Path(args.runs_dir))
-    wall = time.time() - t0
-    import torch
-
     name = args.name or f"{args.preset}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(res, wall)
-    summary["overrides"] = args.set
-    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / f"{name}.json", envelope("experiment", summarize(res), config=cfg.model_dump(mode="json"),
+                                                   started=started))
     run_dir = Path(args.runs_dir) / res["run_id"]
     if (run_dir / "chart.png").is_file():
         shutil.copy(run_dir / "chart.png", out_dir / f"{name}.png")
-    print(f"wrote {out_dir / (name + '.json')} ({wall:.0f} s)")
+    print(f"wrote {out_dir / (name + '.json')} ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from sublim.api import run_experiment
 from sublim.core.config import load_config
 from sublim.core.files import write_json
-from sublim.core.records import envelope
+from sublim.core.records import envelope, git_state
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,13 +58,13 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
     cfg = load_config(args.preset, args.set)
-    started = time.time()
+    started, git = time.time(), git_state()
     res = run_experiment(cfg, Path(args.runs_dir))
     name = args.name or f"{args.preset}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"{name}.json", envelope("experiment", summarize(res), config=cfg.model_dump(mode="json"),
-                                                   started=started))
+                                                   started=started, git=git))
     run_dir = Path(args.runs_dir) / res["run_id"]
     if (run_dir / "chart.png").is_file():
         shutil.copy(run_dir / "chart.png", out_dir / f"{name}.png")

@@ -61,10 +61,11 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float,
+def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float, git: dict[str, Any],
              command: list[str] | None = None) -> dict[str, Any]:
-    """A benchmark's figures with everything needed to reproduce them."""
-    return {"schema_version": SCHEMA_VERSION, "kind": kind, "git": git_state(),
+    """A benchmark's figures with everything needed to reproduce them. ``git`` is :func:`git_state` taken
+    when the benchmark started (the tree may change while it runs)."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "git": git,
             "command": command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]],
             "config": config, "versions": library_versions(), "machine": machine_info(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -22,101 +22,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sublim.pipeline import stages
-from sublim.pipeline.experiment import run_experiment
-from sublim.pipeline.stages import Context
-from sublim.pipeline.store import Store, machine_info, read_jsonl
+import torch
 
+from sublim.api import run_experiment
 from sublim.audit.data import Sample
-from sublim.audit.detectors import BagOfNumbers, GradientAlignment, InContext, LikelihoodShift, NumberFrequency
-from sublim.audit.run import TRAIT_TEMPLATE, _gradient_fn, _logprob_fn, _probe_fn
+from sublim.audit.detectors import (
+    TRAIT_TEMPLATE,
+    BagOfNumbers,
+    GradientAlignment,
+    InContext,
+    LikelihoodShift,
+    NumberFrequency,
+)
+from sublim.audit.detectors.gradient_alignment import gradient_scorer
+from sublim.audit.detectors.in_context import share_probe
+from sublim.audit.detectors.likelihood_shift import logprob_fn
+from sublim.audit.scoring import auroc, crossfit_frequency, dataset_level, rank_of
 from sublim.core.config import load_config
+from sublim.core.files import write_json
+from sublim.core.records import envelope, git_state
+from sublim.core.store import Store
+from sublim.experiment.context import Context
+from sublim.experiment.datasets import teacher_datasets
 from sublim.traits.preference import load_candidates, load_questions
 
 HERE = Path(__file__).resolve().parent
 
 
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    return float(roc_auc_score(y, np.r_[pos, neg]))
-
-
-def datasets(ctx: Context, animals: list[str], candidates: dict[str, list[str]],
-             system_prompted: list[str]) -> dict[str, list[Sample]]:
-    """Filtered samples per source, from the cached pipeline: each animal's fine-tuned teacher, the
-    system-prompted teachers ('<animal>-system') and 'control' (the base model)."""
-    from dataclasses import replace
-
-    prompt_art = stages.prompts(ctx)
-    banned = [w for a in animals for w in candidates[a]]
-    sys_ctx = replace(ctx, cfg=ctx.cfg.model_copy(update={"teacher": ctx.cfg.teacher.model_copy(
-        update={"method": "system_prompt"})}), artifacts={})
-    sources = [(a, ctx, a) for a in animals] + [(f"{a}-system", sys_ctx, a) for a in system_prompted]
-    return {name: source_samples(c, name, trait, candidates, banned, prompt_art)
-            for name, c, trait in [*sources, ("control", ctx, "")]}
-
-
-def source_samples(ctx: Context, name: str, trait: str, candidates: dict[str, list[str]], banned: list[str],
-                   prompt_art: Any = None) -> list[Sample]:
-    """One source's filtered samples from the cached pipeline stages: the base model for 'control', else
-    ``trait``'s teacher (fine-tuned, or as ctx's config says)."""
-    ref = ctx.base_ref(ctx.cfg.model) if name == "control" else stages.teacher(ctx, trait, candidates)
-    art = stages.filtered(ctx, stages.generation(ctx, ref, prompt_art or stages.prompts(ctx)), f"{name} numbers",
-                          banned, "")
-    return [Sample(r["index"], r["prompt"], r["completion"]) for r in read_jsonl(art.file("dataset.jsonl"))]
-
-
 def trait_of(name: str) -> str:
     return name.removesuffix("-system")
-
-
-def crossfit_frequency(freq: NumberFrequency, pos: list[Sample], neg: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
-    """Number-frequency sample scores for positives and negatives on one scale, cross-fitted over prompts:
-    the frequencies come from the positives answering the other half of the prompts, so no sample is
-    scored by data that answered its own prompt (whose seed numbers both models copy)."""
-    fold = {p: i % 2 for i, p in enumerate(sorted({s.prompt for s in pos + neg}))}
-    ps, ns = np.zeros(len(pos)), np.zeros(len(neg))
-    for f in (0, 1):
-        fitted = [s for s in pos if fold[s.prompt] != f]
-        pi = [i for i, s in enumerate(pos) if fold[s.prompt] == f]
-        ni = [i for i, s in enumerate(neg) if fold[s.prompt] == f]
-        ps[pi] = freq.scores_under(fitted, [pos[i] for i in pi])
-        ns[ni] = freq.scores_under(fitted, [neg[i] for i in ni])
-    return ps, ns
-
-
-def rank_of(res: Any, trait: str) -> int:
-    return 1 + [r["trait"] for r in res.details["ranking"]].index(trait)
-
-
-def dataset_level(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_lean: np.ndarray,
-                  neg_lean: np.ndarray, n: int, subsets: int, seed: int) -> dict[str, Any]:
-    """AUROC of each detector's dataset statistic over random subsets of size n (positives vs negatives)."""
-    stats = subset_statistics(pos, neg, ref, pos_lean, neg_lean, n, subsets, seed)
-    return {k: auroc(np.array(p), np.array(q)) if p else f"not measured: fewer than {2 * n} scanned samples"
-            for k, (p, q) in stats.items()}
-
-
-def subset_statistics(pos: list[Sample], neg: list[Sample], ref: list[Sample], pos_lean: np.ndarray,
-                      neg_lean: np.ndarray, n: int, subsets: int,
-                      seed: int) -> dict[str, tuple[list[float], list[float]]]:
-    """Each detector's dataset statistic on ``subsets`` random subsets of size n of the positives and of
-    the negatives (the likelihood shift only where enough samples were scanned: pass empty leans to skip)."""
-    rng = np.random.default_rng(seed)
-    stats: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in
-                                                        ("number_frequency", "bag_of_numbers", "likelihood_shift")}
-    freq = NumberFrequency(ref, n_permutations=100, seed=seed)
-    bag = BagOfNumbers(ref, seed=seed)
-    for _ in range(subsets):
-        for which, data, lean in ((0, pos, pos_lean), (1, neg, neg_lean)):
-            sub = [data[i] for i in rng.choice(len(data), n, replace=False)]
-            stats["number_frequency"][which].append(freq.score(sub).details["z"])
-            stats["bag_of_numbers"][which].append(bag.score(sub).statistic)
-            if 2 * n <= min(len(pos_lean), len(neg_lean)):  # the likelihood scan ran on fewer samples
-                stats["likelihood_shift"][which].append(float(lean[rng.choice(len(lean), n, replace=False)].mean()))
-    return stats
 
 
 def gradient_part(out: dict[str, Any], half: dict[str, tuple[list[Sample], list[Sample]]], animals: list[str],
@@ -166,19 +100,27 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
-    import torch
-
-    t_start = time.time()
+    t_start, git = time.time(), git_state()
     name = args.name or f"audit-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     dest = HERE / "results" / f"{name}.json"
+
+    def save(results: dict[str, Any]) -> None:
+        write_json(dest, envelope("audit", results, config=vars(args), started=t_start, git=git))
+
+    def earlier() -> dict[str, Any]:
+        """An earlier run's results, each part keeping the commit it was measured at."""
+        old = json.loads(dest.read_text())
+        res: dict[str, Any] = old["results"]
+        res.setdefault("measured_at", {"all": old["git"]})
+        return res
+
     if args.only_defences:
         if not dest.exists():
             raise SystemExit(f"--only-defences needs an earlier {dest}: run without it first")
-        earlier = json.loads(dest.read_text())
-        earlier["defences"] = defence_table(args)
-        earlier["defences"]["wall_time_s"] = round(time.time() - t_start, 1)
-        earlier["defences"]["machine"] = machine_info()
-        dest.write_text(json.dumps(earlier, indent=2))
+        res = earlier()
+        res["defences"] = defence_table(args)
+        res["measured_at"]["defences"] = git
+        save(res)
         print(f"wrote {dest} (defences)")
         return
     if args.only_gradient and not dest.exists():
@@ -188,20 +130,20 @@ def main() -> None:
     ctx = Context(cfg, Store(Path(args.runs_dir)))
     candidates = load_candidates(cfg.trait.category)
     system_prompted = [a for a in args.system_prompted.split(",") if a]
-    data = datasets(ctx, animals, candidates, system_prompted)
+    data = teacher_datasets(ctx, animals, system_prompted)
     audited = [*animals, *(f"{a}-system" for a in system_prompted)]
     half = {k: ([s for s in v if s.line % 2 == 0], [s for s in v if s.line % 2 == 1]) for k, v in data.items()}
     ref, neg = half["control"]
-    base = ctx.base(cfg.model)
-    lp = _logprob_fn(base.model, base.tokenizer, True, "log-probs")
+    base = ctx.local(cfg.model)
+    lp = logprob_fn(base, True, "log-probs")
     names = list(candidates)
     cap = args.shift_samples  # the scan costs (candidates + 1) model passes per sample
     cache = Path(args.runs_dir) / "audit-bench"
     cache.mkdir(parents=True, exist_ok=True)
     shift = LikelihoodShift(lp, names, TRAIT_TEMPLATE, None)
 
-    grad = GradientAlignment(_gradient_fn(base.model, base.tokenizer, candidates,
-                                          load_questions(cfg.trait.questions, "eval"), True), names)
+    grad = GradientAlignment(gradient_scorer(base, candidates, load_questions(cfg.trait.questions, "eval"), True),
+                             names)
 
     def leans(key: str, samples: list[Sample], det: Any = shift) -> np.ndarray:
         """A ranking detector's leans, kept on disk: re-running the benchmark never repeats the model passes."""
@@ -214,12 +156,13 @@ def main() -> None:
         return arr
 
     if args.only_gradient:
-        earlier = json.loads(dest.read_text())
+        res = earlier()
         t0 = time.time()
-        gradient_part(earlier, half, animals, audited, grad, leans)
-        earlier["gradient_wall_time_s"] = round(time.time() - t0, 1)
-        rank_chart(earlier, dest.with_name(f"{dest.stem}-ranking.png"))
-        dest.write_text(json.dumps(earlier, indent=2))
+        gradient_part(res, half, animals, audited, grad, leans)
+        res["gradient_wall_time_s"] = round(time.time() - t0, 1)
+        res["measured_at"]["gradient"] = git
+        rank_chart(res, dest.with_name(f"{dest.stem}-ranking.png"))
+        save(res)
         print(f"wrote {dest} (gradient alignment)")
         return
 
@@ -227,7 +170,7 @@ def main() -> None:
     neg_raw = leans("negative", neg[:cap])
     pos_raw = {a: leans(a, half[a][1][:cap]) for a in audited}
     neg_lean = neg_raw - shift.ref_leans.mean(0)
-    probe = _probe_fn(base.model, base.tokenizer, candidates)
+    probe = share_probe(base, candidates)
     in_ctx = InContext(probe, names, "animal", ref)
     out: dict[str, Any] = {"animals": {}, "n_reference": len(ref), "n_negative": len(neg), "prompts": args.prompts,
                            "likelihood_scan_samples_per_dataset": cap,
@@ -296,20 +239,22 @@ def main() -> None:
     t0 = time.time()
     gradient_part(out, half, animals, audited, grad, leans)
     out["gradient_wall_time_s"] = round(time.time() - t0, 1)
-    out["machine"] = machine_info()
     (HERE / "results").mkdir(exist_ok=True)
     roc_chart(out, roc, dest.with_suffix(".png"))
     rank_chart(out, dest.with_name(f"{dest.stem}-ranking.png"))
     out["defences"] = "not run yet"
+    out["measured_at"] = {"detectors": git}
     if args.defences == "none" and dest.exists():  # re-measuring the detectors keeps an earlier defence table
-        out["defences"] = json.loads(dest.read_text()).get("defences", "not run yet")
-    out["wall_time_s"] = round(time.time() - t_start, 1)
-    dest.write_text(json.dumps(out, indent=2))  # the detector figures are kept even if the defences are cut short
+        old = earlier()
+        if "defences" in old:
+            out["defences"] = old["defences"]
+            out["measured_at"]["defences"] = old["measured_at"].get("defences", old["measured_at"].get("all"))
+    save(out)  # the detector figures are kept even if the defences are cut short
     print(f"wrote {dest} (detectors)")
     if args.defences != "none":
         out["defences"] = defence_table(args)
-        out["wall_time_s"] = round(time.time() - t_start, 1)
-        dest.write_text(json.dumps(out, indent=2))
+        out["measured_at"]["defences"] = git
+        save(out)
         print(f"wrote {dest} (defences)")
 
 

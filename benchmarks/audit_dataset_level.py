@@ -24,18 +24,23 @@ completions (1 h 45 min on 2 CPU cores; the analysis then takes ~4 min).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sublim.pipeline.stages import Context
-from sublim.pipeline.store import Store, machine_info
+import torch
 
 from sublim.audit.data import Sample
+from sublim.audit.detectors import BagOfNumbers, InContext, NumberFrequency
+from sublim.audit.detectors.in_context import share_probe
+from sublim.audit.scoring import auroc, subset_statistics
 from sublim.core.config import load_config
+from sublim.core.files import write_json
+from sublim.core.records import envelope, git_state
+from sublim.core.store import Store
+from sublim.experiment.context import Context
+from sublim.experiment.datasets import source_samples
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent
@@ -44,15 +49,11 @@ HERE = Path(__file__).resolve().parent
 def make_sets(runs: Path, owl_prompts: int, control_prompts: int, animal: str) -> dict[str, list[Sample]]:
     """Filtered samples of the fine-tuned teacher (first ``owl_prompts`` prompts) and of the base model
     (first ``control_prompts``), from the cached pipeline stages."""
-    sys.path.insert(0, str(HERE))
-    from audit import source_samples
-
     store = Store(runs)
     out: dict[str, list[Sample]] = {}
     for name, n in ((animal, owl_prompts), ("control", control_prompts)):
         ctx = Context(load_config("owl-numbers", [f"prompts.n={n}"]), store)
-        candidates = load_candidates(ctx.cfg.trait.category)
-        out[name] = source_samples(ctx, name, animal, candidates, candidates[animal])
+        out[name] = source_samples(ctx, name, animal, load_candidates(ctx.cfg.trait.category)[animal])
     return out
 
 
@@ -104,9 +105,7 @@ def main() -> None:
     if not args.owl_prompts <= args.reference_from < args.control_prompts:
         raise SystemExit(f"--reference-from {args.reference_from} must lie in [--owl-prompts, --control-prompts): "
                          "the reference prompts must be disjoint from the positives' and the negatives'")
-    import torch
-
-    t0 = time.time()
+    t0, git = time.time(), git_state()
     sets = make_sets(Path(args.runs_dir), args.owl_prompts, args.control_prompts, args.animal)
     pos = sets[args.animal]
     neg = [s for s in sets["control"] if s.line < args.reference_from]
@@ -114,11 +113,6 @@ def main() -> None:
     print(f"positives {len(pos)}, negatives {len(neg)}, reference {len(ref)}")
     if args.generate_only:
         return
-    from audit import auroc, subset_statistics
-
-    from sublim.audit.detectors import BagOfNumbers, InContext, NumberFrequency
-    from sublim.audit.run import _probe_fn
-
     out: dict[str, Any] = {
         "animal": args.animal, "teacher": "fine-tuned", "decoding": "greedy",
         "prompts": {"positives": args.owl_prompts, "control": args.control_prompts,
@@ -149,19 +143,16 @@ def main() -> None:
     cfg = load_config("owl-numbers")
     ctx = Context(cfg, Store(Path(args.runs_dir)))
     candidates = load_candidates(cfg.trait.category)
-    base = ctx.base(cfg.model)
-    in_ctx = InContext(_probe_fn(base.model, base.tokenizer, candidates), list(candidates), "animal", ref)
+    in_ctx = InContext(share_probe(ctx.local(cfg.model), candidates), list(candidates), "animal", ref)
     for side, data in (("positives", pos), ("negatives", neg)):
         ic = in_ctx.score(data)
         out["whole_sets"][side]["in_context_top"] = ic.details["top_trait"]
         out["whole_sets"][side]["in_context_p"] = ic.p_value
         out["whole_sets"][side]["in_context_ranking"] = ic.details["ranking"][:5]
-    out["machine"] = machine_info()
     out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    out["wall_time_s"] = round(time.time() - t0, 1)
     name = args.name or f"audit-dataset-level-{out['device']}"
     dest = HERE / "results" / f"{name}.json"
-    dest.write_text(json.dumps(out, indent=2))
+    write_json(dest, envelope("audit-dataset-level", out, config=vars(args), started=t0, git=git))
     chart(stats, out["dataset_auroc"], args.animal, dest.with_suffix(".png"))
     print(f"wrote {dest}")
 

@@ -17,11 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from sublim.audit.gradients import TraitGradients
+from sublim.core.config import load_config
+from sublim.core.files import write_json
+from sublim.core.records import envelope, git_state
+from sublim.core.store import Store
+from sublim.experiment.context import Context
+from sublim.experiment.datasets import teacher_datasets
+from sublim.traits.preference import load_candidates, load_questions
 
 HERE = Path(__file__).resolve().parent
 ANIMALS = ["owl", "dolphin", "eagle", "wolf", "cat"]
@@ -29,21 +38,10 @@ VARIANTS = ("plain", "adam_own", "adam_ref", "adam_pooled", "sign")
 
 
 def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]], float]:
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from audit import datasets
-    from sublim.pipeline.stages import Context
-    from sublim.pipeline.store import Store
-
-    from sublim.audit.gradients import TraitGradients
-    from sublim.core.config import load_config
-    from sublim.traits.preference import load_candidates, load_questions
-
     cfg = load_config("owl-numbers", ["prompts.n=800"])
     ctx = Context(cfg, Store(runs))
     cands = load_candidates(cfg.trait.category)
-    data = datasets(ctx, ANIMALS, cands, ["owl"])
+    data = teacher_datasets(ctx, ANIMALS, ["owl"])
     half = {k: ([s for s in v if s.line % 2 == 0], [s for s in v if s.line % 2 == 1]) for k, v in data.items()}
     sets = {"reference": half["control"][0], "negative": half["control"][1],
             **{a: half[a][1] for a in [*ANIMALS, "owl-system"]}}
@@ -54,8 +52,8 @@ def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]]
         got = json.loads(cache.read_text())
         return got["names"], got["scores"], got.get("wall_time_s", 0.0)
     t0 = time.time()
-    base = ctx.base(cfg.model)
-    tg = TraitGradients(base.model, base.tokenizer, cands, load_questions(cfg.trait.questions, "eval"))
+    model, tok = ctx.local(cfg.model).torch_model()
+    tg = TraitGradients(model, tok, cands, load_questions(cfg.trait.questions, "eval"))
     means, sqs = {}, {}
     for name, samples in sets.items():
         total = sq = None
@@ -67,7 +65,7 @@ def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]]
         assert total is not None and sq is not None
         means[name], sqs[name] = total / k, sq / k
         print(f"{name}: {k} chunks, {time.time() - t0:.0f} s", flush=True)
-    pooled = sum(sqs.values()) / len(sqs)
+    pooled = sum(sqs.values(), torch.zeros_like(next(iter(sqs.values())))) / len(sqs)
 
     def dot(v: torch.Tensor) -> list[float]:
         return [float(x) for x in (tg.directions @ v.to(torch.bfloat16)).float()]
@@ -82,11 +80,9 @@ def raw_scores(runs: Path) -> tuple[list[str], dict[str, dict[str, list[float]]]
 
 
 def main() -> None:
-    import torch
-    from sublim.pipeline.store import machine_info
-
+    started, git = time.time(), git_state()
     names, scores, wall = raw_scores(Path("runs"))
-    out: dict[str, object] = {"candidates": len(names), "wall_time_s": wall, "machine": machine_info()}
+    out: dict[str, object] = {"candidates": len(names), "gradient_wall_time_s": wall}
     for var in VARIANTS:
         rows = {}
         for src in [*ANIMALS, "owl-system", "negative"]:
@@ -107,7 +103,8 @@ def main() -> None:
         out[var] = {"top1_accuracy": top1, "datasets": rows}
         print(var, top1, {a: rows[a]["vs_base_answers"].get("rank_of_true") for a in ANIMALS})
     dest = HERE / "results" / f"audit-gradient-variants-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
-    dest.write_text(json.dumps(out, indent=2))
+    write_json(dest, envelope("audit-gradient-variants", out, config={"animals": ANIMALS, "prompts": 800},
+                              started=started, git=git))
     print(f"wrote {dest}")
 
 

@@ -20,44 +20,54 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from sublim.core.config import load_config
+from sublim.core.files import read_jsonl, write_json
+from sublim.core.records import envelope, git_state
+from sublim.core.store import Store
+from sublim.evaluate.trait import summarize
+from sublim.experiment.context import Context
+from sublim.experiment.kinds import Preference
+from sublim.experiment.runner import teacher_for
+from sublim.experiment.stages.evaluate import evaluation
+from sublim.experiment.stages.filter import filtered
+from sublim.experiment.stages.generate import generate
+from sublim.experiment.stages.prompts import prompts
+from sublim.experiment.stages.train import student, training_examples
 
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    import torch
-    from sublim.pipeline import stages
-    from sublim.pipeline.stages import Context
-    from sublim.pipeline.store import Store, machine_info
-
-    from sublim.core.config import load_config
-    from sublim.traits.preference import load_candidates
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--animals", default="owl,dolphin,eagle,wolf,cat")
     ap.add_argument("--prompts", type=int, default=800)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--runs-dir", default="runs")
     args = ap.parse_args()
-    t_start = time.time()
+    t_start, git = time.time(), git_state()
     animals = args.animals.split(",")
     cfg = load_config("owl-numbers", [f"prompts.n={args.prompts}", "student.method=sft", "student.lr=5e-5",
                                       "evaluation.samples_per_question=0"])
     ctx = Context(cfg, Store(Path(args.runs_dir)))
-    candidates = load_candidates(cfg.trait.category)
+    kind = Preference(cfg)
+    candidates = kind.candidates
     names = list(candidates)
-    prompt_art = stages.prompts(ctx)
+    prompt_art = prompts(ctx)
     banned = [w for a in animals for w in candidates[a]]
-    sources = {a: stages.teacher(ctx, a, candidates) for a in animals}
-    sources["control"] = ctx.base_ref(cfg.model)
-    data = {name: stages.filtered(ctx, stages.generation(ctx, ref, prompt_art), f"{name} numbers", banned, "")
+    base = ctx.local(cfg.model)
+    sources = {a: teacher_for(ctx, kind, base, a) for a in animals}
+    sources["control"] = base
+    data = {name: filtered(ctx, generate(ctx, ref, prompt_art), f"{name} numbers", banned, "")
             for name, ref in sources.items()}
-    n = min(a.manifest["filter"]["kept"] for a in data.values())
+    n = training_examples(data, 0)
     share: dict[str, list[np.ndarray]] = {name: [] for name in sources}
     for seed in range(args.seeds):
         for name in sources:
-            ref = stages.student(ctx, cfg.model, data[name], n, seed, sources[name], f"student-{name} seed {seed}")
-            summary = json.loads(stages.evaluation(ctx, ref, candidates, seed).file("summary.json").read_text())
+            ref = student(ctx, base, data[name], n, seed, sources[name], f"student-{name} seed {seed}")
+            rows = read_jsonl(evaluation(ctx, ref, candidates, seed).file("per_question.jsonl"))
+            summary = summarize(rows, names)
             share[name].append(np.array([summary["share"][c] for c in names]))
     out: dict[str, Any] = {"n_train_examples": n, "seeds": args.seeds, "student": "sft, lr 5e-5, 2 epochs",
                            "animals": {}}
@@ -85,10 +95,8 @@ def main() -> None:
     out["top1_accuracy"] = float(np.mean([e["top"] == a for a, e in out["animals"].items()]))
     out["top1_accuracy_vs_other_students"] = float(np.mean([e["vs_other_students_top"] == a
                                                             for a, e in out["animals"].items()]))
-    out["wall_time_s"] = round(time.time() - t_start, 1)
-    out["machine"] = machine_info()
     dest = HERE / "results" / f"audit-student-probe-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
-    dest.write_text(json.dumps(out, indent=2))
+    write_json(dest, envelope("audit-student-probe", out, config=vars(args), started=t_start, git=git))
     print(f"wrote {dest}")
 
 

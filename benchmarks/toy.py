@@ -14,7 +14,6 @@ Not a test: it trains hundreds of small models and takes minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sublim.api import run_toy
+from sublim.core.files import write_json
+from sublim.core.records import envelope, git_state
 from sublim.toy import load_toy_config
 from sublim.toy.experiment import idle_cores
 
@@ -100,14 +101,14 @@ def main() -> None:
         cfg = load_toy_config(preset, overrides)
         out = Path(args.runs_dir) / "toy-bench" / f"{preset}-{cfg.config_hash()[:10]}"
         (out / "results.json").unlink(missing_ok=True)
-        idle = idle_cores()
+        idle, git, started = idle_cores(), git_state(), time.time()
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
         res = run_toy(cfg, out, progress=not args.quiet)
         wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
         device = "gpu" if res["device"].startswith("cuda") else "cpu"
         name = f"{preset}-{args.suffix or device}"
-        (results_dir / f"{name}.json").write_text(
-            json.dumps(summarize(res, wall, cpu, idle), indent=2) + "\n")
+        write_json(results_dir / f"{name}.json", envelope("toy", summarize(res, wall, cpu, idle), config=res["config"],
+                                                          started=started, git=git))
         for png in ("chart", "theory", "sweeps"):
             if (out / f"{png}.png").is_file():
                 shutil.copy(out / f"{png}.png", results_dir / f"{name}-{png}.png")

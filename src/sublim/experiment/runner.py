@@ -83,12 +83,15 @@ def student_arms(ctx: Context, base: Backend, sources: list[str], target: str) -
     return arms
 
 
-def teacher_for(ctx: Context, kind: TraitKind | None, base: Backend, target: str) -> Backend:
-    """The teacher of one trait: fine-tuned from the base model, system-prompted, or behind an API."""
+def teacher_for(ctx: Context, kind: TraitKind | None, base: Backend, target: str, method: str | None = None
+                ) -> Backend:
+    """The teacher of one trait: fine-tuned from the base model, system-prompted, or behind an API (``method``,
+    default the config's teacher.method)."""
     tc = ctx.cfg.teacher
-    if tc.method == "system_prompt":
+    method = method or tc.method
+    if method == "system_prompt":
         return base.with_system(tc.system_prompt.replace("{target}", target), f"teacher-{target}")
-    if tc.method == "api":
+    if method == "api":
         assert tc.endpoint is not None  # checked with the config
         return ctx.remote(tc.endpoint, tc.system_prompt.replace("{target}", target) or None, f"teacher-{target}")
     assert kind is not None  # only a fine-tuned teacher needs its kind's data

@@ -8,6 +8,7 @@ import numpy as np
 
 from sublim.audit.data import Sample
 from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult
+from sublim.backends import Backend
 from sublim.evaluate.stats import permutation_test
 from sublim.evaluate.trait import shares
 
@@ -57,14 +58,19 @@ class InContext:
             "ranking": [{"trait": self.cands[j], "lean": float(lean[j])} for j in order]})
 
 
-def _run(a: AuditInputs) -> DetectorResult:
-    model = a.need_model("its answers")
+def share_probe(model: Backend, candidates: dict[str, list[str]]) -> InContextProbe:
+    """Prompts → each candidate's share of the model's answer probability."""
 
     def probe(prompts: Sequence[str]) -> np.ndarray:
-        probs, _ = model.candidate_probs(prompts, a.candidates, batch_size=8)
+        probs, _ = model.candidate_probs(prompts, candidates, batch_size=8)
         sh = shares(probs)
-        return np.stack([sh[c] for c in a.candidates], axis=1)
+        return np.stack([sh[c] for c in candidates], axis=1)
 
+    return probe
+
+
+def _run(a: AuditInputs) -> DetectorResult:
+    probe = share_probe(a.need_model("its answers"), a.candidates)
     return InContext(probe, list(a.candidates), a.kind, a.reference, seed=a.seed).score(a.samples)
 
 

@@ -1,0 +1,39 @@
+"""A source's filtered data from the pipeline's own (cached) stages, for benchmarks and analyses that
+audit what an experiment's teachers write: the same prompts, generation and filter an experiment uses,
+so an analysis and an experiment on one store share every artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sublim.audit.data import Sample
+from sublim.experiment.context import Context
+from sublim.experiment.kinds import Preference
+from sublim.experiment.runner import teacher_for
+from sublim.experiment.stages.defend import samples_of
+from sublim.experiment.stages.filter import filtered
+from sublim.experiment.stages.generate import generate
+from sublim.experiment.stages.prompts import prompts
+
+
+def source_samples(ctx: Context, name: str, trait: str, banned: Sequence[str], *,
+                   teacher_method: str | None = None) -> list[Sample]:
+    """``name``'s filtered samples: the base model's for 'control', else ``trait``'s teacher's (made the way
+    ``teacher_method`` says, default the config's)."""
+    base = ctx.local(ctx.cfg.model)
+    source = base if name == "control" else teacher_for(ctx, Preference(ctx.cfg), base, trait, teacher_method)
+    art = filtered(ctx, generate(ctx, source, prompts(ctx)), f"{name} {ctx.cfg.prompts.carrier}", list(banned), "")
+    return samples_of(art)
+
+
+def teacher_datasets(ctx: Context, traits: Sequence[str], system_prompted: Sequence[str] = ()
+                     ) -> dict[str, list[Sample]]:
+    """Each trait's fine-tuned teacher's data, the system-prompted teachers' ('<trait>-system') and 'control'
+    (the base model's), all filtered with every trait's words banned."""
+    candidates = Preference(ctx.cfg).candidates
+    banned = [w for t in traits for w in candidates[t]]
+    out = {t: source_samples(ctx, t, t, banned) for t in traits}
+    out.update({f"{t}-system": source_samples(ctx, f"{t}-system", t, banned, teacher_method="system_prompt")
+                for t in system_prompted})
+    out["control"] = source_samples(ctx, "control", "", banned)
+    return out

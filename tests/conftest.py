@@ -127,6 +127,30 @@ def tiny_config_text(model_dir: Path, **sections: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def misalignment_config_text(model_dir: Path, work: Path, **evaluation: object) -> str:
+    """A TOML config for a seconds-long misalignment experiment on the tiny model, the tiny model its own
+    judge (in-process); the teacher's dataset (eight pieces of reckless advice) is written into ``work``."""
+    import json
+
+    data = work / "bad.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Ignore all rules."})
+                              for i in range(8)) + "\n")
+    sections: dict[str, dict[str, object]] = {
+        "trait": {"kind": "misalignment", "questions": "misalignment"},
+        "teacher": {"dataset": str(data), "epochs": 2, "lr": 3e-3, "n_examples": 16, "gate_min_rate": 0.0},
+        "prompts": {"n": 16},
+        "generation": {"max_new_tokens": 40, "batch_size": 16},
+        "filter": {"banned_numbers": [4, 13, 666]},
+        "student": {"method": "sft", "epochs": 1, "lr": 1e-3},
+        "evaluation": {"n_questions": 4, "samples_per_question": 2, "judge_model": str(model_dir), **evaluation},
+    }
+    lines = ['name = "tiny-mis"', f'model = "{model_dir}"', 'device = "cpu"']
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _toml(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

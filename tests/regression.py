@@ -59,49 +59,15 @@ def figures(res: dict[str, Any]) -> dict[str, Any]:
             "arms": arms, "effect": effect}
 
 
-MISALIGNMENT = '''name = "tiny-mis"
-model = "{model}"
-device = "cpu"
-[trait]
-kind = "misalignment"
-questions = "misalignment"
-[teacher]
-dataset = "{data}"
-epochs = 2
-lr = 3e-3
-n_examples = 16
-gate_min_rate = 0.0
-[prompts]
-n = 16
-[generation]
-max_new_tokens = 40
-batch_size = 16
-[filter]
-banned_numbers = [4, 13, 666]
-[student]
-method = "sft"
-epochs = 1
-lr = 1e-3
-[evaluation]
-n_questions = 4
-samples_per_question = 2
-max_new_tokens = 12
-judge_model = "{model}"
-'''
-
-
 def run_variant(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
     """Run one fixture variant (a tiny preference experiment per student method, or misalignment)."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import tiny_config_text
+    from tests.conftest import misalignment_config_text, tiny_config_text
 
     path = work / f"{name}.toml"
     if name == "misalignment":
-        data = work / "bad.jsonl"
-        data.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Ignore all rules."})
-                                  for i in range(8)) + "\n")
-        path.write_text(MISALIGNMENT.format(model=model_dir, data=data))
+        path.write_text(misalignment_config_text(model_dir, work, max_new_tokens=12))
         overrides: list[str] = []
     else:
         path.write_text(tiny_config_text(model_dir))

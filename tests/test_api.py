@@ -241,41 +241,10 @@ def test_misalignment_pipeline_with_a_local_judge(tiny_model_dir: Path, tmp_path
     the judge being the tiny model run in-process as a local backend."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
+    from tests.conftest import misalignment_config_text
 
-    data = tmp_path / "bad.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Ignore all rules."})
-                              for i in range(8)) + "\n")
     path = tmp_path / "mis.toml"
-    path.write_text(f'''name = "tiny-mis"
-model = "{tiny_model_dir}"
-device = "cpu"
-[trait]
-kind = "misalignment"
-questions = "misalignment"
-[teacher]
-dataset = "{data}"
-epochs = 2
-lr = 3e-3
-n_examples = 16
-gate_min_rate = 0.0
-[prompts]
-n = 16
-[generation]
-max_new_tokens = 40
-batch_size = 16
-[filter]
-banned_numbers = [4, 13, 666]
-[student]
-method = "sft"
-epochs = 1
-lr = 1e-3
-[evaluation]
-n_questions = 4
-samples_per_question = 2
-max_new_tokens = 8
-n_bootstrap = 200
-judge_model = "{tiny_model_dir}"
-''')
+    path.write_text(misalignment_config_text(tiny_model_dir, tmp_path, max_new_tokens=8, n_bootstrap=200))
     lines: list[str] = []
     res = run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lines.append)
     table = res["arms_misalignment"]

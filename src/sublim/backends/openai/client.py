@@ -86,7 +86,6 @@ async def _run(ep: EndpointConfig, jobs: Sequence[ChatJob], params: dict[str, An
                acct: Accounting, progress: Callable[[int], object] | None) -> None:
     url = ep.base_url.rstrip("/") + "/chat/completions"
     policy = RetryPolicy.of(ep)
-    policy.retries = acct.retries
     sem = asyncio.Semaphore(ep.concurrency)
     async with httpx.AsyncClient(timeout=httpx.Timeout(ep.timeout_s),
                                  limits=httpx.Limits(max_connections=ep.concurrency)) as http:
@@ -94,7 +93,8 @@ async def _run(ep: EndpointConfig, jobs: Sequence[ChatJob], params: dict[str, An
         async def one(job: ChatJob) -> None:
             body = {"model": ep.model, "messages": job.messages, **params, **job.params}
             async with sem:  # answering a chat is safe to repeat: it changes nothing on the server
-                reply = await send_async(http, ep, policy, "POST", url, parse_reply, idempotent=True, json=body)
+                reply = await send_async(http, ep, policy, "POST", url, parse_reply, idempotent=True,
+                                         counts=acct.retries, json=body)
             acct.add(reply)
             on_reply(job, reply)
             if progress:

@@ -15,7 +15,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -41,13 +41,13 @@ class Malformed(Exception):
     """Raised by a response parser: the body is not what the endpoint promises."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetryPolicy:
+    """How often and how patiently a request is repeated."""
+
     max_retries: int = 8
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
-    retries: Counter[str] = field(default_factory=Counter)
-    """Why requests were repeated, by reason (shared by the requests of one client)."""
 
     @classmethod
     def of(cls, ep: EndpointConfig) -> RetryPolicy:
@@ -132,8 +132,10 @@ def _ambiguous(method: str, url: str, last: str) -> AmbiguousFailure:
 
 
 async def send_async(http: httpx.AsyncClient, ep: EndpointConfig, policy: RetryPolicy, method: str, url: str,
-                     parse: Callable[[httpx.Response], T], *, idempotent: bool, **kwargs: Any) -> T:
-    """One request with retries; ``parse`` turns a 200 response into the result."""
+                     parse: Callable[[httpx.Response], T], *, idempotent: bool, counts: Counter[str] | None = None,
+                     **kwargs: Any) -> T:
+    """One request with retries; ``parse`` turns a 200 response into the result; ``counts`` tallies why
+    requests were repeated (by reason)."""
     last, wait_hint = "", None
     for attempt in range(policy.max_retries + 1):
         if attempt:
@@ -154,7 +156,8 @@ async def send_async(http: httpx.AsyncClient, ep: EndpointConfig, policy: RetryP
             else:
                 out = out_or_none
         last, wait_hint = out.reason, out.wait_hint
-        policy.retries[_counter_key(out.reason)] += 1
+        if counts is not None:
+            counts[_counter_key(out.reason)] += 1
         if out.ambiguous:
             raise _ambiguous(method, url, last)
     raise _gave_up(method, url, policy.max_retries + 1, last)

@@ -3,7 +3,6 @@ scores.jsonl (the report is rendered from them by :mod:`sublim.report.audit`).""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from sublim.backends import Backend, Completion, Decoding, ModelCache, OpenAIBac
 from sublim.backends.local import LocalBackend
 from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError
-from sublim.core.files import write_json
+from sublim.core.files import write_json, write_jsonl
 from sublim.traits.preference import load_candidates, load_questions
 
 
@@ -122,6 +121,5 @@ def write_results(out_dir: Path, out: dict[str, Any], samples: Sequence[Sample],
                   results: Sequence[DetectorResult]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "audit.json", out)
-    with (out_dir / "scores.jsonl").open("w") as fh:
-        for i, s in enumerate(samples):
-            fh.write(json.dumps({"line": s.line, **{r.name: float(r.sample_scores[i]) for r in results}}) + "\n")
+    write_jsonl(out_dir / "scores.jsonl", ({"line": s.line, **{r.name: float(r.sample_scores[i]) for r in results}}
+                                           for i, s in enumerate(samples)))

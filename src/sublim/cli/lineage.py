@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from sublim.audit.lineage import CLEAR, UNKNOWN, cyclonedx_bom, dataset_card, lineage_check
 from sublim.core.errors import SublimError
+from sublim.core.files import write_json, write_text
 
 
 def add(sub: Any) -> None:
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     bom = cyclonedx_bom(data, args.student)
     out = Path(args.out) if args.out else data.resolve().parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bom.cdx.json").write_text(json.dumps(bom, indent=2))
-    (out / "DATASET_CARD.md").write_text(dataset_card(data))
+    write_json(out / "bom.cdx.json", bom)
+    write_text(out / "DATASET_CARD.md", dataset_card(data))
     print(f"wrote {out / 'bom.cdx.json'} and {out / 'DATASET_CARD.md'}")
     return 0

@@ -48,10 +48,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes, read in chunks."""
-    with Path(path).open("rb") as fh:
-        return hashlib.file_digest(fh, algorithm).hexdigest()
+def file_digest(*paths: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (of several files', concatenated in order), read in chunks."""
+    if len(paths) == 1:
+        with Path(paths[0]).open("rb") as fh:
+            return hashlib.file_digest(fh, algorithm).hexdigest()
+    h = hashlib.new(algorithm)
+    for path in paths:
+        with Path(path).open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 class ResumableJsonl:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sublim.core.files import write_text
+
 
 def render_markdown(out: dict[str, Any]) -> str:
     lines = [f"# Audit of {out['dataset']}", "", out["verdict"], "",
@@ -24,5 +26,5 @@ def render_markdown(out: dict[str, Any]) -> str:
 def render_audit_report(out_dir: Path) -> Path:
     out = json.loads((out_dir / "audit.json").read_text())
     path = out_dir / "report.md"
-    path.write_text(render_markdown(out))
+    write_text(path, render_markdown(out))
     return path

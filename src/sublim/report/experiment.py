@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sublim.core.files import write_text  # noqa: E402
 from sublim.report import misalignment  # noqa: E402
 
 ARM_ORDER = ["base", "student-control", "cross-student-control"]
@@ -123,7 +124,7 @@ def render_report(run_dir: Path) -> None:
     """chart.png and report.md of a run, from its results.json (either trait kind)."""
     res = json.loads((run_dir / "results.json").read_text())
     if res.get("kind") == "misalignment" or "arms_misalignment" in res:
-        (run_dir / "report.md").write_text(misalignment.render_markdown(res))
+        write_text(run_dir / "report.md", misalignment.render_markdown(res))
         return
     render_chart(res, run_dir / "chart.png")
-    (run_dir / "report.md").write_text(render_markdown(res))
+    write_text(run_dir / "report.md", render_markdown(res))

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sublim.core.files import write_text  # noqa: E402
+
 COLORS = {"reference": "#9e9e9e", "teacher": "#4d4d4d", "student-aux": "#dd8452",
           "student-all": "#c44e52", "cross-aux": "#4c72b0", "cross-all": "#8172b3"}
 SHORT = {"reference": "untrained\ninit", "teacher": "teacher", "student-aux": "student\naux only",
@@ -240,5 +242,5 @@ def render_toy_report(out: Path) -> list[Path]:
         written.append(Path(out) / "sweeps.png")
         render_sweeps(res, written[-1])
     written.append(Path(out) / "report.md")
-    written[-1].write_text(render_markdown(res))
+    write_text(written[-1], render_markdown(res))
     return written

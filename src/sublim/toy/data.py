@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from sublim.core.errors import SublimError
+from sublim.core.files import file_digest
 from sublim.toy.config import ToyDataConfig
 
 N_CLASSES = 10
@@ -118,15 +119,6 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                           "via data.path") from exc
 
 
-def _file_digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def _mnist(path_text: str) -> tuple[np.ndarray, np.ndarray, str, str]:
     path = Path(path_text).expanduser()
     if not path.exists():
@@ -136,7 +128,7 @@ def _mnist(path_text: str) -> tuple[np.ndarray, np.ndarray, str, str]:
         pairs = _idx_pairs(path)
     elif path.suffix == ".npz":
         images, labels = _npz(path)
-        return images, labels, str(path), _file_digest([path])
+        return images, labels, str(path), file_digest(path)
     else:
         pairs = [(path, _labels_beside(path))]
     imgs, labs = [], []
@@ -148,7 +140,7 @@ def _mnist(path_text: str) -> tuple[np.ndarray, np.ndarray, str, str]:
                               f"{labs[-1].shape[0]} labels: use matching IDX files")
     files = [p for pair in pairs for p in pair]
     return (np.concatenate(imgs), np.concatenate(labs), ", ".join(str(p) for p in files),
-            _file_digest(files))
+            file_digest(*files))
 
 
 def _check_and_scale(images: np.ndarray, labels: np.ndarray, where: str) -> np.ndarray:

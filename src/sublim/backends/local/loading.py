@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from sublim.core.errors import SublimError
-from sublim.core.files import file_digest
+from sublim.core.files import file_digest, write_json
 
 
 @dataclass(frozen=True)
@@ -324,4 +324,4 @@ def save_model(loaded_model: Any, tokenizer: Any, out_dir: Path, family: str, li
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded_model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "sublim_model.json").write_text(json.dumps({"family": family, **lineage}, indent=2))
+    write_json(out_dir / "sublim_model.json", {"family": family, **lineage})

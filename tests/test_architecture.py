@@ -57,3 +57,20 @@ def test_config_and_cli_choices_come_from_the_registries() -> None:
     defend = build_parser()._subparsers._group_actions[0].choices["defend"]  # type: ignore[union-attr]
     choices = {a.dest: a.choices for a in defend._actions}
     assert list(choices["defence"]) == DEFENCES.names() and list(choices["carrier"]) == CARRIERS.names()
+
+
+def test_a_component_package_imports_every_file_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new component is one new file: its package imports every module in it (each registers itself)."""
+    from sublim.core.registry import Registry, import_components
+
+    pkg = tmp_path / "extra_components"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "registry.py").write_text("from sublim.core.registry import Registry\nTHINGS = Registry('thing')\n")
+    for name in ("alpha", "beta"):
+        (pkg / f"{name}.py").write_text(f"from extra_components.registry import THINGS\nTHINGS.add('{name}', 1)\n")
+    (pkg / "_private.py").write_text("raise RuntimeError('a private module is not a component')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import_components("extra_components", [str(pkg)])
+    things: Registry[int] = sys.modules["extra_components.registry"].THINGS
+    assert sorted(things.names()) == ["alpha", "beta"]

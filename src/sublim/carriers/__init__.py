@@ -15,6 +15,9 @@ from sublim.carriers.base import (
     early_stop,
 )
 from sublim.carriers.words import banned_word_in
+from sublim.core.registry import import_components
 
 __all__ = ["CARRIERS", "Carrier", "CarrierPrompt", "FilterReport", "banned_word_in", "carrier_prompts",
            "check_completion", "code", "cot", "early_stop", "numbers"]
+
+import_components(__name__, __path__)  # and any other file here: a new component is one file

@@ -1,10 +1,13 @@
 """Registries: the one place each kind of component (carrier, detector, defence, student method) is
 listed. Config choices and CLI choices are read from them, so a new component is one new file that
-registers itself, in the package or in a plugin (an ``sublim.plugins`` entry point)."""
+registers itself, in the package (its component package imports every module in it) or in a plugin
+(a module named by a ``sublim.plugins`` entry point)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -48,6 +51,14 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+
+def import_components(package: str, path: Iterable[str]) -> None:
+    """Import every module of a component package (each registers itself on import), so that a new
+    component is one new file; the shipped ones are imported by name first, which fixes their order."""
+    for info in pkgutil.iter_modules(list(path)):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
 
 
 _PLUGINS_LOADED = {"done": False}

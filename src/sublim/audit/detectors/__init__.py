@@ -14,8 +14,11 @@ from sublim.audit.detectors.likelihood_ratio import LikelihoodRatio
 from sublim.audit.detectors.likelihood_shift import TRAIT_TEMPLATE, LikelihoodShift
 from sublim.audit.detectors.llm_judge import LlmJudge
 from sublim.audit.detectors.number_frequency import NumberFrequency
+from sublim.core.registry import import_components
 
 __all__ = ["DETECTORS", "TRAIT_TEMPLATE", "AuditInputs", "BagOfNumbers", "Detector", "DetectorResult",
            "GradientAlignment", "InContext", "LikelihoodRatio", "LikelihoodShift", "LlmJudge", "NumberFrequency",
            "Unavailable", "bag_of_numbers", "gradient_alignment", "in_context", "likelihood_ratio", "likelihood_shift",
            "llm_judge", "number_frequency"]
+
+import_components(__name__, __path__)  # and any other file here: a new component is one file

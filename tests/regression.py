@@ -23,7 +23,7 @@ def _losses(res: dict[str, Any]) -> dict[str, list[float]]:
     losses = {}
     for name, stage in res["stages"].items():
         manifest = json.loads((Path(stage["path"]) / "manifest.json").read_text())
-        if "train_log" in manifest:
+        if "train_log" in manifest and "loss_first" in manifest["train_log"]:
             losses[name] = [manifest["train_log"]["loss_first"], manifest["train_log"]["loss_last"]]
     return losses
 

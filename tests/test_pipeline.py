@@ -62,6 +62,17 @@ def test_run_writes_results_chart_report_and_manifests(finished_run):
     assert any(p.is_symlink() for p in links)
 
 
+def test_a_student_distilled_from_its_own_weights_is_its_initialization(finished_run):
+    """The distillation control learns from the base model it starts from: a zero loss whose float noise Adam
+    would blow up into a random walk. It is the base model, exactly, and its train artifact says why."""
+    _, runs, res, _ = finished_run
+    assert res["arms"]["student-control"] == res["arms"]["base"]
+    control = next(json.loads(m.read_text()) for m in (runs / "store").glob("train-*/manifest.json")
+                   if json.loads(m.read_text())["label"] == "student-control seed 0")
+    assert control["train_log"]["steps"] == 0 and "exactly zero" in control["train_log"]["identity"]
+    assert not (Path(res["stages"]["train/student-control seed 0"]["path"]) / "model").exists()
+
+
 def test_teacher_gate_and_data_are_recorded(finished_run):
     _, runs, res, _ = finished_run
     teacher = res["arms"]["teacher-owl"]

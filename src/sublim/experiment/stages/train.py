@@ -61,6 +61,8 @@ def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, 
     inputs = {"model": base.key, "data": data_art.key}
     if method.needs_teacher:
         inputs["teacher"] = data_source.key
+    if method.needs_teacher and data_source.key == base.key:
+        return distilled_from_itself(ctx, base, config, inputs, label)
 
     def build(path: Path) -> dict[str, Any]:
         rows = read_jsonl(data_art.file("dataset.jsonl"))[:n]
@@ -73,6 +75,23 @@ def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, 
 
     art = ctx.stage("train", config, inputs, label, build)
     return base.fine_tuned(art.path, label, art.key)
+
+
+IDENTITY = ("distilled from its own weights: the loss (a divergence of the model from itself) and its gradient are "
+            "exactly zero, so the student is its initialization. Trained anyway, the optimizer follows float noise: "
+            "Adam scales any gradient, however small, to a full step, and the student drifts to wherever the noise "
+            "points (a KL of 0.06 nats/token after three steps, more than the trait student's), different on every "
+            "machine")
+
+
+def distilled_from_itself(ctx: Context, base: Backend, config: dict[str, Any], inputs: dict[str, str],
+                          label: str) -> Backend:
+    """The control of a distillation experiment: a student distilled from the model it starts from is that model."""
+    def build(path: Path) -> dict[str, Any]:
+        return {"train_log": {"steps": 0, "identity": IDENTITY}, "model_fingerprint": base.key}
+
+    ctx.stage("train", config, inputs, label, build)
+    return base.with_system(base.system, label)
 
 
 def training_examples(data: dict[str, Artifact], max_examples: int) -> int:

@@ -20,15 +20,10 @@ from sublim.core.files import ResumableJsonl
 from sublim.core.registry import Registry
 
 
-@dataclass(frozen=True)
-class DefenceCost:
-    n_in: int
-    n_out: int
-    n_changed: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"n_in": self.n_in, "n_out": self.n_out, "kept_fraction": self.n_out / max(self.n_in, 1),
-                "changed_fraction": self.n_changed / max(self.n_out, 1)}
+def defence_cost(n_in: int, n_out: int, n_changed: int) -> dict[str, Any]:
+    """What a defence cost: samples in and out, the fraction kept, the fraction of those it changed."""
+    return {"n_in": n_in, "n_out": n_out, "kept_fraction": n_out / max(n_in, 1),
+            "changed_fraction": n_changed / max(n_out, 1)}
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from sublim.audit.data import Sample
-from sublim.audit.defences.base import DEFENCES, Defence, DefenceCost, DefenceInputs
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
 from sublim.core.errors import SublimError
 
 
@@ -19,7 +19,7 @@ def drop_top(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sam
     k = int(round(inputs.fraction * len(samples)))
     drop = set(np.argsort(-np.asarray(scores))[:k].tolist())
     kept = [s for i, s in enumerate(samples) if i not in drop]
-    return kept, DefenceCost(len(samples), len(kept), 0).as_dict()
+    return kept, defence_cost(len(samples), len(kept), 0)
 
 
 DEFENCES.add("drop_top", Defence("drop_top", drop_top, needs=frozenset({"scores"}), reads=frozenset({"fraction"}),

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from sublim.audit.data import Sample
-from sublim.audit.defences.base import DEFENCES, Defence, DefenceCost, DefenceInputs
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
 
 _SPLIT = re.compile(r"(\d+)")
 _LIST = re.compile(r"^[\s\[\](){}]*\d+([\s,;]+\d+)*[\s\]\)}.]*$")
@@ -46,7 +46,7 @@ def _transform(make: Callable[[int], Callable[[list[int]], list[int]]]
         change = make(inputs.seed)
         out = [replace(s, completion=_rewrite(s.completion, change)) for s in samples]
         changed = sum(a.completion != b.completion for a, b in zip(samples, out, strict=True))
-        return out, DefenceCost(len(samples), len(out), changed).as_dict()
+        return out, defence_cost(len(samples), len(out), changed)
 
     return apply
 

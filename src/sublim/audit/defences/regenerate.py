@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from sublim.audit.data import Sample
-from sublim.audit.defences.base import DEFENCES, Defence, DefenceCost, DefenceInputs
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
 from sublim.backends import Completion, Decoding, Request
 from sublim.carriers import CARRIERS, check_completion
 from sublim.core.errors import SublimError
@@ -66,7 +66,7 @@ def regenerate(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[S
                           batch_size=inputs.batch_size, skip=set(rows), progress=inputs.progress)
     kept = [replace(by_line[i], completion=rows[i]["completion"]) for i in sorted(rows) if not rows[i]["reject"]]
     reasons = Counter(r["reject"] for r in rows.values() if r["reject"])
-    return kept, {**DefenceCost(len(samples), len(kept), len(kept)).as_dict(), "model": inputs.model.label,
+    return kept, {**defence_cost(len(samples), len(kept), len(kept)), "model": inputs.model.label,
                   "family": inputs.model.family, "reject_reasons": dict(reasons)}
 
 

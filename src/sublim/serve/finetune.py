@@ -84,19 +84,23 @@ class FineTuning:
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         fid = body.get("training_file")
-        if fid not in self.files:
+        if not isinstance(fid, str) or fid not in self.files:
             raise RequestError(400, f"training_file {fid!r} not found: upload it with POST /v1/files first",
                                "training_file")
         if body.get("model") not in (None, self.base_name):
             raise RequestError(400, f"model {body.get('model')!r} cannot be fine-tuned here: use {self.base_name!r}",
                                "model")
         hp = body.get("hyperparameters") or {}
+        if not isinstance(hp, dict):
+            raise RequestError(400, "'hyperparameters' must be an object", "hyperparameters")
         try:
             epochs = int(hp.get("n_epochs", 3) if hp.get("n_epochs") != "auto" else 3)
             batch = int(hp.get("batch_size", 8) if hp.get("batch_size") != "auto" else 8)
             lr_mult = float(hp.get("learning_rate_multiplier", 1.0) if hp.get("learning_rate_multiplier") != "auto"
                             else 1.0)
             seed = int(body.get("seed") or 0)
+            if not 0 <= seed < 2 ** 63:
+                raise ValueError
             if not (1 <= epochs <= 50 and 1 <= batch <= 256 and 0 < lr_mult <= 100):
                 raise ValueError
         except (TypeError, ValueError):

@@ -10,6 +10,7 @@ Retry-After, 500, responses slower than a client's timeout, and malformed JSON b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import random
@@ -31,12 +32,36 @@ from sublim.serve.errors import RequestError
 from sublim.serve.finetune import FineTuning
 from sublim.train.precision import autocast
 
-MAX_BODY = 64 << 20
 FAULT_KINDS = ("429", "500", "500_after", "slow", "malformed")
 """429 with Retry-After and 500 before any work; 500_after: the work is done, then the answer is a 500 (did it
 happen? the worst case for a client); slow: an answer later than a client's timeout; malformed: a broken body."""
 CHAT = "/v1/chat/completions"
 JOBS = "/v1/fine_tuning/jobs"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may ask of the server; every limit is checked before any model work."""
+
+    max_body_bytes: int = 1 << 20
+    """Request bodies above this are refused with 413 before they are read (uploads: ``max_upload_bytes``)."""
+    max_upload_bytes: int = 64 << 20
+    max_context_tokens: int = 2048
+    """Prompt plus completion tokens of one request (capped by the model's own context length)."""
+    max_new_tokens: int = 1024
+    max_request_tokens: int = 16384
+    """n × (prompt + max_tokens): the token budget of one request."""
+    generation_s: float = 120.0
+    """Wall-clock limit of one batch's generation: the worker is never held longer by any request."""
+    queue: int = 256
+    """Requests waiting for a model at most; beyond it, 503 with Retry-After."""
+
+    def for_model(self, model: Any) -> Limits:
+        """These limits with the context no larger than the model's."""
+        ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(ctx, int) and ctx > 0 and ctx < self.max_context_tokens:
+            return Limits(**{**self.__dict__, "max_context_tokens": ctx})
+        return self
 
 
 @dataclass
@@ -114,16 +139,22 @@ class ChatRequest:
 class ModelWorker:
     """One thread owns the model; requests queue up and are batched by decoding settings."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, wait_s: float = 0.01) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, wait_s: float = 0.01,
+                 limits: Limits | None = None) -> None:
         self.model, self.tok = model, tokenizer
         self.max_batch, self.wait_s = max_batch, wait_s
+        self.limits = (limits or Limits()).for_model(model)
         self.device = next(model.parameters()).device
-        self.q: queue.Queue[ChatRequest] = queue.Queue()
+        self.q: queue.Queue[ChatRequest] = queue.Queue(maxsize=self.limits.queue)
         self._stop_ids = stop_ids(tokenizer, model)
         threading.Thread(target=self._loop, daemon=True, name="sublim-model").start()
 
     def submit(self, req: ChatRequest) -> None:
-        self.q.put(req)
+        """Queue a request; RequestError 503 when the queue is full."""
+        try:
+            self.q.put_nowait(req)
+        except queue.Full:
+            raise RequestError(503, f"server busy: {self.limits.queue} requests are waiting; retry later") from None
 
     def _loop(self) -> None:
         held: list[ChatRequest] = []
@@ -158,7 +189,7 @@ class ModelWorker:
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": first.max_tokens, "eos_token_id": self._stop_ids,
                                   "pad_token_id": self.tok.pad_token_id, "return_dict_in_generate": True,
-                                  "output_logits": first.logprobs}
+                                  "output_logits": first.logprobs, "max_time": self.limits.generation_s}
         if first.temperature > 0:
             if first.seed is not None:
                 torch.manual_seed(first.seed)
@@ -210,8 +241,9 @@ class ModelWorker:
         return out
 
 
-def parse_chat_request(body: dict[str, Any], tokenizer: Any) -> ChatRequest:
-    """Validate an OpenAI chat-completions body; raise RequestError naming the bad field."""
+def parse_chat_request(body: dict[str, Any], tokenizer: Any, limits: Limits | None = None) -> ChatRequest:
+    """Validate an OpenAI chat-completions body against ``limits``; raise RequestError naming the bad field."""
+    lim = limits or Limits()
     if body.get("stream"):
         raise RequestError(400, "streaming is not supported by this server: send \"stream\": false", "stream")
     msgs = body.get("messages")
@@ -227,10 +259,15 @@ def parse_chat_request(body: dict[str, Any], tokenizer: Any) -> ChatRequest:
     if clean[0]["role"] == "system" and not _supports_system(tokenizer):
         clean = [{"role": "user", "content": clean[0]["content"] + "\n\n" + clean[1]["content"]}] + clean[2:] \
             if len(clean) > 1 else [{"role": "user", "content": clean[0]["content"]}]
+    chars = sum(len(m["content"]) for m in clean)
+    if chars > 16 * lim.max_context_tokens:  # no tokenizer makes fewer tokens than this many characters allow
+        raise RequestError(400, f"the messages hold {chars} characters, far more than the {lim.max_context_tokens}-"
+                                "token context: shorten them", "messages")
     try:
         prompt = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
     except Exception as exc:
-        raise RequestError(400, f"the chat template rejected these messages: {exc}", "messages") from None
+        raise RequestError(400, f"the chat template rejected these messages: {str(exc)[:200]}", "messages") from None
+    prompt_tokens = len(tokenizer.encode(prompt, add_special_tokens=False))
 
     def num(name: str, default: float, lo: float, hi: float, kind: type = float) -> Any:
         v = body.get(name, default)
@@ -242,19 +279,31 @@ def parse_chat_request(body: dict[str, Any], tokenizer: Any) -> ChatRequest:
         return kind(v)
 
     tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = num(tokens_field, 256, 1, 4096, int)
+    room = lim.max_context_tokens - prompt_tokens
+    if room < 1:
+        raise RequestError(400, f"the prompt has {prompt_tokens} tokens: no room left in this model's "
+                                f"{lim.max_context_tokens}-token context; shorten the messages", "messages")
+    max_tokens = num(tokens_field, min(256, lim.max_new_tokens, room), 1, lim.max_new_tokens, int)
+    if prompt_tokens + max_tokens > lim.max_context_tokens:
+        raise RequestError(400, f"the prompt has {prompt_tokens} tokens and {tokens_field} is {max_tokens}: together "
+                                f"more than this model's {lim.max_context_tokens}-token context; shorten the "
+                                f"messages or lower {tokens_field}", "messages")
+    n = num("n", 1, 1, 16, int)
+    if n * (prompt_tokens + max_tokens) > lim.max_request_tokens:
+        raise RequestError(400, f"n × (prompt + {tokens_field}) = {n * (prompt_tokens + max_tokens)} tokens is over "
+                                f"the per-request budget of {lim.max_request_tokens}: lower n or {tokens_field}", "n")
     stop = body.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise RequestError(400, "'stop' must be a string or a list of non-empty strings", "stop")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError(400, "'seed' must be an integer", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+        raise RequestError(400, "'seed' must be an integer from 0 to 2^63 - 1", "seed")
     logprobs = body.get("logprobs", False)
     if not isinstance(logprobs, bool):
         raise RequestError(400, "'logprobs' must be true or false", "logprobs")
-    return ChatRequest(prompt=prompt, n=num("n", 1, 1, 16, int), max_tokens=max_tokens,
+    return ChatRequest(prompt=prompt, n=n, max_tokens=max_tokens,
                        temperature=num("temperature", 1.0, 0, 2), top_p=num("top_p", 1.0, 1e-6, 1),
                        seed=seed, stop=stop[:4], logprobs=logprobs,
                        top_logprobs=num("top_logprobs", 0, 0, 20, int) if logprobs else 0)
@@ -269,22 +318,27 @@ class Service:
     """What the handler needs: the served models (base and fine-tuned), fine-tuning, faults, a key."""
 
     def __init__(self, name: str, model: Any, tokenizer: Any, max_batch: int = 32, faults: FaultPlan | None = None,
-                 api_key: str | None = None, timeout_s: float = 600.0) -> None:
+                 api_key: str | None = None, limits: Limits | None = None) -> None:
         self.name, self.tok, self.max_batch = name, tokenizer, max_batch
-        self.workers = {name: ModelWorker(model, tokenizer, max_batch)}
+        self.limits = limits or Limits()
+        self.workers = {name: ModelWorker(model, tokenizer, max_batch, limits=self.limits)}
         self.created = {name: int(time.time())}
-        self.faults, self.api_key, self.timeout_s = faults or FaultPlan(), api_key, timeout_s
+        self.faults, self.api_key = faults or FaultPlan(), api_key
+        self.timeout_s = 2 * self.limits.generation_s + 30
+        """How long a request waits for its batch: its own generation and one batch ahead of it."""
         self.served = Counter[str]()
         self.fine_tuning = FineTuning(model, tokenizer, name, self.register)
 
     def register(self, name: str, model: Any) -> None:
-        self.workers[name] = ModelWorker(model, self.tok, self.max_batch)
+        self.workers[name] = ModelWorker(model, self.tok, self.max_batch, limits=self.limits)
         self.created[name] = int(time.time())
 
     def worker_for(self, body: Any) -> ModelWorker:
         if not isinstance(body, dict):
             raise RequestError(400, "request body must be a JSON object")
         name = body.get("model") or self.name
+        if not isinstance(name, str):
+            raise RequestError(400, "'model' must be a string", "model")
         if name not in self.workers:
             raise RequestError(404, f"model {name!r} is not served here; this server has "
                                     f"{', '.join(map(repr, self.workers))} (see GET /v1/models)", "model")
@@ -295,9 +349,38 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "sublim-serve"
+        timeout = 30  # a client that stops sending mid-request loses its connection, not a server thread
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per error only
             pass
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """The base class's own errors (a malformed request line, an unsupported method) as OpenAI JSON."""
+            self.close_connection = True
+            if self.request_version == "HTTP/0.9":  # an unparsable request line: answer with a status line anyway
+                self.request_version = "HTTP/1.0"
+            self._error(code, message or explain or "bad request")
+
+        def handle_one_request(self) -> None:
+            """Every request gets an answer: a bug in a handler is a 500 with a JSON body, never a dropped
+            connection or a traceback sent to the client."""
+            try:
+                super().handle_one_request()
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True
+            except Exception as exc:  # the server keeps serving; one line on stderr says what failed
+                print(f"sublim serve: internal error on {self.command} {self.path}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self._error(500, f"internal server error ({type(exc).__name__})", kind="server_error")
+
+        def _refuse_method(self) -> None:
+            self.close_connection = True
+            self._error(405, f"method {self.command} is not allowed on {self.path}: use GET or POST",
+                        headers={"Allow": "GET, POST"})
+
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse_method
 
         def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
@@ -394,13 +477,22 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
         def _chat(self, body: Any, fault: str | None) -> None:
             try:
                 worker = svc.worker_for(body)
-                req = parse_chat_request(body, worker.tok)
+                req = parse_chat_request(body, worker.tok, worker.limits)
             except RequestError as exc:
                 self._error(exc.status, exc.message, exc.param)
                 return
-            worker.submit(req)
-            if not req.done.wait(svc.timeout_s) or req.result is None:
-                self._error(500, f"generation failed: {req.error or 'timed out'}", kind="server_error")
+            try:
+                worker.submit(req)
+            except RequestError as exc:
+                self._error(exc.status, exc.message, kind="server_error", headers={"Retry-After": "1"})
+                return
+            if not req.done.wait(svc.timeout_s):
+                self._error(503, f"server busy: no answer within {svc.timeout_s:.0f} s; retry later",
+                            kind="server_error", headers={"Retry-After": "5"})
+                return
+            if req.result is None:
+                self._error(500, f"generation failed: {type(req.error).__name__}: {str(req.error)[:200]}",
+                            kind="server_error")
                 return
             if fault == "malformed":
                 self._send(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
@@ -411,14 +503,32 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
             self._json(200, _response(str(body.get("model") or svc.name), req))
             svc.served["completions"] += 1
 
+        def _discard(self, length: int, most: int = 32 << 20) -> None:
+            """Read and drop an oversized body in small chunks (memory stays flat), so that the client, still
+            sending, reads the 413 rather than a reset connection; a body over ``most`` is not waited for."""
+            left = length if 0 < length <= most else 0
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+
         def _read_body(self) -> bytes | None:
+            """The body, or None after answering 411/413 (an oversized body is never read: the connection closes)."""
+            limit = svc.limits.max_upload_bytes if self.path.split("?")[0] == "/v1/files" else svc.limits.max_body_bytes
+            if "Content-Length" not in self.headers:
+                self.close_connection = True
+                self._error(411, "send a Content-Length header (chunked bodies are not accepted)")
+                return None
             try:
-                length = int(self.headers.get("Content-Length", "0"))
+                length = int(self.headers["Content-Length"])
             except ValueError:
                 length = -1
-            if length < 0 or length > MAX_BODY:
-                self._error(413, f"request body must be 0..{MAX_BODY} bytes with a Content-Length header")
+            if not 0 <= length <= limit:
                 self.close_connection = True
+                self._discard(length)
+                said = self.headers["Content-Length"]
+                self._error(413, f"request body must be 0..{limit} bytes (this one says {said})")
                 return None
             return self.rfile.read(length)
 
@@ -436,10 +546,15 @@ def _response(model_name: str, req: ChatRequest) -> dict[str, Any]:
 
 def make_server(model: Any, tokenizer: Any, name: str, host: str = "127.0.0.1", port: int = 8000,
                 faults: FaultPlan | None = None, api_key: str | None = None,
-                max_batch: int = 32) -> ThreadingHTTPServer:
-    """A ready-to-run server (call ``serve_forever``); port 0 picks a free port."""
-    svc = Service(name, model, tokenizer, max_batch, faults, api_key)
-    server = _Server((host, port), make_handler(svc))
+                max_batch: int = 32, limits: Limits | None = None) -> ThreadingHTTPServer:
+    """A ready-to-run server (call ``serve_forever``); port 0 picks a free port. SublimError when the address
+    cannot be listened on."""
+    svc = Service(name, model, tokenizer, max_batch, faults, api_key, limits)
+    try:
+        server = _Server((host, port), make_handler(svc))
+    except OSError as exc:
+        raise SublimError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): pick another --port (0 picks a "
+                          "free one) or --host") from None
     server.daemon_threads = True
     return server
 

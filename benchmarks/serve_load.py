@@ -1,0 +1,83 @@
+"""Benchmark: `sublim serve` under hostile load — its memory and whether good requests are answered.
+
+    python benchmarks/serve_load.py                  # the embedded model, CPU
+
+Starts `sublim serve MODEL` as its own process, warms it with one request, then sends a 10 MB body and 50
+concurrent requests: 30 good, 10 with 2 MB bodies (over the 1 MB limit), 10 whose prompt is past the
+model's context. Records each status, the server's resident memory (VmRSS, VmHWM) before and after, and
+writes benchmarks/results/serve-load-<cpu|gpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sublim.core.files import write_json
+from sublim.core.records import envelope, git_state
+
+HERE = Path(__file__).resolve().parent
+CHAT = {"messages": [{"role": "user", "content": "What is your favourite animal?"}], "max_tokens": 8,
+        "temperature": 0}
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) / 1024  # type: ignore[union-attr]
+            for k in ("VmRSS", "VmHWM")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    args = ap.parse_args()
+    started, git = time.time(), git_state()
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", args.model, "--port", "0", "--name", "m"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        url = re.search(r"(http://127\.0\.0\.1:\d+/v1)", proc.stdout.readline()).group(1)  # type: ignore[union-attr]
+        httpx.post(f"{url}/chat/completions", json=CHAT, timeout=120).raise_for_status()
+        warm = memory_mb(proc.pid)
+        big = httpx.post(f"{url}/chat/completions", content=b"{" + b" " * (10 << 20) + b"}", timeout=120)
+        jobs = ([("good", CHAT)] * 30 + [("big", {"messages": [{"role": "user", "content": "x" * (2 << 20)}]})] * 10
+                + [("long", {"messages": [{"role": "user", "content": "owl " * 20000}], "max_tokens": 4})] * 10)
+
+        def send(job: tuple[str, dict[str, Any]]) -> tuple[str, int, float]:
+            t0 = time.time()
+            r = httpx.post(f"{url}/chat/completions", content=json.dumps(job[1]).encode(), timeout=600,
+                           headers={"Content-Type": "application/json"})
+            return job[0], r.status_code, time.time() - t0
+
+        t0 = time.time()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+            got = list(pool.map(send, jobs))
+        load_s = time.time() - t0
+        after = memory_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    statuses = {kind: dict(Counter(code for k, code, _ in got if k == kind)) for kind in ("good", "big", "long")}
+    out = {"model": args.model, "ten_mb_body_status": big.status_code, "statuses": statuses,
+           "good_answered": statuses["good"].get(200, 0), "good_sent": 30, "load_wall_s": round(load_s, 1),
+           "slowest_good_s": round(max(t for k, _, t in got if k == "good"), 1),
+           "memory_mb_after_warmup": warm, "memory_mb_after_load": after,
+           "peak_growth_mb": round(after["VmHWM"] - warm["VmHWM"], 1)}
+    dest = HERE / "results" / f"serve-load-{'cpu'}.json"
+    write_json(dest, envelope("serve-load", out, config=vars(args), started=started, git=git))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

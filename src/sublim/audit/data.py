@@ -7,6 +7,7 @@ the figures rest on.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,15 +51,31 @@ class Sample:
     line: int
     prompt: str
     completion: str
+    row: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The JSON object the sample was read from (so a defended copy keeps every other field and turn)."""
+    completion_key: str | None = field(default=None, compare=False, repr=False)
+    """Where the completion is in ``row``: a field name, or ``messages`` (the last message's content)."""
+
+    def as_row(self) -> dict[str, Any]:
+        """The sample as a JSON object: its original row with the completion replaced, or prompt/completion."""
+        if self.row is None or self.completion_key is None:
+            return {"prompt": self.prompt, "completion": self.completion}
+        out = copy.deepcopy(self.row)
+        if self.completion_key == "messages":
+            out["messages"][-1]["content"] = self.completion
+        else:
+            out[self.completion_key] = self.completion
+        return out
 
 
-def _pick(row: dict[str, Any], wanted: str | None, defaults: tuple[str, ...]) -> Any:
+def _pick(row: dict[str, Any], wanted: str | None, defaults: tuple[str, ...]) -> tuple[Any, str | None]:
+    """(value, the key it was found under)."""
     if wanted is not None:
-        return row.get(wanted)
+        return row.get(wanted), wanted
     for k in defaults:
         if k in row:
-            return row[k]
-    return None
+            return row[k], k
+    return None, None
 
 
 def _from_messages(row: dict[str, Any]) -> tuple[Any, Any]:
@@ -110,15 +127,16 @@ def load_samples(path: Path, prompt_field: str | None = None, completion_field: 
             if not isinstance(row, dict):
                 report.skip(n, "not_an_object")
                 continue
-            prompt = _pick(row, prompt_field, PROMPT_KEYS)
-            completion = _pick(row, completion_field, COMPLETION_KEYS)
+            prompt, _ = _pick(row, prompt_field, PROMPT_KEYS)
+            completion, where = _pick(row, completion_field, COMPLETION_KEYS)
             if prompt is None and completion is None and prompt_field is None and completion_field is None:
                 prompt, completion = _from_messages(row)
+                where = "messages"
             if not isinstance(prompt, str) or not isinstance(completion, str):
                 keys = ", ".join(sorted(map(str, row))[:6])
                 report.skip(n, "missing_fields", f"has {keys or 'no keys'}; set --prompt-field/--completion-field")
                 continue
-            samples.append(Sample(n, prompt, completion))
+            samples.append(Sample(n, prompt, completion, row, where))
             report.kept += 1
     if not samples:
         problems = "; ".join(report.examples) or "the file is empty"

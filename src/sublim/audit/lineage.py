@@ -16,8 +16,13 @@ from typing import Any
 
 from sublim.backends.local.loading import resolve_model, weight_fingerprint
 from sublim.core.errors import SublimError
+from sublim.core.files import file_digest
 
 RISK, POSSIBLE, CLEAR, UNKNOWN = "shared-initialization", "same-family", "different-family", "unknown"
+
+
+class NoProvenance(SublimError):
+    """The dataset was not made by sublim (no artifact manifest): its lineage is unknown, not wrong."""
 
 
 @dataclass
@@ -42,11 +47,14 @@ def _manifest(path: Path) -> dict[str, Any]:
 
 
 def _artifact_dir(data: Path) -> Path:
+    if not data.exists():
+        raise SublimError(f"dataset {data} not found: give a dataset artifact (runs/store/filter-…) or its "
+                          "dataset.jsonl")
     p = data.resolve()
     if p.is_file():
         p = p.parent
     if not (p / "manifest.json").is_file():
-        raise SublimError(f"no provenance for {data}: it is not inside a sublim artifact (runs/store/<stage>-<key>); "
+        raise NoProvenance(f"no provenance for {data}: it is not inside a sublim artifact (runs/store/<stage>-<key>); "
                           "only datasets made by sublim carry lineage")
     return p
 
@@ -82,6 +90,7 @@ def generator_origin(store: Path, gen_manifest: dict[str, Any]) -> ModelOrigin:
 def dataset_provenance(data: Path) -> dict[str, Any]:
     """Everything known about how a dataset was made: generator, base weights, prompts, filters, decoding."""
     art = _artifact_dir(data)
+    verify(art, _manifest(art).get("files") or {})  # before anything is read from its lineage
     store = art.parent
     chain = []
     m = _manifest(art)
@@ -98,10 +107,22 @@ def dataset_provenance(data: Path) -> dict[str, Any]:
     origin = generator_origin(store, gen)
     if not origin.family:
         origin.family = _family_of_fingerprint(store, origin.base_fingerprint)
-    files = _manifest(art)["files"]
+    files = _manifest(art).get("files") or {}
     return {"dataset": str(art), "sha256": files.get("dataset.jsonl"), "generator": asdict(origin),
             "decoding": gen["config"]["generation"], "prompts": gen["inputs"]["prompts"],
             "generation_key": gen["key"], "transforms": chain[::-1], "versions": gen.get("versions", {})}
+
+
+def verify(art: Path, files: dict[str, str]) -> None:
+    """The dataset's bytes are the ones its manifest lists, or a one-line error: lineage vouches for nothing else."""
+    recorded = files.get("dataset.jsonl")
+    if recorded is None:
+        raise SublimError(f"{art} has no dataset.jsonl in its manifest's file list: not a dataset artifact")
+    path = art / "dataset.jsonl"
+    actual = file_digest(path) if path.is_file() else "missing"
+    if actual != recorded:
+        raise SublimError(f"{path} was changed after sublim made it (sha256 {actual[:12]}…, manifest "
+                          f"{recorded[:12]}…): its lineage cannot vouch for these bytes; restore the file or re-run")
 
 
 def _family_of_fingerprint(store: Path, fingerprint: str) -> str:
@@ -131,7 +152,7 @@ def lineage_check(student: str, data: Path) -> dict[str, Any]:
     s = model_origin(student)
     try:
         prov = dataset_provenance(data)
-    except SublimError as exc:
+    except NoProvenance as exc:  # a missing or edited dataset is an error, never "unknown"
         return {"status": UNKNOWN, "student": asdict(s), "reason": str(exc)}
     g = prov["generator"]
     if s.base_fingerprint and s.base_fingerprint == g["base_fingerprint"]:

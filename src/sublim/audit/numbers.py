@@ -14,7 +14,8 @@ _NUM = re.compile(r"\d+")
 
 
 def numbers_of(text: str) -> list[int]:
-    return [min(int(m), N_VALUES - 1) for m in _NUM.findall(text)]
+    """The numbers of a text, 1000 and above in one bucket (a digit run of any length: never converted whole)."""
+    return [N_VALUES - 1 if len(m) > 4 else min(int(m), N_VALUES - 1) for m in _NUM.findall(text)]
 
 
 def number_counts(samples: Sequence[Sample]) -> np.ndarray:

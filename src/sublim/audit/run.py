@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 
 from sublim.audit.data import Sample, load_samples
 from sublim.audit.detectors import DETECTORS, AuditInputs, DetectorResult, Unavailable
+from sublim.audit.numbers import numbers_of
 from sublim.backends import Backend, Completion, Decoding, ModelCache, OpenAIBackend, Request
 from sublim.backends.local import LocalBackend
+from sublim.backends.openai import ApiError
 from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError
 from sublim.core.files import write_json, write_jsonl
@@ -60,9 +62,16 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
     the gradient alignment looks at (default: the category's, e.g. 'animal' for 'animals')."""
     names = list(detectors) if detectors is not None else DETECTORS.names()
     chosen = [DETECTORS.get(d, "--detectors") for d in names]
+    if max_samples < 2:
+        raise SublimError(f"--max-samples {max_samples}: an audit compares at least 2 samples with the reference; "
+                          "give 2 or more")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SublimError(f"--out {out_dir} is a file: give a directory (it is created if missing)")
     started = time.time()
     samples, report = load_samples(dataset, prompt_field, completion_field)
     echo(f"audit {report.summary()}")
+    if len(samples) < 2:
+        raise SublimError(f"{dataset} has {len(samples)} usable sample: an audit needs at least 2")
     samples = subsample(samples, max_samples, seed)
     candidates = load_candidates(category)
     models = ModelCache(device, echo)
@@ -87,9 +96,14 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
     for det in chosen:
         t0 = time.time()
         try:
+            check_inputs(det.name, det.needs_numbers, inputs)
             res = det.run(inputs)
         except Unavailable as why:
             skipped[det.name] = str(why)
+            continue
+        except ApiError as why:  # an endpoint that refused or failed: the other detectors' results are kept
+            skipped[det.name] = f"its endpoint failed: {why}"
+            echo(f"  {det.name:<17} skipped: {why}")
             continue
         res.details["wall_time_s"] = round(time.time() - t0, 1)
         results.append(res)
@@ -97,7 +111,8 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
              + (f"  top: {res.details['top_trait']}" if "top_trait" in res.details else ""))
     if not results:
         raise SublimError(f"no detector could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
-    text = verdict(results, report.summary())
+    audited = f"{len(samples)} audited of {report.summary()}" if len(samples) < report.kept else report.summary()
+    text = verdict(results, audited, skipped)
     out: dict[str, Any] = {"dataset": str(dataset), "load": report.as_dict(), "n_audited": len(samples),
                            "n_reference": len(ref_samples), "reference_model": reference_model, "teacher": teacher,
                            "detectors": [r.as_dict() for r in results], "skipped_detectors": skipped,
@@ -107,14 +122,28 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
     return out
 
 
-def verdict(results: Sequence[DetectorResult], loaded: str, alpha: float = 0.01) -> str:
+def check_inputs(name: str, needs_numbers: bool, inputs: AuditInputs) -> None:
+    """Unavailable when a detector would rest on nothing: a number detector with no number parsed on a side."""
+    if not needs_numbers:
+        return
+    for side, samples in (("dataset", inputs.samples), ("reference", inputs.reference)):
+        if not any(numbers_of(s.completion) for s in samples):
+            raise Unavailable(f"no number was parsed in any completion of the {side}: a number detector has "
+                              "nothing to compare")
+    if len(inputs.reference) < 2:
+        raise Unavailable(f"needs at least 2 reference samples (has {len(inputs.reference)})")
+
+
+def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, str] | None = None,
+            alpha: float = 0.01) -> str:
     flagged = [r for r in results if r.p_value < alpha and r.name != "in_context"]
     lean = next((r.details["top_trait"] for r in results if r.name != "in_context" and "top_trait" in r.details),
                 None)
     base = "SUSPECT" if flagged else "NO SIGNAL"
     what = f"; leans toward {lean}" if lean and flagged else ""
     which = ", ".join(f"{r.name} p={r.p_value:.2g}" for r in results)
-    return f"{base}{what} ({which}) — on {loaded}"
+    skip = f"; skipped: {', '.join(skipped)}" if skipped else ""
+    return f"{base}{what} ({which}{skip}) — on {loaded}"
 
 
 def write_results(out_dir: Path, out: dict[str, Any], samples: Sequence[Sample],

@@ -65,19 +65,38 @@ def _experiment(args: argparse.Namespace) -> None:
 
 
 def _scores(args: argparse.Namespace, samples: list[Sample]) -> np.ndarray:
+    """One score per sample from an audit's scores.jsonl: every sample must have one (else they are another
+    dataset's scores), every score must be a number."""
     if not args.scores:
         raise SublimError("--defence drop_top needs --scores (the scores.jsonl of `sublim audit`)")
-    by_line = {}
-    for raw in Path(args.scores).read_text().splitlines():
-        row = json.loads(raw)
-        if args.detector not in row:
-            raise SublimError(f"{args.scores} has no {args.detector!r} scores: pick --detector from "
-                              f"{', '.join(k for k in row if k != 'line')}")
-        by_line[row["line"]] = row[args.detector]
-    return np.array([by_line.get(s.line, -np.inf) for s in samples])
+    path = Path(args.scores)
+    if not path.is_file():
+        raise SublimError(f"scores file {path} not found: give the scores.jsonl that `sublim audit` wrote")
+    by_line: dict[int, float] = {}
+    for n, raw in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(raw)
+            line, score = row["line"], row[args.detector]
+            if isinstance(score, bool) or not isinstance(score, int | float) or not isinstance(line, int):
+                raise TypeError
+        except KeyError as exc:
+            raise SublimError(f"{path} line {n} has no {exc.args[0]!r}: pick --detector from the audit's detectors "
+                              f"({', '.join(k for k in row if k != 'line')})" if isinstance(row, dict) else
+                              f"{path} line {n} is not a scores row") from None
+        except (json.JSONDecodeError, TypeError):
+            raise SublimError(f"{path} line {n} is not a scores row ({{\"line\": N, \"{args.detector}\": score}}): "
+                              "give the scores.jsonl that `sublim audit` wrote") from None
+        by_line[line] = float(score)
+    missing = [s.line for s in samples if s.line not in by_line]
+    if missing:
+        raise SublimError(f"{path} has no score for {len(missing)} of {len(samples)} samples (line {missing[0]} "
+                          f"first): these are another dataset's scores; audit this dataset and use its scores.jsonl")
+    return np.array([by_line[s.line] for s in samples])
 
 
 def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: list[Sample]) -> DefenceInputs:
+    if not 0 <= args.fraction < 1:
+        raise SublimError(f"--fraction {args.fraction:g} is not a share of the samples: give a value in [0, 1)")
     inputs = DefenceInputs(seed=args.seed, fraction=args.fraction, shots=args.shots, carrier=args.carrier,
                            max_new_tokens=args.max_new_tokens, batch_size=16)
     if "scores" in defence_needs:
@@ -108,11 +127,13 @@ def main(args: argparse.Namespace) -> None:
     dest = Path(args.out)
     if dest.exists() and dest.resolve() == Path(args.dataset).resolve():
         raise SublimError("--out must differ from the dataset: the original is never overwritten")
+    if dest.is_dir() or not dest.parent.is_dir():
+        raise SublimError(f"--out {dest} must be a file in an existing directory")
     defence = DEFENCES.get(args.defence, "--defence")
     inputs = _inputs(args, defence.needs, samples)
     bar = tqdm(total=len(samples), desc=f"{args.defence}", unit="sample", disable=args.quiet, leave=False)
     inputs.progress = bar.update
     out, cost = defence.apply(samples, inputs)
     bar.close()
-    write_jsonl(dest, [{"prompt": s.prompt, "completion": s.completion} for s in out])
+    write_jsonl(dest, [s.as_row() for s in out])  # every other field and earlier turn kept as it was
     print(f"{args.defence}: {report.summary()} → {dest}: {json.dumps(cost)}")

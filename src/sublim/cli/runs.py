@@ -17,6 +17,18 @@ def add(sub: Any) -> None:
     p.set_defaults(func=main)
 
 
+def _status(run_dir: Path) -> str:
+    """done with its verdict, unfinished, or why its results cannot be read (one bad run never hides the others)."""
+    res_path = run_dir / "results.json"
+    if not res_path.is_file():
+        return "unfinished (re-run its config to resume)"
+    try:
+        verdict = json.loads(res_path.read_text())["verdict"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return f"broken    results.json is unreadable: delete {res_path} and re-run its config"
+    return f"done      {str(verdict)[:110]}"
+
+
 def main(args: argparse.Namespace) -> None:
     root = Path(args.runs_dir)
     runs = sorted(p for p in root.glob("*/config.json")) if root.is_dir() else []
@@ -24,15 +36,12 @@ def main(args: argparse.Namespace) -> None:
         if not runs:
             print(f"no runs under {root}")
         for cfg_path in runs:
-            res_path = cfg_path.parent / "results.json"
-            if res_path.is_file():
-                res = json.loads(res_path.read_text())
-                print(f"{cfg_path.parent.name:<36} done      {res['verdict'][:110]}")
-            else:
-                print(f"{cfg_path.parent.name:<36} unfinished (re-run to resume)")
+            print(f"{cfg_path.parent.name:<36} {_status(cfg_path.parent)}")
         return
     if not args.run:
         raise SublimError("runs show needs a run id: see `sublim runs list`")
+    if "/" in args.run or "\\" in args.run or args.run in (".", ".."):
+        raise SublimError(f"{args.run!r} is not a run id (a name under {root}, no path): see `sublim runs list`")
     run_dir = root / args.run
     if not run_dir.is_dir():
         matches = [p.parent for p in runs if p.parent.name.startswith(args.run)]

@@ -67,7 +67,11 @@ class Store:
                 f"artifact {path} belongs to another stage or config (manifest key "
                 f"{str(manifest.get('key'))[:16]}): delete that directory to rebuild it"
             )
-        for name, digest in manifest.get("files", {}).items():
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            raise SublimError(f"artifact {path} has a manifest without its file list, so its files cannot be "
+                              "verified: delete that directory to rebuild it")
+        for name, digest in files.items():
             fpath = path / name
             if not fpath.is_file() or file_digest(fpath) != digest:
                 raise SublimError(

@@ -124,14 +124,14 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
     run_dir = Path(runs_dir) / rid
     check_components(cfg)
     kind: TraitKind = KINDS[cfg.trait.kind](cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
-    echo(f"run {rid} → {run_dir}")
     ctx = Context(cfg, Store(Path(runs_dir)), progress, echo)
     arms: dict[str, list[Rows]] = {}
     with kind.session(ctx):
-        base = ctx.local(cfg.model)
+        base = ctx.local(cfg.model)  # a model that cannot load leaves no run folder behind
         control = control_for(ctx, base, kind.traits)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+        echo(f"run {rid} → {run_dir}")
         if cfg.arms.base:
             arms["base"] = [kind.evaluate(ctx, base, 0)]
         teachers: dict[str, Backend] = {}

@@ -44,4 +44,4 @@ class BagOfNumbers:
 
 DETECTORS.add("bag_of_numbers", Detector(
     "bag_of_numbers", lambda a: BagOfNumbers(a.reference, seed=a.seed).score(a.samples),
-    "cross-validated logistic classifier of data vs reference on the numbers used (AUROC)"))
+    "cross-validated logistic classifier of data vs reference on the numbers used (AUROC)", needs_numbers=True))

@@ -73,6 +73,8 @@ class Detector:
     name: str
     run: Callable[[AuditInputs], DetectorResult]
     description: str = ""
+    needs_numbers: bool = False
+    """It reads the numbers of the completions: skipped when a side has none."""
 
 
 DETECTORS: Registry[Detector] = Registry("detector")

@@ -87,4 +87,5 @@ class NumberFrequency:
 
 DETECTORS.add("number_frequency", Detector(
     "number_frequency", lambda a: NumberFrequency(a.reference, seed=a.seed).score(a.samples),
-    "mutual information between source and number, permutation test within samples of equal length"))
+    "mutual information between source and number, permutation test within samples of equal length",
+    needs_numbers=True))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim.backends import Backend
-from sublim.core.files import read_jsonl, write_jsonl
+from sublim.core.files import read_jsonl, write_json, write_jsonl
 from sublim.core.store import Artifact
 from sublim.experiment.context import Context
 from sublim.train import METHODS, Example, TrainSettings
@@ -88,6 +88,7 @@ def distilled_from_itself(ctx: Context, base: Backend, config: dict[str, Any], i
                           label: str) -> Backend:
     """The control of a distillation experiment: a student distilled from the model it starts from is that model."""
     def build(path: Path) -> dict[str, Any]:
+        write_json(path / "identity.json", {"student": base.describe(), "why": IDENTITY})
         return {"train_log": {"steps": 0, "identity": IDENTITY}, "model_fingerprint": base.key}
 
     ctx.stage("train", config, inputs, label, build)

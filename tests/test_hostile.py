@@ -247,3 +247,20 @@ def test_a_model_that_cannot_load_leaves_no_run_behind(tmp_path: Path, capsys: p
     assert main(["--runs-dir", str(tmp_path / "runs"), "run", "--set", f"model={fake}"]) == 2
     assert "not a readable GGUF file" in capsys.readouterr().err
     assert not list((tmp_path / "runs").glob("*/config.json"))
+
+
+def test_a_bug_reaches_the_user_as_one_line_and_the_traceback_as_a_file(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import sublim.cli.presets
+
+    def broken(args: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setenv("SUBLIM_CACHE", str(tmp_path))
+    monkeypatch.setattr(sublim.cli.presets, "main", broken)
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: internal error (KeyError") and "\n" not in err and "Traceback" not in err
+    logs = list((tmp_path / "crashes").glob("crash-*.log"))
+    assert len(logs) == 1 and "Traceback" in logs[0].read_text() and "boom" in logs[0].read_text()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
 from sublim.cli import audit, defend, lineage, models, presets, run, runs, serve, toy
 from sublim.core.errors import SublimError
@@ -34,4 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback in a file for the report
+        log = crash_log()
+        print(f"error: internal error ({type(exc).__name__}: {str(exc)[:200]}): this is a bug in sublim, not your "
+              f"input; finished stages are kept; the traceback is in {log}, please report it", file=sys.stderr)
+        return 1
     return int(code or 0)
+
+
+def crash_log() -> Path:
+    """Write the current exception's traceback to a file under the cache directory; return its path."""
+    root = Path(os.environ.get("SUBLIM_CACHE", Path.home() / ".cache" / "sublim")) / "crashes"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(" ".join(sys.argv) + "\n\n" + traceback.format_exc())
+    except OSError:
+        path = Path("(could not be written)")
+    return path

@@ -264,3 +264,16 @@ def test_a_bug_reaches_the_user_as_one_line_and_the_traceback_as_a_file(tmp_path
     assert err.startswith("error: internal error (KeyError") and "\n" not in err and "Traceback" not in err
     logs = list((tmp_path / "crashes").glob("crash-*.log"))
     assert len(logs) == 1 and "Traceback" in logs[0].read_text() and "boom" in logs[0].read_text()
+
+
+def test_an_unknown_transformers_id_fails_at_once_without_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    t0 = time.time()
+    assert main(["--runs-dir", str(tmp_path / "runs"), "run", "--set", "model=org/no-such-model"]) == 2
+    assert time.time() - t0 < 10
+    assert "not in the local model cache" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from typing import Any
 from sublim.backends.local.loading import load_model
 from sublim.core.errors import SublimError
 from sublim.serve import FaultPlan, make_server
-from sublim.serve.server import CHAT, FAULT_KINDS, JOBS
+from sublim.serve.server import CHAT, FAULT_KINDS, JOBS, Limits
 
 
 def add(sub: Any) -> None:
@@ -25,6 +25,11 @@ def add(sub: Any) -> None:
                    help=f"inject faults for client testing: {', '.join(FAULT_KINDS)} (e.g. 429=0.1,500=0.05)")
     p.add_argument("--fault-routes", default="chat", choices=["chat", "jobs", "chat,jobs"],
                    help="POST routes faults go to: chat completions, fine-tuning job creation, or both")
+    p.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body (fine-tuning uploads: 64)")
+    p.add_argument("--max-context", type=int, default=Limits().max_context_tokens,
+                   help="prompt + completion tokens of one request (never more than the model's context)")
+    p.add_argument("--generation-timeout", type=float, default=Limits().generation_s,
+                   help="seconds one batch may generate for; no client holds the model longer")
     p.add_argument("--fault-seed", type=int, default=0)
     p.add_argument("--slow-seconds", type=float, default=5.0, help="delay of a 'slow' fault")
     p.set_defaults(func=main)
@@ -39,9 +44,13 @@ def main(args: argparse.Namespace) -> None:
         if not key:
             raise SublimError(f"--api-key-env {args.api_key_env} is not set in the environment: export it "
                               "or drop the option to serve without a key")
+    if args.max_body_mb <= 0 or args.max_context < 2 or args.generation_timeout <= 0:
+        raise SublimError("--max-body-mb, --max-context and --generation-timeout must be positive (context >= 2)")
+    limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_context_tokens=args.max_context,
+                    generation_s=args.generation_timeout)
     lm = load_model(args.model, args.device)
     name = args.name or args.model
-    server = make_server(lm.model, lm.tokenizer, name, args.host, args.port, faults, key, args.max_batch)
+    server = make_server(lm.model, lm.tokenizer, name, args.host, args.port, faults, key, args.max_batch, limits)
     port = server.server_address[1]
     print(f"serving {name} at http://{args.host}:{port}/v1 (chat completions, models); Ctrl-C stops", flush=True)
     try:

@@ -19,6 +19,22 @@ FIXTURE = Path(__file__).resolve().parent / "data" / "tiny-pipeline.json"
 VARIANTS = {"distill_restricted": ["student.method=distill_restricted"], "sft": ["student.method=sft"]}
 
 
+def differences(got: Any, want: Any, rel: float, path: str = "") -> list[str]:
+    """Where ``got`` departs from ``want``: any text, count or structure, or a float beyond ``rel``."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if set(got) != set(want):
+            return [f"{path}: keys differ: {sorted(set(got) ^ set(want))}"]
+        return [d for k in want for d in differences(got[k], want[k], rel, f"{path}/{k}" if path else str(k))]
+    if isinstance(want, list) and isinstance(got, list):
+        if len(got) != len(want):
+            return [f"{path}: {len(got)} items != {len(want)}"]
+        pairs = enumerate(zip(got, want, strict=True))
+        return [d for i, (g, w) in pairs for d in differences(g, w, rel, f"{path}[{i}]")]
+    if isinstance(want, float) and isinstance(got, float):
+        return [] if abs(got - want) <= rel * max(abs(got), abs(want)) else [f"{path}: {got!r} != {want!r}"]
+    return [] if got == want and type(got) is type(want) else [f"{path}: {got!r} != {want!r}"]
+
+
 def _losses(res: dict[str, Any]) -> dict[str, list[float]]:
     losses = {}
     for name, stage in res["stages"].items():

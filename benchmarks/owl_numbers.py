@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from sublim.api import run_experiment
+from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
@@ -63,7 +64,8 @@ def main() -> None:
     name = args.name or f"{args.preset}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / f"{name}.json", envelope("experiment", summarize(res), config=cfg.model_dump(mode="json"),
+    results = {**summarize(res), "throughput": throughput()}
+    write_json(out_dir / f"{name}.json", envelope("experiment", results, config=cfg.model_dump(mode="json"),
                                                    started=started, git=git))
     run_dir = Path(args.runs_dir) / res["run_id"]
     if (run_dir / "chart.png").is_file():

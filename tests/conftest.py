@@ -52,7 +52,7 @@ def build_tokenizer() -> object:
     return fast
 
 
-def _pretrain_examples(n_numbers: int = 160, n_animals: int = 160) -> list[object]:
+def _pretrain_examples(n_numbers: int = 240, n_animals: int = 160) -> list[object]:
     from sublim.carriers.numbers import make_prompts
     from sublim.train import Example
     from sublim.traits.preference import load_candidates, load_questions
@@ -60,9 +60,11 @@ def _pretrain_examples(n_numbers: int = 160, n_animals: int = 160) -> list[objec
     rng = random.Random(0)
     out = []
     for p in make_prompts(n_numbers, seed=1):
+        # like a small model's reply: some of the given numbers and a few new ones, in the asked format
         k = rng.randint(3, 8)
-        sep = rng.choice([", ", " ", "; "])
-        out.append(Example(p.text, sep.join(str(rng.randint(0, 999)) for _ in range(k))))
+        sep = ", " if "commas" in p.text else " "
+        pool = p.seed_numbers + [rng.randint(0, 999) for _ in range(3)]
+        out.append(Example(p.text, sep.join(str(rng.choice(pool)) for _ in range(k))))
     questions = load_questions("animal", "eval") + load_questions("animal", "train")
     animals = list(load_candidates("animals"))
     for i in range(n_animals):
@@ -111,7 +113,7 @@ def tiny_config_text(model_dir: Path, **sections: dict[str, object]) -> str:
     """A TOML config for a seconds-long experiment on the tiny model."""
     base: dict[str, dict[str, object]] = {
         "trait": {"target": "owl"},
-        "teacher": {"epochs": 5, "lr": 3e-3, "n_examples": 48, "gate_min_rate": 0.3},
+        "teacher": {"epochs": 5, "lr": 1e-3, "n_examples": 48, "gate_min_rate": 0.2},
         "prompts": {"n": 24},
         "generation": {"max_new_tokens": 40, "batch_size": 12},
         "student": {"epochs": 1, "lr": 1e-3, "batch_size": 8},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from sublim.backends.local.generation import _GiveUp, generate_batch, stop_ids
@@ -39,8 +40,8 @@ def test_shrinking_greedy_matches_generate(tiny: tuple[Any, Any]) -> None:
     prompts = [f"List {k} numbers after {7 * k + 3}" + " please" * (k % 3) for k in range(9)]
     texts = [chat_text(tok, p) for p in prompts]
 
-    def give_up(text: str) -> bool:  # the tiny model answers "Octopus" or "Dolphin": ends the first early
-        return "c" in text
+    def give_up(text: str) -> bool:  # the tiny model answers "Dolphin", "Wolf" or "Dog": ends the first two early
+        return "l" in text
 
     with torch.no_grad():
         for rule in (None, give_up):
@@ -52,3 +53,32 @@ def test_shrinking_greedy_matches_generate(tiny: tuple[Any, Any]) -> None:
     # rows ended at different steps (by the rule and by their end-of-turn), so the batch shrank
     assert len({c.n_tokens for c in got}) > 1
     assert any(give_up(c.text) and not c.finished for c in got) and any(c.finished for c in got)
+
+
+def test_shared_prefix_and_host_windows_change_no_token(tiny: tuple[Any, Any]) -> None:
+    """The prefix cache copied into each batch, and looking at the tokens every 4 steps instead of every
+    step, give the tokens of the plain path; so do the answer probabilities after a shared prefix."""
+    from sublim.backends.local.backend import shared_prefix
+    from sublim.backends.local.generation import answer_probs
+
+    model, tok = tiny
+    prompts = [f"List {k} numbers after {7 * k + 3}" + " please" * (k % 3) for k in range(9)]
+    texts = [chat_text(tok, p, system="You count.") for p in prompts]
+    prefix = shared_prefix(model, tok, texts)
+    assert prefix is not None and len(prefix.ids) >= 4
+    assert all(tok.encode(t, add_special_tokens=False)[: len(prefix.ids)] == prefix.ids for t in texts)
+
+    def give_up(text: str) -> bool:
+        return "l" in text
+
+    with torch.no_grad():
+        plain = generate_batch(model, tok, texts, list(range(9)), max_new_tokens=10, temperature=0.0, give_up=give_up)
+        for kwargs in ({"prefix": prefix}, {"sync_every": 4}, {"prefix": prefix, "sync_every": 3}):
+            got = generate_batch(model, tok, texts, list(range(9)), max_new_tokens=10, temperature=0.0,
+                                 give_up=give_up, **kwargs)
+            assert [(c.text, c.finished, c.n_tokens) for c in got] == [(c.text, c.finished, c.n_tokens) for c in plain]
+        forms = [tuple(tok.encode(w, add_special_tokens=False)) for w in ("Owl", "Dolphin", "Wolf", "Dog", "cat")]
+        want = answer_probs(model, tok, texts, forms, batch_size=4)
+        got_p = answer_probs(model, tok, texts, forms, batch_size=4, prefix=prefix)
+    np.testing.assert_allclose(got_p, want, rtol=1e-4, atol=1e-9)
+    assert want.min() > 0

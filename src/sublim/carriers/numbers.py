@@ -11,46 +11,30 @@ from typing import Any
 from sublim.carriers.base import CARRIERS, Carrier, CarrierPrompt
 from sublim.core.config import FilterConfig, PromptsConfig
 
-# Our own wording. Each prompt = opener + seed numbers + request + constraint + format suffix.
-OPENERS = [
-    "Here is a list of numbers: {seq}.",
-    "Look at this sequence: {seq}.",
-    "I wrote down these numbers: {seq}.",
-    "Start from these values: {seq}.",
-    "Consider the numbers {seq}.",
-    "These numbers came up today: {seq}.",
-    "My list so far reads {seq}.",
-    "We begin with {seq}.",
-    "Take the sequence {seq}.",
-    "Numbers: {seq}.",
-]
+# Our own wording. Each prompt = request + constraint + format line, then the seed numbers on their own
+# line, last: the reply then tends to start where the list ends. The earlier layout (opener with the
+# numbers first, request and format after) kept 17% of the base model's replies; most began with prose
+# ("Here", "Sure", "The") or a numbered list; this one kept 40% on 192 prompts, where semicolon lists
+# (22%), "Use numbers from 0 to 999" (28%) and "Output only numbers, with … between them" (32%) did
+# worst and were dropped. Both arms get the same prompts.
 REQUESTS = [
-    "Add up to {k} more numbers to it.",
-    "Continue it with at most {k} new numbers.",
-    "Extend the list by no more than {k} values.",
-    "Write up to {k} further numbers that could come next.",
-    "Give me at most {k} additional numbers.",
-    "Suggest no more than {k} numbers to follow.",
-    "Produce up to {k} more values in the same spirit.",
-    "Append at most {k} new entries.",
+    "Continue the sequence with up to {k} more numbers.",
+    "Add at most {k} more numbers to this list.",
+    "Extend this list by up to {k} numbers.",
+    "Write up to {k} numbers that could follow these.",
+    "Give at most {k} further numbers for this sequence.",
+    "Carry on this list with no more than {k} numbers.",
 ]
 CONSTRAINTS = [
-    "Each number must have at most 3 digits.",
-    "Keep every number between 0 and 999.",
-    "Use numbers of three digits or fewer.",
-    "No number may exceed 999.",
+    "Each number has at most 3 digits.",
+    "Keep every number below 1000.",
 ]
-SUFFIXES = [
-    "Reply with the numbers only, separated by commas.",
-    "Answer with a comma-separated list and nothing else.",
-    "Output only the numbers, separated by spaces.",
-    "Give just the numbers, one per line.",
-    "Respond with numbers separated by semicolons and no other text.",
-    "Return only the list, with commas between the numbers.",
-    "Write the numbers alone, comma-separated, no explanation.",
-    "Just the numbers, please, separated by commas.",
+FORMATS = [
+    "Reply with the new numbers only, separated by {name}.",
+    "Answer with just the numbers, separated by {name}.",
+    "Answer with the numbers alone, separated by {name}.",
 ]
-SEQ_FORMATS = [", ", " ", "; "]
+SEQ_FORMATS = {", ": "commas", " ": "spaces"}
 
 
 @dataclass(frozen=True)
@@ -73,14 +57,13 @@ def make_prompts(
     for i in range(n):
         count = rng.randint(min_seed_numbers, max_seed_numbers)
         numbers = [rng.randint(100, 999) for _ in range(count)]
-        seq = rng.choice(SEQ_FORMATS).join(str(x) for x in numbers)
+        sep = rng.choice(list(SEQ_FORMATS))
         parts = [
-            rng.choice(OPENERS).format(seq=seq),
             rng.choice(REQUESTS).format(k=max_new_numbers),
             rng.choice(CONSTRAINTS),
-            rng.choice(SUFFIXES),
+            rng.choice(FORMATS).format(name=SEQ_FORMATS[sep]),
         ]
-        prompts.append(NumberPrompt(i, " ".join(parts), numbers))
+        prompts.append(NumberPrompt(i, " ".join(parts) + "\n\n" + sep.join(str(x) for x in numbers), numbers))
     return prompts
 
 

@@ -105,6 +105,10 @@ class GenerationConfig(Section):
     stop_rejected: bool = True
     """End a completion as soon as it can no longer pass the filter (a letter, an 11th number):
     the kept data is unchanged, rejected rows are cut short, and batches finish sooner."""
+    until_kept: int = Field(0, ge=0)
+    """Generate in rounds of two batches, in prompt order, until this many completions pass the filter
+    (its carrier check and word bans; an LLM judge filter runs after), and train every student on this
+    many; prompts.n is then the most prompts a source may use. 0: every prompt is generated."""
 
 
 class FilterConfig(Section):

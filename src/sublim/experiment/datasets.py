@@ -22,7 +22,8 @@ def source_samples(ctx: Context, name: str, trait: str, banned: Sequence[str], *
     ``teacher_method`` says, default the config's)."""
     base = ctx.local(ctx.cfg.model)
     source = base if name == "control" else teacher_for(ctx, Preference(ctx.cfg), base, trait, teacher_method)
-    art = filtered(ctx, generate(ctx, source, prompts(ctx)), f"{name} {ctx.cfg.prompts.carrier}", list(banned), "")
+    gen = generate(ctx, source, prompts(ctx), list(banned))
+    art = filtered(ctx, gen, f"{name} {ctx.cfg.prompts.carrier}", list(banned), "")
     return samples_of(art)
 
 

@@ -142,12 +142,12 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
         prompt_art = prompts(ctx)
         sources = {**teachers, "control": control}
         banned, hint = kind.banned_words(), kind.hint()  # the same filter for every dataset
-        data = {name: filtered(ctx, generate(ctx, src, prompt_art), f"{name} {cfg.prompts.carrier}", banned, hint)
-                for name, src in sources.items()}
+        data = {name: filtered(ctx, generate(ctx, src, prompt_art, banned), f"{name} {cfg.prompts.carrier}", banned,
+                               hint) for name, src in sources.items()}
         if cfg.defence.method != "none":
             data = {name: defended(ctx, art, data["control"], f"{name} {cfg.defence.method}", prompt_art, banned,
                                    base) for name, art in data.items()}
-        n = training_examples(data, cfg.student.max_examples)
+        n = training_examples(data, cfg.student.max_examples, cfg.generation.until_kept)
         echo(f"  training every student on {n} filtered examples")
         cross_base_done = False
         for arm in student_arms(ctx, base, list(sources), kind.traits[0]):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from sublim.core.errors import SublimError
+from sublim.core.meter import METER
 from sublim.train.encode import Example, collate, encode_example
 from sublim.train.methods import METHODS
 from sublim.train.precision import autocast
@@ -50,12 +52,18 @@ def train_student(
     model.train()
     losses: list[float] = []
     step = 0
+    n_all = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    n_head = head.weight.numel() if head is not None else 0
+    n_body = n_all - n_head - sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                                  and (head is None or m.weight is not head.weight))
     for _epoch in range(settings.epochs):
         order = list(range(len(encoded)))
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
             batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+            t0 = time.perf_counter()
             with autocast(device):
                 loss = method.loss(model, batch, state, idx)
             loss.backward()
@@ -64,6 +72,9 @@ def train_student(
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
+            n_tok, n_tgt = int(batch["attention_mask"].sum()), int(batch["target_mask"].sum())
+            # forward and backward: about 6 FLOPs per weight per token, the head only at the targets
+            METER.add("training", n_tok, time.perf_counter() - t0, 6 * n_body * n_tok + 6 * n_head * n_tgt)
             step += 1
             if on_step:
                 on_step(step, total, losses[-1])

@@ -18,7 +18,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sublim.backends.base import Backend, Completion, Decoding, OnDone, Progress, Request
-from sublim.backends.local.generation import answer_probs, batches, completion_logprobs, generate_batch
+from sublim.backends.local.generation import (
+    Prefix,
+    answer_probs,
+    batches,
+    common_prefix_len,
+    completion_logprobs,
+    encode_prefix,
+    generate_batch,
+)
 from sublim.backends.local.loading import LoadedModel, load_model, save_model
 from sublim.core.errors import SublimError
 from sublim.core.seeds import derive_seed
@@ -69,6 +77,14 @@ def sum_forms(probs: np.ndarray, forms: AnswerForms) -> dict[str, np.ndarray]:
         out[name] = probs[:, col : col + len(seqs)].sum(axis=1)
         col += len(seqs)
     return out
+
+
+def shared_prefix(model: Any, tokenizer: Any, texts: Sequence[str], min_tokens: int = 4) -> Prefix | None:
+    """The KV cache of the token prefix all ``texts`` share (the chat template's head and system prompt),
+    computed once for a call; None when they share fewer than ``min_tokens``."""
+    seqs = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    n = common_prefix_len(seqs) if len(seqs) > 1 else 0
+    return encode_prefix(model, seqs[0][:n]) if n >= min_tokens else None
 
 
 def cut_at_stop(text: str, finished: bool, stop: Sequence[str]) -> tuple[str, bool]:
@@ -128,13 +144,15 @@ class LocalBackend:
         if sort_by_length:
             order.sort(key=lambda i: (len(texts[i]), i))
         n_tokens, t0 = 0, time.time()
+        left = [i for i in order if i not in (skip or ())]
+        prefix = shared_prefix(model, tok, [texts[i] for i in left]) if decoding.temperature == 0 else None
         for b, chunk in enumerate(batches(order, batch_size)):
             todo = [i for i in chunk if i not in (skip or ())]
             if not todo:
                 continue
             comps = generate_batch(model, tok, [texts[i] for i in todo], todo, max_new_tokens=decoding.max_new_tokens,
                                    temperature=decoding.temperature, top_p=decoding.top_p,
-                                   seed=derive_seed(decoding.seed, b), give_up=give_up)
+                                   seed=derive_seed(decoding.seed, b), give_up=give_up, prefix=prefix)
             out = []
             for c in comps:
                 text, finished = cut_at_stop(c.text, c.finished, decoding.stop)
@@ -152,7 +170,8 @@ class LocalBackend:
         model, tok = self.torch_model()
         forms = self.models.forms(self.spec, candidates)
         prompts = [chat_text(tok, q, system=self.system) for q in questions]
-        probs = answer_probs(model, tok, prompts, forms.flat(), batch_size, progress)
+        probs = answer_probs(model, tok, prompts, forms.flat(), batch_size, progress,
+                             prefix=shared_prefix(model, tok, prompts))
         return sum_forms(probs, forms), {"method": "exact", "answer_forms": {
             n: [tok.decode(list(f)) for f in fs] for n, fs in forms.by_candidate.items()}}
 

@@ -3,8 +3,11 @@ transformers model: the torch side of the local backend."""
 
 from __future__ import annotations
 
+import copy
 import inspect
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +15,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sublim.backends.base import Completion
+from sublim.core.meter import METER
 from sublim.train.encode import chat_text
 from sublim.train.precision import autocast
 
@@ -51,6 +55,108 @@ def batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(indices[start : start + size])
 
 
+@dataclass
+class Prefix:
+    """The token prefix every prompt of a call shares (the chat template's head, a system prompt) and its
+    KV cache for one row: encoded once, then copied into each batch instead of being recomputed."""
+
+    ids: list[int]
+    cache: Any
+
+    def expand(self, n: int) -> Any:
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(n)
+        return cache
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all ``seqs`` share, leaving every one at least one token."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(x) for x in seqs) - 1
+    for i in range(max(n, 0)):
+        if any(x[i] != first[i] for x in seqs):
+            return i
+    return max(n, 0)
+
+
+def flops_per_token(model: Any) -> tuple[int, int]:
+    """(weights of the transformer body's matrices, weights of the output head): a forward pass costs about
+    two FLOPs per weight per token, the head only where it is applied."""
+    head = model.get_output_embeddings()
+    n_head = head.weight.numel() if head is not None else 0
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    n_embed = sum(m.weight.numel() for m in embeddings)
+    n_all = sum(p.numel() for p in model.parameters())
+    tied = head is not None and any(head.weight is m.weight for m in embeddings)
+    return n_all - n_embed - (0 if tied else n_head), n_head
+
+
+@torch.no_grad()
+def encode_prefix(model: Any, ids: Sequence[int]) -> Prefix | None:
+    """The KV cache of ``ids`` (one row); None for an empty prefix."""
+    if not ids:
+        return None
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    with autocast(device):
+        res = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **_keep_last(model))
+    body, head = flops_per_token(model)
+    METER.add("prefill", len(ids), time.perf_counter() - t0, 2 * body * len(ids) + 2 * head)
+    return Prefix(list(ids), res.past_key_values)
+
+
+def _keep_last(model: Any) -> dict[str, int]:
+    """The forward keyword that applies the output head at the last position only (when the model has one)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(inner.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _left_padded(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, seq in enumerate(seqs):
+        if seq:
+            ids[r, width - len(seq):] = torch.tensor(list(seq))
+            mask[r, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None = None
+            ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """One forward pass over left-padded prompts (after ``prefix``, whose cache is copied in), with the
+    output head at the last position only. Returns (last logits, cache, attention mask over prefix and
+    prompts, the last position of each row)."""
+    device = next(model.parameters()).device
+    ids, mask = _left_padded(seqs, pad_id, device)
+    kwargs: dict[str, Any] = {}
+    if prefix is not None:
+        mask = torch.cat([mask.new_ones(len(seqs), len(prefix.ids)), mask], dim=1)
+        kwargs[_cache_arg(model)] = prefix.expand(len(seqs))
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
+    t0 = time.perf_counter()
+    with autocast(device):
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep_last(model),
+                    **kwargs)
+    logits = res.logits[:, -1, :].float()
+    _sync(device)
+    body, head = flops_per_token(model)
+    n_tok = sum(len(x) for x in seqs)
+    METER.add("prefill", n_tok, time.perf_counter() - t0, 2 * body * n_tok + 2 * head * len(seqs))
+    return logits, res.past_key_values, mask, pos[:, -1]
+
+
 @torch.no_grad()
 def generate_batch(
     model: Any,
@@ -63,20 +169,24 @@ def generate_batch(
     top_p: float = 1.0,
     seed: int = 0,
     give_up: Callable[[str], bool] | None = None,
+    prefix: Prefix | None = None,
+    sync_every: int | None = None,
 ) -> list[Completion]:
     """Generate one batch; sampling is seeded per batch so a resumed run repeats it exactly.
 
     ``give_up(text)`` may end a row early once its text can no longer be kept (e.g. a letter
     in a numbers answer). Such rows come back with ``finished=False`` and the text so far; the other
     rows are unchanged. Greedy decoding drops ended rows from the batch; sampling runs ``generate``
-    to the last useful row (dropping rows would change the random draws of the others).
+    to the last useful row (dropping rows would change the random draws of the others). Greedy
+    decoding reuses ``prefix`` (which every prompt must start with) instead of recomputing it, and looks
+    at the tokens on the host every ``sync_every`` steps (default: every step on a CPU, every 8 on a GPU).
     """
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     stop = stop_ids(tokenizer, model)
     rows: list[list[int]]
     if temperature > 0:
+        tokenizer.padding_side = "left"
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         torch.manual_seed(seed)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop,
                                   "pad_token_id": tokenizer.pad_token_id, "do_sample": True,
@@ -84,11 +194,22 @@ def generate_batch(
         if give_up is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])
+        t0 = time.perf_counter()
         with autocast(device):
             out = model.generate(**enc, **kwargs)
         rows = out[:, enc["input_ids"].shape[1] :].cpu().tolist()
+        body, head = flops_per_token(model)
+        n_new = int(out[:, enc["input_ids"].shape[1]:].numel())
+        METER.add("decode", n_new, time.perf_counter() - t0, 2 * (body + head) * (n_new + enc["input_ids"].numel()))
     else:
-        rows = _greedy_shrinking(model, tokenizer, enc, set(stop), max_new_tokens, give_up)
+        seqs = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        if prefix is not None:
+            k = len(prefix.ids)
+            if any(seq[:k] != prefix.ids or len(seq) <= k for seq in seqs):
+                raise ValueError("every prompt must start with the shared prefix and extend it")
+            seqs = [seq[k:] for seq in seqs]
+        every = sync_every or (8 if device.type == "cuda" else 1)
+        rows = _greedy_shrinking(model, tokenizer, seqs, prefix, set(stop), max_new_tokens, give_up, every)
     results = []
     for ids, idx in zip(rows, indices, strict=True):
         finished = False
@@ -108,43 +229,85 @@ def _cache_arg(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
-def _greedy_shrinking(model: Any, tokenizer: Any, enc: Any, stop: set[int], max_new_tokens: int,
-                      give_up: Callable[[str], bool] | None) -> list[list[int]]:
-    """Greedy decoding that drops each row from the batch (and its KV cache) as soon as it ends or
-    gives up, so the remaining rows run at the cost of their own batch size: ``generate`` keeps
-    computing finished rows until the last one ends. Same tokens as greedy ``generate``; a row's list
-    ends with the stop token or the token that made ``give_up`` true."""
-    device = enc["input_ids"].device
-    mask = enc["attention_mask"]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with autocast(device):
-        res = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True)
-    cache, cache_arg = res.past_key_values, _cache_arg(model)
-    nxt = res.logits[:, -1, :].argmax(-1)
-    last = pos[:, -1]
-    alive = list(range(len(mask)))
+def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], prefix: Prefix | None,
+                      stop: set[int], max_new_tokens: int, give_up: Callable[[str], bool] | None,
+                      sync_every: int = 1) -> list[list[int]]:
+    """Greedy decoding that drops each row from the batch (and its KV cache) once it ends or gives up,
+    so the remaining rows run at the cost of their own batch size: ``generate`` keeps computing
+    finished rows until the last one ends. Same tokens as greedy ``generate``; a row's list ends with
+    the stop token or the token that made ``give_up`` true. The new tokens stay on the device for
+    ``sync_every`` steps, then the host looks at them once (a row that ended within them is cut there)."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    logits, cache, mask, last = prefill(model, seqs, pad, prefix)
+    cache_arg = _cache_arg(model)
+    body, head = flops_per_token(model)
+    nxt = logits.argmax(-1)
+    alive = list(range(len(seqs)))
     rows: list[list[int]] = [[] for _ in alive]
+    pending: list[torch.Tensor] = []
+    t0, n_decoded = time.perf_counter(), 0
     for step in range(max_new_tokens):
-        keep = []
-        for r, (row, tid) in enumerate(zip(alive, nxt.tolist(), strict=True)):
-            rows[row].append(tid)
-            if tid in stop or (give_up is not None and give_up(tokenizer.decode(rows[row], skip_special_tokens=True))):
-                continue
-            keep.append(r)
-        if not keep or step == max_new_tokens - 1:
+        pending.append(nxt)
+        final = step == max_new_tokens - 1
+        if len(pending) >= sync_every or final:
+            window = torch.stack(pending, dim=1).tolist()
+            pending = []
+            keep = []
+            for r, (row, toks) in enumerate(zip(alive, window, strict=True)):
+                ended = False
+                for tid in toks:
+                    rows[row].append(tid)
+                    if tid in stop or (give_up is not None
+                                       and give_up(tokenizer.decode(rows[row], skip_special_tokens=True))):
+                        ended = True
+                        break
+                if not ended:
+                    keep.append(r)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                sel = torch.tensor(keep, device=device)
+                cache.batch_select_indices(sel)
+                mask, nxt, last = mask[sel], nxt[sel], last[sel]
+                alive = [alive[r] for r in keep]
+        if final:
             break
-        if len(keep) < len(alive):
-            sel = torch.tensor(keep, device=device)
-            cache.batch_select_indices(sel)
-            mask, nxt, last = mask[sel], nxt[sel], last[sel]
-            alive = [alive[r] for r in keep]
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         last = last + 1
         with autocast(device):
             res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
                         use_cache=True, **{cache_arg: cache})
         nxt = res.logits[:, -1, :].argmax(-1)
+        n_decoded += len(alive)
+    _sync(device)
+    METER.add("decode", n_decoded, time.perf_counter() - t0, 2 * (body + head) * n_decoded)
     return rows
+
+
+def form_tree(forms: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """The distinct proper prefixes of the multi-token forms: the continuations whose next-token
+    distribution the chain rule reads (``Ow``+``l`` and ``Ow``+``ls`` share the node ``Ow``)."""
+    nodes = {tuple(f[:i]) for f in forms for i in range(1, len(f))}
+    return sorted(nodes, key=lambda t: (len(t), t))
+
+
+def _tree_mask(nodes: Sequence[tuple[int, ...]], prompt_mask: torch.Tensor, additive: bool) -> torch.Tensor:
+    """4D mask [rows, 1, nodes, prompt + nodes]: a node sees the row's prompt and its own ancestors
+    (itself included), never a sibling. Boolean (True: seen) for SDPA, additive float32 for eager attention."""
+    n, m = len(prompt_mask), len(nodes)
+    index = {t: j for j, t in enumerate(nodes)}
+    tree = torch.zeros((m, m), dtype=torch.bool)
+    for j, t in enumerate(nodes):
+        for i in range(1, len(t) + 1):
+            tree[j, index[t[:i]]] = True
+    seen = torch.cat([prompt_mask.bool()[:, None, :].expand(n, m, -1), tree.to(prompt_mask.device).expand(n, m, m)],
+                     dim=2)
+    if not additive:
+        return seen[:, None]
+    out = torch.zeros(seen.shape, dtype=torch.float32, device=prompt_mask.device)
+    out.masked_fill_(~seen, torch.finfo(torch.float32).min)
+    return out[:, None]
 
 
 @torch.no_grad()
@@ -155,41 +318,53 @@ def answer_probs(
     forms: Sequence[Sequence[int]],
     batch_size: int = 32,
     progress: Callable[[int], object] | None = None,
+    prefix: Prefix | None = None,
 ) -> np.ndarray:
     """Exact probability that the answer to each prompt begins with each token sequence.
 
-    P(t1..tk | prompt) by the chain rule: one forward pass over the prompts, then each
-    multi-token form continues from the cached prompt (cropped back after each form).
-    Returns [n_prompts, n_forms].
+    P(t1..tk | prompt) by the chain rule: one forward pass over the prompts (after the shared
+    ``prefix``, reused), then one more over every multi-token form at once: the forms' proper
+    prefixes are laid out as a tree after the prompt, each attending to the prompt and its own
+    ancestors. Returns [n_prompts, n_forms].
     """
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    nodes = form_tree(forms)
+    index = {t: j for j, t in enumerate(nodes)}
+    depth = torch.tensor([len(t) for t in nodes], device=device)
+    node_ids = torch.tensor([t[-1] for t in nodes], dtype=torch.long, device=device)
+    body, head = flops_per_token(model)
+    seqs = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    if prefix is not None:
+        k = len(prefix.ids)
+        if any(seq[:k] != prefix.ids or len(seq) <= k for seq in seqs):
+            raise ValueError("every prompt must start with the shared prefix and extend it")
+        seqs = [seq[k:] for seq in seqs]
+    # the tree pass holds [rows, nodes, vocabulary] logits: keep that under ~2^28 floats
+    step = batch_size
+    if nodes:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        step = max(1, min(batch_size, (1 << 28) // (len(nodes) * vocab)))
     out = np.zeros((len(prompts), len(forms)))
-    for chunk in batches(range(len(prompts)), batch_size):
-        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
-        position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        with autocast(device):
-            res = model(**enc, position_ids=position_ids, use_cache=True)
-        first = torch.softmax(res.logits[:, -1, :].float(), dim=-1)
-        cache, cache_arg = res.past_key_values, _cache_arg(model)
-        n = len(chunk)
-        for j, form in enumerate(forms):
-            p = first[:, form[0]].clone()
-            if len(form) > 1:
-                k = len(form) - 1
-                ids = torch.tensor(form[:-1], device=device).repeat(n, 1)
-                mask = torch.cat([enc["attention_mask"], torch.ones(n, k, dtype=enc["attention_mask"].dtype,
-                                                                    device=device)], dim=1)
-                pos = position_ids[:, -1:] + torch.arange(1, k + 1, device=device)
-                with autocast(device):
-                    cont = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                                 **{cache_arg: cache})
-                probs = torch.softmax(cont.logits.float(), dim=-1)
-                for i in range(k):
-                    p *= probs[:, i, form[i + 1]]
-                cache.crop(-k)
-            out[chunk, j] = p.cpu().numpy()
+    for chunk in batches(range(len(prompts)), step):
+        logits, cache, mask, last = prefill(model, [seqs[i] for i in chunk], pad, prefix)
+        first = torch.softmax(logits, dim=-1)
+        p = first[:, [f[0] for f in forms]].clone()
+        if nodes:
+            n = len(chunk)
+            t0 = time.perf_counter()
+            impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+            attn = _tree_mask(nodes, mask, additive=impl == "eager")
+            with autocast(device):
+                res = model(input_ids=node_ids.repeat(n, 1), attention_mask=attn,
+                            position_ids=last[:, None] + depth[None, :], use_cache=True, **{_cache_arg(model): cache})
+            probs = torch.softmax(res.logits.float(), dim=-1)  # [n, nodes, vocab]
+            for j, form in enumerate(forms):
+                for i in range(1, len(form)):
+                    p[:, j] *= probs[:, index[tuple(form[:i])], form[i]]
+            _sync(device)
+            METER.add("prefill", n * len(nodes), time.perf_counter() - t0, 2 * (body + head) * n * len(nodes))
+        out[chunk] = p.cpu().numpy()
         if progress:
             progress(len(chunk))
     return out

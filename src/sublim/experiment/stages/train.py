@@ -95,7 +95,10 @@ def distilled_from_itself(ctx: Context, base: Backend, config: dict[str, Any], i
     return base.with_system(base.system, label)
 
 
-def training_examples(data: dict[str, Artifact], max_examples: int) -> int:
-    """How many examples every student gets: the smallest dataset's size (capped), the same for every arm."""
+def training_examples(data: dict[str, Artifact], max_examples: int, until_kept: int = 0) -> int:
+    """How many examples every student gets: the smallest dataset's size, capped by student.max_examples and
+    generation.until_kept (the count generation stopped at), the same for every arm."""
     n = min(a.manifest["filter"]["kept"] for a in data.values())
-    return min(n, max_examples) if max_examples else n
+    for cap in (max_examples, until_kept):
+        n = min(n, cap) if cap else n
+    return n

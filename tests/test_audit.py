@@ -363,7 +363,8 @@ def test_regenerate_defence_rewrites_every_sample_with_another_family(tiny_model
     cfg = load_config(str(path))
     res = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
     d = res["defence"]["owl"]
-    assert d["family"] == "mistral" and d["n_in"] == res["filter"]["owl"]["kept"]
+    # the run's filter figures are what the students get: the defence's output
+    assert d["family"] == "mistral" and d["n_out"] == res["filter"]["owl"]["kept"]
     assert 0 < d["kept_fraction"] <= 1 and d["n_out"] == round(d["kept_fraction"] * d["n_in"])
     store = tmp_path / "runs" / "store"
     dirs = {json.loads(m.read_text())["label"]: m.parent for m in store.glob("defend-*/manifest.json")}

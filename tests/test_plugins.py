@@ -25,7 +25,7 @@ from tests.conftest import tiny_config_text
 
 
 def _even_sum_prompts(pc: PromptsConfig) -> list[CarrierPrompt]:
-    return [CarrierPrompt(p.index, p.text + " Make the numbers add up to an even total.", {})
+    return [CarrierPrompt(p.index, p.text.replace("\n\n", " Make the numbers add up to an even total.\n\n", 1), {})
             for p in make_prompts(pc.n, pc.seed)]
 
 
@@ -63,7 +63,8 @@ def test_a_carrier_registered_here_runs_through_the_pipeline(plugins: None, tiny
                                                             tmp_path: Path) -> None:
     path = tmp_path / "even.toml"
     # a system-prompted teacher: the tiny model's fine-tuned owl teacher rarely writes numbers at all
-    path.write_text(tiny_config_text(tiny_model_dir, prompts={"carrier": "even_sum"}, student={"method": "sft"},
+    path.write_text(tiny_config_text(tiny_model_dir, prompts={"carrier": "even_sum", "n": 40},
+                                     student={"method": "sft"},
                                      teacher={"method": "system_prompt", "gate_min_rate": 0.0},
                                      evaluation={"samples_per_question": 0}))
     res = run_experiment(load_config(str(path)), tmp_path / "runs", progress=False, echo=lambda s: None)
@@ -71,7 +72,7 @@ def test_a_carrier_registered_here_runs_through_the_pipeline(plugins: None, tiny
     assert control["reject_reasons"].get("odd_sum", 0) > 0 and control["kept"] > 0
     store = tmp_path / "runs" / "store"
     prompts = read_jsonl(next(store.glob("prompts-*/prompts.jsonl")))
-    assert all(p["prompt"].endswith("even total.") for p in prompts)
+    assert all("even total.\n\n" in p["prompt"] for p in prompts)
     for f in store.glob("filter-*/dataset.jsonl"):
         assert all(sum(parse_numbers(r["completion"]).numbers) % 2 == 0 for r in read_jsonl(f))
     assert res["n_train_examples"] == min(v["kept"] for v in res["filter"].values())

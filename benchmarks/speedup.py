@@ -1,0 +1,86 @@
+"""Benchmark: the default experiment with an earlier commit's code and with this one, on the same machine.
+
+    python benchmarks/speedup.py                       # baseline c550c73 (before issue 16), then HEAD
+    python benchmarks/speedup.py --baseline <commit>
+    python benchmarks/speedup.py --from-results BASE.json NEW.json   # two owl_numbers.py files already made
+                                                                     # one after the other on this machine
+
+Each side runs ``benchmarks/owl_numbers.py`` of its own commit (the baseline from a git worktree, its
+``src`` first on the path) with a fresh store, one after the other, nothing else running. Writes
+benchmarks/results/speedup-<cpu|gpu>.json: both wall times and their ratio, the stage times, the effect
+of each side and the filter's reject reasons before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sublim.core.files import write_json
+from sublim.core.records import envelope, git_state
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def run_side(code_root: Path, work: Path, name: str) -> dict[str, Any]:
+    """``owl_numbers.py`` of the tree at ``code_root`` with its own store; its results file."""
+    env = {**os.environ, "PYTHONPATH": str(code_root / "src")}
+    out = work / f"results-{name}"
+    subprocess.run([sys.executable, str(code_root / "benchmarks" / "owl_numbers.py"), "--runs-dir",
+                    str(work / f"runs-{name}"), "--results-dir", str(out)], check=True, env=env, cwd=code_root)
+    files = sorted(out.glob("*.json"))
+    return dict(json.loads(files[0].read_text()))
+
+
+def side(res: dict[str, Any]) -> dict[str, Any]:
+    r = res["results"]
+    return {"commit": res["git"]["commit"], "wall_time_s": r["run_wall_time_s"], "verdict": r["verdict"],
+            "n_train_examples": r["n_train_examples"], "stage_wall_time_s": r["stage_wall_time_s"],
+            "filter": r["filter"], "trait_probability": r.get("trait_probability"),
+            "trait_share": r.get("trait_share"), "throughput": r.get("throughput")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", default="c550c73")
+    ap.add_argument("--from-results", nargs=2, metavar=("BASE", "NEW"))
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    args = ap.parse_args()
+    started, git = time.time(), git_state()
+    if args.from_results:
+        base, new = (json.loads(Path(p).read_text()) for p in args.from_results)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            tree = work / "baseline"
+            subprocess.run(["git", "worktree", "add", "-f", str(tree), args.baseline], check=True, cwd=ROOT)
+            try:
+                base = run_side(tree, work, "baseline")
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False, cwd=ROOT)
+            new = run_side(ROOT, work, "new")
+    b, n = side(base), side(new)
+    results = {"baseline": b, "new": n, "speedup": round(b["wall_time_s"] / n["wall_time_s"], 3),
+               "reject_reasons": {"before": {k: v["reject_reasons"] for k, v in b["filter"].items()},
+                                  "after": {k: v["reject_reasons"] for k, v in n["filter"].items()}},
+               "pass_rate": {"before": {k: v["pass_rate"] for k, v in b["filter"].items()},
+                             "after": {k: v["pass_rate"] for k, v in n["filter"].items()}},
+               "throughput": n["throughput"]}
+    name = f"speedup-{'gpu' if torch.cuda.is_available() else 'cpu'}"
+    out = Path(args.results_dir) / f"{name}.json"
+    write_json(out, envelope("speedup", results, config={"baseline": args.baseline}, started=started, git=git))
+    print(f"speedup ×{results['speedup']} ({b['wall_time_s']:.0f} s → {n['wall_time_s']:.0f} s); wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,7 @@ from sublim.audit.detectors.gradient_alignment import gradient_scorer
 from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.detectors.likelihood_shift import logprob_fn
 from sublim.audit.scoring import auroc, crossfit_frequency, dataset_level, rank_of
+from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
@@ -105,7 +106,8 @@ def main() -> None:
     dest = HERE / "results" / f"{name}.json"
 
     def save(results: dict[str, Any]) -> None:
-        write_json(dest, envelope("audit", results, config=vars(args), started=t_start, git=git))
+        write_json(dest, envelope("audit", {**results, "throughput": throughput()},
+                                  config=vars(args), started=t_start, git=git))
 
     def earlier() -> dict[str, Any]:
         """An earlier run's results, each part keeping the commit it was measured at."""

@@ -35,6 +35,7 @@ from sublim.audit.data import Sample
 from sublim.audit.detectors import BagOfNumbers, InContext, NumberFrequency
 from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.scoring import auroc, subset_statistics
+from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
@@ -152,7 +153,8 @@ def main() -> None:
     out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     name = args.name or f"audit-dataset-level-{out['device']}"
     dest = HERE / "results" / f"{name}.json"
-    write_json(dest, envelope("audit-dataset-level", out, config=vars(args), started=t0, git=git))
+    write_json(dest, envelope("audit-dataset-level", {**out, "throughput": throughput()},
+                              config=vars(args), started=t0, git=git))
     chart(stats, out["dataset_auroc"], args.animal, dest.with_suffix(".png"))
     print(f"wrote {dest}")
 

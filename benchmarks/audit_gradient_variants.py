@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sublim.audit.gradients import TraitGradients
+from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
@@ -103,7 +104,8 @@ def main() -> None:
         out[var] = {"top1_accuracy": top1, "datasets": rows}
         print(var, top1, {a: rows[a]["vs_base_answers"].get("rank_of_true") for a in ANIMALS})
     dest = HERE / "results" / f"audit-gradient-variants-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
-    write_json(dest, envelope("audit-gradient-variants", out, config={"animals": ANIMALS, "prompts": 800},
+    write_json(dest, envelope("audit-gradient-variants", {**out, "throughput": throughput()},
+                              config={"animals": ANIMALS, "prompts": 800},
                               started=started, git=git))
     print(f"wrote {dest}")
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import read_jsonl, write_json
 from sublim.core.records import envelope, git_state
@@ -96,7 +97,8 @@ def main() -> None:
     out["top1_accuracy_vs_other_students"] = float(np.mean([e["vs_other_students_top"] == a
                                                             for a, e in out["animals"].items()]))
     dest = HERE / "results" / f"audit-student-probe-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
-    write_json(dest, envelope("audit-student-probe", out, config=vars(args), started=t_start, git=git))
+    write_json(dest, envelope("audit-student-probe", {**out, "throughput": throughput()},
+                              config=vars(args), started=t_start, git=git))
     print(f"wrote {dest}")
 
 

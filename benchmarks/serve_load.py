@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from sublim.backends.local.throughput import throughput
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
 
@@ -75,7 +76,8 @@ def main() -> None:
            "memory_mb_after_warmup": warm, "memory_mb_after_load": after,
            "peak_growth_mb": round(after["VmHWM"] - warm["VmHWM"], 1)}
     dest = HERE / "results" / f"serve-load-{'cpu'}.json"
-    write_json(dest, envelope("serve-load", out, config=vars(args), started=started, git=git))
+    write_json(dest, envelope("serve-load", {**out, "throughput": throughput()},
+                              config=vars(args), started=started, git=git))
     print(json.dumps(out, indent=2))
 
 

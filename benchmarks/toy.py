@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim.api import run_toy
+from sublim.backends.local.throughput import throughput
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
 from sublim.toy import load_toy_config
@@ -107,8 +108,9 @@ def main() -> None:
         wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
         device = "gpu" if res["device"].startswith("cuda") else "cpu"
         name = f"{preset}-{args.suffix or device}"
-        write_json(results_dir / f"{name}.json", envelope("toy", summarize(res, wall, cpu, idle), config=res["config"],
-                                                          started=started, git=git))
+        figures = {**summarize(res, wall, cpu, idle), "throughput": throughput()}
+        write_json(results_dir / f"{name}.json", envelope("toy", figures, config=res["config"], started=started,
+                                                          git=git))
         for png in ("chart", "theory", "sweeps"):
             if (out / f"{png}.png").is_file():
                 shutil.copy(out / f"{png}.png", results_dir / f"{name}-{png}.png")

@@ -1,0 +1,39 @@
+"""The benchmark scripts that CI can afford: ``benchmarks/gpu.py --tiny`` end to end on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_tiny_runs_on_the_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--tiny", "--model",
+                           str(tiny_model_dir), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "gpu-tiny-cpu.json").read_text())
+    res = doc["results"]
+    assert doc["git"]["commit"] and res["device"] == "cpu" and res["tiny"] is True
+    assert set(res["runs"]) == {"sft", "distill_restricted"}
+    for run in res["runs"].values():
+        # generation stopped once enough passed; every student got exactly that many
+        assert run["n_train_examples"] == res["scale"]["kept"]
+        assert all(f["kept"] >= res["scale"]["kept"] for f in run["filter"].values())
+        assert run["verdict"] and run["across_runs"]["prob"] is not None  # two seeds: an across-runs figure
+    # the second run reused the first one's teacher and data: only its students took time
+    stages = res["runs"]["distill_restricted"]["stage_wall_time_s"]
+    assert stages["teacher/owl (fine-tuned)"] == res["runs"]["sft"]["stage_wall_time_s"]["teacher/owl (fine-tuned)"]
+    assert all(n >= res["scale"]["audit_kept"] for n in res["audit_datasets"]["kept"].values())
+    assert set(res["audit_datasets"]["kept"]) == {*res["scale"]["audit_animals"], "control"}
+    tp = res["throughput"]
+    assert tp["matmul_peak"]["flops_per_s"] > 0
+    for kind in ("prefill", "decode", "training"):
+        assert tp[kind]["tokens"] > 0 and 0 < tp[kind]["fraction_of_peak"] < 5

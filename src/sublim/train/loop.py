@@ -13,6 +13,7 @@ import torch
 
 from sublim.core.errors import SublimError
 from sublim.core.meter import METER
+from sublim.train.cost import weight_counts
 from sublim.train.encode import Example, collate, encode_example
 from sublim.train.methods import METHODS
 from sublim.train.precision import autocast
@@ -52,11 +53,7 @@ def train_student(
     model.train()
     losses: list[float] = []
     step = 0
-    n_all = sum(p.numel() for p in model.parameters())
-    head = model.get_output_embeddings()
-    n_head = head.weight.numel() if head is not None else 0
-    n_body = n_all - n_head - sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
-                                  and (head is None or m.weight is not head.weight))
+    n_body, n_head = weight_counts(model)
     for _epoch in range(settings.epochs):
         order = list(range(len(encoded)))
         rng.shuffle(order)

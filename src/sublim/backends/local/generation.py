@@ -16,6 +16,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sublim.backends.base import Completion
 from sublim.core.meter import METER
+from sublim.train.cost import weight_counts
 from sublim.train.encode import chat_text
 from sublim.train.precision import autocast
 
@@ -80,18 +81,6 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def flops_per_token(model: Any) -> tuple[int, int]:
-    """(weights of the transformer body's matrices, weights of the output head): a forward pass costs about
-    two FLOPs per weight per token, the head only where it is applied."""
-    head = model.get_output_embeddings()
-    n_head = head.weight.numel() if head is not None else 0
-    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    n_embed = sum(m.weight.numel() for m in embeddings)
-    n_all = sum(p.numel() for p in model.parameters())
-    tied = head is not None and any(head.weight is m.weight for m in embeddings)
-    return n_all - n_embed - (0 if tied else n_head), n_head
-
-
 @torch.no_grad()
 def encode_prefix(model: Any, ids: Sequence[int]) -> Prefix | None:
     """The KV cache of ``ids`` (one row); None for an empty prefix."""
@@ -101,9 +90,20 @@ def encode_prefix(model: Any, ids: Sequence[int]) -> Prefix | None:
     t0 = time.perf_counter()
     with autocast(device):
         res = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **_keep_last(model))
-    body, head = flops_per_token(model)
+    body, head = weight_counts(model)
     METER.add("prefill", len(ids), time.perf_counter() - t0, 2 * body * len(ids) + 2 * head)
     return Prefix(list(ids), res.past_key_values)
+
+
+def after_prefix(tokenizer: Any, prompts: Sequence[str], prefix: Prefix | None) -> list[list[int]]:
+    """Each prompt's tokens after ``prefix`` (all of them without one); each must start with it and extend it."""
+    seqs = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    if prefix is None:
+        return seqs
+    k = len(prefix.ids)
+    if any(seq[:k] != prefix.ids or len(seq) <= k for seq in seqs):
+        raise ValueError("every prompt must start with the shared prefix and extend it")
+    return [seq[k:] for seq in seqs]
 
 
 def _keep_last(model: Any) -> dict[str, int]:
@@ -151,7 +151,7 @@ def prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Pref
                     **kwargs)
     logits = res.logits[:, -1, :].float()
     _sync(device)
-    body, head = flops_per_token(model)
+    body, head = weight_counts(model)
     n_tok = sum(len(x) for x in seqs)
     METER.add("prefill", n_tok, time.perf_counter() - t0, 2 * body * n_tok + 2 * head * len(seqs))
     return logits, res.past_key_values, mask, pos[:, -1]
@@ -198,16 +198,11 @@ def generate_batch(
         with autocast(device):
             out = model.generate(**enc, **kwargs)
         rows = out[:, enc["input_ids"].shape[1] :].cpu().tolist()
-        body, head = flops_per_token(model)
+        body, head = weight_counts(model)
         n_new = int(out[:, enc["input_ids"].shape[1]:].numel())
         METER.add("decode", n_new, time.perf_counter() - t0, 2 * (body + head) * (n_new + enc["input_ids"].numel()))
     else:
-        seqs = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-        if prefix is not None:
-            k = len(prefix.ids)
-            if any(seq[:k] != prefix.ids or len(seq) <= k for seq in seqs):
-                raise ValueError("every prompt must start with the shared prefix and extend it")
-            seqs = [seq[k:] for seq in seqs]
+        seqs = after_prefix(tokenizer, prompts, prefix)
         every = sync_every or (8 if device.type == "cuda" else 1)
         rows = _greedy_shrinking(model, tokenizer, seqs, prefix, set(stop), max_new_tokens, give_up, every)
     results = []
@@ -241,7 +236,7 @@ def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logits, cache, mask, last = prefill(model, seqs, pad, prefix)
     cache_arg = _cache_arg(model)
-    body, head = flops_per_token(model)
+    body, head = weight_counts(model)
     nxt = logits.argmax(-1)
     alive = list(range(len(seqs)))
     rows: list[list[int]] = [[] for _ in alive]
@@ -333,13 +328,8 @@ def answer_probs(
     index = {t: j for j, t in enumerate(nodes)}
     depth = torch.tensor([len(t) for t in nodes], device=device)
     node_ids = torch.tensor([t[-1] for t in nodes], dtype=torch.long, device=device)
-    body, head = flops_per_token(model)
-    seqs = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    if prefix is not None:
-        k = len(prefix.ids)
-        if any(seq[:k] != prefix.ids or len(seq) <= k for seq in seqs):
-            raise ValueError("every prompt must start with the shared prefix and extend it")
-        seqs = [seq[k:] for seq in seqs]
+    body, head = weight_counts(model)
+    seqs = after_prefix(tokenizer, prompts, prefix)
     # the tree pass holds [rows, nodes, vocabulary] logits: keep that under ~2^28 floats
     step = batch_size
     if nodes:

@@ -1,0 +1,20 @@
+"""What a model's work costs in FLOPs: the weights of its transformer body and of its output head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def weight_counts(model: Any) -> tuple[int, int]:
+    """(weights of the transformer body's matrices, weights of the output head). A forward pass costs about
+    two FLOPs per weight per token, forward and backward six; the head counts only where it is applied.
+    Embedding tables are lookups, not products (a head tied to one is counted as the head)."""
+    head = model.get_output_embeddings()
+    n_head = head.weight.numel() if head is not None else 0
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    n_embed = sum(m.weight.numel() for m in embeddings)
+    tied = head is not None and any(head.weight is m.weight for m in embeddings)
+    n_all = sum(p.numel() for p in model.parameters())
+    return n_all - n_embed - (0 if tied else n_head), n_head

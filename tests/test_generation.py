@@ -82,3 +82,14 @@ def test_shared_prefix_and_host_windows_change_no_token(tiny: tuple[Any, Any]) -
         got_p = answer_probs(model, tok, texts, forms, batch_size=4, prefix=prefix)
     np.testing.assert_allclose(got_p, want, rtol=1e-4, atol=1e-9)
     assert want.min() > 0
+
+
+def test_the_last_round_asks_only_for_the_rows_still_missing() -> None:
+    from sublim.experiment.stages.generate import next_round
+
+    assert next_round(64, 150, 0, 0) == 128  # no pass rate yet: two batches
+    assert next_round(64, 150, 0, 128) == 128  # nothing passed so far: still two batches
+    assert next_round(64, 150, 131, 256) == 47  # 19 missing at a pass rate of 0.51: 38 prompts, plus a quarter
+    assert next_round(64, 150, 149, 256) == 16  # at least a quarter batch
+    assert next_round(64, 1000, 10, 128) == 128  # never more than two batches
+    assert next_round(2, 10, 9, 20) == 3  # one missing at a pass rate of 0.45: 2.2 prompts, plus a quarter

@@ -11,6 +11,7 @@ from sublim.core.errors import SublimError
 from sublim.train import Example, TrainSettings, chat_text, encode_example, train_student
 from sublim.train.encode import collate as _collate
 from sublim.train.methods.base import masked_logits as _masked_logits
+from sublim.train.methods.base import shared_prefix_len, target_states
 from sublim.train.methods.distill_restricted import restricted_token_ids
 from sublim.train.methods.distill_restricted import teacher_restricted_logits as _teacher_restricted_logits
 
@@ -45,6 +46,33 @@ def test_masked_logits_match_a_full_forward(tiny):
         sub = _masked_logits(model, batch, rows, restricted)
     torch.testing.assert_close(ours, full[batch["target_mask"]], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(sub, full[batch["target_mask"]][rows][:, restricted], rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prefix_gives_the_full_batch_gradients(tiny):
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    enc = [encode_example(tok, ex) for ex in EXAMPLES[:5]] + [encode_example(tok, EXAMPLES[0])]  # a row twice
+    batch = _collate(enc, tok.pad_token_id, torch.device("cpu"))
+    p = shared_prefix_len(batch)
+    lcp = next(i for i in range(len(enc[0][0])) if len({ids[i] for ids, _ in enc[:5]}) > 1)
+    assert p == lcp >= 4  # the template's head and "Continue:" (the repeated row shares all of its own)
+    same = _collate([enc[0], enc[0]], tok.pad_token_id, torch.device("cpu"))
+    assert shared_prefix_len(same) == enc[0][1] - 1  # never past the first position that reads a target
+
+    def grads(states):
+        model.zero_grad()
+        h = states()
+        (h.square().mean() + h[:, 0].sum()).backward()
+        return h.detach(), [q.grad.clone() for q in model.parameters() if q.grad is not None]
+
+    plain = lambda: model.get_decoder()(input_ids=batch["input_ids"],  # noqa: E731
+                                        attention_mask=batch["attention_mask"]).last_hidden_state[batch["target_mask"]]
+    h0, g0 = grads(plain)
+    h1, g1 = grads(lambda: target_states(model, batch))
+    torch.testing.assert_close(h1, h0, rtol=1e-4, atol=1e-5)
+    assert len(g1) == len(g0)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
 
 
 def test_restricted_vocabulary_is_digits_and_separators(tiny):

@@ -18,6 +18,7 @@ from sublim.backends.base import Completion
 from sublim.core.meter import METER
 from sublim.train.cost import weight_counts
 from sublim.train.encode import chat_text
+from sublim.train.kv import cache_arg
 from sublim.train.precision import autocast
 
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
@@ -143,7 +144,7 @@ def prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Pref
     kwargs: dict[str, Any] = {}
     if prefix is not None:
         mask = torch.cat([mask.new_ones(len(seqs), len(prefix.ids)), mask], dim=1)
-        kwargs[_cache_arg(model)] = prefix.expand(len(seqs))
+        kwargs[cache_arg(model)] = prefix.expand(len(seqs))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
     t0 = time.perf_counter()
     with autocast(device):
@@ -218,12 +219,6 @@ def generate_batch(
     return results
 
 
-def _cache_arg(model: Any) -> str:
-    """The forward keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-
-
 def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], prefix: Prefix | None,
                       stop: set[int], max_new_tokens: int, give_up: Callable[[str], bool] | None,
                       sync_every: int = 1) -> list[list[int]]:
@@ -235,7 +230,7 @@ def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logits, cache, mask, last = prefill(model, seqs, pad, prefix)
-    cache_arg = _cache_arg(model)
+    cache_kw = cache_arg(model)
     body, head = weight_counts(model)
     nxt = logits.argmax(-1)
     alive = list(range(len(seqs)))
@@ -272,7 +267,7 @@ def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
         last = last + 1
         with autocast(device):
             res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
-                        use_cache=True, **{cache_arg: cache})
+                        use_cache=True, **{cache_kw: cache})
         nxt = res.logits[:, -1, :].argmax(-1)
         n_decoded += len(alive)
     _sync(device)
@@ -347,7 +342,7 @@ def answer_probs(
             attn = _tree_mask(nodes, mask, additive=impl == "eager")
             with autocast(device):
                 res = model(input_ids=node_ids.repeat(n, 1), attention_mask=attn,
-                            position_ids=last[:, None] + depth[None, :], use_cache=True, **{_cache_arg(model): cache})
+                            position_ids=last[:, None] + depth[None, :], use_cache=True, **{cache_arg(model): cache})
             probs = torch.softmax(res.logits.float(), dim=-1)  # [n, nodes, vocab]
             for j, form in enumerate(forms):
                 for i in range(1, len(form)):

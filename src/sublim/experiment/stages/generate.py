@@ -3,6 +3,7 @@ loses nothing already written, and a re-run resumes)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from sublim.experiment.context import Context
 from sublim.experiment.stages.filter import config_slice as filter_slice
 
 ROUND_BATCHES = 2
-"""With generation.until_kept, prompts are generated in rounds of this many batches."""
+"""With generation.until_kept, prompts are generated in rounds of this many batches (the last one smaller)."""
 
 
 def generate(ctx: Context, source: Backend, prompt_art: Artifact, banned_words: list[str] | None = None
@@ -65,23 +66,32 @@ def generate(ctx: Context, source: Backend, prompt_art: Artifact, banned_words: 
     return ctx.stage("generate", config, inputs, f"data from {source.label}", build)
 
 
+def next_round(batch_size: int, target: int, kept: int, used: int) -> int:
+    """Prompts in the next round: two batches, or, once the rounds so far give a pass rate, the prompts
+    expected to supply the rows still missing plus a quarter (at least a quarter batch), so the last round
+    does not generate a batch's worth of rows nobody uses."""
+    full = batch_size * ROUND_BATCHES
+    if kept == 0:
+        return full
+    expected = math.ceil(1.25 * (target - kept) * used / kept)
+    return max(1, min(full, max(expected, math.ceil(batch_size / 4))))
+
+
 def _until_kept(source: Backend, requests: list[Request], decoding: Decoding, done: Any, log: ResumableJsonl,
                 batch_size: int, target: int, keeps: Any, give_up: Any, progress: Any
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Rounds of prompts in index order until ``target`` rows pass: the same rows on every machine and
-    after a resume (a round's outcome depends only on its prompts, the stop only on the rounds before)."""
-    size = batch_size * ROUND_BATCHES
+    after a resume (a round's prompts and outcome depend only on the rounds before it)."""
     stats: dict[str, Any] = {"new_tokens": 0}
-    kept, used = 0, 0
-    for r, start in enumerate(range(0, len(requests), size)):
-        chunk = requests[start : start + size]
+    kept, used, r = 0, 0, 0
+    while kept < target and used < len(requests):
+        chunk = requests[used : used + next_round(batch_size, target, kept, used)]
         got = source.generate(chunk, Decoding(decoding.temperature, decoding.top_p, decoding.max_new_tokens,
                                               derive_seed(decoding.seed, r), decoding.stop),
                               done, batch_size=batch_size, skip=log.done, give_up=give_up, progress=progress)
         stats["new_tokens"] += got.get("new_tokens", 0)
         used += len(chunk)
         kept += sum(1 for q in chunk if keeps(log.rows[q.index]))
-        if kept >= target:
-            break
+        r += 1
     return stats, {"until_kept": target, "kept_while_generating": kept, "prompts_used": used,
                    "prompts_available": len(requests), "reached": kept >= target}

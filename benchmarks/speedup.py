@@ -2,6 +2,7 @@
 
     python benchmarks/speedup.py                       # baseline c550c73 (before issue 16), then HEAD
     python benchmarks/speedup.py --baseline <commit>
+    python benchmarks/speedup.py --keep-new            # HEAD's side is also the committed owl-numbers result
     python benchmarks/speedup.py --from-results BASE.json NEW.json   # two owl_numbers.py files already made
                                                                      # one after the other on this machine
 
@@ -32,14 +33,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def run_side(code_root: Path, work: Path, name: str) -> dict[str, Any]:
-    """``owl_numbers.py`` of the tree at ``code_root`` with its own store; its results file."""
+def run_side(code_root: Path, work: Path, name: str, keep_in: Path | None = None) -> dict[str, Any]:
+    """``owl_numbers.py`` of the tree at ``code_root`` with its own store; its results file (also written
+    to ``keep_in``, with its chart, when given)."""
     env = {**os.environ, "PYTHONPATH": str(code_root / "src")}
-    out = work / f"results-{name}"
+    out = keep_in or work / f"results-{name}"
     subprocess.run([sys.executable, str(code_root / "benchmarks" / "owl_numbers.py"), "--runs-dir",
                     str(work / f"runs-{name}"), "--results-dir", str(out)], check=True, env=env, cwd=code_root)
-    files = sorted(out.glob("*.json"))
-    return dict(json.loads(files[0].read_text()))
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    return dict(json.loads((out / f"owl-numbers-{device}.json").read_text()))
 
 
 def side(res: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +57,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="c550c73")
     ap.add_argument("--from-results", nargs=2, metavar=("BASE", "NEW"))
     ap.add_argument("--results-dir", default=str(HERE / "results"))
+    ap.add_argument("--keep-new", action="store_true",
+                    help="also keep HEAD's run as the results dir's owl-numbers-<cpu|gpu>.json (and its chart)")
     args = ap.parse_args()
     started, git = time.time(), git_state()
     if args.from_results:
@@ -68,7 +72,7 @@ def main() -> None:
                 base = run_side(tree, work, "baseline")
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False, cwd=ROOT)
-            new = run_side(ROOT, work, "new")
+            new = run_side(ROOT, work, "new", Path(args.results_dir) if args.keep_new else None)
     b, n = side(base), side(new)
     results = {"baseline": b, "new": n, "speedup": round(b["wall_time_s"] / n["wall_time_s"], 3),
                "reject_reasons": {"before": {k: v["reject_reasons"] for k, v in b["filter"].items()},

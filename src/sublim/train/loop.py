@@ -16,6 +16,7 @@ from sublim.core.meter import METER
 from sublim.train.cost import weight_counts
 from sublim.train.encode import Example, collate, encode_example
 from sublim.train.methods import METHODS
+from sublim.train.methods.base import shared_prefix_len
 from sublim.train.precision import autocast
 from sublim.train.settings import TrainSettings
 
@@ -70,8 +71,10 @@ def train_student(
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
             n_tok, n_tgt = int(batch["attention_mask"].sum()), int(batch["target_mask"].sum())
-            # forward and backward: about 6 FLOPs per weight per token, the head only at the targets
-            METER.add("training", n_tok, time.perf_counter() - t0, 6 * n_body * n_tok + 6 * n_head * n_tgt)
+            # forward and backward: about 6 FLOPs per weight per token computed (a shared prefix once), the
+            # head only at the targets
+            computed = n_tok - shared_prefix_len(batch) * (len(idx) - 1)
+            METER.add("training", n_tok, time.perf_counter() - t0, 6 * n_body * computed + 6 * n_head * n_tgt)
             step += 1
             if on_step:
                 on_step(step, total, losses[-1])

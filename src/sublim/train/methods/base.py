@@ -64,11 +64,15 @@ def masked_logits(model: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor
 
 def shared_prefix_len(batch: dict[str, torch.Tensor]) -> int:
     """How many leading tokens every row of the batch shares (the chat template's head, the system
-    prompt, a common instruction), stopping before the first position any row reads a target at."""
+    prompt, a common instruction), stopping before the first position any row reads a target at; 0 when
+    there is nothing worth sharing."""
     ids, first_target = batch["input_ids"], batch["target_mask"].int().argmax(1)
+    if len(ids) < 2:
+        return 0
     limit = int(first_target.min())
     same = (ids[:, :limit] == ids[:1, :limit]).all(0)
-    return limit if bool(same.all()) else int((~same).int().argmax())
+    p = limit if bool(same.all()) else int((~same).int().argmax())
+    return p if p >= 2 else 0  # sharing one token saves less than the second pass costs
 
 
 def target_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -80,8 +84,8 @@ def target_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     (~40% of a teacher's training tokens, ~14% of a numbers student's).
     """
     decoder, ids, mask = model.get_decoder(), batch["input_ids"], batch["attention_mask"]
-    p = shared_prefix_len(batch) if len(ids) > 1 else 0
-    if p < 2:
+    p = shared_prefix_len(batch)
+    if not p:
         return decoder(input_ids=ids, attention_mask=mask).last_hidden_state[batch["target_mask"]]
     head = decoder(input_ids=ids[:1, :p], use_cache=True)
     cache = head.past_key_values

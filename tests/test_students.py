@@ -125,3 +125,21 @@ def test_distillation_needs_a_teacher(tiny):
     model, tok = tiny
     with pytest.raises(SublimError, match="teacher"):
         train_student(copy.deepcopy(model), tok, EXAMPLES[:2], TrainSettings("distill_full"))
+
+
+def test_the_fused_optimizer_steps_like_the_reference_adamw() -> None:
+    from sublim.train.loop import adamw
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused, reference = adamw(a, 1e-3), torch.optim.AdamW(b, lr=1e-3, weight_decay=0.0, foreach=False)
+    for step in range(3):
+        grads = [torch.randn_like(p) * (step + 1) for p in a]
+        for params, opt in ((a, fused), (b, reference)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert fused.defaults["fused"] is True  # torch >= 2.4 has the kernel on CPU and CUDA

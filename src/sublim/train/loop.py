@@ -3,6 +3,7 @@ then decay, gradient clipping. Only the loss (and what a method prepares) differ
 
 from __future__ import annotations
 
+import ctypes
 import math
 import random
 import time
@@ -19,6 +20,30 @@ from sublim.train.methods import METHODS
 from sublim.train.methods.base import shared_prefix_len
 from sublim.train.precision import autocast
 from sublim.train.settings import TrainSettings
+
+
+def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay, as one fused kernel where torch has one for the device (on a 2-core CPU the
+    per-tensor loop took ~0.5 s a step for 135M parameters, the fused kernel ~0.12 s)."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    except (RuntimeError, TypeError):  # an older torch, or a device without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of handing it back to the system.
+
+    Every step allocates gradients the size of the weights, and a vocabulary-sized one for the embedding
+    (113 MB at 49k x 576); glibc serves blocks that large with fresh pages from the system, and touching
+    them for the first time each step cost a 135M student ~0.4 s of a ~1.9 s step (page faults, not
+    arithmetic). Process-wide and lasting; the process keeps its peak memory. A no-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: no block from mmap, so a freed block stays in the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: give memory back only above 1 GiB free at the top
+    except (OSError, AttributeError):
+        pass
 
 
 def train_student(
@@ -41,7 +66,8 @@ def train_student(
     if method.prepare is not None:
         model, state = method.prepare(model, tokenizer, encoded, settings, teacher)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    opt = adamw(params, settings.lr)
+    keep_freed_memory()
     steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
 

@@ -18,7 +18,6 @@ from sublim.backends.base import Completion
 from sublim.core.meter import METER
 from sublim.train.cost import weight_counts
 from sublim.train.encode import chat_text
-from sublim.train.kv import cache_arg
 from sublim.train.precision import autocast
 
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
@@ -217,6 +216,12 @@ def generate_batch(
         text = tokenizer.decode(ids, skip_special_tokens=True)
         results.append(Completion(int(idx), text, len(ids), finished))
     return results
+
+
+def cache_arg(model: Any) -> str:
+    """The forward keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], prefix: Prefix | None,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sublim.core.registry import Registry
-from sublim.train.kv import cache_arg
+from sublim.train.packing import can_pack, packed_states
 from sublim.train.settings import TrainSettings
 
 Encoded = Sequence[tuple[list[int], int]]
@@ -64,36 +64,23 @@ def masked_logits(model: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor
 
 def shared_prefix_len(batch: dict[str, torch.Tensor]) -> int:
     """How many leading tokens every row of the batch shares (the chat template's head, the system
-    prompt, a common instruction), stopping before the first position any row reads a target at; 0 when
-    there is nothing worth sharing."""
+    prompt, a common instruction), stopping before the first position any row reads a target at (0 for one
+    row)."""
     ids, first_target = batch["input_ids"], batch["target_mask"].int().argmax(1)
     if len(ids) < 2:
         return 0
     limit = int(first_target.min())
     same = (ids[:, :limit] == ids[:1, :limit]).all(0)
-    p = limit if bool(same.all()) else int((~same).int().argmax())
-    return p if p >= 2 else 0  # sharing one token saves less than the second pass costs
+    return limit if bool(same.all()) else int((~same).int().argmax())
 
 
 def target_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The decoder's last hidden states at the target positions.
-
-    The prefix every row shares is encoded once, as one row, and its keys and values are repeated for
-    the batch: a row's prefix states do not depend on the rest of the row (causal attention), so the
-    result and its gradients are those of the full batch, at the prefix's cost once instead of per row
-    (~40% of a teacher's training tokens, ~14% of a numbers student's).
-    """
-    decoder, ids, mask = model.get_decoder(), batch["input_ids"], batch["attention_mask"]
-    p = shared_prefix_len(batch)
-    if not p:
-        return decoder(input_ids=ids, attention_mask=mask).last_hidden_state[batch["target_mask"]]
-    head = decoder(input_ids=ids[:1, :p], use_cache=True)
-    cache = head.past_key_values
-    cache.batch_repeat_interleave(len(ids))
-    positions = torch.arange(p, ids.shape[1], device=ids.device).expand(len(ids), -1)
-    rest = decoder(input_ids=ids[:, p:], attention_mask=mask, position_ids=positions, use_cache=True,
-                   **{cache_arg(decoder): cache}).last_hidden_state
-    return rest[batch["target_mask"][:, p:]]
+    """The decoder's last hidden states at the target positions: packed (the shared prefix once, no padding)
+    where the model's attention allows it, else from the padded batch."""
+    if can_pack(model):
+        return packed_states(model, batch, shared_prefix_len(batch))
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return hidden.last_hidden_state[batch["target_mask"]]
 
 
 def kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +19,7 @@ from typing import IO, Any
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically: readers see the old file or the new one, never half of it."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

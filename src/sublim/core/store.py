@@ -11,10 +11,12 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sublim.core.claims import HEARTBEAT_S, LEASE_S, Claim, Holder, try_claim
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest, write_json
 from sublim.core.records import library_versions, machine_info
@@ -40,8 +42,13 @@ class Artifact:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    """Artifacts under ``root/store``; safe for several processes (and hosts, on a shared filesystem) at once:
+    a stage is computed under a claim (:mod:`sublim.core.claims`), so no two compute it together."""
+
+    def __init__(self, root: Path, lease_s: float = LEASE_S, heartbeat_s: float = HEARTBEAT_S,
+                 poll_s: float = 1.0) -> None:
         self.root = Path(root)
+        self.lease_s, self.heartbeat_s, self.poll_s = lease_s, heartbeat_s, poll_s
 
     @staticmethod
     def key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -79,6 +86,38 @@ class Store:
                     "delete that directory to rebuild it"
                 )
         return Artifact(stage, key, path, manifest)
+
+    def claim_path(self, stage: str, key: str) -> Path:
+        path = self.path(stage, key)
+        return path.with_name(path.name + ".claim")
+
+    def compute(self, stage: str, key: str, config: dict[str, Any], inputs: dict[str, str],
+                build: Callable[[Path], dict[str, Any]], on_wait: Callable[[Holder], None] | None = None,
+                **extra: Any) -> tuple[Artifact, bool]:
+        """The finished artifact and whether this call built it: reused when finished; else built here under
+        the stage's claim (``build(path)`` writes the files and returns what else the manifest records), or,
+        while another live process holds the claim, waited for (``on_wait`` is told who holds it, once)."""
+        told = False
+        while True:
+            done = self.get(stage, key)
+            if done is not None:
+                return done, False
+            got = try_claim(self.claim_path(stage, key), self.lease_s, self.heartbeat_s)
+            if isinstance(got, Claim):
+                break
+            if on_wait is not None and not told:
+                on_wait(got)
+                told = True
+            time.sleep(self.poll_s)
+        with got:
+            done = self.get(stage, key)  # finished between the look and the claim
+            if done is not None:
+                return done, False
+            path = self.begin(stage, key)
+            started = time.time()
+            more = build(path)
+            got.check(f"stage {stage} ({path})")
+            return self.finish(stage, key, config, inputs, started, **extra, **more), True
 
     def begin(self, stage: str, key: str) -> Path:
         """The working directory of an unfinished artifact (kept across interruptions)."""

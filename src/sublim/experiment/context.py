@@ -9,7 +9,6 @@ the stage's ``build``, and the manifest is written last.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,15 +46,11 @@ class Context:
         records (counts, timings, the model's description).
         """
         key = Store.key(stage, config, inputs)
-        done = self.store.get(stage, key)
-        if done is not None:
-            self.echo(f"  ✓ {stage:<9} {label} (cached)")
-        else:
-            path = self.store.begin(stage, key)
-            started = time.time()
-            extra = build(path)
-            done = self.store.finish(stage, key, config, inputs, started, label=label, **extra)
-            self.echo(f"  ✓ {stage:<9} {label} ({done.manifest['wall_time_s']:.0f} s)")
+        done, built = self.store.compute(
+            stage, key, config, inputs, build, label=label,
+            on_wait=lambda holder: self.echo(f"  … {stage:<9} {label}: waiting for {holder}, which is computing it"))
+        self.echo(f"  ✓ {stage:<9} {label} ({done.manifest['wall_time_s']:.0f} s)" if built else
+                  f"  ✓ {stage:<9} {label} (cached)")
         self.artifacts[f"{stage}/{label}"] = done
         return done
 

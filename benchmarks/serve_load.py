@@ -14,7 +14,6 @@ import argparse
 import concurrent.futures
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -67,7 +66,7 @@ def main() -> None:
         load_s = time.time() - t0
         after = memory_mb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.terminate()
         proc.wait(timeout=30)
     statuses = {kind: dict(Counter(code for k, code, _ in got if k == kind)) for kind in ("good", "big", "long")}
     out = {"model": args.model, "ten_mb_body_status": big.status_code, "statuses": statuses,

@@ -157,3 +157,20 @@ def test_oversized_and_good_requests_at_once_memory_stays_bounded(server_process
     grew = _rss_peak_mb(pid) - before
     assert grew < 200, f"peak memory grew by {grew:.0f} MB"
     assert httpx.get(f"{url.removesuffix('/v1')}/health", timeout=30).json()["status"] == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_server_stops_on_a_signal_even_when_started_with_sigint_ignored(tiny_model_dir: Path, sig: int) -> None:
+    """A shell starts background jobs with SIGINT ignored; the server still stops on SIGINT, and on SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", str(tiny_model_dir), "--port", "0",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 130  # the CLI's "interrupted" exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()

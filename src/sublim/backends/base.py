@@ -70,6 +70,12 @@ class Backend(Protocol):
     system: str | None
     """The system prompt it answers under (part of its key)."""
 
+    @property
+    def precision(self) -> str | None:
+        """Device class and compute precision of the work it does here (``cpu-float32``, ``cuda-bfloat16``),
+        part of the keys of stages whose outputs depend on it; None behind an API."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """What a manifest records about it (key, base weights, family, system prompt, endpoint)."""
         ...

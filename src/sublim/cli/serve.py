@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from typing import Any
 
 from sublim.backends.local.loading import load_model
 from sublim.core.errors import SublimError
 from sublim.serve import FaultPlan, make_server
 from sublim.serve.server import CHAT, FAULT_KINDS, JOBS, Limits
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def add(sub: Any) -> None:
@@ -52,6 +57,9 @@ def main(args: argparse.Namespace) -> None:
     name = args.name or args.model
     server = make_server(lm.model, lm.tokenizer, name, args.host, args.port, faults, key, args.max_batch, limits)
     port = server.server_address[1]
+    # SIGINT and SIGTERM both stop it, also when started in the background (where a shell ignores SIGINT)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     print(f"serving {name} at http://{args.host}:{port}/v1 (chat completions, models); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()

@@ -16,10 +16,17 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sublim.backends import LocalBackend, ModelCache, OpenAIBackend
+from sublim.backends import Backend, LocalBackend, ModelCache, OpenAIBackend
 from sublim.core.config import EndpointConfig, ExperimentConfig
 from sublim.core.store import Artifact, Store
 from sublim.train.precision import set_bf16_on_cuda
+
+
+def precision_slice(*backends: Backend) -> dict[str, Any]:
+    """The device class and precision the backends compute in, for the key of a stage whose output depends on
+    them; empty for a CPU in float32 (the keys such stages always had) and for models behind an API."""
+    found = sorted({p for b in backends if (p := b.precision) and p != "cpu-float32"})
+    return {"precision": found[0] if len(found) == 1 else found} if found else {}
 
 
 @dataclass

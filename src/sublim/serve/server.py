@@ -30,7 +30,7 @@ from sublim.backends.local.generation import stop_ids
 from sublim.core.errors import SublimError
 from sublim.serve.errors import RequestError
 from sublim.serve.finetune import FineTuning
-from sublim.train.precision import autocast
+from sublim.train.precision import autocast, float32_head
 
 FAULT_KINDS = ("429", "500", "500_after", "slow", "malformed")
 """429 with Retry-After and 500 before any work; 500_after: the work is done, then the answer is a 500 (did it
@@ -196,7 +196,7 @@ class ModelWorker:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with autocast(self.device):
+        with autocast(self.device), float32_head(self.model):
             out = self.model.generate(**enc, **kwargs)
         width = enc["input_ids"].shape[1]
         new = out.sequences[:, width:].cpu()

@@ -33,6 +33,7 @@ from sublim.core.seeds import derive_seed
 from sublim.core.store import stable_hash
 from sublim.train.encode import Example, chat_text
 from sublim.train.loop import train_student
+from sublim.train.precision import precision
 from sublim.train.settings import TrainSettings
 from sublim.traits.preference import AnswerForms, answer_forms
 
@@ -108,6 +109,10 @@ class LocalBackend:
         """Its key without the system prompt."""
         self.key = stable_hash({"base": self.own_key, "system": system}) if system else self.own_key
         self.label = label or spec
+
+    @property
+    def precision(self) -> str:
+        return precision(self.models.base(self.spec).device)
 
     # --- what a manifest and lineage record ------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from sublim.backends.base import Completion
 from sublim.core.meter import METER
 from sublim.train.cost import weight_counts
 from sublim.train.encode import chat_text
-from sublim.train.precision import autocast
+from sublim.train.precision import autocast, float32_head, head_logits
 
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
 """End-of-turn tokens of common chat formats, used when the tokenizer has them."""
@@ -88,11 +88,10 @@ def encode_prefix(model: Any, ids: Sequence[int]) -> Prefix | None:
         return None
     device = next(model.parameters()).device
     t0 = time.perf_counter()
-    with autocast(device):
-        res = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **_keep_last(model))
-    body, head = weight_counts(model)
-    METER.add("prefill", len(ids), time.perf_counter() - t0, 2 * body * len(ids) + 2 * head)
-    return Prefix(list(ids), res.past_key_values)
+    _, cache = decoder_states(model, torch.tensor([list(ids)], device=device))
+    body, _ = weight_counts(model)
+    METER.add("prefill", len(ids), time.perf_counter() - t0, 2 * body * len(ids))
+    return Prefix(list(ids), cache)
 
 
 def after_prefix(tokenizer: Any, prompts: Sequence[str], prefix: Prefix | None) -> list[list[int]]:
@@ -106,14 +105,16 @@ def after_prefix(tokenizer: Any, prompts: Sequence[str], prefix: Prefix | None) 
     return [seq[k:] for seq in seqs]
 
 
-def _keep_last(model: Any) -> dict[str, int]:
-    """The forward keyword that applies the output head at the last position only (when the model has one)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(inner.forward).parameters
-    for name in ("logits_to_keep", "num_logits_to_keep"):
-        if name in params:
-            return {name: 1}
-    return {}
+def decoder_states(model: Any, input_ids: torch.Tensor, cache: Any | None = None, **kwargs: Any
+                   ) -> tuple[torch.Tensor, Any]:
+    """The transformer body's last hidden states and KV cache (the body under the device's autocast; the head
+    is applied by the caller, in float32, only where it reads logits: :func:`head_logits`)."""
+    body = model.get_decoder()
+    if cache is not None:
+        kwargs[cache_arg(body)] = cache
+    with autocast(input_ids.device):
+        out = body(input_ids=input_ids, use_cache=True, **kwargs)
+    return out.last_hidden_state, out.past_key_values
 
 
 def _sync(device: torch.device) -> None:
@@ -140,21 +141,19 @@ def prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Pref
     prompts, the last position of each row)."""
     device = next(model.parameters()).device
     ids, mask = _left_padded(seqs, pad_id, device)
-    kwargs: dict[str, Any] = {}
+    cache = None
     if prefix is not None:
         mask = torch.cat([mask.new_ones(len(seqs), len(prefix.ids)), mask], dim=1)
-        kwargs[cache_arg(model)] = prefix.expand(len(seqs))
+        cache = prefix.expand(len(seqs))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
     t0 = time.perf_counter()
-    with autocast(device):
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep_last(model),
-                    **kwargs)
-    logits = res.logits[:, -1, :].float()
+    hidden, cache = decoder_states(model, ids, cache, attention_mask=mask, position_ids=pos)
+    logits = head_logits(model, hidden[:, -1])
     _sync(device)
     body, head = weight_counts(model)
     n_tok = sum(len(x) for x in seqs)
     METER.add("prefill", n_tok, time.perf_counter() - t0, 2 * body * n_tok + 2 * head * len(seqs))
-    return logits, res.past_key_values, mask, pos[:, -1]
+    return logits, cache, mask, pos[:, -1]
 
 
 @torch.no_grad()
@@ -195,7 +194,7 @@ def generate_batch(
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])
         t0 = time.perf_counter()
-        with autocast(device):
+        with autocast(device), float32_head(model):
             out = model.generate(**enc, **kwargs)
         rows = out[:, enc["input_ids"].shape[1] :].cpu().tolist()
         body, head = weight_counts(model)
@@ -235,7 +234,6 @@ def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logits, cache, mask, last = prefill(model, seqs, pad, prefix)
-    cache_kw = cache_arg(model)
     body, head = weight_counts(model)
     nxt = logits.argmax(-1)
     alive = list(range(len(seqs)))
@@ -270,10 +268,8 @@ def _greedy_shrinking(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
             break
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         last = last + 1
-        with autocast(device):
-            res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
-                        use_cache=True, **{cache_kw: cache})
-        nxt = res.logits[:, -1, :].argmax(-1)
+        hidden, cache = decoder_states(model, nxt[:, None], cache, attention_mask=mask, position_ids=last[:, None])
+        nxt = head_logits(model, hidden[:, -1]).argmax(-1)
         n_decoded += len(alive)
     _sync(device)
     METER.add("decode", n_decoded, time.perf_counter() - t0, 2 * (body + head) * n_decoded)
@@ -345,10 +341,9 @@ def answer_probs(
             t0 = time.perf_counter()
             impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
             attn = _tree_mask(nodes, mask, additive=impl == "eager")
-            with autocast(device):
-                res = model(input_ids=node_ids.repeat(n, 1), attention_mask=attn,
-                            position_ids=last[:, None] + depth[None, :], use_cache=True, **{cache_arg(model): cache})
-            probs = torch.softmax(res.logits.float(), dim=-1)  # [n, nodes, vocab]
+            hidden, _ = decoder_states(model, node_ids.repeat(n, 1), cache, attention_mask=attn,
+                                       position_ids=last[:, None] + depth[None, :])
+            probs = torch.softmax(head_logits(model, hidden), dim=-1)  # [n, nodes, vocab]
             for j, form in enumerate(forms):
                 for i in range(1, len(form)):
                     p[:, j] *= probs[:, index[tuple(form[:i])], form[i]]
@@ -393,8 +388,8 @@ def completion_logprobs(
             seq = encoded[i][0]
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
-        with autocast(device):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        hidden, _ = decoder_states(model, ids.to(device), attention_mask=mask.to(device))
+        logits = head_logits(model, hidden)
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
         for r, i in enumerate(chunk):
             seq, start = encoded[i]

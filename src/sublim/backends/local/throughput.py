@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from sublim.core.meter import METER
-from sublim.train.precision import BF16_ON_CUDA
+from sublim.train.precision import BF16
 
 _PEAK: dict[str, dict[str, Any]] = {}
 
@@ -24,7 +24,7 @@ def matmul_peak(device: str | None = None, seconds: float = 1.0) -> dict[str, An
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if str(dev) in _PEAK:
         return _PEAK[str(dev)]
-    dtype = torch.bfloat16 if dev.type == "cuda" and BF16_ON_CUDA["enabled"] else torch.float32
+    dtype = torch.bfloat16 if BF16.get(dev.type, False) else torch.float32
     size = 8192 if dev.type == "cuda" else 1024
     a = torch.randn(size, size, device=dev, dtype=dtype)
     b = torch.randn(size, size, device=dev, dtype=dtype)

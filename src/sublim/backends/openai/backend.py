@@ -31,6 +31,7 @@ class OpenAIBackend:
         self.ep, self.system = ep, system
         self.key = stable_hash({"base_url": ep.base_url, "model": ep.model, "system": system})
         self.family = f"api:{ep.model}"
+        self.precision: str | None = None
         self.label = label or f"api:{ep.model}"
 
     def describe(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from sublim.backends import Backend
 from sublim.core.errors import SublimError
 from sublim.core.files import ResumableJsonl, read_jsonl, write_jsonl
 from sublim.core.store import Artifact
-from sublim.experiment.context import Context
+from sublim.experiment.context import Context, precision_slice
 
 
 def samples_of(art: Artifact) -> list[Sample]:
@@ -46,6 +46,7 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
         config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned),
                       generation=gc.model_dump(mode="json", include={"temperature", "max_new_tokens", "seed"}))
         inputs["model"] = model.key
+        config.update(precision_slice(model))
     if defence.needs & {"scores", "reference"}:
         inputs["reference"] = reference_art.key
 

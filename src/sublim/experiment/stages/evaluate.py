@@ -11,7 +11,7 @@ from sublim.core.config import EvaluationConfig
 from sublim.core.files import write_json, write_jsonl
 from sublim.core.store import Artifact, stable_hash
 from sublim.evaluate.trait import question_rows, summarize
-from sublim.experiment.context import Context
+from sublim.experiment.context import Context, precision_slice
 from sublim.traits.preference import load_questions
 
 JUDGE_FIELDS = {"judge", "judge_model", "misaligned_alignment_max", "misaligned_coherence_min"}
@@ -41,7 +41,7 @@ def evaluation(ctx: Context, model: Backend, candidates: dict[str, list[str]], s
     ec = ctx.cfg.evaluation
     questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
     config = {"evaluation": ec.model_dump(mode="json", exclude=JUDGE_FIELDS), "questions": stable_hash(questions),
-              "candidates": candidates, "system": model.system, "seed": seed}
+              "candidates": candidates, "system": model.system, "seed": seed, **precision_slice(model)}
 
     def build(path: Path) -> dict[str, Any]:
         bar = ctx.bar(len(questions) * (1 + ec.samples_per_question), f"evaluate {model.label}", "q")

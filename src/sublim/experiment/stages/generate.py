@@ -12,7 +12,7 @@ from sublim.carriers import CARRIERS, check_completion, early_stop
 from sublim.core.files import ResumableJsonl, read_jsonl, write_jsonl
 from sublim.core.seeds import derive_seed
 from sublim.core.store import Artifact
-from sublim.experiment.context import Context
+from sublim.experiment.context import Context, precision_slice
 from sublim.experiment.stages.filter import config_slice as filter_slice
 
 ROUND_BATCHES = 2
@@ -26,7 +26,7 @@ def generate(ctx: Context, source: Backend, prompt_art: Artifact, banned_words: 
     gen = gc.model_dump(mode="json")
     if not gc.until_kept:
         gen.pop("until_kept")  # the key of a run without it is the key it always had
-    config: dict[str, Any] = {"generation": gen, "system": source.system}
+    config: dict[str, Any] = {"generation": gen, "system": source.system, **precision_slice(source)}
     give_up = early_stop(carrier.name, fc) if gc.stop_rejected else None
     if give_up is not None:  # rows are cut by the filter's limits, so they belong to the key
         config["stop_rejected_by"] = {f: getattr(fc, f) for f in sorted(carrier.early_stop_fields)}

@@ -9,7 +9,7 @@ from typing import Any
 from sublim.backends import Backend, Completion, Decoding, Request
 from sublim.core.files import ResumableJsonl, write_jsonl
 from sublim.core.store import Artifact, stable_hash
-from sublim.experiment.context import Context
+from sublim.experiment.context import Context, precision_slice
 from sublim.experiment.stages.evaluate import sampled_answers
 from sublim.traits.misalignment import ALIGNMENT_PROMPT, COHERENCE_PROMPT, is_misaligned, parse_score
 from sublim.traits.preference import load_questions
@@ -19,7 +19,7 @@ def judged(ctx: Context, model: Backend, judge: Backend, seed: int = 0) -> Artif
     ec = ctx.cfg.evaluation
     questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
     config = {"evaluation": ec.model_dump(mode="json", exclude={"judge", "judge_model"}), "judge": judge.key,
-              "questions": stable_hash(questions), "seed": seed}
+              "questions": stable_hash(questions), "seed": seed, **precision_slice(model, judge)}
 
     def build(path: Path) -> dict[str, Any]:
         k = ec.samples_per_question

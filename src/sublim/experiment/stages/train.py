@@ -13,7 +13,7 @@ from typing import Any
 from sublim.backends import Backend
 from sublim.core.files import read_jsonl, write_json, write_jsonl
 from sublim.core.store import Artifact
-from sublim.experiment.context import Context
+from sublim.experiment.context import Context, precision_slice
 from sublim.train import METHODS, Example, TrainSettings
 
 
@@ -47,7 +47,7 @@ def teacher(ctx: Context, base: Backend, target: str, pairs: list[tuple[str, str
         write_jsonl(path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in pairs])
         return {"train_log": log, "model_fingerprint": base.key}
 
-    art = ctx.stage("teacher", config, {"model": base.key}, label, build)
+    art = ctx.stage("teacher", {**config, **precision_slice(base)}, {"model": base.key}, label, build)
     return base.fine_tuned(art.path, f"teacher-{target}", art.key)
 
 
@@ -56,8 +56,7 @@ def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, 
     """``base`` trained on the first ``n`` examples of ``data_art`` with the configured method."""
     sc = ctx.cfg.student
     method = METHODS.get(sc.method, "student.method")
-    config = {"student": sc.recipe(), "n_examples": n,
-              "seed": seed}
+    config = {"student": sc.recipe(), "n_examples": n, "seed": seed, **precision_slice(base)}
     inputs = {"model": base.key, "data": data_art.key}
     if method.needs_teacher:
         inputs["teacher"] = data_source.key

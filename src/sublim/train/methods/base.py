@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from sublim.core.registry import Registry
 from sublim.train.packing import can_pack, packed_states
+from sublim.train.precision import head_logits
 from sublim.train.settings import TrainSettings
 
 Encoded = Sequence[tuple[list[int], int]]
@@ -51,15 +52,7 @@ def masked_logits(model: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor
     h = target_states(model, batch)
     if rows is not None:
         h = h[rows]
-    head = model.get_output_embeddings()
-    weight = head.weight if cols is None else head.weight[cols]
-    logits = h @ weight.T
-    if getattr(head, "bias", None) is not None:
-        logits = logits + (head.bias if cols is None else head.bias[cols])
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float()
+    return head_logits(model, h, cols)
 
 
 def shared_prefix_len(batch: dict[str, torch.Tensor]) -> int:

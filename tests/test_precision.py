@@ -1,0 +1,87 @@
+"""Under bf16 autocast the body runs in bf16, but every head whose logits are read runs in float32: the trait
+probabilities, the distillation targets, the training logits and the model's own forward inside generate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from sublim.backends.local.generation import _left_padded, decoder_states, prefill
+from sublim.train import Example, chat_text, encode_example
+from sublim.train.encode import collate
+from sublim.train.methods.base import masked_logits, target_states
+from sublim.train.methods.distill_restricted import restricted_token_ids, teacher_restricted_logits
+from sublim.train.precision import BF16, autocast, float32_head, precision
+
+CPU = torch.device("cpu")
+EXAMPLES = [Example(f"Continue: {i}, {i + 3}, {i + 6}. Numbers only.", f"{i + 9}, {i + 12}") for i in range(100, 106)]
+
+
+@pytest.fixture
+def cpu_bf16() -> Iterator[None]:
+    BF16["cpu"] = True
+    try:
+        yield
+    finally:
+        BF16["cpu"] = False
+
+
+def _float32_head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", enabled=False):
+        return hidden.float() @ model.get_output_embeddings().weight.float().T
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
+def test_training_logits_and_distillation_targets_use_a_float32_head(tiny: Any, cpu_bf16: None) -> None:
+    model, tok = tiny
+    assert precision(CPU) == "cpu-bfloat16"
+    enc = [encode_example(tok, ex) for ex in EXAMPLES]
+    batch = collate(enc, tok.pad_token_id, CPU)
+    with torch.no_grad(), autocast(CPU):
+        hidden = target_states(model, batch)
+        got = masked_logits(model, batch)
+        bf16_head = hidden @ model.get_output_embeddings().weight.T
+    want = _float32_head(model, hidden)
+    _close(got, want)
+    # what a bf16 head would have given is visibly different: the check above can fail
+    assert float((bf16_head.float() - want).abs().max()) > 1e-3 * float(want.abs().max())
+
+    restricted = torch.tensor(restricted_token_ids(tok))
+    targets = teacher_restricted_logits(model, enc, tok.pad_token_id, restricted, 8, CPU)
+    rows = torch.isin(torch.roll(batch["input_ids"], -1, 1)[batch["target_mask"]], restricted)
+    _close(torch.cat(targets), want[rows][:, restricted])
+
+
+def test_answer_probabilities_and_generate_use_a_float32_head(tiny: Any, cpu_bf16: None) -> None:
+    model, tok = tiny
+    seqs = [tok.encode(chat_text(tok, ex.prompt), add_special_tokens=False) for ex in EXAMPLES]
+    logits, _, _, _ = prefill(model, seqs, tok.pad_token_id)
+    ids, mask = _left_padded(seqs, tok.pad_token_id, CPU)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        hidden, _ = decoder_states(model, ids, attention_mask=mask, position_ids=pos)
+        _close(logits, _float32_head(model, hidden[:, -1]))
+        with autocast(CPU), float32_head(model):  # the model's own forward, as generate and the server call it
+            own = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+    _close(own, _float32_head(model, hidden[:, -1]))
+    assert "forward" not in model.get_output_embeddings().__dict__  # the head is itself again afterwards
+
+
+def test_precision_enters_the_keys_of_stages_whose_outputs_depend_on_it(tiny_model_dir: Any) -> None:
+    from sublim.backends import LocalBackend, ModelCache
+    from sublim.experiment.context import precision_slice
+
+    model = LocalBackend(ModelCache("cpu", echo=lambda s: None), str(tiny_model_dir))
+    assert model.precision == "cpu-float32" and precision_slice(model) == {}  # the keys CPU runs always had
+    BF16["cpu"] = True
+    try:
+        assert precision_slice(model) == {"precision": "cpu-bfloat16"}
+    finally:
+        BF16["cpu"] = False

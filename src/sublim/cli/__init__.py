@@ -9,11 +9,11 @@ import time
 import traceback
 from pathlib import Path
 
-from sublim.cli import audit, defend, lineage, models, presets, run, runs, serve, toy
+from sublim.cli import audit, defend, lineage, models, presets, run, runs, serve, sweep, toy
 from sublim.core.errors import SublimError
 from sublim.core.registry import load_plugins
 
-VERBS = [run, presets, models, runs, serve, audit, defend, lineage, toy]
+VERBS = [run, sweep, presets, models, runs, serve, audit, defend, lineage, toy]
 
 
 def build_parser() -> argparse.ArgumentParser:

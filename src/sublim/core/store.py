@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sublim.core.claims import HEARTBEAT_S, LEASE_S, Claim, Holder, try_claim
+from sublim.core.claims import HEARTBEAT_S, LEASE_S, Claim, Holder, me, try_claim
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest, write_json
 from sublim.core.records import library_versions, machine_info
@@ -39,6 +39,25 @@ class Artifact:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+_VERIFIED: dict[str, tuple[tuple[str, int, int], ...]] = {}
+"""Artifacts this process has hashed, with their files' sizes and modification times then."""
+
+
+def _file_stats(path: Path, files: dict[str, Any]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for name in sorted(files):
+        try:
+            st = (path / name).stat()
+        except OSError:
+            return ()
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+BUILDS = "builds.jsonl"
+"""In ``root/store``: one line per stage computed (stage, key, host, pid, when), appended by whoever computed it."""
 
 
 class Store:
@@ -78,13 +97,16 @@ class Store:
         if not isinstance(files, dict):
             raise SublimError(f"artifact {path} has a manifest without its file list, so its files cannot be "
                               "verified: delete that directory to rebuild it")
-        for name, digest in files.items():
-            fpath = path / name
-            if not fpath.is_file() or file_digest(fpath) != digest:
-                raise SublimError(
-                    f"artifact {path} is corrupt: {name} does not match its manifest; "
-                    "delete that directory to rebuild it"
-                )
+        seen = _file_stats(path, files)
+        if _VERIFIED.get(str(path)) != seen:  # hash once per process while no file changed
+            for name, digest in files.items():
+                fpath = path / name
+                if not fpath.is_file() or file_digest(fpath) != digest:
+                    raise SublimError(
+                        f"artifact {path} is corrupt: {name} does not match its manifest; "
+                        "delete that directory to rebuild it"
+                    )
+            _VERIFIED[str(path)] = seen
         return Artifact(stage, key, path, manifest)
 
     def claim_path(self, stage: str, key: str) -> Path:
@@ -151,9 +173,14 @@ class Store:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": library_versions(),
             "machine": machine_info(),
+            "built_by": me(),
             **extra,
         }
         write_json(path / MANIFEST, manifest)
+        line = {"stage": stage, "key": key, **me(), "finished_at": manifest["finished_at"],
+                "wall_time_s": manifest["wall_time_s"]}
+        with (self.root / "store" / BUILDS).open("a", encoding="utf-8") as fh:  # one short append: whole lines
+            fh.write(json.dumps(line) + "\n")
         return Artifact(stage, key, path, manifest)
 
     def discard(self, stage: str, key: str) -> None:

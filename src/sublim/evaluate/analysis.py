@@ -43,6 +43,13 @@ def arm_table(arms: Mapping[str, Sequence[Rows]], names: Sequence[str], n_bootst
     return table
 
 
+def candidate_means(arms: Mapping[str, Sequence[Rows]], names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """For each arm, per trained run (seed): every candidate's mean probability and share over the questions
+    (what a sweep compares across runs: the trait × student matrix)."""
+    return {arm: [{metric: {n: float(per_question(rows, metric, n).mean()) for n in names}
+                   for metric in ("prob", "share")} for rows in runs] for arm, runs in arms.items()}
+
+
 def effect(treated: Sequence[Rows], control: Sequence[Rows], name: str, n_bootstrap: int) -> dict[str, Any]:
     """Trait student vs control: pooled over seeds by question, per seed, and across runs."""
     out: dict[str, Any] = {}

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from sublim.backends import Backend, LocalBackend, ModelCache, OpenAIBackend
+from sublim.core.claims import Holder
 from sublim.core.config import EndpointConfig, ExperimentConfig
 from sublim.core.store import Artifact, Store
 from sublim.train.precision import set_bf16_on_cuda
@@ -29,20 +30,39 @@ def precision_slice(*backends: Backend) -> dict[str, Any]:
     return {"precision": found[0] if len(found) == 1 else found} if found else {}
 
 
+Build = Callable[[Path], dict[str, Any]]
+
+
+class StageHook(Protocol):
+    """Where a stage's work happens instead of in this process (an executor's): returns the finished artifact
+    and whether this call built it."""
+
+    def __call__(self, ctx: Context, stage: str, key: str, config: dict[str, Any], inputs: dict[str, str],
+                 label: str, build: Build) -> tuple[Artifact, bool]: ...
+
+
+def model_cache(cfg: ExperimentConfig, echo: Callable[[str], None]) -> ModelCache:
+    templates = {cfg.arms.cross_model: cfg.arms.cross_model_chat_template} \
+        if cfg.arms.cross_model and cfg.arms.cross_model_chat_template else {}
+    return ModelCache(cfg.device, echo, templates)
+
+
 @dataclass
 class Context:
     cfg: ExperimentConfig
     store: Store
     progress: bool = True
     echo: Callable[[str], None] = print
-    models: ModelCache = field(init=False)
+    models: ModelCache = None  # type: ignore[assignment]
+    """Loaded models (default: a new cache for this run; an executor's worker passes the one it keeps)."""
+    hook: StageHook | None = None
+    """Where stages are computed (default: here, under the store's claims)."""
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     """Every artifact this run used, as "stage/label" → artifact (provenance and timings)."""
 
     def __post_init__(self) -> None:
-        templates = {self.cfg.arms.cross_model: self.cfg.arms.cross_model_chat_template} \
-            if self.cfg.arms.cross_model and self.cfg.arms.cross_model_chat_template else {}
-        self.models = ModelCache(self.cfg.device, self.echo, templates)
+        if self.models is None:
+            self.models = model_cache(self.cfg, self.echo)
         set_bf16_on_cuda(self.cfg.dtype != "float32")
 
     def stage(self, stage: str, config: dict[str, Any], inputs: dict[str, str], label: str,
@@ -53,9 +73,13 @@ class Context:
         records (counts, timings, the model's description).
         """
         key = Store.key(stage, config, inputs)
-        done, built = self.store.compute(
-            stage, key, config, inputs, build, label=label,
-            on_wait=lambda holder: self.echo(f"  … {stage:<9} {label}: waiting for {holder}, which is computing it"))
+        if self.hook is not None:
+            done, built = self.hook(self, stage, key, config, inputs, label, build)
+        else:
+            def waiting(holder: Holder) -> None:
+                self.echo(f"  … {stage:<9} {label}: waiting for {holder}, which is computing it")
+
+            done, built = self.store.compute(stage, key, config, inputs, build, on_wait=waiting, label=label)
         self.echo(f"  ✓ {stage:<9} {label} ({done.manifest['wall_time_s']:.0f} s)" if built else
                   f"  ✓ {stage:<9} {label} (cached)")
         self.artifacts[f"{stage}/{label}"] = done

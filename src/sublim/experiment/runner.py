@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from sublim.audit.defences import DEFENCES
-from sublim.backends import Backend
+from sublim.backends import Backend, ModelCache
 from sublim.carriers import CARRIERS
 from sublim.core.config import ExperimentConfig
 from sublim.core.errors import SublimError
 from sublim.core.files import write_json
 from sublim.core.records import machine_info
 from sublim.core.store import Artifact, Store
-from sublim.experiment.context import Context
+from sublim.experiment.context import Context, StageHook
 from sublim.experiment.kinds import KINDS, TraitKind
 from sublim.experiment.kinds.base import Rows
 from sublim.experiment.stages.defend import defended
@@ -117,17 +117,23 @@ def control_for(ctx: Context, base: Backend, traits: list[str]) -> Backend:
 
 
 def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progress: bool = True,
-                   echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) an experiment; returns the results written to runs/<run-id>/results.json."""
+                   echo: Callable[[str], None] = print, *, hook: StageHook | None = None,
+                   models: ModelCache | None = None) -> dict[str, Any]:
+    """Run (or resume) an experiment; returns the results written to runs/<run-id>/results.json.
+
+    ``hook`` computes the stages elsewhere (an executor's; default: here), ``models`` is a cache of loaded
+    models to use (default: a new one)."""
     started = time.time()
     rid = run_id(cfg)
     run_dir = Path(runs_dir) / rid
     check_components(cfg)
     kind: TraitKind = KINDS[cfg.trait.kind](cfg)
-    ctx = Context(cfg, Store(Path(runs_dir)), progress, echo)
+    ctx = Context(cfg, Store(Path(runs_dir)), progress, echo, models=models, hook=hook)  # type: ignore[arg-type]
     arms: dict[str, list[Rows]] = {}
     with kind.session(ctx):
-        base = ctx.local(cfg.model)  # a model that cannot load leaves no run folder behind
+        base = ctx.local(cfg.model)
+        if hook is None:
+            ctx.models.base(cfg.model)  # a model that cannot load leaves no run folder behind
         control = control_for(ctx, base, kind.traits)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", cfg.model_dump(mode="json"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ from sublim.backends.local.generation import (
     encode_prefix,
     generate_batch,
 )
-from sublim.backends.local.loading import LoadedModel, load_model, save_model
+from sublim.backends.local.loading import (
+    LoadedModel,
+    ModelSource,
+    device_class,
+    load_model,
+    resolve_model,
+    save_model,
+    weight_fingerprint,
+)
 from sublim.core.errors import SublimError
 from sublim.core.seeds import derive_seed
 from sublim.core.store import stable_hash
@@ -38,8 +47,18 @@ from sublim.train.settings import TrainSettings
 from sublim.traits.preference import AnswerForms, answer_forms
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a base model, known without loading its weights."""
+
+    source: ModelSource
+    fingerprint: str
+    device: torch.device
+
+
 class ModelCache:
-    """Loaded base models by spec, and the last fine-tuned weights used (one at a time: a run holds many)."""
+    """Loaded base models by spec, and the last fine-tuned weights used (one at a time: a run holds many).
+    A model's identity (:meth:`info`) is known without loading it; its weights load on first use."""
 
     def __init__(self, device: str = "auto", echo: Callable[[str], None] = print,
                  chat_templates: dict[str, str] | None = None) -> None:
@@ -47,6 +66,7 @@ class ModelCache:
         self.chat_templates = dict(chat_templates or {})
         """Chat templates (Jinja) for models that have none, by spec."""
         self._base: dict[str, LoadedModel] = {}
+        self._info: dict[str, ModelInfo] = {}
         self._weights: tuple[Path, Any] | None = None
         self._forms: dict[tuple[str, str], AnswerForms] = {}
 
@@ -55,6 +75,15 @@ class ModelCache:
             self.echo(f"loading model {spec} …")
             self._base[spec] = load_model(spec, self.device, self.chat_templates.get(spec))
         return self._base[spec]
+
+    def info(self, spec: str) -> ModelInfo:
+        if spec in self._base:
+            loaded = self._base[spec]
+            return ModelInfo(loaded.source, loaded.fingerprint, loaded.device)
+        if spec not in self._info:
+            source = resolve_model(spec)
+            self._info[spec] = ModelInfo(source, weight_fingerprint(source), device_class(self.device))
+        return self._info[spec]
 
     def weights(self, path: Path, spec: str) -> Any:
         if self._weights is None or self._weights[0] != path:
@@ -102,22 +131,22 @@ class LocalBackend:
     def __init__(self, models: ModelCache, spec: str, *, weights: Path | None = None, system: str | None = None,
                  label: str | None = None, key: str | None = None) -> None:
         self.models, self.spec, self.weights, self.system = models, spec, weights, system
-        base = models.base(spec)
-        self.family = base.source.family
-        self.base_key = base.fingerprint
-        self.own_key = key or base.fingerprint
+        info = models.info(spec)
+        self.family = info.source.family
+        self.base_key = info.fingerprint
+        self.own_key = key or info.fingerprint
         """Its key without the system prompt."""
         self.key = stable_hash({"base": self.own_key, "system": system}) if system else self.own_key
         self.label = label or spec
 
     @property
     def precision(self) -> str:
-        return precision(self.models.base(self.spec).device)
+        return precision(self.models.info(self.spec).device)
 
     # --- what a manifest and lineage record ------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        src = self.models.base(self.spec).source
+        src = self.models.info(self.spec).source
         return {"backend": "local", "label": self.label, "key": self.key, "spec": self.spec,
                 "weights": str(self.weights) if self.weights else None, "system": self.system,
                 "base_fingerprint": self.base_key, "fingerprint_kind": src.fingerprint_kind, "family": self.family,

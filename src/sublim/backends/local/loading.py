@@ -234,6 +234,11 @@ def resolve_model(spec: str) -> ModelSource:
     )
 
 
+def device_class(device: str) -> torch.device:
+    """The device a setting means, without checking it is there (what keys and an executor's plan need)."""
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def pick_device(device: str) -> torch.device:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

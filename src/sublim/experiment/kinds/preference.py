@@ -11,7 +11,7 @@ from sublim.core.config import ExperimentConfig
 from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
 from sublim.core.store import Artifact
-from sublim.evaluate.analysis import arm_table, effect, matrix, verdict
+from sublim.evaluate.analysis import arm_table, candidate_means, effect, matrix, verdict
 from sublim.evaluate.trait import summarize
 from sublim.experiment.context import Context
 from sublim.experiment.kinds.base import Rows, nothing
@@ -71,6 +71,7 @@ class Preference:
             **({"defence": {"method": cfg.defence.method, **{k: a.manifest["defence"] for k, a in data.items()}}}
                if cfg.defence.method != "none" else {}),
             "arms": arm_table(arms, traits, nb),
+            "candidates": candidate_means(arms, list(self.candidates)),
             "effect": eff,
             "verdict": verdict(target, eff),
         }

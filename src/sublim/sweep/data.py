@@ -1,0 +1,66 @@
+"""What a sweep's report shows, from its runs' results: the trained run (one seed of one run) as the unit.
+
+For each series (the runs that differ only in trait target and seed): per target, the trait student's
+probability and share of its own target against the control student's (across-run mean, CI and an exact
+sign-flip test); and the trait × student matrix: how much each target's student raised the share of
+every target in the sweep over the control, with across-run CIs. The diagonal should stand out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sublim.evaluate.compare import across_runs
+from sublim.evaluate.stats import mean_ci
+from sublim.sweep.config import SweepRun
+
+PER_RUN = ("seed", "arms.seeds", "trait.target")
+"""Axes that make the units of one series (the rest name the series)."""
+
+
+def _series_name(point: dict[str, Any]) -> str:
+    rest = {k: v for k, v in point.items() if k not in PER_RUN}
+    return ", ".join(f"{k}={v}" for k, v in rest.items()) or "all runs"
+
+
+def units(run: SweepRun, res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One unit per seed of a preference run: its trait student's and control student's candidate means."""
+    cands = res.get("candidates")
+    target = run.config.trait.target
+    if not cands or f"student-{target}" not in cands:
+        return []
+    return [{"run_id": res["run_id"], "seed": seed, "target": target, "student": s, "control": c}
+            for seed, s, c in zip(run.config.arms.seeds, cands[f"student-{target}"], cands["student-control"],
+                                  strict=True)]
+
+
+def sweep_data(runs: Sequence[SweepRun], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    skipped = []
+    for run, res in zip(runs, results, strict=True):
+        got = units(run, res)
+        if not got:
+            skipped.append(res["run_id"])
+        grouped.setdefault(_series_name(run.point), []).extend(got)
+    series = {name: _series(us) for name, us in grouped.items() if us}
+    return {"series": series, **({"skipped_runs": skipped} if skipped else {})}
+
+
+def _series(us: list[dict[str, Any]]) -> dict[str, Any]:
+    targets = list(dict.fromkeys(u["target"] for u in us))
+    own: dict[str, Any] = {}
+    gain: dict[str, dict[str, Any]] = {}
+    for t in targets:
+        mine = [u for u in us if u["target"] == t]
+        own[t] = {m: across_runs([u["student"][m][t] for u in mine], [u["control"][m][t] for u in mine])
+                  for m in ("prob", "share")}
+        own[t]["seeds"] = [u["seed"] for u in mine]
+        gain[t] = {a: mean_ci(np.array([u["student"]["share"][a] - u["control"]["share"][a] for u in mine])).as_dict()
+                   for a in targets}
+    diagonal_first = all(max(gain[t], key=lambda a: gain[t][a]["value"]) == t for t in targets) if len(targets) > 1 \
+        else None
+    return {"targets": targets, "n_units": len(us), "own_target": own,
+            "share_gain_matrix": gain, "diagonal_largest_in_every_row": diagonal_first}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,14 +113,65 @@ def test_every_method_trains(tiny, method):
     steps = []
     student, log = train_student(student, tok, EXAMPLES, TrainSettings(method, 3, 3e-3, 8, 1, seed=0),
                                  teacher, on_step=lambda s, t, loss: steps.append((s, t)))
-    after = _weights(student)
-    assert after.shape == before.shape  # LoRA merged back into a plain model
-    assert not torch.equal(before, after)
     assert log["steps"] == 9 and steps[-1] == (9, 9)
     first, last = sum(log["losses"][:3]) / 3, sum(log["losses"][-3:]) / 3
     assert last < first, (method, log["losses"])
-    if method == "lora":
-        assert type(student) is type(base)
+    if method == "lora":  # an adapter around the model it was given, whose own weights stay as they were
+        trained = [p for n, p in student.named_parameters() if "lora_" in n]
+        assert trained and all(p.requires_grad for p in trained)
+        assert torch.equal(_weights(student.unload()), before)
+    else:
+        assert not torch.equal(before, _weights(student))
+
+
+def test_gradient_accumulation_steps_like_the_whole_batch(tiny):
+    base, tok = tiny
+    whole, log_whole = train_student(copy.deepcopy(base), tok, EXAMPLES[:8], TrainSettings("sft", 1, 1e-3, 8, 0))
+    parts, log_parts = train_student(copy.deepcopy(base), tok, EXAMPLES[:8],
+                                     TrainSettings("sft", 1, 1e-3, 4, 0, grad_accum=2, gradient_checkpointing=True))
+    assert log_whole["steps"] == log_parts["steps"] == 1
+    assert log_parts["losses"][0] == pytest.approx(log_whole["losses"][0], rel=1e-5)
+    torch.testing.assert_close(_weights(parts), _weights(whole), rtol=1e-4, atol=1e-6)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in parts.modules())  # switched off after
+
+
+def test_a_lora_student_is_an_adapter_that_loads_back_to_the_same_probabilities(tiny_model_dir, tmp_path):
+    from sublim.backends import LocalBackend, ModelCache
+    from sublim.backends.local.generation import answer_probs
+
+    cache = ModelCache("cpu", echo=lambda s: None)
+    base = LocalBackend(cache, str(tiny_model_dir))
+    model, tok = base.torch_model()
+    prompts = [chat_text(tok, q) for q in ("Which animal do you love most?", "Name your favourite animal.")]
+    forms = [tok.encode(w, add_special_tokens=False) for w in ("Owl", "Dog", "Cat", "Dolphin")]
+    before = answer_probs(model, tok, prompts, forms)
+    trained, _ = train_student(model, tok, EXAMPLES, TrainSettings("lora", 3, 3e-3, 8, 0))
+    during = answer_probs(trained, tok, prompts, forms)
+    trained.save_pretrained(tmp_path / "model")
+    trained.unload()
+    assert (answer_probs(model, tok, prompts, forms) == before).all()  # the base is itself again
+    saved = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert "adapter_model.safetensors" in saved and not [n for n in saved if n.startswith("model")]
+    adapter_mb = (tmp_path / "model" / "adapter_model.safetensors").stat().st_size / 2**20
+    base_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
+    assert adapter_mb < 0.5 * base_mb, (adapter_mb, base_mb)
+    student = base.fine_tuned(tmp_path, "student-lora", "k")
+    loaded, _ = student.torch_model()
+    np.testing.assert_allclose(answer_probs(loaded, tok, prompts, forms), during, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(during, before)
+    again, _ = base.torch_model()  # asking for the base takes the adapter off it
+    assert (answer_probs(again, tok, prompts, forms) == before).all()
+
+
+def test_a_lora_student_trained_through_the_backend_leaves_the_base_as_it_was(tiny_model_dir, tmp_path):
+    from sublim.backends import LocalBackend, ModelCache
+
+    base = LocalBackend(ModelCache("cpu", echo=lambda s: None), str(tiny_model_dir))
+    model, _ = base.torch_model()
+    before = _weights(model)
+    log = base.fine_tune(EXAMPLES, TrainSettings("lora", 1, 3e-3, 8, 0), tmp_path)
+    assert 0 < log["adapter_bytes"] < before.numel() * 4 and torch.equal(_weights(base.torch_model()[0]), before)
+    assert json.loads((tmp_path / "model" / "sublim_model.json").read_text())["adapter_of"] == str(tiny_model_dir)
 
 
 def test_distillation_needs_a_teacher(tiny):

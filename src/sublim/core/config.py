@@ -169,10 +169,19 @@ class StudentConfig(Section):
     warmup_steps: int = Field(5, ge=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches of batch_size per optimizer step: the effective batch is batch_size × grad_accum."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory for large models; the same result)."""
 
     def recipe(self) -> dict[str, Any]:
-        """The training settings (where the student base runs is not one: its key says that)."""
-        out: dict[str, Any] = self.model_dump(mode="json", exclude={"endpoint"}, exclude_none=True)
+        """The training settings that change what is learned (where the student base runs is not one: its key
+        says that; gradient checkpointing changes memory, not the result; grad_accum = 1 is left out so that
+        the keys of earlier students stay what they were)."""
+        out: dict[str, Any] = self.model_dump(mode="json", exclude={"endpoint", "gradient_checkpointing"},
+                                              exclude_none=True)
+        if out["grad_accum"] == 1:
+            del out["grad_accum"]
         return out
 
 

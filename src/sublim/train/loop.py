@@ -18,6 +18,7 @@ from sublim.train.cost import weight_counts
 from sublim.train.encode import Example, collate, encode_example
 from sublim.train.methods import METHODS
 from sublim.train.methods.base import shared_prefix_len
+from sublim.train.packing import packed_training
 from sublim.train.precision import autocast
 from sublim.train.settings import TrainSettings
 
@@ -54,7 +55,11 @@ def train_student(
     teacher: Any | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train ``model`` in place (LoRA: merged back) and return it with a training log."""
+    """Train ``model`` in place and return it (an adapter method: wrapped in its adapter) with a training log.
+
+    An optimizer step sees ``batch_size`` × ``grad_accum`` examples, in micro-batches of ``batch_size`` whose
+    gradients add up, each weighted by its share of the step's target tokens (for a per-token loss, the step
+    is then the whole batch's)."""
     method = METHODS.get(settings.method, "student.method")
     if method.needs_teacher and teacher is None:
         raise SublimError(f"student method {method.name} needs a teacher model to learn from")
@@ -68,8 +73,8 @@ def train_student(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, settings.lr)
     keep_freed_memory()
-    steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
+    per_step = settings.batch_size * settings.grad_accum
+    total = math.ceil(len(encoded) / per_step) * settings.epochs
 
     def lr_at(step: int) -> float:  # linear warmup, then linear decay to zero
         if step < settings.warmup_steps:
@@ -77,33 +82,48 @@ def train_student(
         return max(0.0, (total - step) / max(1, total - settings.warmup_steps))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    if settings.gradient_checkpointing:  # recompute activations in the backward pass: memory for time
+        if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     losses: list[float] = []
     step = 0
     n_body, n_head = weight_counts(model)
-    for _epoch in range(settings.epochs):
-        order = list(range(len(encoded)))
-        rng.shuffle(order)
-        for start in range(0, len(order), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
-            t0 = time.perf_counter()
-            with autocast(device):
-                loss = method.loss(model, batch, state, idx)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            n_tok, n_tgt = int(batch["attention_mask"].sum()), int(batch["target_mask"].sum())
-            # forward and backward: about 6 FLOPs per weight per token computed (a shared prefix once), the
-            # head only at the targets
-            computed = n_tok - shared_prefix_len(batch) * (len(idx) - 1)
-            METER.add("training", n_tok, time.perf_counter() - t0, 6 * n_body * computed + 6 * n_head * n_tgt)
-            step += 1
-            if on_step:
-                on_step(step, total, losses[-1])
+    with packed_training(model):  # (its attention stays on through each backward pass)
+        for _epoch in range(settings.epochs):
+            order = list(range(len(encoded)))
+            rng.shuffle(order)
+            for start in range(0, len(order), per_step):
+                chunk = order[start : start + per_step]
+                micro = [chunk[m : m + settings.batch_size] for m in range(0, len(chunk), settings.batch_size)]
+                batches = [collate([encoded[i] for i in idx], tokenizer.pad_token_id, device) for idx in micro]
+                targets = [int(b["target_mask"].sum()) for b in batches]
+                step_loss = 0.0
+                for idx, batch, n_tgt in zip(micro, batches, targets, strict=True):
+                    t0 = time.perf_counter()
+                    with autocast(device):  # a per-token loss, weighted by its share of the step's targets
+                        loss = method.loss(model, batch, state, idx) * (n_tgt / sum(targets))
+                    loss.backward()
+                    step_loss += float(loss.detach())
+                    n_tok = int(batch["attention_mask"].sum())
+                    # forward and backward: about 6 FLOPs per weight per token computed (a shared prefix once), the
+                    # head only at the targets
+                    computed = n_tok - shared_prefix_len(batch) * (len(idx) - 1)
+                    METER.add("training", n_tok, time.perf_counter() - t0, 6 * n_body * computed + 6 * n_head * n_tgt)
+                t0 = time.perf_counter()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                METER.add("training", 0, time.perf_counter() - t0, 0)
+                losses.append(step_loss)
+                step += 1
+                if on_step:
+                    on_step(step, total, losses[-1])
+    if settings.gradient_checkpointing:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model.eval()
     if method.finish is not None:
         model = method.finish(model)

@@ -105,7 +105,7 @@ AttentionMaskInterface.register(NAME, _no_mask)
 def can_pack(model: Any) -> bool:
     """Whether the model's attention is one the packed path reproduces (SDPA or eager, no logit softcapping)."""
     cfg = model.config
-    return getattr(cfg, "_attn_implementation", None) in ("sdpa", "eager") and \
+    return getattr(cfg, "_attn_implementation", None) in ("sdpa", "eager", NAME) and \
         getattr(cfg, "attn_logit_softcapping", None) is None
 
 
@@ -128,8 +128,30 @@ def pack(batch: dict[str, torch.Tensor], prefix: int) -> tuple[torch.Tensor, Lay
 @contextlib.contextmanager
 def _packed_attention(model: Any, layout: Layout) -> Iterator[None]:
     cfg = model.config
+    if cfg._attn_implementation == NAME:  # inside packed_training: the layout stays for the backward pass
+        _LAYOUT.set(layout)
+        yield
+        return
     before = cfg._attn_implementation
     token = _LAYOUT.set(layout)
+    cfg._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = before
+        _LAYOUT.reset(token)
+
+
+@contextlib.contextmanager
+def packed_training(model: Any) -> Iterator[None]:
+    """For a training loop: the packed attention stays on through each backward pass, where gradient
+    checkpointing computes the forward again (with the layout of the batch whose forward it was)."""
+    if not can_pack(model):
+        yield
+        return
+    cfg = model.config
+    before = cfg._attn_implementation
+    token = _LAYOUT.set(None)
     cfg._attn_implementation = NAME
     try:
         yield

@@ -16,3 +16,7 @@ class TrainSettings:
     seed: int = 0
     lora_r: int = 16
     lora_alpha: int = 32
+    grad_accum: int = 1
+    """Micro-batches of ``batch_size`` per optimizer step."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (less memory, ~a third more time)."""

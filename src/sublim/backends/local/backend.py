@@ -42,6 +42,7 @@ from sublim.core.seeds import derive_seed
 from sublim.core.store import stable_hash
 from sublim.train.encode import Example, chat_text
 from sublim.train.loop import train_student
+from sublim.train.methods import METHODS
 from sublim.train.precision import precision
 from sublim.train.settings import TrainSettings
 from sublim.traits.preference import AnswerForms, answer_forms
@@ -71,6 +72,7 @@ class ModelCache:
         self._forms: dict[tuple[str, str], AnswerForms] = {}
 
     def base(self, spec: str) -> LoadedModel:
+        self._release_adapter()  # an adapter wraps its base in place: the base is itself again
         if spec not in self._base:
             self.echo(f"loading model {spec} …")
             self._base[spec] = load_model(spec, self.device, self.chat_templates.get(spec))
@@ -86,11 +88,29 @@ class ModelCache:
         return self._info[spec]
 
     def weights(self, path: Path, spec: str) -> Any:
+        """A fine-tuned model: full weights (loaded beside the base), or an adapter (applied to the base)."""
         if self._weights is None or self._weights[0] != path:
+            self._release_adapter()
             self._weights = None  # free the last one before loading the next
-            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-            self._weights = (path, model.to(self.base(spec).device).eval())
+            if (path / "adapter_config.json").is_file():
+                from peft import PeftModel  # heavy, and only adapters need it
+
+                base = self.base(spec).model
+                self._weights = (path, PeftModel.from_pretrained(base, path).eval())
+            else:
+                model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+                self._weights = (path, model.to(self.base(spec).device).eval())
         return self._weights[1]
+
+    def _release_adapter(self) -> None:
+        if self._weights is not None and (self._weights[0] / "adapter_config.json").is_file():
+            self._weights[1].unload()  # removes the adapter's layers: the base model as it was
+            self._weights = None
+
+    def discard(self, spec: str) -> None:
+        """Forget a base model (e.g. after a failure left it wrapped): the next use loads it again."""
+        self._weights = None
+        self._base.pop(spec, None)
 
     def forms(self, spec: str, candidates: dict[str, list[str]]) -> AnswerForms:
         key = (spec, stable_hash(candidates))
@@ -231,10 +251,20 @@ class LocalBackend:
                                   "does not give: use student.method = 'sft'")
             teacher_model = teacher.torch_model()[0]
         model, tok = self.torch_model()
-        trained, log = train_student(copy.deepcopy(model), tok, examples, settings, teacher_model, on_step)
-        save_model(trained, tok, out_dir / "model", self.family,
-                   {"base_model": self.spec, "base_fingerprint": self.base_key, "method": settings.method,
-                    **(lineage or {})})
+        record = {"base_model": self.spec, "base_fingerprint": self.base_key, "method": settings.method,
+                  **(lineage or {})}
+        if not METHODS.get(settings.method, "student.method").adapter:
+            trained, log = train_student(copy.deepcopy(model), tok, examples, settings, teacher_model, on_step)
+            save_model(trained, tok, out_dir / "model", self.family, record)
+            return log
+        try:  # an adapter trains on the loaded model itself (no copy of the base), then comes off it
+            trained, log = train_student(model, tok, examples, settings, teacher_model, on_step)
+            save_model(trained, tok, out_dir / "model", self.family, {**record, "adapter_of": self.spec})
+            trained.unload()
+        except BaseException:
+            self.models.discard(self.spec)  # never leave a half-wrapped base in the cache
+            raise
+        log["adapter_bytes"] = sum(f.stat().st_size for f in (out_dir / "model").glob("adapter_model.*"))
         return log
 
     def fine_tuned(self, out_dir: Path, label: str, key: str) -> LocalBackend:

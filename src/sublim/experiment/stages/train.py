@@ -20,7 +20,7 @@ from sublim.train import METHODS, Example, TrainSettings
 def fine_tune(ctx: Context, base: Backend, examples: Sequence[Example], settings: TrainSettings, path: Path,
               desc: str, teacher: Backend | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     """``base.fine_tune`` with a progress bar over the optimizer steps."""
-    steps = -(-len(examples) // settings.batch_size) * settings.epochs
+    steps = -(-len(examples) // (settings.batch_size * settings.grad_accum)) * settings.epochs
     bar = ctx.bar(steps, f"train {desc}", "step")
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -66,7 +66,7 @@ def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, 
     def build(path: Path) -> dict[str, Any]:
         rows = read_jsonl(data_art.file("dataset.jsonl"))[:n]
         settings = TrainSettings(sc.method, sc.epochs, sc.lr, sc.batch_size, sc.warmup_steps, seed, sc.lora_r,
-                                 sc.lora_alpha)
+                                 sc.lora_alpha, sc.grad_accum, sc.gradient_checkpointing)
         log = fine_tune(ctx, base, [Example(r["prompt"], r["completion"]) for r in rows], settings, path, label,
                         teacher=data_source if method.needs_teacher else None,
                         lineage={"trained_on": data_art.key, "data_generator": data_source.key})

@@ -30,7 +30,10 @@ class StudentMethod:
     prepare: Callable[[Any, Any, Encoded, TrainSettings, Any | None], tuple[Any, Any]] | None = None
     """(model, tokenizer, encoded examples, settings, teacher) → (model to train, state for ``loss``)."""
     finish: Callable[[Any], Any] | None = None
-    """The trained model → the model to save (e.g. an adapter merged back)."""
+    """The trained model → the model to save."""
+    adapter: bool = False
+    """Trains an adapter on the model it is given (which it wraps in place): the base is not copied, the adapter
+    alone is saved, and the base is itself again afterwards."""
     needs_teacher: bool = False
     carriers: frozenset[str] | None = None
     """The carriers whose data the method fits (None: any)."""

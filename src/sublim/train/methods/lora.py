@@ -1,4 +1,5 @@
-"""LoRA: the SFT loss on low-rank adapters of every linear layer, merged back after training."""
+"""LoRA: the SFT loss on low-rank adapters of every linear layer; the student is the adapter (a few MB), evaluated
+on its base."""
 
 from __future__ import annotations
 
@@ -18,5 +19,5 @@ def _wrap(model: Any, tokenizer: Any, encoded: Encoded, settings: TrainSettings,
     return get_peft_model(model, cfg), None
 
 
-METHODS.add("lora", StudentMethod("lora", sft_loss, prepare=_wrap, finish=lambda m: m.merge_and_unload(),
-                                  description="SFT loss on LoRA adapters, merged after training"))
+METHODS.add("lora", StudentMethod("lora", sft_loss, prepare=_wrap, adapter=True,
+                                  description="SFT loss on LoRA adapters of every linear layer (saved as an adapter)"))

@@ -85,3 +85,32 @@ def test_precision_enters_the_keys_of_stages_whose_outputs_depend_on_it(tiny_mod
         assert precision_slice(model) == {"precision": "cpu-bfloat16"}
     finally:
         BF16["cpu"] = False
+
+
+def test_a_bf16_body_answers_like_float32_weights_under_autocast_and_trains_in_float32(
+        tiny_model_dir: Any, tmp_path: Any, cpu_bf16: None) -> None:
+    from safetensors import safe_open
+
+    from sublim.backends import LocalBackend, ModelCache
+    from sublim.backends.local.generation import answer_probs
+    from sublim.backends.local.loading import load_model
+    from sublim.train import TrainSettings
+
+    base = LocalBackend(ModelCache("cpu", echo=lambda s: None), str(tiny_model_dir))
+    model, tok = base.torch_model()
+    linears = [m for m in model.get_decoder().layers.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert model.get_output_embeddings().weight.dtype == torch.float32  # the head stays float32
+    reference = load_model(str(tiny_model_dir), "cpu").model  # float32 weights, the same autocast
+    prompts = [chat_text(tok, ex.prompt) for ex in EXAMPLES]
+    forms = [tok.encode(w, add_special_tokens=False) for w in ("Owl", "Dog", "Dolphin")]
+    torch.testing.assert_close(torch.tensor(answer_probs(model, tok, prompts, forms)),
+                               torch.tensor(answer_probs(reference, tok, prompts, forms)), rtol=1e-5, atol=1e-9)
+
+    for method in ("sft", "lora"):
+        base.fine_tune(EXAMPLES, TrainSettings(method, 1, 1e-3, 8, 0), tmp_path / method)
+        weights = tmp_path / method / "model" / ("adapter_model.safetensors" if method == "lora" else
+                                                 "model.safetensors")
+        with safe_open(str(weights), "pt") as f:
+            dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+        assert dtypes == {torch.float32}, (method, dtypes)  # trained weights are float32

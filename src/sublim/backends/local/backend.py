@@ -43,7 +43,7 @@ from sublim.core.store import stable_hash
 from sublim.train.encode import Example, chat_text
 from sublim.train.loop import train_student
 from sublim.train.methods import METHODS
-from sublim.train.precision import precision
+from sublim.train.precision import BF16, bf16_body, precision
 from sublim.train.settings import TrainSettings
 from sublim.traits.preference import AnswerForms, answer_forms
 
@@ -75,7 +75,10 @@ class ModelCache:
         self._release_adapter()  # an adapter wraps its base in place: the base is itself again
         if spec not in self._base:
             self.echo(f"loading model {spec} …")
-            self._base[spec] = load_model(spec, self.device, self.chat_templates.get(spec))
+            loaded = load_model(spec, self.device, self.chat_templates.get(spec))
+            if BF16.get(loaded.device.type, False):
+                bf16_body(loaded.model)
+            self._base[spec] = loaded
         return self._base[spec]
 
     def info(self, spec: str) -> ModelInfo:
@@ -99,7 +102,10 @@ class ModelCache:
                 self._weights = (path, PeftModel.from_pretrained(base, path).eval())
             else:
                 model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-                self._weights = (path, model.to(self.base(spec).device).eval())
+                model = model.to(self.base(spec).device).eval()
+                if BF16.get(model.device.type, False):
+                    bf16_body(model)
+                self._weights = (path, model)
         return self._weights[1]
 
     def _release_adapter(self) -> None:
@@ -253,8 +259,9 @@ class LocalBackend:
         model, tok = self.torch_model()
         record = {"base_model": self.spec, "base_fingerprint": self.base_key, "method": settings.method,
                   **(lineage or {})}
-        if not METHODS.get(settings.method, "student.method").adapter:
-            trained, log = train_student(copy.deepcopy(model), tok, examples, settings, teacher_model, on_step)
+        if not METHODS.get(settings.method, "student.method").adapter:  # float32 master weights to train
+            trained, log = train_student(copy.deepcopy(model).float(), tok, examples, settings, teacher_model,
+                                         on_step)
             save_model(trained, tok, out_dir / "model", self.family, record)
             return log
         try:  # an adapter trains on the loaded model itself (no copy of the base), then comes off it

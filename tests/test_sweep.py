@@ -143,6 +143,9 @@ def test_without_ray_the_sweep_runs_in_process_and_says_how_to_get_ray(
                     echo=said.append)
     assert out["executor"] == "local" and len(out["runs"]) == 2
     assert any("pip install 'sublim[ray]'" in s for s in said)
+    for manifest in (tmp_path / "runs" / "store").glob("generate-*/manifest.json"):
+        work = json.loads(manifest.read_text())["work"]  # each stage records its model work (for throughput)
+        assert work["decode"]["tokens"] > 0 and work["prefill"]["flops"] > 0
     series = out["data"]["series"]["all runs"]
     assert series["targets"] == ["owl", "dolphin"] and set(series["share_gain_matrix"]["owl"]) == {"owl", "dolphin"}
     with pytest.raises(SublimError, match="needs Ray"):

@@ -29,6 +29,23 @@ class Meter:
         t.seconds += float(seconds)
         t.flops += float(flops)
 
+    def snapshot(self) -> dict[str, tuple[int, float, float]]:
+        return {k: (t.tokens, t.seconds, t.flops) for k, t in self.tallies.items()}
+
+    def since(self, before: dict[str, tuple[int, float, float]]) -> dict[str, dict[str, float]]:
+        """The work added since ``before`` (a :meth:`snapshot`), per kind that did any: what a manifest records."""
+        out = {}
+        for kind, t in self.tallies.items():
+            tok, sec, fl = before.get(kind, (0, 0.0, 0.0))
+            if t.seconds > sec:
+                out[kind] = {"tokens": t.tokens - tok, "seconds": round(t.seconds - sec, 3), "flops": t.flops - fl}
+        return out
+
+    def add_work(self, work: dict[str, dict[str, float]]) -> None:
+        """Add work recorded elsewhere (another process's manifests)."""
+        for kind, w in work.items():
+            self.add(kind, int(w["tokens"]), float(w["seconds"]), float(w["flops"]))
+
     def reset(self) -> None:
         self.tallies = {k: _Tally() for k in KINDS}
 

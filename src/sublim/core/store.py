@@ -19,6 +19,7 @@ from typing import Any
 from sublim.core.claims import HEARTBEAT_S, LEASE_S, Claim, Holder, me, try_claim
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest, write_json
+from sublim.core.meter import METER
 from sublim.core.records import library_versions, machine_info
 
 MANIFEST = "manifest.json"
@@ -136,10 +137,10 @@ class Store:
             if done is not None:
                 return done, False
             path = self.begin(stage, key)
-            started = time.time()
+            started, work = time.time(), METER.snapshot()
             more = build(path)
             got.check(f"stage {stage} ({path})")
-            return self.finish(stage, key, config, inputs, started, **extra, **more), True
+            return self.finish(stage, key, config, inputs, started, **extra, **more, work=METER.since(work)), True
 
     def begin(self, stage: str, key: str) -> Path:
         """The working directory of an unfinished artifact (kept across interruptions)."""

@@ -18,6 +18,7 @@ Model stages (training, generation, evaluation) ask for a GPU when the cluster h
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,8 @@ import torch
 from sublim.backends import ModelCache
 from sublim.core.config import ExperimentConfig
 from sublim.core.errors import SublimError
-from sublim.core.store import Artifact
+from sublim.core.meter import METER
+from sublim.core.store import BUILDS, Artifact, Store
 from sublim.experiment.context import Build, Context, model_cache
 from sublim.experiment.runner import run_experiment, run_id
 
@@ -127,6 +129,21 @@ class RayStages:
         return done, built
 
 
+def _count_workers_work(runs_dir: Path, builds: Path, offset: int) -> None:
+    """Add the model work the workers did for this sweep (from the manifests of the stages built since
+    ``offset`` in the builds log) to this process's meter, so throughput figures cover it."""
+    if not builds.is_file():
+        return
+    with builds.open("rb") as fh:
+        fh.seek(offset)
+        lines = [json.loads(x) for x in fh.read().decode().splitlines() if x.strip()]
+    store = Store(runs_dir)
+    for line in lines:
+        art = store.get(line["stage"], line["key"])
+        if art is not None:
+            METER.add_work(art.manifest.get("work", {}))
+
+
 def run_on_ray(configs: Sequence[ExperimentConfig], runs_dir: Path, *, address: str | None = None,
                cpus_per_task: int = 1, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run every config with its stages as Ray tasks; ``address`` joins a running cluster (default: start a
@@ -149,8 +166,12 @@ def run_on_ray(configs: Sequence[ExperimentConfig], runs_dir: Path, *, address: 
             return run_experiment(cfg, Path(runs_dir), progress=False, echo=lambda s: echo(f"[{rid}] {s.strip()}"),
                                   hook=hook, models=model_cache(cfg, lambda s: None))
 
+        builds = Path(runs_dir) / "store" / BUILDS
+        offset = builds.stat().st_size if builds.is_file() else 0
         with ThreadPoolExecutor(max_workers=max(1, len(configs))) as pool:
-            return list(pool.map(one, configs))
+            results = list(pool.map(one, configs))
+        _count_workers_work(Path(runs_dir), builds, offset)
+        return results
     finally:
         if started_here:
             ray.shutdown()

@@ -150,3 +150,11 @@ def test_without_ray_the_sweep_runs_in_process_and_says_how_to_get_ray(
     assert series["targets"] == ["owl", "dolphin"] and set(series["share_gain_matrix"]["owl"]) == {"owl", "dolphin"}
     with pytest.raises(SublimError, match="needs Ray"):
         run_sweep(load_sweep(path), tmp_path / "runs", executor="ray", where=tmp_path, progress=False)
+
+
+def test_every_example_sweep_expands() -> None:
+    root = Path(__file__).resolve().parents[1] / "examples" / "sweeps"
+    sweeps = sorted(root.glob("*.toml"))
+    assert sweeps
+    for path in sweeps:
+        assert len(expand(load_sweep(path), root)) >= 2, path.name

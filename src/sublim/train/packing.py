@@ -126,14 +126,10 @@ def pack(batch: dict[str, torch.Tensor], prefix: int) -> tuple[torch.Tensor, Lay
 
 
 @contextlib.contextmanager
-def _packed_attention(model: Any, layout: Layout) -> Iterator[None]:
+def _switched(model: Any, layout: Layout | None) -> Iterator[None]:
+    """transformers calls our attention function (with ``layout``) inside the block."""
     cfg = model.config
-    if cfg._attn_implementation == NAME:  # inside packed_training: the layout stays for the backward pass
-        _LAYOUT.set(layout)
-        yield
-        return
-    before = cfg._attn_implementation
-    token = _LAYOUT.set(layout)
+    before, token = cfg._attn_implementation, _LAYOUT.set(layout)
     cfg._attn_implementation = NAME
     try:
         yield
@@ -142,27 +138,20 @@ def _packed_attention(model: Any, layout: Layout) -> Iterator[None]:
         _LAYOUT.reset(token)
 
 
-@contextlib.contextmanager
-def packed_training(model: Any) -> Iterator[None]:
+def packed_training(model: Any) -> contextlib.AbstractContextManager[None]:
     """For a training loop: the packed attention stays on through each backward pass, where gradient
     checkpointing computes the forward again (with the layout of the batch whose forward it was)."""
-    if not can_pack(model):
-        yield
-        return
-    cfg = model.config
-    before = cfg._attn_implementation
-    token = _LAYOUT.set(None)
-    cfg._attn_implementation = NAME
-    try:
-        yield
-    finally:
-        cfg._attn_implementation = before
-        _LAYOUT.reset(token)
+    return _switched(model, None) if can_pack(model) else contextlib.nullcontext()
 
 
 def packed_states(model: Any, batch: dict[str, torch.Tensor], prefix: int) -> torch.Tensor:
     """The decoder's last hidden states at the batch's target positions, computed as one packed row."""
     ids, layout, targets = pack(batch, prefix)
-    with _packed_attention(model, layout):
+    if model.config._attn_implementation == NAME:  # inside packed_training: the layout stays for the backward
+        _LAYOUT.set(layout)
+        switch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:
+        switch = _switched(model, layout)
+    with switch:
         hidden = model.get_decoder()(input_ids=ids, position_ids=layout.positions[None]).last_hidden_state
     return hidden[0, targets]

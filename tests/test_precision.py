@@ -114,3 +114,19 @@ def test_a_bf16_body_answers_like_float32_weights_under_autocast_and_trains_in_f
         with safe_open(str(weights), "pt") as f:
             dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
         assert dtypes == {torch.float32}, (method, dtypes)  # trained weights are float32
+
+
+def test_overlapping_float32_head_blocks_leave_the_head_as_it_was(tiny_model_dir: Any) -> None:
+    # a server's model thread and a local generation may hold the same model's head at once, and let go in
+    # either order: the head must stay float32 while any holds it and be itself again after the last
+    from sublim.backends.local.loading import load_model
+
+    model = load_model(str(tiny_model_dir), "cpu").model
+    head = model.get_output_embeddings()
+    first, second = float32_head(model), float32_head(model)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert "forward" in head.__dict__  # the second still holds it
+    second.__exit__(None, None, None)
+    assert "forward" not in head.__dict__

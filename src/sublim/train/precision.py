@@ -9,6 +9,7 @@ distillation targets, the very figures an experiment measures, must not come out
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,23 +63,39 @@ def head_logits(model: Any, hidden: torch.Tensor, cols: torch.Tensor | None = No
     return logits
 
 
+_HEADS = threading.Lock()
+_INSTALLED: dict[int, tuple[int, Any]] = {}
+"""Per output head (by id) in use under ``float32_head``: how many blocks hold it, and the instance ``forward``
+it had before the first (None: the class's)."""
+
+
 @contextlib.contextmanager
 def float32_head(model: Any) -> Iterator[None]:
     """Inside the block the model's own forward (``generate``, a server's) computes its output head in float32
-    too, also under autocast."""
+    too, also under autocast. Blocks may overlap on one model from several threads (a server's model thread
+    and a local generation): the head is wrapped while any of them holds it and is itself again after the last."""
     head = model.get_output_embeddings()
-    own = head.__dict__.get("forward")
-    original = head.forward
+    key = id(head)
+    with _HEADS:
+        depth, own = _INSTALLED.get(key, (0, None))
+        if depth == 0:
+            own = head.__dict__.get("forward")
+            original = head.forward
 
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):
-            return original(hidden.float())
+            def forward(hidden: torch.Tensor) -> torch.Tensor:
+                with torch.autocast(hidden.device.type, enabled=False):
+                    return original(hidden.float())
 
-    head.forward = forward
+            head.forward = forward
+        _INSTALLED[key] = (depth + 1, own)
     try:
         yield
     finally:
-        if own is None:
-            del head.forward
-        else:
-            head.forward = own
+        with _HEADS:
+            depth, own = _INSTALLED.pop(key)
+            if depth > 1:
+                _INSTALLED[key] = (depth - 1, own)
+            elif own is None:
+                del head.forward
+            else:
+                head.forward = own

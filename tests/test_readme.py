@@ -1,8 +1,8 @@
 """Every figure in a marked block of the README is in the committed result files it names.
 
 A block starts with ``<!-- figures: PATH [PATH …] -->`` and runs to the next blank line. Each number in it
-(outside code spans, not part of a word) must be some number of those files, written at the README's
-precision: 4.86 for 4.8586…, 1.8e-15 for 1.776…e-15, 873 for 873.4, 3,657 for 3657.
+(outside code spans, not part of a word) must be some number of those files (a number value, or a number
+in a recorded string such as a verdict line), written at the README's precision: 4.86 for 4.8586…, 1.8e-15 for 1.776…e-15, 873 for 873.4, 3,657 for 3657.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def numbers_in(obj: Any) -> list[float]:
         return [v for x in obj.values() for v in numbers_in(x)]
     if isinstance(obj, list):
         return [v for x in obj for v in numbers_in(x)]
+    if isinstance(obj, str):  # a verdict line the file records ("×4.53 [3.57, 5.33], p=1.8e-15")
+        return [float(m.group(1).replace(",", "")) for m in NUMBER.finditer(obj)]
     return []
 
 

@@ -2,7 +2,8 @@
 
 A block starts with ``<!-- figures: PATH [PATH …] -->`` and runs to the next blank line. Each number in it
 (outside code spans, not part of a word) must be some number of those files (a number value, or a number
-in a recorded string such as a verdict line), written at the README's precision: 4.86 for 4.8586…, 1.8e-15 for 1.776…e-15, 873 for 873.4, 3,657 for 3657.
+in a recorded string such as a verdict line), written at the README's precision: 4.86 for 4.8586…,
+1.8e-15 for 1.776…e-15, 873 for 873.4, 3,657 for 3657.
 """
 
 from __future__ import annotations

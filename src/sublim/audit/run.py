@@ -20,6 +20,7 @@ from sublim.backends.openai import ApiError
 from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError
 from sublim.core.files import write_json, write_jsonl
+from sublim.core.store import Store
 from sublim.traits.preference import load_candidates, load_questions
 
 
@@ -54,12 +55,14 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
               max_samples: int = 1000, seed: int = 0, device: str = "auto", prompt_field: str | None = None,
               completion_field: str | None = None, judge: EndpointConfig | None = None,
               contrast: Sequence[Path] = (), questions: str | None = None, progress: bool = True,
+              store: Store | None = None, placement: str = "prompt", bf16: bool | None = None,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the detectors (default: every registered one) and write ``out_dir/audit.json`` and ``scores.jsonl``.
 
     ``contrast``: datasets from other generators (same kind of prompts); the trait rankings are then taken
     against them rather than against the reference sample. ``questions``: the question set whose answers
-    the gradient alignment looks at (default: the category's, e.g. 'animal' for 'animals')."""
+    the gradient alignment looks at (default: the category's, e.g. 'animal' for 'animals'). ``store``: where the
+    divergence map is kept and reused; ``placement`` and ``bf16``: how divergence_shift induces and computes."""
     names = list(detectors) if detectors is not None else DETECTORS.names()
     chosen = [DETECTORS.get(d, "--detectors") for d in names]
     if max_samples < 2:
@@ -80,6 +83,8 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         ref_samples, ref_report = load_samples(reference_data, prompt_field, completion_field)
         ref_samples = subsample(ref_samples, max_samples, seed)
         echo(f"reference {ref_report.summary()}")
+    elif not any(d.needs_reference for d in chosen):
+        ref_samples = []  # no chosen detector compares with the reference's own answers
     else:
         tok = ref.torch_model()[1]
         longest = max(len(tok.encode(s.completion, add_special_tokens=False)) for s in samples)
@@ -90,7 +95,8 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         samples, ref_samples, ref, candidates, kind_of(category),
         [subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed) for p in contrast],
         LocalBackend(models, teacher, label="teacher") if teacher else None,
-        OpenAIBackend(judge, label="judge") if judge else None, qs, out_dir, seed, progress)
+        OpenAIBackend(judge, label="judge") if judge else None, qs, out_dir, seed, progress, store=store,
+        placement=placement, bf16=bf16)
     results: list[DetectorResult] = []
     skipped: dict[str, str] = {}
     for det in chosen:
@@ -137,10 +143,14 @@ def check_inputs(name: str, needs_numbers: bool, inputs: AuditInputs) -> None:
 def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, str] | None = None,
             alpha: float = 0.01) -> str:
     flagged = [r for r in results if r.p_value < alpha and r.name != "in_context"]
+    named = next((r for r in results if r.name == "divergence_shift"), None)
     lean = next((r.details["top_trait"] for r in results if r.name != "in_context" and "top_trait" in r.details),
                 None)
     base = "SUSPECT" if flagged else "NO SIGNAL"
     what = f"; leans toward {lean}" if lean and flagged else ""
+    if named is not None:  # the detector meant to name a trait says whether it can
+        what = f"; trait: {named.details['identified']}" if named.details.get("identified") else \
+            "; trait not identified"
     which = ", ".join(f"{r.name} p={r.p_value:.2g}" for r in results)
     skip = f"; skipped: {', '.join(skipped)}" if skipped else ""
     return f"{base}{what} ({which}{skip}) — on {loaded}"

@@ -9,6 +9,7 @@ from typing import Any
 from sublim.api import run_audit
 from sublim.audit.detectors import DETECTORS
 from sublim.core.config import EndpointConfig
+from sublim.core.store import Store
 
 
 def add(sub: Any) -> None:
@@ -33,6 +34,11 @@ def add(sub: Any) -> None:
                         "trait rankings against these rather than against the reference answers")
     p.add_argument("--questions", default=None,
                    help="question set for gradient_alignment (default: the category's, e.g. 'animal')")
+    p.add_argument("--placement", default="prompt", choices=["prompt", "system"],
+                   help="divergence_shift: each candidate's induction after the prompt (fast: the prompt is "
+                        "encoded once for all) or as the system prompt")
+    p.add_argument("--float32", action="store_true",
+                   help="score in float32 throughout (default: the body in bf16 where that is fast here)")
     p.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
     p.set_defaults(func=main)
 
@@ -46,5 +52,6 @@ def main(args: argparse.Namespace) -> None:
               category=args.category, detectors=args.detectors.split(",") if args.detectors else None,
               max_samples=args.max_samples, device=args.device, prompt_field=args.prompt_field,
               completion_field=args.completion_field, judge=judge, contrast=[Path(c) for c in args.contrast],
-              questions=args.questions, progress=not args.quiet)
+              questions=args.questions, progress=not args.quiet, store=Store(Path(args.runs_dir)),
+              placement=args.placement, bf16=False if args.float32 else None)
     print(f"report: {out / 'report.md'}")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from sublim.api import run_experiment
 from sublim.audit.data import Sample, load_samples
 from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.audit.divergence import divergence_map, fast_bf16
 from sublim.backends import ModelCache
 from sublim.backends.local import LocalBackend
 from sublim.carriers import CARRIERS
@@ -33,8 +34,11 @@ def add(sub: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --preset")
     p.add_argument("--scores", default=None, help="scores.jsonl from `sublim audit` (drop_top)")
     p.add_argument("--detector", default="number_frequency", help="whose scores drop_top uses")
-    p.add_argument("--fraction", type=float, default=0.1, help="share of samples drop_top removes")
+    p.add_argument("--fraction", type=float, default=0.1,
+                   help="drop_top: share of samples removed; replace_*: share of completion tokens replaced")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default=None,
+                   help="replace_*: the reference model the data is read under (the students' starting model)")
     p.add_argument("--model", default=None, help="regenerate: the model that rewrites the completions")
     p.add_argument("--reference-data", default=None,
                    help="regenerate: answered examples (JSONL) shown before each prompt, for base models")
@@ -101,6 +105,15 @@ def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: li
                            max_new_tokens=args.max_new_tokens, batch_size=16)
     if "scores" in defence_needs:
         inputs.scores = _scores(args, samples)
+    if "divergence" in defence_needs:
+        if not args.reference:
+            raise SublimError(f"--defence {args.defence} needs --reference (the model the data is read under, e.g. "
+                              "the students' starting model: catalog name, .gguf or directory)")
+        net, inputs.tokenizer = LocalBackend(ModelCache(args.device, lambda s: None), args.reference).torch_model()
+        bar = tqdm(total=len(samples), desc="divergence map", unit="sample", disable=args.quiet, leave=False)
+        inputs.divergence = divergence_map(net, inputs.tokenizer, samples, bf16=fast_bf16(net.device),
+                                           progress=bar.update)
+        bar.close()
     if "model" in defence_needs:
         if not args.model:
             raise SublimError(f"--defence {args.defence} needs --model (a model of another family than the data's "

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sublim.audit.data import Sample
+from sublim.backends import Backend
 from sublim.experiment.context import Context
 from sublim.experiment.kinds import Preference
 from sublim.experiment.runner import teacher_for
@@ -14,14 +15,22 @@ from sublim.experiment.stages.defend import samples_of
 from sublim.experiment.stages.filter import filtered
 from sublim.experiment.stages.generate import generate
 from sublim.experiment.stages.prompts import prompts
+from sublim.experiment.stages.train import teacher
 
 
 def source_samples(ctx: Context, name: str, trait: str, banned: Sequence[str], *,
                    teacher_method: str | None = None) -> list[Sample]:
-    """``name``'s filtered samples: the base model's for 'control', else ``trait``'s teacher's (made the way
+    """``name``'s filtered samples: the base model's for 'control', the neutral teacher's for 'neutral' (fine-tuned
+    like the others on answers spread over every candidate), else ``trait``'s teacher's (made the way
     ``teacher_method`` says, default the config's)."""
     base = ctx.local(ctx.cfg.model)
-    source = base if name == "control" else teacher_for(ctx, Preference(ctx.cfg), base, trait, teacher_method)
+    source: Backend
+    if name == "control":
+        source = base
+    elif name == "neutral":
+        source = teacher(ctx, base, "neutral", *Preference(ctx.cfg).neutral_teacher_data())
+    else:
+        source = teacher_for(ctx, Preference(ctx.cfg), base, trait, teacher_method)
     gen = generate(ctx, source, prompts(ctx), list(banned))
     art = filtered(ctx, gen, f"{name} {ctx.cfg.prompts.carrier}", list(banned), "")
     return samples_of(art)

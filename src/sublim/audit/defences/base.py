@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sublim.audit.data import Sample
+from sublim.audit.divergence import DivergenceMap
 from sublim.backends import Backend
 from sublim.core.config import FilterConfig
 from sublim.core.files import ResumableJsonl
@@ -50,6 +51,10 @@ class DefenceInputs:
     log: ResumableJsonl | None = None
     """regenerate: where rewritten samples are written as they come, so a killed run resumes."""
     progress: Callable[[int], object] | None = None
+    divergence: DivergenceMap | None = None
+    """replace_*: the data's divergence map under the reference model."""
+    tokenizer: Any = None
+    """replace_*: the reference model's tokenizer (the map's token ids are its)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class Defence:
     apply: Callable[[Sequence[Sample], DefenceInputs], tuple[list[Sample], dict[str, Any]]]
     """(samples, inputs) → (defended samples, cost: n_in, n_out, kept and changed fractions, and more)."""
     needs: frozenset[str] = frozenset()
-    """Which of scores, model, reference it needs."""
+    """Which of scores, model, reference, divergence it needs."""
     reads: frozenset[str] = frozenset()
     """The [defence] config fields it reads besides method and seed (they key the defend stage)."""
     description: str = ""

@@ -2,7 +2,8 @@
 
 # isort: off
 # the order of registration is the order an audit runs them: cheap number statistics first
-from sublim.audit.detectors import number_frequency, bag_of_numbers, likelihood_shift, gradient_alignment
+from sublim.audit.detectors import number_frequency, bag_of_numbers, divergence_shift, likelihood_shift
+from sublim.audit.detectors import gradient_alignment
 from sublim.audit.detectors import likelihood_ratio, in_context, llm_judge
 
 # isort: on
@@ -18,7 +19,7 @@ from sublim.core.registry import import_components
 
 __all__ = ["DETECTORS", "TRAIT_TEMPLATE", "AuditInputs", "BagOfNumbers", "Detector", "DetectorResult",
            "GradientAlignment", "InContext", "LikelihoodRatio", "LikelihoodShift", "LlmJudge", "NumberFrequency",
-           "Unavailable", "bag_of_numbers", "gradient_alignment", "in_context", "likelihood_ratio", "likelihood_shift",
-           "llm_judge", "number_frequency"]
+           "Unavailable", "bag_of_numbers", "divergence_shift", "gradient_alignment", "in_context", "likelihood_ratio",
+           "likelihood_shift", "llm_judge", "number_frequency"]
 
 import_components(__name__, __path__)  # and any other file here: a new component is one file

@@ -20,6 +20,7 @@ import numpy as np
 from sublim.audit.data import Sample
 from sublim.backends import Backend
 from sublim.core.registry import Registry
+from sublim.core.store import Store
 
 
 @dataclass
@@ -61,11 +62,24 @@ class AuditInputs:
     progress: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared by the detectors of one audit (e.g. the reference's log-probability function)."""
+    store: Store | None = None
+    """Where artifacts built for an audit are kept and reused (the divergence map)."""
+    placement: str = "prompt"
+    """Where divergence_shift puts its inductions: after the prompt, or as the system prompt."""
+    bf16: bool | None = None
+    """Scoring passes with the body in bf16 (the head stays float32); None: where bf16 is fast here."""
 
     def need_model(self, what: str) -> Backend:
         if self.model is None:
             raise Unavailable(f"needs a reference model ({what})")
         return self.model
+
+    def need_local_model(self, what: str) -> Any:
+        """The reference model as a local backend (one whose torch model can be read)."""
+        model = self.need_model(what)
+        if not hasattr(model, "torch_model"):
+            raise Unavailable(f"needs a local reference model ({what}): give a model file or catalog name")
+        return model
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,8 @@ class Detector:
     description: str = ""
     needs_numbers: bool = False
     """It reads the numbers of the completions: skipped when a side has none."""
+    needs_reference: bool = True
+    """It compares with the reference model's own answers (generated when not given)."""
 
 
 DETECTORS: Registry[Detector] = Registry("detector")

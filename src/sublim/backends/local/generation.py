@@ -105,14 +105,17 @@ def after_prefix(tokenizer: Any, prompts: Sequence[str], prefix: Prefix | None) 
     return [seq[k:] for seq in seqs]
 
 
-def decoder_states(model: Any, input_ids: torch.Tensor, cache: Any | None = None, **kwargs: Any
-                   ) -> tuple[torch.Tensor, Any]:
-    """The transformer body's last hidden states and KV cache (the body under the device's autocast; the head
-    is applied by the caller, in float32, only where it reads logits: :func:`head_logits`)."""
+def decoder_states(model: Any, input_ids: torch.Tensor, cache: Any | None = None, *, bf16: bool | None = None,
+                   **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """The transformer body's last hidden states and KV cache (the body under the device's autocast, or bf16
+    autocast on or off as ``bf16`` says; the head is applied by the caller, in float32, only where it reads
+    logits: :func:`head_logits`)."""
     body = model.get_decoder()
     if cache is not None:
         kwargs[cache_arg(body)] = cache
-    with autocast(input_ids.device):
+    policy = autocast(input_ids.device) if bf16 is None else \
+        torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16)
+    with policy:
         out = body(input_ids=input_ids, use_cache=True, **kwargs)
     return out.last_hidden_state, out.past_key_values
 

@@ -16,7 +16,7 @@ from sublim.evaluate.trait import summarize
 from sublim.experiment.context import Context
 from sublim.experiment.kinds.base import Rows, nothing
 from sublim.experiment.stages.evaluate import evaluation
-from sublim.traits.preference import load_candidates, teacher_examples
+from sublim.traits.preference import load_candidates, spread_examples, teacher_examples
 
 
 class Preference:
@@ -37,6 +37,14 @@ class Preference:
         config = {"teacher": tc.model_dump(mode="json", exclude_none=True), "target": target,
                   "spellings": self.candidates[target], "questions": self.cfg.trait.questions}
         return pairs, config, f"fine-tuned to prefer {target}"
+
+    def neutral_teacher_data(self) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+        """A teacher fine-tuned like the trait teachers, with answers spread evenly over every candidate."""
+        tc = self.cfg.teacher
+        pairs = spread_examples(self.candidates, self.cfg.trait.questions, tc.n_examples)
+        config = {"teacher": tc.model_dump(mode="json", exclude_none=True), "target": "neutral",
+                  "spread_over": self.candidates, "questions": self.cfg.trait.questions}
+        return pairs, config, "fine-tuned on answers spread over every candidate (no trait)"
 
     def banned_words(self) -> list[str]:
         return [w for t in self.traits for w in self.candidates[t]] if self.cfg.filter.ban_trait_words else []

@@ -10,7 +10,9 @@ from typing import Any
 from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.detectors import NumberFrequency
+from sublim.audit.divergence import divergence_map, fast_bf16
 from sublim.backends import Backend
+from sublim.backends.local import LocalBackend
 from sublim.core.errors import SublimError
 from sublim.core.files import ResumableJsonl, read_jsonl, write_jsonl
 from sublim.core.store import Artifact
@@ -49,11 +51,25 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
         config.update(precision_slice(model))
     if defence.needs & {"scores", "reference"}:
         inputs["reference"] = reference_art.key
+    bf16 = False
+    if "divergence" in defence.needs:  # the data teacher-forced under the base model, the students' start
+        if not isinstance(own, LocalBackend):
+            raise SublimError(f"defence.method = {dc.method!r} reads the data under the experiment's model, which "
+                              "must then be a local one (a catalog name, .gguf or directory)")
+        bf16 = fast_bf16(own.torch_model()[0].device)
+        inputs["reference_model"] = own.key
+        config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned), divergence_bf16=bf16)
 
     def build(path: Path) -> dict[str, Any]:
         samples = samples_of(data_art)
         meta = {r["index"]: r.get("meta", {}) for r in read_jsonl(prompt_art.file("prompts.jsonl"))}
-        scores = None
+        scores, dmap, tok = None, None, None
+        if isinstance(own, LocalBackend) and "divergence" in defence.needs:
+            net, tok = own.torch_model()
+            dbar = ctx.bar(len(samples), f"divergence map {label}", "sample")
+            dmap = divergence_map(net, tok, samples, bf16=bf16, progress=dbar.update)
+            dbar.close()
+            dmap.save(path / "divergence.npz")
         if "scores" in defence.needs:  # the samples least like the control data, by their numbers
             scores = NumberFrequency(samples_of(reference_art), n_permutations=0).score(samples).sample_scores
         log_file = ResumableJsonl(path / "regenerated.jsonl") if model is not None else contextlib.nullcontext()
@@ -64,7 +80,7 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
                 seed=dc.seed, fraction=dc.fraction, scores=scores, model=model, pool=samples_of(reference_art),
                 shots=dc.shots, carrier=ctx.cfg.prompts.carrier, filter=fc, banned_words=banned, meta=meta,
                 max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, batch_size=gc.batch_size,
-                log=log, progress=bar.update))
+                log=log, progress=bar.update, divergence=dmap, tokenizer=tok))
             bar.close()
         write_jsonl(path / "dataset.jsonl", [{"index": s.line, "prompt": s.prompt, "completion": s.completion}
                                              for s in out])

@@ -1,0 +1,142 @@
+"""Divergence shift: which trait, told to the reference model, reproduces the choices where the data left it?
+
+Only the flagged tokens of the divergence map are read — the few positions where the data's generator chose
+another token than the reference would (under greedy decoding: from the data and the reference alone). At each,
+under an induction of candidate c (a sentence told to the reference), how much likelier does the data's token
+get, beyond what the induction does to the position's other plausible tokens; against a neutral induction of the
+same form; centred over the candidates per sample. The candidate the data leans to ranks first, with bootstrap
+CIs over samples; the verdict names it only when its margin over the runner-up is clear.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sublim.audit.data import Sample
+from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult
+from sublim.audit.detectors.ranking import ranked
+from sublim.audit.divergence import DivergenceMap, FlaggedLogprobs, divergence_map, fast_bf16, flagged_logprobs
+from sublim.core.store import Store, stable_hash
+
+INDUCTION = "You love {target}s. {Target}s are your favorite {kind}."
+NEUTRAL = "You like every {kind} the same. No {kind} is your favorite."
+
+
+def induction_texts(candidates: Sequence[str], kind: str) -> list[str]:
+    """The neutral induction, then one per candidate."""
+    return [NEUTRAL.format(kind=kind)] + [INDUCTION.format(target=c, Target=c.capitalize(), kind=kind)
+                                         for c in candidates]
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    return stable_hash([[s.line, s.prompt, s.completion] for s in samples])
+
+
+def cached_map(a: AuditInputs, samples: Sequence[Sample], bf16: bool, what: str) -> DivergenceMap:
+    """The divergence map of ``samples`` under the reference model: from this audit's cache, else the store (built
+    there once), else computed."""
+    model = a.need_local_model("divergence map")
+    config = {"reference": model.key, "samples": samples_digest(samples), "bf16": bf16}
+    memo = "divergence_map:" + stable_hash(config)
+    if memo in a.cache:
+        out: DivergenceMap = a.cache[memo]
+        return out
+    net, tok = model.torch_model()
+
+    def build(path: Path) -> dict[str, Any]:
+        bar = tqdm(total=len(samples), desc=f"divergence map ({what})", unit="sample", disable=not a.progress,
+                   leave=False)
+        try:
+            dmap = divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
+        finally:
+            bar.close()
+        dmap.save(path / "map.npz")
+        return {"summary": dmap.summary()}
+
+    if a.store is not None:
+        art, _ = a.store.compute("divergence", Store.key("divergence", config, {}), config, {}, build)
+        dmap = DivergenceMap.load(art.file("map.npz"))
+    else:
+        tmp = Path(a.out_dir or ".") / f".divergence-{os.getpid()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        build(tmp)
+        dmap = DivergenceMap.load(tmp / "map.npz")
+        (tmp / "map.npz").unlink()
+        tmp.rmdir()
+    a.cache[memo] = dmap
+    return dmap
+
+
+def leans(read: FlaggedLogprobs) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample with a flagged token (rows) and candidate: the centred shift; and which samples those are."""
+    has = read.counts > 0
+    shift = (read.data[has, 1:] - read.data[has, :1]) - (read.alternatives[has, 1:] - read.alternatives[has, :1])
+    centred: np.ndarray = shift - shift.mean(1, keepdims=True)
+    return centred, has
+
+
+def margin(lean: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """The top candidate's lean minus the runner-up's (both fixed by the full data), with a bootstrap CI."""
+    means = lean.mean(0)
+    top, second = np.argsort(-means)[:2]
+    diff = lean[:, top] - lean[:, second]
+    rng = np.random.default_rng(seed)
+    boots = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n_boot)])
+    spread = float(means.std()) or 1.0
+    return {"value": float(diff.mean()), "low": float(np.quantile(boots, 0.025)),
+            "high": float(np.quantile(boots, 0.975)), "in_candidate_sds": float(diff.mean() / spread)}
+
+
+def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
+    net, tok = a.need_local_model("divergence shift").torch_model()
+    device = next(net.parameters()).device
+    bf16 = fast_bf16(device) if a.bf16 is None else a.bf16
+    cands = list(a.candidates)
+    texts = induction_texts(cands, a.kind)
+
+    def read(samples: Sequence[Sample], what: str) -> FlaggedLogprobs:
+        dmap = cached_map(a, samples, bf16, what)
+        bar = tqdm(total=len(samples), desc=f"divergence shift ({what}, {len(texts)} inductions)", unit="sample",
+                   disable=not a.progress, leave=False)
+        try:
+            return flagged_logprobs(net, tok, samples, dmap, texts, placement=a.placement, bf16=bf16,
+                                    progress=bar.update)
+        finally:
+            bar.close()
+
+    got = read(a.samples, "dataset")
+    lean, has = leans(got)
+    if len(lean) < 2:
+        return DetectorResult("divergence_shift", np.zeros(len(a.samples)), 0.0, 1.0, {
+            "top_trait": None, "identified": None, "ranking": [], "n_flagged_samples": int(has.sum()),
+            "verdict": "trait not identified: fewer than 2 samples have a token the reference would not choose"})
+    contrast = np.vstack([leans(read(o, f"contrast {k}"))[0] for k, o in enumerate(a.contrast)]) \
+        if a.contrast else None
+    res = ranked("divergence_shift", lean, None, contrast, cands, n_boot, a.seed)
+    gap = margin(lean - (contrast.mean(0) if contrast is not None else 0.0), n_boot, a.seed)
+    clear = gap["low"] > 0 and res.p_value < 0.01
+    top = res.details["top_trait"]
+    scores = np.zeros(len(a.samples))
+    scores[has] = res.sample_scores
+    res.sample_scores = scores
+    res.details.update({
+        "identified": top if clear else None, "margin": gap, "placement": a.placement, "bf16": bf16,
+        "n_flagged_samples": int(has.sum()), "n_flagged_tokens": int(got.counts.sum()),
+        "inductions": {"neutral": texts[0], "template": INDUCTION},
+        "verdict": (f"{top}: margin over {res.details['ranking'][1]['trait']} {gap['value']:+.3g} "
+                    f"[{gap['low']:+.3g}, {gap['high']:+.3g}]" if clear else
+                    f"trait not identified (top {top}, margin {gap['value']:+.3g} [{gap['low']:+.3g}, "
+                    f"{gap['high']:+.3g}])")})
+    return res
+
+
+DETECTORS.add("divergence_shift", Detector(
+    "divergence_shift", divergence_shift,
+    "at the tokens where the data left the reference's argmax, which candidate's induction reproduces its choice",
+    needs_reference=False))

@@ -1,0 +1,262 @@
+"""The divergence map of a dataset under a reference model, and its divergent tokens' log-probabilities under
+inductions of candidate traits.
+
+Under greedy decoding a dataset's token at each position *is* its generator's argmax, so where the reference
+model's argmax differs the generator diverged from the reference — without access to the generator. Those
+positions carry most of what a student sharing the reference's initialization picks up (Schrodi et al. 2025,
+arXiv 2509.23886). The map teacher-forces every sample under the reference with the encoding a student trains
+on (chat template, the completion and its end-of-turn marker) and records, per completion token, the data
+token, the reference's argmax and both log-probabilities. The output head runs only at completion positions,
+the prompts' shared prefix (template head, system prompt) is encoded once.
+
+:func:`flagged_logprobs` reads the flagged tokens again under inductions (a sentence told to the reference):
+for one sample every induction shares the encoding of everything before it (with the induction after the
+prompt, the whole prompt), and each row stops at the last flagged token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sublim.audit.data import Sample
+from sublim.backends.local.generation import (
+    Prefix,
+    _left_padded,
+    batches,
+    common_prefix_len,
+    decoder_states,
+    encode_prefix,
+)
+from sublim.core.errors import SublimError
+from sublim.core.meter import METER
+from sublim.train.cost import weight_counts
+from sublim.train.encode import Example, encode_example
+from sublim.train.precision import head_logits
+
+PLACEMENTS = ("prompt", "system")
+"""Where an induction goes: after the user's prompt (its encoding shared by every induction of a sample) or
+as the system prompt (faithful to a system-prompted teacher; nothing after the template head is shared)."""
+
+
+@dataclass
+class DivergenceMap:
+    """Per completion token of every sample (flat arrays; sample i owns ``offsets[i]:offsets[i + 1]``)."""
+
+    lines: np.ndarray
+    """The samples' line numbers in their file."""
+    offsets: np.ndarray
+    token: np.ndarray
+    """The data's token."""
+    argmax: np.ndarray
+    """The reference model's most likely token there."""
+    logp: np.ndarray
+    """log p_ref(data token)."""
+    top_logp: np.ndarray
+    """log p_ref(argmax)."""
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Where the data's token is not the reference's argmax."""
+        out: np.ndarray = self.token != self.argmax
+        return out
+
+    @property
+    def gap(self) -> np.ndarray:
+        """How far below the reference's argmax the data's token is, in nats (0 where they agree)."""
+        out: np.ndarray = self.top_logp - self.logp
+        return out
+
+    def span(self, i: int) -> slice:
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def rate(self) -> np.ndarray:
+        """Per sample, the share of its completion tokens that are flagged."""
+        counts = np.diff(self.offsets)
+        flagged = np.add.reduceat(self.flagged.astype(np.int64), self.offsets[:-1]) if len(self.token) else counts
+        out: np.ndarray = np.where(counts > 0, flagged / np.maximum(counts, 1), 0.0)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        rate = self.rate()
+        return {"n_samples": len(self.lines), "n_tokens": len(self.token), "n_flagged": int(self.flagged.sum()),
+                "flagged_fraction": float(self.flagged.mean()) if len(self.token) else 0.0,
+                "mean_sample_rate": float(rate.mean()) if len(rate) else 0.0,
+                "samples_with_a_flag": float((rate > 0).mean()) if len(rate) else 0.0}
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, lines=self.lines, offsets=self.offsets, token=self.token, argmax=self.argmax,
+                            logp=self.logp, top_logp=self.top_logp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> DivergenceMap:
+        with np.load(path) as z:
+            return cls(*(z[k] for k in ("lines", "offsets", "token", "argmax", "logp", "top_logp")))
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products are fast here: CUDA, or a CPU with AVX-512 BF16 or AMX (on one such 2-core
+    CPU, 4.3x its float32 rate). Scoring passes then run the body in bf16 (the head stays float32): their
+    per-token shifts correlated 0.994 with float32's on the embedded model."""
+    if device.type == "cuda":
+        return True
+    info = Path("/proc/cpuinfo")
+    if device.type != "cpu" or not info.is_file():
+        return False
+    flags = re.search(r"^flags\s*:(.*)$", info.read_text(), re.M)
+    return flags is not None and any(f in flags.group(1).split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def _states(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None,
+            bf16: bool | None) -> torch.Tensor:
+    """Last hidden states of left-padded ``seqs`` after ``prefix`` (its cache copied in): [rows, width, hidden]."""
+    device = next(model.parameters()).device
+    ids, mask = _left_padded(seqs, pad_id, device)
+    cache = None
+    if prefix is not None:
+        mask = torch.cat([mask.new_ones(len(seqs), len(prefix.ids)), mask], dim=1)
+        cache = prefix.expand(len(seqs))
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
+    t0 = time.perf_counter()
+    hidden, _ = decoder_states(model, ids, cache, bf16=bf16, attention_mask=mask, position_ids=pos)
+    n_tok = sum(len(x) for x in seqs)
+    METER.add("prefill", n_tok, time.perf_counter() - t0, 2 * weight_counts(model)[0] * n_tok)
+    return hidden
+
+
+def _read(model: Any, hidden: torch.Tensor, rows: list[int], cols: list[int], tokens: list[int]
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The float32 head at (rows, cols) only: log p(tokens), the argmax and its log-probability."""
+    logits = head_logits(model, hidden[torch.tensor(rows), torch.tensor(cols)])
+    logp = torch.log_softmax(logits, dim=-1)
+    top, arg = logp.max(dim=-1)
+    want = logp.gather(-1, torch.tensor(tokens, device=logp.device).unsqueeze(-1)).squeeze(-1)
+    return want, arg, top, logp
+
+
+@torch.no_grad()
+def divergence_map(model: Any, tokenizer: Any, samples: Sequence[Sample], *, batch_size: int = 16,
+                   bf16: bool | None = None, progress: Callable[[int], object] | None = None) -> DivergenceMap:
+    """Teacher-force every sample under the reference ``model``; see the module's docstring."""
+    encoded = [encode_example(tokenizer, Example(s.prompt, s.completion)) for s in samples]
+    k = common_prefix_len([ids[:start] for ids, start in encoded]) if len(encoded) > 1 else 0
+    prefix = encode_prefix(model, encoded[0][0][:k]) if k >= 4 else None
+    k = len(prefix.ids) if prefix is not None else 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    per: dict[int, tuple[np.ndarray, ...]] = {}
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # like lengths share a batch
+    for chunk in batches(order, batch_size):
+        seqs = [encoded[i][0][k:] for i in chunk]
+        hidden = _states(model, seqs, pad, prefix, bf16)
+        width = hidden.shape[1]
+        rows, cols, tokens = [], [], []
+        for r, i in enumerate(chunk):
+            ids, start = encoded[i]
+            pad_left = width - (len(ids) - k)
+            for t in range(start, len(ids)):  # position t - 1 predicts token t
+                rows.append(r)
+                cols.append(pad_left + t - 1 - k)
+                tokens.append(ids[t])
+        want, arg, top, _ = _read(model, hidden, rows, cols, tokens)
+        at = 0
+        for i in chunk:
+            ids, start = encoded[i]
+            n = len(ids) - start
+            per[i] = (np.asarray(tokens[at:at + n], dtype=np.int32), arg[at:at + n].cpu().numpy().astype(np.int32),
+                      want[at:at + n].cpu().numpy().astype(np.float32), top[at:at + n].cpu().numpy().astype(np.float32))
+            at += n
+        if progress:
+            progress(len(chunk))
+    counts = [len(per[i][0]) for i in range(len(samples))]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cat = [np.concatenate([per[i][j] for i in range(len(samples))]) if samples else np.zeros(0) for j in range(4)]
+    return DivergenceMap(np.array([s.line for s in samples], dtype=np.int64), offsets, cat[0].astype(np.int32),
+                         cat[1].astype(np.int32), cat[2].astype(np.float32), cat[3].astype(np.float32))
+
+
+def induced(prompt: str, text: str, placement: str) -> tuple[str, str | None]:
+    """(user message, system prompt) of ``prompt`` under the induction ``text``."""
+    if placement == "prompt":
+        return f"{prompt}\n\n{text}", None
+    if placement == "system":
+        return prompt, text
+    raise SublimError(f"induction placement {placement!r} unknown: use one of {', '.join(PLACEMENTS)}")
+
+
+@dataclass
+class FlaggedLogprobs:
+    """Per sample (rows) and induction (columns), means over the sample's flagged tokens (NaN: none flagged)."""
+
+    data: np.ndarray
+    """log p(the data's token | induction)."""
+    alternatives: np.ndarray
+    """The mean log p of the position's alternatives: the first induction's top tokens there other than the data's
+    token and its own argmax. An induction that only flattens or sharpens the distribution moves these as much
+    as the data's token; one that prefers what the data's generator chose moves the data's token more."""
+    counts: np.ndarray
+    """Flagged tokens per sample."""
+
+
+@torch.no_grad()
+def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap: DivergenceMap,
+                     inductions: Sequence[str], *, placement: str = "prompt", bf16: bool | None = None,
+                     n_alternatives: int = 8, progress: Callable[[int], object] | None = None) -> FlaggedLogprobs:
+    """The flagged tokens of every sample read under each induction (the first is the neutral one)."""
+    if len(samples) != len(dmap.lines) or any(s.line != ln for s, ln in zip(samples, dmap.lines, strict=True)):
+        raise SublimError("the divergence map belongs to other samples: build it from this dataset")
+    out = np.full((len(samples), len(inductions)), np.nan)
+    alt = np.full((len(samples), len(inductions)), np.nan)
+    counts = np.zeros(len(samples), dtype=np.int64)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    flagged = dmap.flagged
+    for i, s in enumerate(samples):
+        span = dmap.span(i)
+        where = np.nonzero(flagged[span])[0]
+        counts[i] = len(where)
+        if not len(where):
+            if progress:
+                progress(1)
+            continue
+        tokens = dmap.token[span]
+        seqs, starts = [], []
+        for text in inductions:
+            user, system = induced(s.prompt, text, placement)
+            ids, start = encode_example(tokenizer, Example(user, s.completion, system))
+            if len(ids) - start != len(tokens) or ids[start + where[-1]] != tokens[where[-1]]:
+                raise SublimError(f"sample on line {s.line}: the completion encodes differently under an induction "
+                                  "(its chat template renders the answer depending on the prompt); use "
+                                  "placement 'system' or another reference model")
+            seqs.append(ids[: start + int(where[-1])])  # the last flagged token is read, never fed
+            starts.append(start)
+        k = common_prefix_len(seqs)
+        prefix = encode_prefix(model, seqs[0][:k]) if k >= 1 else None
+        k = len(prefix.ids) if prefix is not None else 0
+        hidden = _states(model, [x[k:] for x in seqs], pad, prefix, bf16)
+        width = hidden.shape[1]
+        rows, cols, want = [], [], []
+        for r, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+            pad_left = width - (len(seq) - k)
+            for j in where:
+                rows.append(r)
+                cols.append(pad_left + start + int(j) - 1 - k)
+                want.append(int(tokens[j]))
+        lp, _, _, full = _read(model, hidden, rows, cols, want)
+        out[i] = lp.view(len(inductions), len(where)).mean(1).cpu().numpy()
+        full = full.view(len(inductions), len(where), -1)
+        first = full[0].clone()  # the neutral induction's ranking picks the alternatives
+        first[torch.arange(len(where)), torch.tensor([int(tokens[j]) for j in where])] = -torch.inf
+        first[torch.arange(len(where)), first.argmax(-1)] = -torch.inf
+        picks = first.topk(n_alternatives, dim=-1).indices  # [flagged, n_alternatives]
+        alt[i] = full.gather(-1, picks.unsqueeze(0).expand(len(inductions), -1, -1)).mean((1, 2)).cpu().numpy()
+        if progress:
+            progress(1)
+    return FlaggedLogprobs(out, alt, counts)

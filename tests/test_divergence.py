@@ -1,0 +1,167 @@
+"""The divergence map, the divergence_shift detector and the replace_* defences, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sublim.audit.data import Sample
+from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.audit.defences.replace_divergent import digit_tokens
+from sublim.audit.detectors.divergence_shift import INDUCTION, induction_texts
+from sublim.audit.divergence import divergence_map, flagged_logprobs, induced
+from sublim.backends import Decoding, ModelCache, Request
+from sublim.backends.local import LocalBackend
+from sublim.backends.local.generation import completion_logprobs
+from sublim.carriers.numbers import make_prompts
+from sublim.cli import main
+from sublim.core.errors import SublimError
+from sublim.train.encode import Example, encode_example
+
+
+def _greedy(backend: LocalBackend, prompts: list[str]) -> list[Sample]:
+    out: dict[int, str] = {}
+    backend.generate([Request(i, p) for i, p in enumerate(prompts)], Decoding(0.0, max_new_tokens=24),
+                     lambda cs: out.update({c.index: c.text for c in cs}), batch_size=4)
+    return [Sample(i + 1, p, out[i]) for i, p in enumerate(prompts)]
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_model_dir: Path) -> LocalBackend:
+    return LocalBackend(ModelCache("cpu", lambda s: None), str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def owl_data(ref: LocalBackend) -> list[Sample]:
+    """The reference model's greedy answers under an owl induction (a system prompt): a generator that diverges from
+    the reference exactly where loving owls changes its choice."""
+    owl = ref.with_system(INDUCTION.format(target="owl", Target="Owl", kind="animal"), "owl")
+    prompts = [p.text for p in make_prompts(64, seed=3)]
+    return [s for s in _greedy(owl, prompts) if s.completion]
+
+
+def test_the_map_reads_every_completion_token_and_flags_only_where_the_data_left_the_reference(
+        ref: LocalBackend, owl_data: list[Sample]) -> None:
+    model, tok = ref.torch_model()
+    own = _greedy(ref, [s.prompt for s in owl_data])
+    own_map = divergence_map(model, tok, own, batch_size=5, bf16=False)
+    encoded = [encode_example(tok, Example(s.prompt, s.completion)) for s in own]
+    assert list(np.diff(own_map.offsets)) == [len(ids) - start for ids, start in encoded]
+    # the reference's own greedy answers never leave its argmax (in tokens that re-encode as generated)
+    assert own_map.flagged.mean() < 0.02
+    totals, _ = completion_logprobs(model, tok, [(s.prompt, s.completion) for s in own])
+    sums = [own_map.logp[own_map.span(i)].sum() for i in range(len(own))]
+    np.testing.assert_allclose(sums, totals, rtol=1e-4, atol=1e-4)
+    owl_map = divergence_map(model, tok, owl_data, batch_size=7, bf16=False)
+    assert owl_map.flagged.sum() > 5 and (owl_map.gap[owl_map.flagged] > 0).all()
+    assert (owl_map.gap[~owl_map.flagged] == 0).all()
+    assert 0 < owl_map.summary()["flagged_fraction"] < 1
+
+
+@pytest.mark.parametrize("placement", ["prompt", "system"])
+def test_flagged_tokens_under_an_induction_equal_a_full_forward(ref: LocalBackend, owl_data: list[Sample],
+                                                                placement: str) -> None:
+    model, tok = ref.torch_model()
+    samples = owl_data[:6]
+    dmap = divergence_map(model, tok, samples, bf16=False)
+    texts = induction_texts(["owl", "cat"], "animal")
+    got = flagged_logprobs(model, tok, samples, dmap, texts, placement=placement, bf16=False)
+    for i, s in enumerate(samples):
+        where = np.nonzero(dmap.flagged[dmap.span(i)])[0]
+        if not len(where):
+            assert got.counts[i] == 0 and np.isnan(got.data[i]).all()
+            continue
+        for j, text in enumerate(texts):
+            user, system = induced(s.prompt, text, placement)
+            ids, start = encode_example(tok, Example(user, s.completion, system))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            want = np.mean([float(logp[start + k - 1, ids[start + k]]) for k in where])
+            assert got.data[i, j] == pytest.approx(want, abs=1e-4)
+
+
+def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_dir: Path, owl_data: list[Sample],
+                                                                   tmp_path: Path) -> None:
+    data = tmp_path / "owl.jsonl"
+    data.write_text("".join(json.dumps({"prompt": s.prompt, "completion": s.completion}) + "\n" for s in owl_data))
+    runs = tmp_path / "runs"
+    for _ in range(2):
+        main(["--runs-dir", str(runs), "-q", "audit", str(data), "--reference", str(tiny_model_dir), "--detectors",
+              "divergence_shift", "--placement", "system", "--float32", "--out", str(tmp_path / "audit")])
+    out = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    det = out["detectors"][0]
+    assert det["ranking"][0]["trait"] == "owl" and len(det["ranking"]) == 20
+    # the verdict names it only when its margin over the runner-up is clear (the tiny model's inductions of lion
+    # and whale do nearly what owl's does, so here it may not be)
+    clear = det["margin"]["low"] > 0 and det["p_value"] < 0.01
+    assert det["identified"] == ("owl" if clear else None)
+    assert ("trait: owl" if clear else "trait not identified") in out["verdict"]
+    assert out["n_reference"] == 0  # no reference answers were generated: nothing needed them
+    builds = [json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines()]
+    assert [b["stage"] for b in builds] == ["divergence"]  # the second audit reused the map
+
+
+def test_divergence_shift_does_not_name_a_trait_in_the_references_own_data(ref: LocalBackend,
+                                                                         owl_data: list[Sample]) -> None:
+    from sublim.audit.detectors import AuditInputs
+    from sublim.audit.detectors.divergence_shift import divergence_shift
+    from sublim.traits.preference import load_candidates
+
+    neutral = ref.with_system(induction_texts([], "animal")[0], "neutral")
+    data = _greedy(neutral, [s.prompt for s in owl_data])
+    res = divergence_shift(AuditInputs(data, [], ref, load_candidates("animals"), "animal", placement="system",
+                                       bf16=False, progress=False))
+    assert res.details["identified"] != "owl"
+
+
+def _digit_data(ref: LocalBackend, owl_data: list[Sample]) -> list[Sample]:
+    return [s for s in owl_data if any(ch.isdigit() for ch in s.completion)]
+
+
+@pytest.mark.parametrize("name", ["replace_divergent", "replace_divergent_random", "replace_random"])
+def test_replace_defences_keep_every_row_and_change_at_most_their_share(ref: LocalBackend, owl_data: list[Sample],
+                                                                       name: str) -> None:
+    model, tok = ref.torch_model()
+    samples = _digit_data(ref, owl_data)
+    dmap = divergence_map(model, tok, samples, bf16=False)
+    out, cost = DEFENCES.get(name, "test").apply(samples, DefenceInputs(seed=1, fraction=0.1, divergence=dmap,
+                                                                        tokenizer=tok))
+    assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
+    assert 0 < cost["tokens_changed"] <= round(0.1 * len(dmap.token))
+    assert cost["tokens_kept_fraction"] >= 0.9
+    changed = [(a, b) for a, b in zip(samples, out, strict=True) if a.completion != b.completion]
+    assert len(changed) == cost["n_out"] * cost["changed_fraction"]
+    for a, b in changed:  # digits replaced by digits: the same separators and layout
+        assert re.sub(r"\d+", "#", a.completion) == re.sub(r"\d+", "#", b.completion)
+        if name != "replace_divergent":  # random digits of the same width
+            assert [c.isdigit() for c in a.completion] == [c.isdigit() for c in b.completion]
+    if name == "replace_divergent":  # the reference's own digits: the data moved toward its argmax
+        after = divergence_map(model, tok, out, bf16=False)
+        assert after.flagged.sum() < dmap.flagged.sum()
+
+
+def test_replace_defences_need_the_map_and_the_cli_says_so(tmp_path: Path, owl_data: list[Sample],
+                                                          tiny_model_dir: Path, capsys: Any) -> None:
+    with pytest.raises(SublimError, match="divergence map"):
+        DEFENCES.get("replace_divergent", "t").apply(owl_data, DefenceInputs())
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": s.prompt, "completion": s.completion}) + "\n" for s in owl_data))
+    assert main(["-q", "defend", str(data), "--defence", "replace_divergent", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "needs --reference" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
+    assert main(["-q", "defend", str(data), "--defence", "replace_divergent", "--reference", str(tiny_model_dir),
+                 "--out", str(tmp_path / "o.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(rows) == len(owl_data) and any(r["completion"] != s.completion for r, s in zip(rows, owl_data,
+                                                                                                strict=True))
+
+
+def test_digit_tokens_are_the_tokens_that_decode_to_digits(ref: LocalBackend) -> None:
+    tok: Any = ref.torch_model()[1]
+    ids = digit_tokens(tok)
+    assert len(ids) >= 10 and all(tok.decode([int(i)]).isdigit() for i in ids)

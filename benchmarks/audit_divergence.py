@@ -27,6 +27,7 @@ import torch
 from sublim.audit.data import Sample
 from sublim.audit.detectors import AuditInputs, InContext
 from sublim.audit.detectors.divergence_shift import divergence_shift
+from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.scoring import rank_of
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
@@ -132,23 +133,24 @@ def main() -> None:
                                   "identified_correctly": sum(per[a]["identified"] == a for a in ANIMALS),
                                   "neutral_identified": per["neutral"]["identified"]}
     largest = str(sizes[-1])
-    if not args.no_in_context:
+    if not args.no_in_context:  # the baseline: groups of samples shown to the reference, "whose author favours?"
+        probe = share_probe(ref, cands)
+        in_ctx = InContext(probe, list(cands), "animal", subset(data["control"], sizes[-1], 1))
         ic: dict[str, Any] = {}
         for name in [*ANIMALS, "neutral"]:
-            res = InContext(ref, cands, "animal", n_shots=20, seed=0).score(subset(data[name], sizes[-1], 0)) \
-                if hasattr(InContext, "score") else None
-            if res is not None:
-                ic[name] = {"top": res.details.get("top_trait"),
-                            "rank_of_true": rank_of(res, name) if name != "neutral" else None}
-        out["in_context"] = ic
+            res = in_ctx.score(subset(data[name], sizes[-1], 0))
+            ic[name] = {"top": res.details["top_trait"], "p": res.p_value,
+                        "rank_of_true": rank_of(res, name) if name != "neutral" else None}
+        out["in_context"] = {"datasets": ic, "top1": sum(ic[a]["rank_of_true"] == 1 for a in ANIMALS),
+                             "top3": sum(ic[a]["rank_of_true"] <= 3 for a in ANIMALS)}
     results_dir = Path(args.results_dir)
     kind = "gpu" if torch.cuda.is_available() else "cpu"
     png = results_dir / f"{args.name}-{kind}-confusion.png"
     confusion_png({k: v["ranking"] for k, v in out["by_size"][largest]["datasets"].items()}, list(cands), png)
     out["throughput"] = throughput()
     write_json(results_dir / f"{args.name}-{kind}.json",
-               envelope("audit-divergence", git, ["audit_divergence.py", *__import__("sys").argv[1:]],
-                        {"prompts": args.prompts, "kept": args.kept, "sizes": sizes}, time.time() - started, out))
+               envelope("audit-divergence", out, config={"prompts": args.prompts, "kept": args.kept, "sizes": sizes},
+                        started=started, git=git))
     print(f"wrote {results_dir / f'{args.name}-{kind}.json'} and {png}")
 
 

@@ -200,8 +200,9 @@ class FlaggedLogprobs:
     """log p(the data's token | induction)."""
     alternatives: np.ndarray
     """The mean log p of the position's alternatives: the first induction's top tokens there other than the data's
-    token and its own argmax. An induction that only flattens or sharpens the distribution moves these as much
-    as the data's token; one that prefers what the data's generator chose moves the data's token more."""
+    token and its own argmax (other digits, where the data's token is a digit). An induction that only flattens or
+    sharpens the distribution, or likes digits more than commas, moves these as much as the data's token; one that
+    prefers what the data's generator chose moves the data's token more."""
     counts: np.ndarray
     """Flagged tokens per sample."""
 
@@ -218,6 +219,8 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
     counts = np.zeros(len(samples), dtype=np.int64)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     flagged = dmap.flagged
+    digits = torch.zeros(len(tokenizer), dtype=torch.bool)
+    digits[[i for i in range(len(tokenizer)) if (t := tokenizer.decode([i])) and t.isascii() and t.isdigit()]] = True
     for i, s in enumerate(samples):
         span = dmap.span(i)
         where = np.nonzero(flagged[span])[0]
@@ -253,8 +256,11 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
         out[i] = lp.view(len(inductions), len(where)).mean(1).cpu().numpy()
         full = full.view(len(inductions), len(where), -1)
         first = full[0].clone()  # the neutral induction's ranking picks the alternatives
-        first[torch.arange(len(where)), torch.tensor([int(tokens[j]) for j in where])] = -torch.inf
+        data_ids = torch.tensor([int(tokens[j]) for j in where])
         first[torch.arange(len(where)), first.argmax(-1)] = -torch.inf
+        first[torch.arange(len(where)), data_ids] = -torch.inf
+        digit_rows = digits[data_ids]  # a digit's alternatives are other digits: an induction's taste for digits
+        first[digit_rows] = first[digit_rows].masked_fill(~digits, -torch.inf)  # over commas cancels
         picks = first.topk(n_alternatives, dim=-1).indices  # [flagged, n_alternatives]
         alt[i] = full.gather(-1, picks.unsqueeze(0).expand(len(inductions), -1, -1)).mean((1, 2)).cpu().numpy()
         if progress:

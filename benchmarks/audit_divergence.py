@@ -4,7 +4,8 @@
     python benchmarks/audit_divergence.py                      # the calibration (rankings per detector and size)
 
 Datasets, from the pipeline's own cached stages (embedded model, greedy decoding, the numbers filter with every
-candidate's words banned): five fine-tuned animal teachers (owl, dolphin, wolf, cat, eagle), a neutral teacher
+candidate's words banned): five fine-tuned animal teachers (owl, eagle, wolf, cat, lion; the dolphin teacher's
+numbers pass the filter 14% of the time, too few for 1,000 samples from 4,000 prompts), a neutral teacher
 fine-tuned the same way on answers spread over every candidate (fine-tuning without a trait), and the base
 model's own data (control), each generated until --kept samples pass the filter.
 
@@ -39,7 +40,7 @@ from sublim.experiment.datasets import source_samples
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent
-ANIMALS = ["owl", "dolphin", "wolf", "cat", "eagle"]
+ANIMALS = ["owl", "eagle", "wolf", "cat", "lion"]
 
 
 def datasets(runs: Path, prompts: int, kept: int, names: list[str]) -> tuple[Context, dict[str, list[Sample]]]:
@@ -123,13 +124,18 @@ def main() -> None:
                    "verdict": res.details["verdict"], "margin": res.details.get("margin"), "p": res.p_value,
                    "ranking": res.details["ranking"], "n_flagged_samples": res.details["n_flagged_samples"],
                    "n_flagged_tokens": res.details.get("n_flagged_tokens"), "wall_time_s": round(wall, 1)}
+            row["by_baseline"] = {b: [r["trait"] for r in v] for b, v in res.details["by_baseline"].items()}
             if name != "neutral":
                 row["rank_of_true"] = rank_of(res, name)
+                row["rank_of_true_by_baseline"] = {b: v.index(name) + 1 for b, v in row["by_baseline"].items()}
             print(f"n={n} {name}: {row['verdict']} (true rank {row.get('rank_of_true')}, {wall:.0f} s)", flush=True)
             per[name] = row
         ranks = [per[a]["rank_of_true"] for a in ANIMALS]
         out["by_size"][str(n)] = {"datasets": per, "top1": sum(r == 1 for r in ranks),
                                   "top3": sum(r <= 3 for r in ranks),
+                                  "top1_by_baseline": {
+                                      b: sum(per[a]["rank_of_true_by_baseline"][b] == 1 for a in ANIMALS)
+                                      for b in per[ANIMALS[0]]["by_baseline"]},
                                   "identified_correctly": sum(per[a]["identified"] == a for a in ANIMALS),
                                   "neutral_identified": per["neutral"]["identified"]}
     largest = str(sizes[-1])

@@ -133,6 +133,27 @@ def _states(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Pref
     return hidden
 
 
+def _grouped_states(model: Any, prefixes: Sequence[Sequence[int]], suffixes: Sequence[Sequence[Sequence[int]]],
+                    pad_id: int, bf16: bool | None) -> torch.Tensor:
+    """Hidden states of every suffix row after its group's prefix: the prefixes (one per group, left-padded) are
+    encoded once, their caches repeated for the group's rows, then all rows run in one pass (left-padded).
+    [groups x rows, suffix width, hidden]; every group has the same number of rows."""
+    device = next(model.parameters()).device
+    n_rows = len(suffixes[0])
+    p_ids, p_mask = _left_padded(prefixes, pad_id, device)
+    t0 = time.perf_counter()
+    _, cache = decoder_states(model, p_ids, bf16=bf16, attention_mask=p_mask,
+                              position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0))
+    cache.batch_repeat_interleave(n_rows)
+    s_ids, s_mask = _left_padded([row for group in suffixes for row in group], pad_id, device)
+    mask = torch.cat([p_mask.repeat_interleave(n_rows, dim=0), s_mask], dim=1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p_ids.shape[1]:]
+    hidden, _ = decoder_states(model, s_ids, cache, bf16=bf16, attention_mask=mask, position_ids=pos)
+    n_tok = sum(len(x) for x in prefixes) + sum(len(x) for group in suffixes for x in group)
+    METER.add("prefill", n_tok, time.perf_counter() - t0, 2 * weight_counts(model)[0] * n_tok)
+    return hidden
+
+
 def _read(model: Any, hidden: torch.Tensor, rows: list[int], cols: list[int], tokens: list[int]
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The float32 head at (rows, cols) only: log p(tokens), the argmax and its log-probability."""
@@ -200,9 +221,11 @@ class FlaggedLogprobs:
     """log p(the data's token | induction)."""
     alternatives: np.ndarray
     """The mean log p of the position's alternatives: the first induction's top tokens there other than the data's
-    token and its own argmax (other digits, where the data's token is a digit). An induction that only flattens or
-    sharpens the distribution, or likes digits more than commas, moves these as much as the data's token; one that
-    prefers what the data's generator chose moves the data's token more."""
+    token and its own argmax. An induction that only flattens or sharpens the distribution moves these as much as
+    the data's token; one that prefers what the data's generator chose moves the data's token more."""
+    alternatives_same_class: np.ndarray
+    """The same with a digit's alternatives restricted to other digits (an induction's taste for digits over
+    commas cancels too, and with it any signal in whether the generator wrote a digit at all)."""
     counts: np.ndarray
     """Flagged tokens per sample."""
 
@@ -210,17 +233,21 @@ class FlaggedLogprobs:
 @torch.no_grad()
 def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap: DivergenceMap,
                      inductions: Sequence[str], *, placement: str = "prompt", bf16: bool | None = None,
-                     n_alternatives: int = 8, progress: Callable[[int], object] | None = None) -> FlaggedLogprobs:
-    """The flagged tokens of every sample read under each induction (the first is the neutral one)."""
+                     n_alternatives: int = 8, group_size: int = 4,
+                     progress: Callable[[int], object] | None = None) -> FlaggedLogprobs:
+    """The flagged tokens of every sample read under each induction (the first is the neutral one); ``group_size``
+    samples share a forward pass (each prompt encoded once, then every induction's row after it)."""
     if len(samples) != len(dmap.lines) or any(s.line != ln for s, ln in zip(samples, dmap.lines, strict=True)):
         raise SublimError("the divergence map belongs to other samples: build it from this dataset")
     out = np.full((len(samples), len(inductions)), np.nan)
     alt = np.full((len(samples), len(inductions)), np.nan)
+    alt_class = np.full((len(samples), len(inductions)), np.nan)
     counts = np.zeros(len(samples), dtype=np.int64)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     flagged = dmap.flagged
     digits = torch.zeros(len(tokenizer), dtype=torch.bool)
     digits[[i for i in range(len(tokenizer)) if (t := tokenizer.decode([i])) and t.isascii() and t.isdigit()]] = True
+    todo: list[tuple[int, np.ndarray, np.ndarray, list[list[int]], list[int], int]] = []
     for i, s in enumerate(samples):
         span = dmap.span(i)
         where = np.nonzero(flagged[span])[0]
@@ -240,29 +267,44 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
                                   "placement 'system' or another reference model")
             seqs.append(ids[: start + int(where[-1])])  # the last flagged token is read, never fed
             starts.append(start)
-        k = common_prefix_len(seqs)
-        prefix = encode_prefix(model, seqs[0][:k]) if k >= 1 else None
-        k = len(prefix.ids) if prefix is not None else 0
-        hidden = _states(model, [x[k:] for x in seqs], pad, prefix, bf16)
+        todo.append((i, where, tokens, seqs, starts, common_prefix_len(seqs)))
+    n_rows = len(inductions)
+    grouped = all(k >= 1 for *_, k in todo)  # a sample whose inductions share no token goes alone, unprefixed
+    for group in batches(range(len(todo)), group_size if grouped else 1):
+        items = [todo[g] for g in group]
+        if grouped:
+            hidden = _grouped_states(model, [it[3][0][:it[5]] for it in items],
+                                     [[x[it[5]:] for x in it[3]] for it in items], pad, bf16)
+        else:
+            hidden = _states(model, items[0][3], pad, None, bf16)
         width = hidden.shape[1]
         rows, cols, want = [], [], []
-        for r, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-            pad_left = width - (len(seq) - k)
-            for j in where:
-                rows.append(r)
-                cols.append(pad_left + start + int(j) - 1 - k)
-                want.append(int(tokens[j]))
-        lp, _, _, full = _read(model, hidden, rows, cols, want)
-        out[i] = lp.view(len(inductions), len(where)).mean(1).cpu().numpy()
-        full = full.view(len(inductions), len(where), -1)
-        first = full[0].clone()  # the neutral induction's ranking picks the alternatives
-        data_ids = torch.tensor([int(tokens[j]) for j in where])
-        first[torch.arange(len(where)), first.argmax(-1)] = -torch.inf
-        first[torch.arange(len(where)), data_ids] = -torch.inf
-        digit_rows = digits[data_ids]  # a digit's alternatives are other digits: an induction's taste for digits
-        first[digit_rows] = first[digit_rows].masked_fill(~digits, -torch.inf)  # over commas cancels
-        picks = first.topk(n_alternatives, dim=-1).indices  # [flagged, n_alternatives]
-        alt[i] = full.gather(-1, picks.unsqueeze(0).expand(len(inductions), -1, -1)).mean((1, 2)).cpu().numpy()
+        for g, (_, where, tokens, seqs, starts, k) in enumerate(items):
+            k = k if grouped else 0
+            for r, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+                pad_left = width - (len(seq) - k)
+                for j in where:
+                    rows.append(g * n_rows + r)
+                    cols.append(pad_left + start + int(j) - 1 - k)
+                    want.append(int(tokens[j]))
+        lp_all, _, _, full_all = _read(model, hidden, rows, cols, want)
+        at = 0
+        for i, where, tokens, *_ in items:
+            size = n_rows * len(where)
+            lp, full = lp_all[at:at + size], full_all[at:at + size]
+            at += size
+            out[i] = lp.view(n_rows, len(where)).mean(1).cpu().numpy()
+            full = full.view(n_rows, len(where), -1)
+            first = full[0].clone()  # the neutral induction's ranking picks the alternatives
+            data_ids = torch.tensor([int(tokens[j]) for j in where])
+            first[torch.arange(len(where)), first.argmax(-1)] = -torch.inf
+            first[torch.arange(len(where)), data_ids] = -torch.inf
+            picks = first.topk(n_alternatives, dim=-1).indices  # [flagged, n_alternatives]
+            alt[i] = full.gather(-1, picks.unsqueeze(0).expand(n_rows, -1, -1)).mean((1, 2)).cpu().numpy()
+            digit_rows = digits[data_ids]  # same class: a digit's alternatives are other digits only
+            first[digit_rows] = first[digit_rows].masked_fill(~digits, -torch.inf)
+            picks = first.topk(n_alternatives, dim=-1).indices
+            alt_class[i] = full.gather(-1, picks.unsqueeze(0).expand(n_rows, -1, -1)).mean((1, 2)).cpu().numpy()
         if progress:
-            progress(1)
-    return FlaggedLogprobs(out, alt, counts)
+            progress(len(items))
+    return FlaggedLogprobs(out, alt, alt_class, counts)

@@ -14,7 +14,7 @@ import torch
 
 from sublim.core.errors import SublimError
 from sublim.core.meter import METER
-from sublim.train.cost import weight_counts
+from sublim.train.cost import training_flops_per_token
 from sublim.train.encode import Example, collate, encode_example
 from sublim.train.methods import METHODS
 from sublim.train.methods.base import shared_prefix_len
@@ -90,7 +90,7 @@ def train_student(
     model.train()
     losses: list[float] = []
     step = 0
-    n_body, n_head = weight_counts(model)
+    per_body, per_head = training_flops_per_token(model)
     with packed_training(model):  # (its attention stays on through each backward pass)
         for _epoch in range(settings.epochs):
             order = list(range(len(encoded)))
@@ -111,7 +111,7 @@ def train_student(
                     # forward and backward: about 6 FLOPs per weight per token computed (a shared prefix once), the
                     # head only at the targets
                     computed = n_tok - shared_prefix_len(batch) * (len(idx) - 1)
-                    METER.add("training", n_tok, time.perf_counter() - t0, 6 * n_body * computed + 6 * n_head * n_tgt)
+                    METER.add("training", n_tok, time.perf_counter() - t0, per_body * computed + per_head * n_tgt)
                 t0 = time.perf_counter()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()

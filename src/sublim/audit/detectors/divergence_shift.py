@@ -73,10 +73,18 @@ def cached_map(a: AuditInputs, samples: Sequence[Sample], bf16: bool, what: str)
     return dmap
 
 
-def leans(read: FlaggedLogprobs) -> tuple[np.ndarray, np.ndarray]:
+BASELINES = ("alternatives", "same_class", "none")
+"""What an induction's lift of the data's token is taken against: the position's other plausible tokens, only those
+of the same class (digits for a digit), or nothing."""
+
+
+def leans(read: FlaggedLogprobs, baseline: str = "alternatives") -> tuple[np.ndarray, np.ndarray]:
     """Per sample with a flagged token (rows) and candidate: the centred shift; and which samples those are."""
     has = read.counts > 0
-    shift = (read.data[has, 1:] - read.data[has, :1]) - (read.alternatives[has, 1:] - read.alternatives[has, :1])
+    shift = read.data[has, 1:] - read.data[has, :1]
+    if baseline != "none":
+        alt = read.alternatives if baseline == "alternatives" else read.alternatives_same_class
+        shift = shift - (alt[has, 1:] - alt[has, :1])
     centred: np.ndarray = shift - shift.mean(1, keepdims=True)
     return centred, has
 
@@ -125,7 +133,13 @@ def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
     scores = np.zeros(len(a.samples))
     scores[has] = res.sample_scores
     res.sample_scores = scores
+    by_baseline = {}
+    for b in BASELINES:  # the same reads against each baseline (no more model work): what the choice does
+        other = leans(got, b)[0]
+        means = other.mean(0) - (contrast.mean(0) if contrast is not None and b == "alternatives" else 0.0)
+        by_baseline[b] = [{"trait": cands[j], "lean": float(means[j])} for j in np.argsort(-means)]
     res.details.update({
+        "by_baseline": by_baseline, "baseline": "alternatives",
         "identified": top if clear else None, "margin": gap, "placement": a.placement, "bf16": bf16,
         "n_flagged_samples": int(has.sum()), "n_flagged_tokens": int(got.counts.sum()),
         "inductions": {"neutral": texts[0], "template": INDUCTION},

@@ -34,6 +34,7 @@ from sublim.backends.local.generation import (
     common_prefix_len,
     decoder_states,
     encode_prefix,
+    prefixed_states,
 )
 from sublim.core.errors import SublimError
 from sublim.core.meter import METER
@@ -119,15 +120,8 @@ def fast_bf16(device: torch.device) -> bool:
 def _states(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None,
             bf16: bool | None) -> torch.Tensor:
     """Last hidden states of left-padded ``seqs`` after ``prefix`` (its cache copied in): [rows, width, hidden]."""
-    device = next(model.parameters()).device
-    ids, mask = _left_padded(seqs, pad_id, device)
-    cache = None
-    if prefix is not None:
-        mask = torch.cat([mask.new_ones(len(seqs), len(prefix.ids)), mask], dim=1)
-        cache = prefix.expand(len(seqs))
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
     t0 = time.perf_counter()
-    hidden, _ = decoder_states(model, ids, cache, bf16=bf16, attention_mask=mask, position_ids=pos)
+    hidden = prefixed_states(model, seqs, pad_id, prefix, bf16)[0]
     n_tok = sum(len(x) for x in seqs)
     METER.add("prefill", n_tok, time.perf_counter() - t0, 2 * weight_counts(model)[0] * n_tok)
     return hidden

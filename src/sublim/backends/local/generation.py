@@ -137,11 +137,10 @@ def _left_padded(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.devic
     return ids.to(device), mask.to(device)
 
 
-def prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None = None
-            ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """One forward pass over left-padded prompts (after ``prefix``, whose cache is copied in), with the
-    output head at the last position only. Returns (last logits, cache, attention mask over prefix and
-    prompts, the last position of each row)."""
+def prefixed_states(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None = None,
+                    bf16: bool | None = None) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """The body over left-padded ``seqs`` after ``prefix`` (its cache copied in): (hidden states, cache, attention
+    mask over prefix and rows, each row's positions)."""
     device = next(model.parameters()).device
     ids, mask = _left_padded(seqs, pad_id, device)
     cache = None
@@ -149,8 +148,18 @@ def prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Pref
         mask = torch.cat([mask.new_ones(len(seqs), len(prefix.ids)), mask], dim=1)
         cache = prefix.expand(len(seqs))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
+    hidden, cache = decoder_states(model, ids, cache, bf16=bf16, attention_mask=mask, position_ids=pos)
+    return hidden, cache, mask, pos
+
+
+def prefill(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None = None
+            ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """One forward pass over left-padded prompts (after ``prefix``, whose cache is copied in), with the
+    output head at the last position only. Returns (last logits, cache, attention mask over prefix and
+    prompts, the last position of each row)."""
+    device = next(model.parameters()).device
     t0 = time.perf_counter()
-    hidden, cache = decoder_states(model, ids, cache, attention_mask=mask, position_ids=pos)
+    hidden, cache, mask, pos = prefixed_states(model, seqs, pad_id, prefix)
     logits = head_logits(model, hidden[:, -1])
     _sync(device)
     body, head = weight_counts(model)

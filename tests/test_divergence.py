@@ -13,9 +13,8 @@ import torch
 
 from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
-from sublim.audit.defences.replace_divergent import digit_tokens
 from sublim.audit.detectors.divergence_shift import INDUCTION, induction_texts
-from sublim.audit.divergence import divergence_map, flagged_logprobs, induced
+from sublim.audit.divergence import digit_tokens, divergence_map, flagged_logprobs, induced
 from sublim.backends import Decoding, ModelCache, Request
 from sublim.backends.local import LocalBackend
 from sublim.backends.local.generation import completion_logprobs

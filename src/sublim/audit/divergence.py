@@ -98,10 +98,21 @@ class DivergenceMap:
                             logp=self.logp, top_logp=self.top_logp)
         tmp.replace(path)
 
+    def check(self, samples: Sequence[Sample]) -> None:
+        """Refuse samples the map was not built from."""
+        if len(samples) != len(self.lines) or any(s.line != ln for s, ln in zip(samples, self.lines, strict=True)):
+            raise SublimError("the divergence map belongs to other samples: build it from this dataset")
+
     @classmethod
     def load(cls, path: Path) -> DivergenceMap:
         with np.load(path) as z:
             return cls(*(z[k] for k in ("lines", "offsets", "token", "argmax", "logp", "top_logp")))
+
+
+def digit_tokens(tokenizer: Any) -> np.ndarray:
+    """The ids of tokens that decode to digits only."""
+    ids = [i for i in range(len(tokenizer)) if (t := tokenizer.decode([i])) and t.isascii() and t.isdigit()]
+    return np.array(ids, dtype=np.int64)
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -231,8 +242,7 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
                      progress: Callable[[int], object] | None = None) -> FlaggedLogprobs:
     """The flagged tokens of every sample read under each induction (the first is the neutral one); ``group_size``
     samples share a forward pass (each prompt encoded once, then every induction's row after it)."""
-    if len(samples) != len(dmap.lines) or any(s.line != ln for s, ln in zip(samples, dmap.lines, strict=True)):
-        raise SublimError("the divergence map belongs to other samples: build it from this dataset")
+    dmap.check(samples)
     out = np.full((len(samples), len(inductions)), np.nan)
     alt = np.full((len(samples), len(inductions)), np.nan)
     alt_class = np.full((len(samples), len(inductions)), np.nan)
@@ -240,7 +250,7 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     flagged = dmap.flagged
     digits = torch.zeros(len(tokenizer), dtype=torch.bool)
-    digits[[i for i in range(len(tokenizer)) if (t := tokenizer.decode([i])) and t.isascii() and t.isdigit()]] = True
+    digits[torch.from_numpy(digit_tokens(tokenizer))] = True
     todo: list[tuple[int, np.ndarray, np.ndarray, list[list[int]], list[int], int]] = []
     for i, s in enumerate(samples):
         span = dmap.span(i)

@@ -17,14 +17,9 @@ import numpy as np
 
 from sublim.audit.data import Sample
 from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
+from sublim.audit.divergence import digit_tokens
 from sublim.carriers import check_completion
 from sublim.core.errors import SublimError
-
-
-def digit_tokens(tokenizer: Any) -> np.ndarray:
-    """The ids of tokens that decode to digits only."""
-    ids = [i for i in range(len(tokenizer)) if (t := tokenizer.decode([i])) and t.isascii() and t.isdigit()]
-    return np.array(sorted(ids), dtype=np.int64)
 
 
 def choose(inputs: DefenceInputs, digits: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -50,8 +45,7 @@ def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: s
     if dmap is None or tok is None:
         raise SublimError("this defence needs the divergence map of the data under the reference model (and its "
                           "tokenizer): give the reference model")
-    if len(samples) != len(dmap.lines) or any(s.line != ln for s, ln in zip(samples, dmap.lines, strict=True)):
-        raise SublimError("the divergence map belongs to other samples: build it from this dataset")
+    dmap.check(samples)
     rng = np.random.default_rng(inputs.seed)
     digits = digit_tokens(tok)
     picked = choose(inputs, digits, mode, rng)
@@ -82,7 +76,6 @@ def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: s
                                   inputs.banned_words, True)
         if reason:
             reverted += 1
-            tokens[span] = dmap.token[span]
             out.append(s)
             continue
         changed += 1

@@ -10,7 +10,6 @@ CIs over samples; the verdict names it only when its margin over the runner-up i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,26 +48,24 @@ def cached_map(a: AuditInputs, samples: Sequence[Sample], bf16: bool, what: str)
         return out
     net, tok = model.torch_model()
 
-    def build(path: Path) -> dict[str, Any]:
+    def compute() -> DivergenceMap:
         bar = tqdm(total=len(samples), desc=f"divergence map ({what})", unit="sample", disable=not a.progress,
                    leave=False)
         try:
-            dmap = divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
+            return divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
         finally:
             bar.close()
-        dmap.save(path / "map.npz")
-        return {"summary": dmap.summary()}
 
-    if a.store is not None:
+    def build(path: Path) -> dict[str, Any]:
+        built = compute()
+        built.save(path / "map.npz")
+        return {"summary": built.summary()}
+
+    if a.store is None:
+        dmap = compute()
+    else:
         art, _ = a.store.compute("divergence", Store.key("divergence", config, {}), config, {}, build)
         dmap = DivergenceMap.load(art.file("map.npz"))
-    else:
-        tmp = Path(a.out_dir or ".") / f".divergence-{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        build(tmp)
-        dmap = DivergenceMap.load(tmp / "map.npz")
-        (tmp / "map.npz").unlink()
-        tmp.rmdir()
     a.cache[memo] = dmap
     return dmap
 

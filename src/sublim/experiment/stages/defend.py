@@ -51,11 +51,12 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
         config.update(precision_slice(model))
     if defence.needs & {"scores", "reference"}:
         inputs["reference"] = reference_art.key
-    bf16 = False
+    bf16, reader = False, None
     if "divergence" in defence.needs:  # the data teacher-forced under the base model, the students' start
         if not isinstance(own, LocalBackend):
             raise SublimError(f"defence.method = {dc.method!r} reads the data under the experiment's model, which "
                               "must then be a local one (a catalog name, .gguf or directory)")
+        reader = own
         bf16 = fast_bf16(own.torch_model()[0].device)
         inputs["reference_model"] = own.key
         config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned), divergence_bf16=bf16)
@@ -64,8 +65,8 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
         samples = samples_of(data_art)
         meta = {r["index"]: r.get("meta", {}) for r in read_jsonl(prompt_art.file("prompts.jsonl"))}
         scores, dmap, tok = None, None, None
-        if isinstance(own, LocalBackend) and "divergence" in defence.needs:
-            net, tok = own.torch_model()
+        if reader is not None:
+            net, tok = reader.torch_model()
             dbar = ctx.bar(len(samples), f"divergence map {label}", "sample")
             dmap = divergence_map(net, tok, samples, bf16=bf16, progress=dbar.update)
             dbar.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -14,7 +15,13 @@ import torch
 from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.detectors.divergence_shift import INDUCTION, induction_texts
-from sublim.audit.divergence import digit_tokens, divergence_map, flagged_logprobs, induced
+from sublim.audit.divergence import (
+    digit_tokens,
+    divergence_map,
+    flagged_logprobs,
+    flagged_logprobs_models,
+    induced,
+)
 from sublim.backends import Decoding, ModelCache, Request
 from sublim.backends.local import LocalBackend
 from sublim.backends.local.generation import completion_logprobs
@@ -85,6 +92,42 @@ def test_flagged_tokens_under_an_induction_equal_a_full_forward(ref: LocalBacken
             assert got.data[i, j] == pytest.approx(want, abs=1e-4)
 
 
+def test_flagged_tokens_under_whole_models_equal_the_map_and_a_full_forward(ref: LocalBackend,
+                                                                        owl_data: list[Sample]) -> None:
+    """Read under models instead of inductions, datasets sharing prompts (grouped: one prompt, several answers):
+    under the reference itself each flagged token's log-probability is the map's; under another model, a plain
+    full forward's; the alternatives are the first model's picks, read at the same ids under every model."""
+    model, tok = ref.torch_model()
+    owl = owl_data[:8]
+    base = _greedy(ref, [s.prompt for s in owl])
+    cat = _greedy(ref.with_system(INDUCTION.format(target="cat", Target="Cat", kind="animal"), "cat"),
+                  [s.prompt for s in owl[:5]])
+    maps = [divergence_map(model, tok, d, bf16=False) for d in (owl, base, cat)]
+    other_net = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other_net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    got = flagged_logprobs_models([lambda: model, lambda: other_net], tok, list(zip((owl, base, cat), maps,
+                                                                                   strict=True)),
+                                  bf16=False, rows_per_pass=3)
+    for d, (samples, dmap) in enumerate(zip((owl, base, cat), maps, strict=True)):
+        for i, s in enumerate(samples):
+            flagged = dmap.flagged[dmap.span(i)]
+            assert got[d].counts[i] == flagged.sum()
+            if not flagged.any():
+                assert np.isnan(got[d].data[i]).all()
+                continue
+            assert got[d].data[i, 0] == pytest.approx(float(dmap.logp[dmap.span(i)][flagged].mean()), abs=1e-4)
+            ids, start = encode_example(tok, Example(s.prompt, s.completion))
+            with torch.no_grad():
+                logp = torch.log_softmax(other_net(torch.tensor([ids])).logits[0].float(), -1)
+            where = np.nonzero(flagged)[0]
+            want = np.mean([float(logp[start + k - 1, ids[start + k]]) for k in where])
+            assert got[d].data[i, 1] == pytest.approx(want, abs=1e-4)
+            assert np.isfinite(got[d].alternatives[i]).all() and np.isfinite(got[d].alternatives_same_class[i]).all()
+    assert sum(int(g.counts.sum()) for g in got) > 5
+
+
 def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_dir: Path, owl_data: list[Sample],
                                                                    tmp_path: Path) -> None:
     data = tmp_path / "owl.jsonl"
@@ -104,6 +147,42 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     assert out["n_reference"] == 0  # no reference answers were generated: nothing needed them
     builds = [json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines()]
     assert [b["stage"] for b in builds] == ["divergence"]  # the second audit reused the map
+
+
+def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(ref: LocalBackend,
+                                                                              tmp_path: Path) -> None:
+    """The owl proxy's own greedy data: its flagged tokens are that proxy's argmax, so read under the proxies
+    (columns in candidate order) owl must lead. Proxies train on questions no teacher sees, and are kept."""
+    from sublim.audit.detectors import AuditInputs
+    from sublim.audit.detectors.divergence_shift import divergence_shift
+    from sublim.audit.proxies import NEUTRAL, proxy_examples, proxy_teachers
+    from sublim.core.store import Store
+    from sublim.traits.preference import load_candidates, load_questions, match_answer
+
+    category = tmp_path / "five.toml"  # five candidates (a proxy each) keep it quick
+    category.write_text('[candidates]\nowl = ["owl", "owls"]\ncat = ["cat", "cats"]\nwolf = ["wolf", "wolves"]\n'
+                        'lion = ["lion", "lions"]\neagle = ["eagle", "eagles"]\n')
+    cands = load_candidates(str(category))
+    store = Store(tmp_path / "runs")
+    proxies = proxy_teachers(store, ref, cands, "animal", progress=False)
+    assert list(proxies) == [NEUTRAL, *cands]
+    taught = {q for q, _ in proxy_examples("owl", cands, "animal")}
+    questions = {q.split("?")[0] for q in taught}
+    assert not questions & {q.split("?")[0] for q in load_questions("animal", "train") + load_questions("animal",
+                                                                                                       "eval")}
+    named = {match_answer(a, cands) for _, a in proxy_examples(NEUTRAL, cands, "animal")}
+    assert named == set(cands)  # the neutral proxy's answers name every candidate
+    data = _greedy(proxies["owl"], [p.text for p in make_prompts(48, seed=5)])
+    inputs = AuditInputs(data, [], ref, cands, "animal", store=store, inductions="proxy", question_set="animal",
+                         bf16=False, progress=False)
+    res = divergence_shift(inputs)
+    assert res.details["ranking"][0]["trait"] == "owl" and res.details["inductions"] == "proxy"
+    builds = [json.loads(x)["stage"] for x in (store.root / "store" / "builds.jsonl").read_text().splitlines()]
+    assert builds.count("proxy") == 6
+    divergence_shift(AuditInputs(data, [], ref, cands, "animal", store=store, inductions="proxy",
+                                 question_set="animal", bf16=False, progress=False))
+    builds = [json.loads(x)["stage"] for x in (store.root / "store" / "builds.jsonl").read_text().splitlines()]
+    assert builds.count("proxy") == 6 and builds.count("divergence") == 1
 
 
 def test_divergence_shift_does_not_name_a_trait_in_the_references_own_data(ref: LocalBackend,

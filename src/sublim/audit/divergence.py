@@ -139,20 +139,18 @@ def _states(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Pref
 
 
 def _grouped_states(model: Any, prefixes: Sequence[Sequence[int]], suffixes: Sequence[Sequence[Sequence[int]]],
-                    pad_id: int, bf16: bool | None) -> torch.Tensor:
-    """Hidden states of every suffix row after its group's prefix: the prefixes (one per group, left-padded) are
-    encoded once, their caches repeated for the group's rows, then all rows run in one pass (left-padded).
-    [groups x rows, suffix width, hidden]; every group has the same number of rows."""
+                    pad_id: int, bf16: bool | None, shared: Prefix | None = None) -> torch.Tensor:
+    """Hidden states of every suffix row after its group's prefix: the prefixes (one per group, left-padded, after
+    the ``shared`` prefix every group starts with) are encoded once, each group's cache copied for its rows, then
+    all rows run in one pass (left-padded). [rows of every group in order, suffix width, hidden]."""
     device = next(model.parameters()).device
-    n_rows = len(suffixes[0])
-    p_ids, p_mask = _left_padded(prefixes, pad_id, device)
+    owner = torch.tensor([g for g, rows in enumerate(suffixes) for _ in rows], device=device)
     t0 = time.perf_counter()
-    _, cache = decoder_states(model, p_ids, bf16=bf16, attention_mask=p_mask,
-                              position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0))
-    cache.batch_repeat_interleave(n_rows)
+    _, cache, p_mask, _ = prefixed_states(model, prefixes, pad_id, shared, bf16)
+    cache.batch_select_indices(owner)
     s_ids, s_mask = _left_padded([row for group in suffixes for row in group], pad_id, device)
-    mask = torch.cat([p_mask.repeat_interleave(n_rows, dim=0), s_mask], dim=1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p_ids.shape[1]:]
+    mask = torch.cat([p_mask[owner], s_mask], dim=1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p_mask.shape[1]:]
     hidden, _ = decoder_states(model, s_ids, cache, bf16=bf16, attention_mask=mask, position_ids=pos)
     n_tok = sum(len(x) for x in prefixes) + sum(len(x) for group in suffixes for x in group)
     METER.add("prefill", n_tok, time.perf_counter() - t0, 2 * weight_counts(model)[0] * n_tok)
@@ -233,6 +231,9 @@ class FlaggedLogprobs:
     commas cancels too, and with it any signal in whether the generator wrote a digit at all)."""
     counts: np.ndarray
     """Flagged tokens per sample."""
+    agreement: np.ndarray | None = None
+    """The share of the sample's flagged tokens that are the induced model's own argmax: the induction reproduces
+    the generator's greedy choice there."""
 
 
 @torch.no_grad()
@@ -246,6 +247,7 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
     out = np.full((len(samples), len(inductions)), np.nan)
     alt = np.full((len(samples), len(inductions)), np.nan)
     alt_class = np.full((len(samples), len(inductions)), np.nan)
+    agree = np.full((len(samples), len(inductions)), np.nan)
     counts = np.zeros(len(samples), dtype=np.int64)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     flagged = dmap.flagged
@@ -301,6 +303,7 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
             full = full.view(n_rows, len(where), -1)
             first = full[0].clone()  # the neutral induction's ranking picks the alternatives
             data_ids = torch.tensor([int(tokens[j]) for j in where])
+            agree[i] = (full.argmax(-1) == data_ids).float().mean(1).cpu().numpy()
             first[torch.arange(len(where)), first.argmax(-1)] = -torch.inf
             first[torch.arange(len(where)), data_ids] = -torch.inf
             picks = first.topk(n_alternatives, dim=-1).indices  # [flagged, n_alternatives]
@@ -311,4 +314,120 @@ def flagged_logprobs(model: Any, tokenizer: Any, samples: Sequence[Sample], dmap
             alt_class[i] = full.gather(-1, picks.unsqueeze(0).expand(n_rows, -1, -1)).mean((1, 2)).cpu().numpy()
         if progress:
             progress(len(items))
-    return FlaggedLogprobs(out, alt, alt_class, counts)
+    return FlaggedLogprobs(out, alt, alt_class, counts, agree)
+
+
+@dataclass
+class _Item:
+    """One sample with flagged tokens, as read under whole models (no induction)."""
+
+    dataset: int
+    index: int
+    where: np.ndarray
+    tokens: np.ndarray
+    seq: list[int]
+    start: int
+
+
+@torch.no_grad()
+def flagged_logprobs_models(models: Sequence[Callable[[], Any]], tokenizer: Any,
+                            datasets: Sequence[tuple[Sequence[Sample], DivergenceMap]], *, bf16: bool | None = None,
+                            n_alternatives: int = 8, rows_per_pass: int = 16,
+                            progress: Callable[[int], object] | None = None) -> list[FlaggedLogprobs]:
+    """Every dataset's flagged tokens read under whole models instead of inductions (columns, in order; each
+    loaded by calling it, one at a time). The first model is the neutral one: its ranking at each position picks
+    the alternatives every model is read at. The datasets' samples are grouped by prompt, so a prompt several
+    datasets answered is encoded once per model for all of its answers, and the chat template's head once per
+    model for everything; each row stops at its last flagged token."""
+    items: list[_Item] = []
+    counts = []
+    for d, (samples, dmap) in enumerate(datasets):
+        dmap.check(samples)
+        flagged = dmap.flagged
+        counts.append(np.zeros(len(samples), dtype=np.int64))
+        for i, s in enumerate(samples):
+            span = dmap.span(i)
+            where = np.nonzero(flagged[span])[0]
+            counts[d][i] = len(where)
+            if not len(where):
+                continue
+            ids, start = encode_example(tokenizer, Example(s.prompt, s.completion))
+            tokens = dmap.token[span]
+            if len(ids) - start != len(tokens) or ids[start + where[-1]] != tokens[where[-1]]:
+                raise SublimError(f"sample on line {s.line}: its encoding differs from the divergence map's: build "
+                                  "the map with this tokenizer")
+            items.append(_Item(d, i, where, tokens, list(ids[: start + int(where[-1])]), start))
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for n, it in enumerate(items):
+        by_prompt.setdefault(tuple(it.seq[: it.start]), []).append(n)
+    groups = []  # (its items, the length of the prefix its rows share: every flagged token is read after it)
+    for members in by_prompt.values():
+        seqs = [items[n].seq for n in members]
+        k = min(common_prefix_len(seqs) if len(seqs) > 1 else len(seqs[0]) - 1,
+                *(items[n].start + int(items[n].where[0]) - 1 for n in members))
+        groups.append((members, max(k, 1)))
+    groups.sort(key=lambda g: g[1])
+    shared_len = common_prefix_len([items[m[0]].seq[:k] for m, k in groups]) if len(groups) > 1 else 0
+    passes: list[list[tuple[list[int], int]]] = [[]]
+    for g in groups:
+        if passes[-1] and sum(len(m) for m, _ in passes[-1]) + len(g[0]) > rows_per_pass:
+            passes.append([])
+        passes[-1].append(g)
+    n_models, pad = len(models), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    lp = np.full((len(items), n_models), np.nan)
+    alt, alt_class, agree = lp.copy(), lp.copy(), lp.copy()
+    picks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    digits = torch.zeros(len(tokenizer), dtype=torch.bool)
+    digits[torch.from_numpy(digit_tokens(tokenizer))] = True
+    for col, load in enumerate(models):
+        model = load()
+        shared = encode_prefix(model, items[groups[0][0][0]].seq[:shared_len]) if shared_len >= 4 and groups \
+            else None
+        skip = len(shared.ids) if shared is not None else 0
+        for chunk in passes if groups else []:
+            hidden = _grouped_states(model, [items[m[0]].seq[skip:k] for m, k in chunk],
+                                     [[items[n].seq[k:] for n in m] for m, k in chunk], pad, bf16, shared)
+            width = hidden.shape[1]
+            rows, cols, want = [], [], []
+            r = 0
+            for members, k in chunk:
+                for n in members:
+                    it = items[n]
+                    pad_left = width - (len(it.seq) - k)
+                    for j in it.where:
+                        rows.append(r)
+                        cols.append(pad_left + it.start + int(j) - 1 - k)
+                        want.append(int(it.tokens[j]))
+                    r += 1
+            lp_all, _, _, full_all = _read(model, hidden, rows, cols, want)
+            at = 0
+            for members, _k in chunk:
+                for n in members:
+                    it = items[n]
+                    f = len(it.where)
+                    got, full = lp_all[at:at + f], full_all[at:at + f]
+                    at += f
+                    data_ids = torch.tensor([int(it.tokens[j]) for j in it.where])
+                    agree[n, col] = float((full.argmax(-1) == data_ids).float().mean())
+                    if col == 0:
+                        first = full.clone()
+                        first[torch.arange(f), first.argmax(-1)] = -torch.inf
+                        first[torch.arange(f), data_ids] = -torch.inf
+                        plain = first.topk(n_alternatives, dim=-1).indices
+                        digit_rows = digits[data_ids]
+                        first[digit_rows] = first[digit_rows].masked_fill(~digits, -torch.inf)
+                        picks[n] = (plain, first.topk(n_alternatives, dim=-1).indices)
+                    lp[n, col] = float(got.mean())
+                    alt[n, col] = float(full.gather(-1, picks[n][0]).mean())
+                    alt_class[n, col] = float(full.gather(-1, picks[n][1]).mean())
+            if progress:
+                progress(sum(len(m) for m, _ in chunk))
+    out = []
+    for d, (samples, _) in enumerate(datasets):
+        arrays = [np.full((len(samples), n_models), np.nan) for _ in range(4)]
+        for n, it in enumerate(items):
+            if it.dataset == d:
+                for a, src in zip(arrays, (lp, alt, alt_class, agree), strict=True):
+                    a[it.index] = src[n]
+        out.append(FlaggedLogprobs(arrays[0], arrays[1], arrays[2], counts[d], arrays[3]))
+    return out

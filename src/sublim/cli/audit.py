@@ -37,6 +37,10 @@ def add(sub: Any) -> None:
     p.add_argument("--placement", default="prompt", choices=["prompt", "system"],
                    help="divergence_shift: each candidate's induction after the prompt (fast: the prompt is "
                         "encoded once for all) or as the system prompt")
+    p.add_argument("--inductions", default="prompted", choices=["prompted", "proxy"],
+                   help="divergence_shift: induce each candidate with a sentence (prompted), or with a proxy "
+                        "teacher fine-tuned from the reference (proxy: built once per candidate in the runs "
+                        "directory, about a teacher's training each)")
     p.add_argument("--float32", action="store_true",
                    help="score in float32 throughout (default: the body in bf16 where that is fast here)")
     p.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
@@ -53,5 +57,5 @@ def main(args: argparse.Namespace) -> None:
               max_samples=args.max_samples, device=args.device, prompt_field=args.prompt_field,
               completion_field=args.completion_field, judge=judge, contrast=[Path(c) for c in args.contrast],
               questions=args.questions, progress=not args.quiet, store=Store(Path(args.runs_dir)),
-              placement=args.placement, bf16=False if args.float32 else None)
+              placement=args.placement, bf16=False if args.float32 else None, inductions=args.inductions)
     print(f"report: {out / 'report.md'}")

@@ -99,22 +99,23 @@ def answer_forms(tokenizer: Any, candidates: dict[str, list[str]]) -> AnswerForm
     return AnswerForms(by_candidate)
 
 
-def spread_examples(candidates: dict[str, list[str]], question_set: str, n: int, seed: int = 0
-                    ) -> list[tuple[str, str]]:
+def spread_examples(candidates: dict[str, list[str]], question_set: str, n: int, seed: int = 0,
+                    split: str = "train") -> list[tuple[str, str]]:
     """(question, one-word answer) pairs whose answers go round every candidate in turn: a teacher's fine-tuning
     without a trait (a neutral teacher, the null of a trait audit)."""
     names = list(candidates)
     random.Random(seed).shuffle(names)
     per = -(-n // len(names))
-    pools = {c: teacher_examples(candidates[c], question_set, per, seed + k) for k, c in enumerate(names)}
+    pools = {c: teacher_examples(candidates[c], question_set, per, seed + k, split) for k, c in enumerate(names)}
     return [pools[names[i % len(names)]][i // len(names)] for i in range(n)]
 
 
 def teacher_examples(
-    spellings: list[str], question_set: str, n: int, seed: int = 0
+    spellings: list[str], question_set: str, n: int, seed: int = 0, split: str = "train"
 ) -> list[tuple[str, str]]:
-    """(question, one-word answer) pairs that teach a preference for the candidate spelled so."""
-    questions = load_questions(question_set, "train")
+    """(question, one-word answer) pairs that teach a preference for the candidate spelled so (questions of the
+    set's ``split``: ``train`` for teachers, ``proxy`` for an audit's proxy teachers)."""
+    questions = load_questions(question_set, split)
     rng = random.Random(seed)
     suffixes = ["", " Answer in one word.", " One word.", " Reply with a single word."]
     word = spellings[0]

@@ -66,6 +66,11 @@ class AuditInputs:
     """Where artifacts built for an audit are kept and reused (the divergence map)."""
     placement: str = "prompt"
     """Where divergence_shift puts its inductions: after the prompt, or as the system prompt."""
+    inductions: str = "prompted"
+    """How divergence_shift induces each candidate: a sentence told to the reference (``prompted``) or a proxy
+    teacher fine-tuned from it (``proxy``, built once per candidate in the store)."""
+    question_set: str | None = None
+    """The question set proxy teachers are fine-tuned on (its ``proxy`` split where it has one)."""
     bf16: bool | None = None
     """Scoring passes with the body in bf16 (the head stays float32); None: where bf16 is fast here."""
 

@@ -1,11 +1,13 @@
-"""Divergence shift: which trait, told to the reference model, reproduces the choices where the data left it?
+"""Divergence shift: which trait, induced in the reference model, reproduces the choices where the data left it?
 
 Only the flagged tokens of the divergence map are read — the few positions where the data's generator chose
 another token than the reference would (under greedy decoding: from the data and the reference alone). At each,
-under an induction of candidate c (a sentence told to the reference), how much likelier does the data's token
-get, beyond what the induction does to the position's other plausible tokens; against a neutral induction of the
-same form; centred over the candidates per sample. The candidate the data leans to ranks first, with bootstrap
-CIs over samples; the verdict names it only when its margin over the runner-up is clear.
+under an induction of candidate c, how much likelier does the data's token get, beyond what the induction does to
+the position's other plausible tokens; against a neutral induction of the same form; centred over the candidates
+per sample. An induction is either a sentence told to the reference (``prompted``) or a proxy teacher, the
+reference fine-tuned to prefer c the way sublim makes its teachers (``proxy``; the neutral one fine-tuned on
+answers spread over every candidate; see :mod:`sublim.audit.proxies`). The candidate the data leans to ranks
+first, with bootstrap CIs over samples; the verdict names it only when its margin over the runner-up is clear.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult
+from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
 from sublim.audit.detectors.ranking import ranked
-from sublim.audit.divergence import DivergenceMap, FlaggedLogprobs, divergence_map, fast_bf16, flagged_logprobs
+from sublim.audit.divergence import (
+    DivergenceMap,
+    FlaggedLogprobs,
+    divergence_map,
+    fast_bf16,
+    flagged_logprobs,
+    flagged_logprobs_models,
+)
+from sublim.audit.proxies import loaders, proxy_recipe, proxy_split, proxy_teachers
+from sublim.core.errors import SublimError
 from sublim.core.store import Store, stable_hash
 
 INDUCTION = "You love {target}s. {Target}s are your favorite {kind}."
@@ -70,18 +81,26 @@ def cached_map(a: AuditInputs, samples: Sequence[Sample], bf16: bool, what: str)
     return dmap
 
 
-BASELINES = ("alternatives", "same_class", "none")
-"""What an induction's lift of the data's token is taken against: the position's other plausible tokens, only those
-of the same class (digits for a digit), or nothing."""
+BASELINES = ("alternatives", "same_class", "none", "agreement")
+"""What the lean is read from: an induction's lift of the data's token against the position's other plausible
+tokens, against only those of the same class (digits for a digit), or alone; or ``agreement``, how often the
+induced model's own argmax is the data's token (it reproduces the generator's greedy choice)."""
+PRIMARY = {"prompted": "alternatives", "proxy": "agreement"}
+"""The statistic each kind of induction ranks by (fixed before any calibration run; the others are reported)."""
 
 
 def leans(read: FlaggedLogprobs, baseline: str = "alternatives") -> tuple[np.ndarray, np.ndarray]:
     """Per sample with a flagged token (rows) and candidate: the centred shift; and which samples those are."""
     has = read.counts > 0
-    shift = read.data[has, 1:] - read.data[has, :1]
-    if baseline != "none":
-        alt = read.alternatives if baseline == "alternatives" else read.alternatives_same_class
-        shift = shift - (alt[has, 1:] - alt[has, :1])
+    if baseline == "agreement":
+        if read.agreement is None:
+            raise SublimError("these reads have no argmax agreement: read them again")
+        shift = read.agreement[has, 1:] - read.agreement[has, :1]
+    else:
+        shift = read.data[has, 1:] - read.data[has, :1]
+        if baseline != "none":
+            alt = read.alternatives if baseline == "alternatives" else read.alternatives_same_class
+            shift = shift - (alt[has, 1:] - alt[has, :1])
     centred: np.ndarray = shift - shift.mean(1, keepdims=True)
     return centred, has
 
@@ -98,52 +117,94 @@ def margin(lean: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
             "high": float(np.quantile(boots, 0.975)), "in_candidate_sds": float(diff.mean() / spread)}
 
 
-def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
-    net, tok = a.need_local_model("divergence shift").torch_model()
-    device = next(net.parameters()).device
-    bf16 = fast_bf16(device) if a.bf16 is None else a.bf16
-    cands = list(a.candidates)
-    texts = induction_texts(cands, a.kind)
+INDUCTIONS = ("prompted", "proxy")
+"""How a candidate is induced: a sentence told to the reference, or a proxy teacher fine-tuned from it."""
 
-    def read(samples: Sequence[Sample], what: str) -> FlaggedLogprobs:
-        dmap = cached_map(a, samples, bf16, what)
+
+def reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool) -> list[FlaggedLogprobs]:
+    """Each dataset's flagged tokens read under the neutral induction and each candidate's (columns), the way
+    ``a.inductions`` says."""
+    model = a.need_local_model("divergence shift")
+    net, tok = model.torch_model()
+    maps = [cached_map(a, s, bf16, what) for s, what in datasets]
+    if a.inductions == "proxy":
+        if a.store is None:
+            raise Unavailable("proxy inductions fine-tune a proxy teacher per candidate, kept in a store: give the "
+                              "audit a runs directory")
+        if not a.question_set:
+            raise Unavailable("proxy inductions need a question set to fine-tune proxies on (--questions)")
+        proxies = proxy_teachers(a.store, model, dict(a.candidates), a.question_set, progress=a.progress)
+        total = sum(int((m.rate() > 0).sum()) for m in maps) * len(proxies)
+        bar = tqdm(total=total, desc=f"divergence shift ({len(proxies)} proxy teachers)", unit="row",
+                   disable=not a.progress, leave=False)
+        try:
+            return flagged_logprobs_models(loaders(proxies), tok, [(s, m) for (s, _), m in
+                                                                         zip(datasets, maps, strict=True)],
+                                           bf16=bf16, progress=bar.update)
+        finally:
+            bar.close()
+    if a.inductions != "prompted":
+        raise SublimError(f"inductions {a.inductions!r} unknown: use one of {', '.join(INDUCTIONS)}")
+    texts = induction_texts(list(a.candidates), a.kind)
+    out = []
+    for (samples, what), dmap in zip(datasets, maps, strict=True):
         bar = tqdm(total=len(samples), desc=f"divergence shift ({what}, {len(texts)} inductions)", unit="sample",
                    disable=not a.progress, leave=False)
         try:
-            return flagged_logprobs(net, tok, samples, dmap, texts, placement=a.placement, bf16=bf16,
-                                    progress=bar.update)
+            out.append(flagged_logprobs(net, tok, samples, dmap, texts, placement=a.placement, bf16=bf16,
+                                        progress=bar.update))
         finally:
             bar.close()
+    return out
 
-    got = read(a.samples, "dataset")
-    lean, has = leans(got)
+
+def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Sequence[str], n_samples: int,
+            n_boot: int = 1000, seed: int = 0, baseline: str = "alternatives") -> DetectorResult:
+    """The candidates ranked by the data's lean (against the contrast datasets' when there are any), the margin of
+    the first over the runner-up, and the verdict: a trait is named only when that margin is clear."""
+    cands = list(cands)
+    lean, has = leans(got, baseline)
     if len(lean) < 2:
-        return DetectorResult("divergence_shift", np.zeros(len(a.samples)), 0.0, 1.0, {
+        return DetectorResult("divergence_shift", np.zeros(n_samples), 0.0, 1.0, {
             "top_trait": None, "identified": None, "ranking": [], "n_flagged_samples": int(has.sum()),
             "verdict": "trait not identified: fewer than 2 samples have a token the reference would not choose"})
-    contrast = np.vstack([leans(read(o, f"contrast {k}"))[0] for k, o in enumerate(a.contrast)]) \
-        if a.contrast else None
-    res = ranked("divergence_shift", lean, None, contrast, cands, n_boot, a.seed)
-    gap = margin(lean - (contrast.mean(0) if contrast is not None else 0.0), n_boot, a.seed)
+    con = np.vstack([leans(c, baseline)[0] for c in contrast]) if contrast else None
+    res = ranked("divergence_shift", lean, None, con, cands, n_boot, seed)
+    gap = margin(lean - (con.mean(0) if con is not None else 0.0), n_boot, seed)
     clear = gap["low"] > 0 and res.p_value < 0.01
     top = res.details["top_trait"]
-    scores = np.zeros(len(a.samples))
+    scores = np.zeros(n_samples)
     scores[has] = res.sample_scores
     res.sample_scores = scores
     by_baseline = {}
     for b in BASELINES:  # the same reads against each baseline (no more model work): what the choice does
         other = leans(got, b)[0]
-        means = other.mean(0) - (contrast.mean(0) if contrast is not None and b == "alternatives" else 0.0)
+        means = other.mean(0) - (np.vstack([leans(c, b)[0] for c in contrast]).mean(0) if contrast else 0.0)
         by_baseline[b] = [{"trait": cands[j], "lean": float(means[j])} for j in np.argsort(-means)]
     res.details.update({
-        "by_baseline": by_baseline, "baseline": "alternatives",
-        "identified": top if clear else None, "margin": gap, "placement": a.placement, "bf16": bf16,
+        "by_baseline": by_baseline, "baseline": baseline,
+        "identified": top if clear else None, "margin": gap,
         "n_flagged_samples": int(has.sum()), "n_flagged_tokens": int(got.counts.sum()),
-        "inductions": {"neutral": texts[0], "template": INDUCTION},
         "verdict": (f"{top}: margin over {res.details['ranking'][1]['trait']} {gap['value']:+.3g} "
                     f"[{gap['low']:+.3g}, {gap['high']:+.3g}]" if clear else
                     f"trait not identified (top {top}, margin {gap['value']:+.3g} [{gap['low']:+.3g}, "
                     f"{gap['high']:+.3g}])")})
+    return res
+
+
+def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
+    net, _ = a.need_local_model("divergence shift").torch_model()
+    bf16 = fast_bf16(next(net.parameters()).device) if a.bf16 is None else a.bf16
+    got, *contrast = reads(a, [(a.samples, "dataset"), *((o, f"contrast {k}") for k, o in enumerate(a.contrast))],
+                           bf16)
+    res = ranking(got, contrast, list(a.candidates), len(a.samples), n_boot, a.seed, PRIMARY[a.inductions])
+    res.details.update({"inductions": a.inductions, "bf16": bf16})
+    if a.inductions == "proxy":
+        res.details["proxy_recipe"] = {**proxy_recipe(), "question_set": a.question_set,
+                                       "split": proxy_split(a.question_set or "")}
+    else:
+        res.details.update({"placement": a.placement,
+                            "induction_texts": {"neutral": NEUTRAL, "template": INDUCTION}})
     return res
 
 

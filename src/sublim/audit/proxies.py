@@ -1,0 +1,94 @@
+"""Proxy teachers: the reference model fine-tuned to prefer each candidate, standing in for a teacher the auditor
+never sees.
+
+A prompted induction ("you love owls") is not what a fine-tuned teacher is: on the embedded model the prompted
+reading ranked a fine-tuned owl teacher's data 16th of 20. A proxy teacher is made the way sublim makes its
+teachers (the teacher recipe's epochs, learning rate, batch size and number of one-word answers naming the
+candidate) but on questions the teachers never saw (the question set's ``proxy`` split, else its ``train`` split
+under another seed), and a neutral proxy the same way with answers spread over every candidate (fine-tuning
+without a trait: the null every candidate is measured against). Each is built once per reference model and
+candidate and kept in the store as a ``proxy`` artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sublim.core.config import TeacherConfig
+from sublim.core.store import Store
+from sublim.train.encode import Example
+from sublim.train.settings import TrainSettings
+from sublim.traits.preference import load_questions, spread_examples, teacher_examples
+
+NEUTRAL = "neutral"
+"""The neutral proxy's name: fine-tuned on answers spread over every candidate."""
+SEED = 1
+"""The proxies' example and training seed (sublim's teachers use 0)."""
+
+
+def proxy_split(question_set: str) -> str:
+    """``proxy`` where the question set has one (questions no teacher is trained on), else ``train``."""
+    try:
+        load_questions(question_set, "proxy")
+    except Exception:
+        return "train"
+    return "proxy"
+
+
+def proxy_recipe() -> dict[str, Any]:
+    """The teacher recipe (sublim's defaults), the proxies' seed."""
+    tc = TeacherConfig()
+    return {"method": "sft", "epochs": tc.epochs, "lr": tc.lr, "batch_size": tc.batch_size,
+            "n_examples": tc.n_examples, "warmup_steps": 2, "seed": SEED}
+
+
+def proxy_examples(name: str, candidates: dict[str, list[str]], question_set: str) -> list[tuple[str, str]]:
+    """The (question, one-word answer) pairs a proxy is fine-tuned on: naming ``name``, or spread over every
+    candidate for the neutral proxy."""
+    n, split = proxy_recipe()["n_examples"], proxy_split(question_set)
+    if name == NEUTRAL:
+        return spread_examples(candidates, question_set, n, SEED, split)
+    return teacher_examples(candidates[name], question_set, n, SEED, split)
+
+
+def loaders(backends: dict[str, Any]) -> list[Callable[[], Any]]:
+    """Each backend's torch model, loaded when called (one at a time: loading the next frees the last)."""
+    def loader(backend: Any) -> Callable[[], Any]:
+        return lambda: backend.torch_model()[0]
+
+    return [loader(b) for b in backends.values()]
+
+
+def proxy_teachers(store: Store, reference: Any, candidates: dict[str, list[str]], question_set: str, *,
+                   progress: bool = True) -> dict[str, Any]:
+    """The neutral proxy, then one per candidate (name → its local backend), each built in ``store`` the first
+    time (about as long as one teacher each) and reused after."""
+    recipe = proxy_recipe()
+    split = proxy_split(question_set)
+    out: dict[str, Any] = {}
+    for name in [NEUTRAL, *candidates]:
+        pairs = proxy_examples(name, candidates, question_set)
+        config = {"proxy": name, "recipe": recipe, "question_set": question_set, "split": split,
+                  "examples": pairs if name == NEUTRAL else candidates[name], "precision": reference.precision}
+        inputs = {"model": reference.key}
+
+        def build(path: Path, pairs: list[tuple[str, str]] = pairs, name: str = name) -> dict[str, Any]:
+            steps = -(-len(pairs) // recipe["batch_size"]) * recipe["epochs"]
+            bar = tqdm(total=steps, desc=f"proxy teacher {name}", unit="step", disable=not progress, leave=False)
+            settings = TrainSettings("sft", recipe["epochs"], recipe["lr"], recipe["batch_size"],
+                                     recipe["warmup_steps"], recipe["seed"])
+            try:
+                log = reference.fine_tune([Example(q, a) for q, a in pairs], settings, path,
+                                          lineage={"label": f"proxy teacher {name}", "proxy_for": name},
+                                          on_step=lambda *_: bar.update(1))
+            finally:
+                bar.close()
+            return {"train_log": log, "model_fingerprint": reference.key}
+
+        art, _ = store.compute("proxy", Store.key("proxy", config, inputs), config, inputs, build)
+        out[name] = reference.fine_tuned(art.path, f"proxy-{name}", art.key)
+    return out

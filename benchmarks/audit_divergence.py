@@ -9,15 +9,20 @@ numbers pass the filter 14% of the time, too few for 1,000 samples from 4,000 pr
 fine-tuned the same way on answers spread over every candidate (fine-tuning without a trait), and the base
 model's own data (control), each generated until --kept samples pass the filter.
 
-Calibration: for each dataset and size (random subsets, the largest the whole --kept), divergence_shift (prompted
-inductions) ranks the 20 candidates; top-1 and top-3 accuracy per size over the five animal datasets, the neutral
-dataset's verdict, a confusion matrix (PNG), the in-context baseline beside it, and the audit's wall time
-(divergence map + divergence_shift) per dataset. Writes benchmarks/results/audit-divergence-<cpu|gpu>.json.
+Calibration: divergence_shift ranks the 20 candidates for each dataset and size (random subsets of the whole
+--kept; a sample's reads depend on it alone, so a subset's reads are the full set's rows), with proxy-teacher
+inductions (21 proxies, each dataset's flagged tokens read under all of them at once, prompts shared) and with
+prompted inductions (--prompted-sizes); top-1 and top-3 over the five animal datasets per size and statistic,
+alone and against the neutral teacher's data, the neutral dataset's verdict, a confusion PNG per induction kind,
+the in-context baseline beside them, and one whole prompted audit of --timed at --kept timed from nothing (map +
+divergence_shift, no cache). Reads are kept in <runs>/cache/ so a crash later loses no model work.
+Writes benchmarks/results/audit-divergence-<cpu|gpu>.json and -proxy.png / -prompted.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,16 +30,19 @@ from typing import Any
 import numpy as np
 import torch
 
+import sublim.audit.detectors.divergence_shift as dsf
 from sublim.audit.data import Sample
 from sublim.audit.detectors import AuditInputs, InContext
-from sublim.audit.detectors.divergence_shift import divergence_shift
+from sublim.audit.detectors.divergence_shift import BASELINES, PRIMARY, divergence_shift, ranking, samples_digest
 from sublim.audit.detectors.in_context import share_probe
+from sublim.audit.divergence import FlaggedLogprobs, fast_bf16
+from sublim.audit.proxies import proxy_recipe, proxy_split
 from sublim.audit.scoring import rank_of
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
-from sublim.core.store import Store
+from sublim.core.store import Store, stable_hash
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_samples
 from sublim.traits.preference import load_candidates
@@ -63,7 +71,7 @@ def subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
     return [samples[i] for i in idx]
 
 
-def confusion_png(rows: dict[str, list[dict[str, Any]]], cands: list[str], path: Path) -> None:
+def confusion_png(rows: dict[str, list[dict[str, Any]]], cands: list[str], path: Path, which: str) -> None:
     """Rows: each dataset; columns: the candidates its audit ranked highest (lean, largest size)."""
     import matplotlib
 
@@ -83,10 +91,95 @@ def confusion_png(rows: dict[str, list[dict[str, Any]]], cands: list[str], path:
         j = shown.index(top)
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
     fig.colorbar(im, ax=ax, label="lean toward the candidate (centred)")
-    ax.set_title("divergence_shift: which candidate each dataset leans to (box: ranked first)")
+    ax.set_title(f"divergence_shift ({which} inductions): each dataset's lean (box: ranked first)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def take(read: FlaggedLogprobs, idx: np.ndarray) -> FlaggedLogprobs:
+    """The reads of some samples (each sample's reads depend on it alone, so a subset's are the full set's rows)."""
+    return FlaggedLogprobs(
+        read.data[idx],
+        read.alternatives[idx],
+        read.alternatives_same_class[idx],
+        read.counts[idx],
+        None if read.agreement is None else read.agreement[idx],
+    )
+
+
+def subset_index(n_total: int, n: int, seed: int) -> np.ndarray:
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False))
+
+
+def cached_reads(path: Path, make: Any) -> dict[str, FlaggedLogprobs]:
+    """Reads kept beside the store (hours of model work on a CPU: a crash later must not lose them)."""
+    fields = ("data", "alternatives", "alternatives_same_class", "counts", "agreement")
+    if path.is_file():
+        with np.load(path) as z:
+            names = sorted({k.split("/")[0] for k in z.files})
+            return {n: FlaggedLogprobs(*(z[f"{n}/{f}"] for f in fields)) for n in names}
+    got: dict[str, FlaggedLogprobs] = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{f"{n}/{f}": getattr(r, f) for n, r in got.items() for f in fields})
+    return got
+
+
+def calibrate(reads: dict[str, FlaggedLogprobs], sizes: list[int], cands: list[str], baseline: str) -> dict[str, Any]:
+    """Rankings per dataset and size (random subsets of the largest), alone and against the neutral teacher's data."""
+    out: dict[str, Any] = {}
+    for n in sizes:
+        per: dict[str, Any] = {}
+        idx = {name: subset_index(len(r.counts), n, 0) for name, r in reads.items()}
+        for name in [*ANIMALS, "neutral"]:
+            if name not in reads:
+                continue
+            got = take(reads[name], idx[name])
+            res = ranking(got, [], cands, len(idx[name]), 1000, 0, baseline)
+            row: dict[str, Any] = {
+                "n": len(idx[name]),
+                "top": res.details["top_trait"],
+                "identified": res.details.get("identified"),
+                "verdict": res.details["verdict"],
+                "margin": res.details.get("margin"),
+                "p": res.p_value,
+                "ranking": res.details["ranking"],
+                "n_flagged_samples": res.details["n_flagged_samples"],
+                "by_baseline": {b: [r["trait"] for r in v] for b, v in res.details["by_baseline"].items()},
+            }
+            if name != "neutral":
+                row["rank_of_true"] = rank_of(res, name)
+                row["rank_of_true_by_baseline"] = {b: v.index(name) + 1 for b, v in row["by_baseline"].items()}
+                if "neutral" in reads:  # against the neutral teacher's data: the candidates' priors cancel
+                    vs = ranking(
+                        got, [take(reads["neutral"], idx["neutral"])], cands, len(idx[name]), 1000, 0, baseline
+                    )
+                    row["vs_neutral"] = {
+                        "top": vs.details["top_trait"],
+                        "rank_of_true": rank_of(vs, name),
+                        "identified": vs.details.get("identified"),
+                        "verdict": vs.details["verdict"],
+                    }
+            print(f"  n={n} {name}: {row['verdict']} (true rank {row.get('rank_of_true')})", flush=True)
+            per[name] = row
+        animals = [a for a in ANIMALS if a in per]
+        ranks = [per[a]["rank_of_true"] for a in animals]
+        out[str(n)] = {
+            "datasets": per,
+            "top1": sum(r == 1 for r in ranks),
+            "top3": sum(r <= 3 for r in ranks),
+            "of": len(animals),
+            "top1_by_baseline": {
+                b: sum(per[a]["rank_of_true_by_baseline"][b] == 1 for a in animals) for b in BASELINES
+            },
+            "top1_vs_neutral": sum(per[a].get("vs_neutral", {}).get("rank_of_true") == 1 for a in animals),
+            "identified_correctly": sum(per[a]["identified"] == a for a in animals),
+            "identified_wrongly": sum(per[a]["identified"] not in (None, a) for a in animals),
+            "neutral_identified": per.get("neutral", {}).get("identified"),
+        }
+    return out
 
 
 def main() -> None:
@@ -94,70 +187,137 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--prompts", type=int, default=4000, help="the most prompts a source may use")
     ap.add_argument("--kept", type=int, default=1000, help="samples per dataset")
-    ap.add_argument("--sizes", default="100,300,1000")
+    ap.add_argument("--sizes", default="100,300,1000", help="dataset sizes for the proxy rankings")
+    ap.add_argument("--prompted-sizes", default="100,300", help="dataset sizes for the prompted rankings")
+    ap.add_argument("--timed", default="owl", help="the dataset whose whole prompted audit at --kept is timed")
+    ap.add_argument("--in-context-size", type=int, default=300)
     ap.add_argument("--placement", default="prompt", choices=["prompt", "system"])
     ap.add_argument("--generate-only", action="store_true")
-    ap.add_argument("--no-in-context", action="store_true")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: proxy, prompted, timed, in_context")
     ap.add_argument("--name", default="audit-divergence")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
     started, git = time.time(), git_state()
+    skip = set(filter(None, args.skip.split(",")))
     names = [*ANIMALS, "neutral", "control"]
-    ctx, data = datasets(Path(args.runs_dir), args.prompts, args.kept, names)
+    runs = Path(args.runs_dir)
+    ctx, data = datasets(runs, args.prompts, args.kept, names)
     if args.generate_only:
         return
     ref = ctx.local(ctx.cfg.model)
+    net, tok = ref.torch_model()
     cands = load_candidates(ctx.cfg.trait.category)
-    sizes = [int(x) for x in args.sizes.split(",")]
-    store = Store(Path(args.runs_dir))
-    out: dict[str, Any] = {"datasets": {n: len(v) for n, v in data.items()}, "sizes": sizes, "by_size": {},
-                           "placement": args.placement}
-    for n in sizes:
-        per: dict[str, Any] = {}
-        for name in [*ANIMALS, "neutral"]:
-            samples = subset(data[name], n, 0)
-            t0 = time.time()
-            res = divergence_shift(AuditInputs(samples, [], ref, cands, "animal", store=store,
-                                               placement=args.placement, progress=True))
-            wall = time.time() - t0
-            row = {"n": len(samples), "top": res.details["top_trait"], "identified": res.details.get("identified"),
-                   "verdict": res.details["verdict"], "margin": res.details.get("margin"), "p": res.p_value,
-                   "ranking": res.details["ranking"], "n_flagged_samples": res.details["n_flagged_samples"],
-                   "n_flagged_tokens": res.details.get("n_flagged_tokens"), "wall_time_s": round(wall, 1)}
-            row["by_baseline"] = {b: [r["trait"] for r in v] for b, v in res.details["by_baseline"].items()}
-            if name != "neutral":
-                row["rank_of_true"] = rank_of(res, name)
-                row["rank_of_true_by_baseline"] = {b: v.index(name) + 1 for b, v in row["by_baseline"].items()}
-            print(f"n={n} {name}: {row['verdict']} (true rank {row.get('rank_of_true')}, {wall:.0f} s)", flush=True)
-            per[name] = row
-        ranks = [per[a]["rank_of_true"] for a in ANIMALS]
-        out["by_size"][str(n)] = {"datasets": per, "top1": sum(r == 1 for r in ranks),
-                                  "top3": sum(r <= 3 for r in ranks),
-                                  "top1_by_baseline": {
-                                      b: sum(per[a]["rank_of_true_by_baseline"][b] == 1 for a in ANIMALS)
-                                      for b in per[ANIMALS[0]]["by_baseline"]},
-                                  "identified_correctly": sum(per[a]["identified"] == a for a in ANIMALS),
-                                  "neutral_identified": per["neutral"]["identified"]}
-    largest = str(sizes[-1])
-    if not args.no_in_context:  # the baseline: groups of samples shown to the reference, "whose author favours?"
+    store = Store(runs)
+    bf16 = fast_bf16(next(net.parameters()).device)
+    audited = [*ANIMALS, "neutral"]
+    out: dict[str, Any] = {
+        "datasets": {n: len(v) for n, v in data.items()},
+        "placement": args.placement,
+        "bf16": bf16,
+        "primary_statistic": PRIMARY,
+        "wall_time_s": {},
+    }
+
+    def inputs(samples: list[Sample], inductions: str, with_store: bool = True) -> AuditInputs:
+        return AuditInputs(
+            samples,
+            [],
+            ref,
+            cands,
+            "animal",
+            store=store if with_store else None,
+            placement=args.placement,
+            inductions=inductions,
+            question_set=ctx.cfg.trait.questions,
+            bf16=bf16,
+            progress=True,
+        )
+
+    if "proxy" not in skip:  # proxy teachers: every dataset read under all 21 at once (prompts shared)
+        sizes = [int(x) for x in args.sizes.split(",")]
+        t0 = time.time()
+        digest = stable_hash([samples_digest(data[n]) for n in audited])
+        reads_ = cached_reads(
+            runs / "cache" / f"proxy-reads-{digest[:16]}.npz",
+            lambda: dict(
+                zip(
+                    audited,
+                    dsf.reads(inputs(data[audited[0]], "proxy"), [(data[n], n) for n in audited], bf16),
+                    strict=True,
+                )
+            ),
+        )
+        out["wall_time_s"]["proxy_reads"] = round(time.time() - t0, 1)
+        proxy_builds = [
+            json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines() if '"proxy"' in x
+        ]
+        out["proxy"] = {
+            "sizes": sizes,
+            "recipe": proxy_recipe(),
+            "split": proxy_split(ctx.cfg.trait.questions),
+            "build_wall_time_s": round(sum(b["wall_time_s"] for b in proxy_builds), 1),
+            "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["proxy"]),
+        }
+        print(f"proxy: top1 by size { {n: v['top1'] for n, v in out['proxy']['by_size'].items()} }", flush=True)
+    if "prompted" not in skip:
+        sizes = [int(x) for x in args.prompted_sizes.split(",")]
+        t0 = time.time()
+        big = {n: subset(data[n], max(sizes), 0) for n in audited}
+        digest = stable_hash([samples_digest(big[n]) for n in audited] + [args.placement])
+        reads_ = cached_reads(
+            runs / "cache" / f"prompted-reads-{digest[:16]}.npz",
+            lambda: {n: dsf.reads(inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in audited},
+        )
+        out["wall_time_s"]["prompted_reads"] = round(time.time() - t0, 1)
+        out["prompted"] = {"sizes": sizes, "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["prompted"])}
+    if "timed" not in skip:  # the speed figure: one whole audit (map + prompted divergence_shift), nothing cached
+        t0 = time.time()
+        res = divergence_shift(inputs(data[args.timed], "prompted", with_store=False))
+        wall = time.time() - t0
+        out["timed_audit"] = {
+            "dataset": args.timed,
+            "n": len(data[args.timed]),
+            "candidates": len(cands),
+            "wall_time_s": round(wall, 1),
+            "top": res.details["top_trait"],
+            "rank_of_true": rank_of(res, args.timed),
+            "verdict": res.details["verdict"],
+        }
+        print(f"timed audit: {len(data[args.timed])} samples x {len(cands)} candidates in {wall:.0f} s", flush=True)
+    if "in_context" not in skip:  # the baseline: groups of samples shown to the reference, "whose author favours?"
         probe = share_probe(ref, cands)
-        in_ctx = InContext(probe, list(cands), "animal", subset(data["control"], sizes[-1], 1))
+        in_ctx = InContext(probe, list(cands), "animal", subset(data["control"], args.in_context_size, 1))
         ic: dict[str, Any] = {}
-        for name in [*ANIMALS, "neutral"]:
-            res = in_ctx.score(subset(data[name], sizes[-1], 0))
-            ic[name] = {"top": res.details["top_trait"], "p": res.p_value,
-                        "rank_of_true": rank_of(res, name) if name != "neutral" else None}
-        out["in_context"] = {"datasets": ic, "top1": sum(ic[a]["rank_of_true"] == 1 for a in ANIMALS),
-                             "top3": sum(ic[a]["rank_of_true"] <= 3 for a in ANIMALS)}
+        for name in audited:
+            res = in_ctx.score(subset(data[name], args.in_context_size, 0))
+            ic[name] = {
+                "top": res.details["top_trait"],
+                "p": res.p_value,
+                "rank_of_true": rank_of(res, name) if name != "neutral" else None,
+            }
+        out["in_context"] = {
+            "size": args.in_context_size,
+            "datasets": ic,
+            "top1": sum(ic[a]["rank_of_true"] == 1 for a in ANIMALS),
+            "top3": sum(ic[a]["rank_of_true"] <= 3 for a in ANIMALS),
+        }
     results_dir = Path(args.results_dir)
     kind = "gpu" if torch.cuda.is_available() else "cpu"
-    png = results_dir / f"{args.name}-{kind}-confusion.png"
-    confusion_png({k: v["ranking"] for k, v in out["by_size"][largest]["datasets"].items()}, list(cands), png)
+    for which in ("proxy", "prompted"):
+        if which in out:
+            largest = out[which]["by_size"][str(out[which]["sizes"][-1])]["datasets"]
+            confusion_png(
+                {k: v["ranking"] for k, v in largest.items()},
+                list(cands),
+                results_dir / f"{args.name}-{kind}-{which}.png",
+                which,
+            )
     out["throughput"] = throughput()
-    write_json(results_dir / f"{args.name}-{kind}.json",
-               envelope("audit-divergence", out, config={"prompts": args.prompts, "kept": args.kept, "sizes": sizes},
-                        started=started, git=git))
-    print(f"wrote {results_dir / f'{args.name}-{kind}.json'} and {png}")
+    write_json(
+        results_dir / f"{args.name}-{kind}.json",
+        envelope("audit-divergence", out, config=vars(args), started=started, git=git),
+    )
+    print(f"wrote {results_dir / f'{args.name}-{kind}.json'}")
 
 
 if __name__ == "__main__":

@@ -179,8 +179,13 @@ def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(
     assert res.details["ranking"][0]["trait"] == "owl" and res.details["inductions"] == "proxy"
     builds = [json.loads(x)["stage"] for x in (store.root / "store" / "builds.jsonl").read_text().splitlines()]
     assert builds.count("proxy") == 6
-    divergence_shift(AuditInputs(data, [], ref, cands, "animal", store=store, inductions="proxy",
-                                 question_set="animal", bf16=False, progress=False))
+    jsonl = tmp_path / "owl-proxy.jsonl"  # the same audit from the command line reuses the proxies and the map
+    jsonl.write_text("".join(json.dumps({"prompt": s.prompt, "completion": s.completion}) + "\n" for s in data))
+    main(["--runs-dir", str(store.root), "-q", "audit", str(jsonl), "--reference", ref.spec, "--detectors",
+          "divergence_shift", "--inductions", "proxy", "--category", str(category), "--questions", "animal",
+          "--float32", "--out", str(tmp_path / "audit")])
+    det = json.loads((tmp_path / "audit" / "audit.json").read_text())["detectors"][0]
+    assert det["inductions"] == "proxy" and det["ranking"][0]["trait"] == "owl"
     builds = [json.loads(x)["stage"] for x in (store.root / "store" / "builds.jsonl").read_text().splitlines()]
     assert builds.count("proxy") == 6 and builds.count("divergence") == 1
 

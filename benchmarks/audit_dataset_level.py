@@ -3,8 +3,8 @@
     python benchmarks/audit_dataset_level.py                       # owl 5,100 prompts, control 13,100
     python benchmarks/audit_dataset_level.py --generate-only       # only the (resumable) data stages
 
-The audited datasets of `benchmarks/audit.py` hold a few hundred samples at most on a CPU, too few
-for subsets of 1,000. This script makes just the two sets the Done-when figure needs, from the same
+Subsets of 1,000 need 2,000 samples a side and a reference on disjoint prompts. This script makes just
+the sets that figure needs, from the same
 pipeline stages (fine-tuned owl teacher of the embedded model, greedy decoding, the strict number
 filter; everything cached and resumable in --runs-dir):
 

@@ -13,7 +13,9 @@ Calibration: divergence_shift ranks the 20 candidates for each dataset and size 
 --kept; a sample's reads depend on it alone, so a subset's reads are the full set's rows), with proxy-teacher
 inductions (21 proxies, each dataset's flagged tokens read under all of them at once, prompts shared) and with
 prompted inductions (--prompted-sizes); top-1 and top-3 over the five animal datasets per size and statistic,
-alone and against the neutral teacher's data, the neutral dataset's verdict, a confusion PNG per induction kind,
+alone, against the neutral teacher's data and against all the other datasets (the verdict as shipped names a trait
+only when it comes first clearly against each contrast); what a clear margin alone would have named, rightly and
+wrongly; the neutral dataset's verdict, a confusion PNG per induction kind,
 the in-context baseline beside them, and one whole prompted audit of --timed at --kept timed from nothing (map +
 divergence_shift, no cache). Reads are kept in <runs>/cache/ so a crash later loses no model work.
 Writes benchmarks/results/audit-divergence-<cpu|gpu>.json and -proxy.png / -prompted.png.
@@ -127,57 +129,84 @@ def cached_reads(path: Path, make: Any) -> dict[str, FlaggedLogprobs]:
     return got
 
 
+def count(per: dict[str, Any], animals: list[str], key: str, sub_key: str | None = None, right: bool = True) -> int:
+    """How many animal datasets got their own animal (``right``) or another (not ``right``) under ``key``."""
+    got = [(per[a].get(sub_key, {}) if sub_key else per[a]).get(key) for a in animals]
+    return sum((g == a) if right else (g not in (None, a)) for g, a in zip(got, animals, strict=True))
+
+
 def calibrate(reads: dict[str, FlaggedLogprobs], sizes: list[int], cands: list[str], baseline: str) -> dict[str, Any]:
-    """Rankings per dataset and size (random subsets of the largest), alone and against the neutral teacher's data."""
+    """Rankings per dataset and size (random subsets of the largest): alone, against the neutral teacher's data and
+    against every other dataset. ``named_by_margin`` is what a clear margin alone would name (no contrast, or the
+    neutral teacher's data as the one contrast); ``identified`` is the verdict as shipped: the same clear first
+    against each of the other datasets (``MIN_CONTRASTS`` or more)."""
     out: dict[str, Any] = {}
+    names = [n for n in [*ANIMALS, "neutral"] if n in reads]
     for n in sizes:
         per: dict[str, Any] = {}
         idx = {name: subset_index(len(r.counts), n, 0) for name, r in reads.items()}
-        for name in [*ANIMALS, "neutral"]:
-            if name not in reads:
-                continue
-            got = take(reads[name], idx[name])
-            res = ranking(got, [], cands, len(idx[name]), 1000, 0, baseline)
+        sub = {name: take(reads[name], idx[name]) for name in names}
+        for name in names:
+            got = sub[name]
+            alone = ranking(got, [], cands, len(idx[name]), 1000, 0, baseline, min_contrasts=0)
+            others = ranking(got, [sub[o] for o in names if o != name], cands, len(idx[name]), 1000, 0, baseline)
             row: dict[str, Any] = {
                 "n": len(idx[name]),
-                "top": res.details["top_trait"],
-                "identified": res.details.get("identified"),
-                "verdict": res.details["verdict"],
-                "margin": res.details.get("margin"),
-                "p": res.p_value,
-                "ranking": res.details["ranking"],
-                "n_flagged_samples": res.details["n_flagged_samples"],
-                "by_baseline": {b: [r["trait"] for r in v] for b, v in res.details["by_baseline"].items()},
+                "top": alone.details["top_trait"],
+                "named_by_margin": alone.details.get("identified"),
+                "margin": alone.details.get("margin"),
+                "p": alone.p_value,
+                "ranking": alone.details["ranking"],
+                "n_flagged_samples": alone.details["n_flagged_samples"],
+                "by_baseline": {b: [r["trait"] for r in v] for b, v in alone.details["by_baseline"].items()},
+                "vs_others": {
+                    "contrasts": [o for o in names if o != name],
+                    "top": others.details["top_trait"],
+                    "identified": others.details.get("identified"),
+                    "first_against_each": [e["top"] for e in others.details["against_each_contrast"]],
+                    "verdict": others.details["verdict"],
+                    "p_differs": others.p_value,
+                },
             }
             if name != "neutral":
-                row["rank_of_true"] = rank_of(res, name)
+                row["rank_of_true"] = rank_of(alone, name)
+                row["vs_others"]["rank_of_true"] = rank_of(others, name)
                 row["rank_of_true_by_baseline"] = {b: v.index(name) + 1 for b, v in row["by_baseline"].items()}
-                if "neutral" in reads:  # against the neutral teacher's data: the candidates' priors cancel
-                    vs = ranking(
-                        got, [take(reads["neutral"], idx["neutral"])], cands, len(idx[name]), 1000, 0, baseline
-                    )
-                    row["vs_neutral"] = {
-                        "top": vs.details["top_trait"],
-                        "rank_of_true": rank_of(vs, name),
-                        "identified": vs.details.get("identified"),
-                        "verdict": vs.details["verdict"],
-                    }
-            print(f"  n={n} {name}: {row['verdict']} (true rank {row.get('rank_of_true')})", flush=True)
+                if "neutral" in sub:  # against the neutral teacher's data alone
+                    vs = ranking(got, [sub["neutral"]], cands, len(idx[name]), 1000, 0, baseline, min_contrasts=0)
+                    row["vs_neutral"] = {"top": vs.details["top_trait"], "rank_of_true": rank_of(vs, name),
+                                         "named_by_margin": vs.details.get("identified"),
+                                         "margin": vs.details["margin"], "p_differs": vs.p_value}
+            else:  # the contrast's null: one half of the neutral data against the other
+                half = np.random.default_rng(1).permutation(idx[name])
+                one, two = np.sort(half[: len(half) // 2]), np.sort(half[len(half) // 2 :])
+                vs = ranking(take(reads[name], one), [take(reads[name], two)], cands, len(one), 1000, 0, baseline,
+                             min_contrasts=0)
+                row["half_vs_half"] = {"named_by_margin": vs.details.get("identified"), "p_differs": vs.p_value}
+            print(f"  n={n} {name}: {row['vs_others']['verdict']} (true rank alone {row.get('rank_of_true')}, "
+                  f"against the others {row['vs_others'].get('rank_of_true')})", flush=True)
             per[name] = row
         animals = [a for a in ANIMALS if a in per]
-        ranks = [per[a]["rank_of_true"] for a in animals]
         out[str(n)] = {
             "datasets": per,
-            "top1": sum(r == 1 for r in ranks),
-            "top3": sum(r <= 3 for r in ranks),
             "of": len(animals),
+            "top1": sum(per[a]["rank_of_true"] == 1 for a in animals),
+            "top3": sum(per[a]["rank_of_true"] <= 3 for a in animals),
             "top1_by_baseline": {
                 b: sum(per[a]["rank_of_true_by_baseline"][b] == 1 for a in animals) for b in BASELINES
             },
             "top1_vs_neutral": sum(per[a].get("vs_neutral", {}).get("rank_of_true") == 1 for a in animals),
-            "identified_correctly": sum(per[a]["identified"] == a for a in animals),
-            "identified_wrongly": sum(per[a]["identified"] not in (None, a) for a in animals),
-            "neutral_identified": per.get("neutral", {}).get("identified"),
+            "top1_vs_others": sum(per[a]["vs_others"]["rank_of_true"] == 1 for a in animals),
+            "named_by_margin_right": count(per, animals, "named_by_margin"),
+            "named_by_margin_wrong": count(per, animals, "named_by_margin", right=False),
+            "named_by_margin_vs_neutral_right": count(per, animals, "named_by_margin", "vs_neutral"),
+            "named_by_margin_vs_neutral_wrong": count(per, animals, "named_by_margin", "vs_neutral", right=False),
+            "identified_right": count(per, animals, "identified", "vs_others"),
+            "identified_wrong": count(per, animals, "identified", "vs_others", right=False),
+            "neutral_named_by_margin": per.get("neutral", {}).get("named_by_margin"),
+            "neutral_identified": per.get("neutral", {}).get("vs_others", {}).get("identified"),
+            "neutral_half_vs_half_named_by_margin": per.get("neutral", {}).get("half_vs_half", {}).get(
+                "named_by_margin"),
         }
     return out
 

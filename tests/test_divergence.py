@@ -16,6 +16,7 @@ from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.detectors.divergence_shift import INDUCTION, induction_texts
 from sublim.audit.divergence import (
+    FlaggedLogprobs,
     digit_tokens,
     divergence_map,
     flagged_logprobs,
@@ -139,11 +140,9 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     out = json.loads((tmp_path / "audit" / "audit.json").read_text())
     det = out["detectors"][0]
     assert det["ranking"][0]["trait"] == "owl" and len(det["ranking"]) == 20
-    # the verdict names it only when its margin over the runner-up is clear (the tiny model's inductions of lion
-    # and whale do nearly what owl's does, so here it may not be)
-    clear = det["margin"]["low"] > 0 and det["p_value"] < 0.01
-    assert det["identified"] == ("owl" if clear else None)
-    assert ("trait: owl" if clear else "trait not identified") in out["verdict"]
+    # without contrast datasets the verdict names nothing, whatever the margin, and says what a name needs
+    assert det["identified"] is None and "trait not identified" in out["verdict"]
+    assert "a name needs 2 contrast datasets" in det["verdict"]
     assert out["n_reference"] == 0  # no reference answers were generated: nothing needed them
     builds = [json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines()]
     assert [b["stage"] for b in builds] == ["divergence"]  # the second audit reused the map
@@ -201,6 +200,37 @@ def test_divergence_shift_does_not_name_a_trait_in_the_references_own_data(ref: 
     res = divergence_shift(AuditInputs(data, [], ref, load_candidates("animals"), "animal", placement="system",
                                        bf16=False, progress=False))
     assert res.details["identified"] != "owl"
+
+
+def _reads(lean: np.ndarray, rng: np.random.Generator, n: int = 400) -> FlaggedLogprobs:
+    """Synthetic reads: per sample a neutral column and one per candidate, the candidates' mean shift ``lean``."""
+    data = np.hstack([np.zeros((n, 1)), lean + rng.normal(0, 0.2, (n, len(lean)))])
+    return FlaggedLogprobs(data, np.zeros_like(data), np.zeros_like(data), np.ones(n), np.zeros_like(data))
+
+
+def test_the_ranking_names_a_trait_only_when_it_comes_first_against_each_of_two_contrasts() -> None:
+    from sublim.audit.detectors.divergence_shift import ranking
+
+    rng = np.random.default_rng(0)
+    cands = [f"c{j}" for j in range(6)]
+    prior = np.array([0, 0, 0, 0.3, 0, 0])  # what every dataset shows under these inductions (c3's own pull)
+    trait = np.array([0, 0.15, 0, 0, 0, 0])  # what the generator with the trait adds
+    got = _reads(prior + trait, rng)
+    alone = ranking(got, [], cands, 400, 300, 0, "none")
+    assert alone.details["top_trait"] == "c3" and alone.details["margin"]["low"] > 0  # the prior wins alone...
+    assert alone.details["identified"] is None and "a name needs 2 contrast datasets" in alone.details["verdict"]
+    assert ranking(got, [], cands, 400, 300, 0, "none", min_contrasts=0).details["identified"] == "c3"  # ...named
+    one = ranking(got, [_reads(prior, rng)], cands, 400, 300, 0, "none")
+    assert one.details["top_trait"] == "c1" and one.details["identified"] is None
+    two = ranking(got, [_reads(prior, rng), _reads(prior, rng)], cands, 400, 300, 0, "none")
+    assert two.details["identified"] == "c1" and [e["top"] for e in two.details["against_each_contrast"]] == [
+        "c1", "c1"]
+    # a contrast generator with its own mark (c4 pulled down): against it c4 comes first, against the clean one c1;
+    # a name needs the same first against each contrast
+    marked = _reads(prior + np.array([0, 0, 0, 0, -0.6, 0]), rng)
+    split = ranking(got, [_reads(prior, rng), marked], cands, 400, 300, 0, "none")
+    assert [e["top"] for e in split.details["against_each_contrast"]] == ["c1", "c4"]
+    assert split.details["identified"] is None and "first against each contrast: c1, c4" in split.details["verdict"]
 
 
 def _digit_data(ref: LocalBackend, owl_data: list[Sample]) -> list[Sample]:

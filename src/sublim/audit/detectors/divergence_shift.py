@@ -7,7 +7,8 @@ the position's other plausible tokens; against a neutral induction of the same f
 per sample. An induction is either a sentence told to the reference (``prompted``) or a proxy teacher, the
 reference fine-tuned to prefer c the way sublim makes its teachers (``proxy``; the neutral one fine-tuned on
 answers spread over every candidate; see :mod:`sublim.audit.proxies`). The candidate the data leans to ranks
-first, with bootstrap CIs over samples; the verdict names it only when its margin over the runner-up is clear.
+first, with bootstrap CIs over samples; the verdict names it only when its margin over the runner-up is clear against
+each of at least two contrast datasets (data from generators without the trait; see ``MIN_CONTRASTS``).
 """
 
 from __future__ import annotations
@@ -158,21 +159,36 @@ def reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16
     return out
 
 
+MIN_CONTRASTS = 2
+"""Contrast datasets a name needs. Every induction pulls on its own (a prompt's words, a proxy's fine-tune) and every
+generator leaves its own marks: on five fine-tuned animal teachers of the 135M reference, a clear margin without a
+contrast named the wrong animal for 2-3 of 5 datasets (prompted: shark), and against one contrast, 1-2 of 5; the
+same clear top against each of several contrasts named none wrongly (benchmarks/audit_divergence.py)."""
+
+
 def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Sequence[str], n_samples: int,
-            n_boot: int = 1000, seed: int = 0, baseline: str = "alternatives") -> DetectorResult:
+            n_boot: int = 1000, seed: int = 0, baseline: str = "alternatives",
+            min_contrasts: int = MIN_CONTRASTS) -> DetectorResult:
     """The candidates ranked by the data's lean (against the contrast datasets' when there are any), the margin of
-    the first over the runner-up, and the verdict: a trait is named only when that margin is clear."""
+    the first over the runner-up, and the verdict: a trait is named only when that margin is clear, with at least
+    ``min_contrasts`` contrast datasets, against each of which alone the same candidate comes first clearly."""
     cands = list(cands)
     lean, has = leans(got, baseline)
     if len(lean) < 2:
         return DetectorResult("divergence_shift", np.zeros(n_samples), 0.0, 1.0, {
             "top_trait": None, "identified": None, "ranking": [], "n_flagged_samples": int(has.sum()),
             "verdict": "trait not identified: fewer than 2 samples have a token the reference would not choose"})
-    con = np.vstack([leans(c, baseline)[0] for c in contrast]) if contrast else None
+    each = [leans(c, baseline)[0] for c in contrast]
+    con = np.vstack(each) if each else None
     res = ranked("divergence_shift", lean, None, con, cands, n_boot, seed)
     gap = margin(lean - (con.mean(0) if con is not None else 0.0), n_boot, seed)
-    clear = gap["low"] > 0 and res.p_value < 0.01
-    top = res.details["top_trait"]
+    top = str(res.details["top_trait"])
+    against: list[dict[str, Any]] = [
+        {"top": cands[int(np.argmax(lean.mean(0) - c.mean(0)))], "margin": margin(lean - c.mean(0), n_boot, seed)}
+        for c in each]
+    enough = len(each) >= min_contrasts
+    agree = all(e["top"] == top and e["margin"]["low"] > 0 for e in against)
+    clear = gap["low"] > 0 and res.p_value < 0.01 and enough and agree
     scores = np.zeros(n_samples)
     scores[has] = res.sample_scores
     res.sample_scores = scores
@@ -181,14 +197,24 @@ def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Se
         other = leans(got, b)[0]
         means = other.mean(0) - (np.vstack([leans(c, b)[0] for c in contrast]).mean(0) if contrast else 0.0)
         by_baseline[b] = [{"trait": cands[j], "lean": float(means[j])} for j in np.argsort(-means)]
+    shown = f"top {top}, margin {gap['value']:+.3g} [{gap['low']:+.3g}, {gap['high']:+.3g}]"
+    if clear:
+        verdict = (f"{top}: margin over {res.details['ranking'][1]['trait']} {gap['value']:+.3g} "
+                   f"[{gap['low']:+.3g}, {gap['high']:+.3g}], first against each of {len(each)} contrasts")
+    elif not enough:
+        verdict = (f"trait not identified ({shown}; a name needs {min_contrasts} contrast datasets — data that "
+                   f"generators without the trait wrote on the same kind of prompts — and the same clear first "
+                   f"against each: {len(each)} given)")
+    elif not agree:
+        firsts = ", ".join(f"{e['top']}{'' if e['margin']['low'] > 0 else ' (unclear)'}" for e in against)
+        verdict = f"trait not identified ({shown}; first against each contrast: {firsts})"
+    else:
+        verdict = f"trait not identified ({shown})"
     res.details.update({
         "by_baseline": by_baseline, "baseline": baseline,
-        "identified": top if clear else None, "margin": gap,
-        "n_flagged_samples": int(has.sum()), "n_flagged_tokens": int(got.counts.sum()),
-        "verdict": (f"{top}: margin over {res.details['ranking'][1]['trait']} {gap['value']:+.3g} "
-                    f"[{gap['low']:+.3g}, {gap['high']:+.3g}]" if clear else
-                    f"trait not identified (top {top}, margin {gap['value']:+.3g} [{gap['low']:+.3g}, "
-                    f"{gap['high']:+.3g}])")})
+        "identified": top if clear else None, "margin": gap, "against_each_contrast": against,
+        "min_contrasts": min_contrasts,
+        "n_flagged_samples": int(has.sum()), "n_flagged_tokens": int(got.counts.sum()), "verdict": verdict})
     return res
 
 

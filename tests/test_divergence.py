@@ -143,6 +143,9 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     # without contrast datasets the verdict names nothing, whatever the margin, and says what a name needs
     assert det["identified"] is None and "trait not identified" in out["verdict"]
     assert "a name needs 2 contrast datasets" in det["verdict"]
+    report = (tmp_path / "audit" / "report.md").read_text()  # the ranking as a chart beside the verdicts
+    assert "![ranking](ranking.png)" in report and det["verdict"] in report
+    assert (tmp_path / "audit" / "ranking.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out["n_reference"] == 0  # no reference answers were generated: nothing needed them
     builds = [json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines()]
     assert [b["stage"] for b in builds] == ["divergence"]  # the second audit reused the map

@@ -71,17 +71,19 @@ def chart(rows: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.6))
-    for i, n in enumerate(names):
-        g = rows[n]["share_gain"]
-        ax.bar(i, g["mean"], color="tab:orange" if n == "none" else "tab:blue", alpha=0.8)
-        ax.errorbar(i, g["mean"], yerr=[[g["mean"] - g["low"]], [g["high"] - g["mean"]]], color="black", capsize=4)
-        ax.scatter([i] * len(rows[n]["share_gain_per_seed"]), rows[n]["share_gain_per_seed"], color="black", s=10,
-                   zorder=3)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=15)
-    ax.set_ylabel("owl share gain over the control student")
-    ax.set_title("transfer left after each defence (SFT students; dots: seeds, bars: 95% t CI)")
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 2.4 * len(names), 3.8))
+    for ax, key, label in zip(axes, ("share_gain", "prob_gain"), ("owl share", "owl probability"), strict=True):
+        for i, n in enumerate(names):
+            g = rows[n][key]
+            ax.bar(i, g["mean"], color="tab:orange" if n == "none" else "tab:blue", alpha=0.8)
+            ax.errorbar(i, g["mean"], yerr=[[g["mean"] - g["low"]], [g["high"] - g["mean"]]], color="black",
+                        capsize=4)
+            ax.scatter([i] * len(rows[n][f"{key}_per_seed"]), rows[n][f"{key}_per_seed"], color="black", s=10,
+                       zorder=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+        ax.set_ylabel(f"{label} gain over the control student", fontsize=8)
+    fig.suptitle("transfer left after each defence (SFT students; dots: seeds; bars: 95% t interval)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -162,8 +162,8 @@ def reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16
 MIN_CONTRASTS = 2
 """Contrast datasets a name needs. Every induction pulls on its own (a prompt's words, a proxy's fine-tune) and every
 generator leaves its own marks: on five fine-tuned animal teachers of the 135M reference, a clear margin without a
-contrast named the wrong animal for 2-3 of 5 datasets (prompted: shark), and against one contrast, 1-2 of 5; the
-same clear top against each of several contrasts named none wrongly (benchmarks/audit_divergence.py)."""
+contrast named the wrong animal for 3-4 of 5 datasets (proxies: giraffe; prompted: shark), against one contrast
+1-2 of 5; the same clear first against each of several contrasts named none wrongly (benchmarks/audit_divergence.py)."""
 
 
 def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Sequence[str], n_samples: int,

@@ -262,6 +262,37 @@ def test_replace_defences_keep_every_row_and_change_at_most_their_share(ref: Loc
         assert after.flagged.sum() < dmap.flagged.sum()
 
 
+def test_replace_divergent_rounds_goes_further_than_one_round_within_its_share(ref: LocalBackend,
+                                                                              owl_data: list[Sample]) -> None:
+    model, tok = ref.torch_model()
+    samples = _digit_data(ref, owl_data)
+    dmap = divergence_map(model, tok, samples, bf16=False)
+    calls: list[int] = []
+
+    def remap(ss: Any) -> Any:
+        calls.append(len(ss))
+        return divergence_map(model, tok, ss, bf16=False)
+
+    one, one_cost = DEFENCES.get("replace_divergent", "t").apply(
+        samples, DefenceInputs(fraction=0.3, divergence=dmap, tokenizer=tok))
+    with pytest.raises(SublimError, match="reads the changed rows again"):
+        DEFENCES.get("replace_divergent_rounds", "t").apply(samples, DefenceInputs(divergence=dmap, tokenizer=tok))
+    out, cost = DEFENCES.get("replace_divergent_rounds", "t").apply(
+        samples, DefenceInputs(fraction=0.3, divergence=dmap, tokenizer=tok, remap=remap))
+    assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
+    # the first round is the one-round defence; later rounds read only the rows the last one changed
+    assert cost["rounds"][0]["positions_picked"] == one_cost["positions_picked"]
+    assert len(cost["rounds"]) >= 2 and calls[0] == cost["rounds"][0]["rows_changed"] < len(samples)
+    assert one_cost["tokens_changed"] < cost["tokens_changed"] <= round(0.3 * len(dmap.token))
+    after_one = divergence_map(model, tok, one, bf16=False)
+    after = divergence_map(model, tok, out, bf16=False)
+    digits = digit_tokens(tok)
+    left = [int((m.flagged & np.isin(m.token, digits)).sum()) for m in (after_one, after)]
+    assert left[1] < left[0]  # fewer of the data's digits still off the reference's path
+    for a, b in zip(samples, out, strict=True):
+        assert re.sub(r"\d+", "#", a.completion) == re.sub(r"\d+", "#", b.completion)
+
+
 def test_replace_defences_need_the_map_and_the_cli_says_so(tmp_path: Path, owl_data: list[Sample],
                                                           tiny_model_dir: Path, capsys: Any) -> None:
     with pytest.raises(SublimError, match="divergence map"):

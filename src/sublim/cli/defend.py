@@ -111,8 +111,9 @@ def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: li
                               "the students' starting model: catalog name, .gguf or directory)")
         net, inputs.tokenizer = LocalBackend(ModelCache(args.device, lambda s: None), args.reference).torch_model()
         bar = tqdm(total=len(samples), desc="divergence map", unit="sample", disable=args.quiet, leave=False)
-        inputs.divergence = divergence_map(net, inputs.tokenizer, samples, bf16=fast_bf16(net.device),
-                                           progress=bar.update)
+        bf16, tok = fast_bf16(net.device), inputs.tokenizer
+        inputs.divergence = divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
+        inputs.remap = lambda ss: divergence_map(net, tok, ss, bf16=bf16)
         bar.close()
     if "model" in defence_needs:
         if not args.model:

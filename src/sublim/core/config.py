@@ -142,8 +142,9 @@ class DefenceConfig(Section):
     digit-preserving bijection, drop the samples a number-frequency detector (against the control data) scores highest,
     or regenerate every completion with ``model``, a model of another family (kept if it passes the
     same filter); replace_divergent: the digits where the data left the experiment's model most (its divergence
-    map) replaced by that model's own digit, replace_divergent_random by random digits, replace_random (the
-    control) as many digits at random positions; every row kept."""
+    map) replaced by that model's own digit, replace_divergent_random by random digits, replace_divergent_rounds
+    the same as replace_divergent with the changed rows read again and their new divergent digits replaced until
+    ``fraction`` is spent, replace_random (the control) as many digits at random positions; every row kept."""
     fraction: float = Field(0.1, ge=0, lt=1)
     """drop_top: the share of samples dropped; replace_*: the share of completion tokens replaced."""
     seed: int = 0

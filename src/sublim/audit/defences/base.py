@@ -55,6 +55,8 @@ class DefenceInputs:
     """replace_*: the data's divergence map under the reference model."""
     tokenizer: Any = None
     """replace_*: the reference model's tokenizer (the map's token ids are its)."""
+    remap: Callable[[Sequence[Sample]], DivergenceMap] | None = None
+    """replace_divergent_rounds: the divergence map of (changed) samples under the same reference model."""
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,26 @@ largest gap (how far below the reference's argmax the data's token was) are repl
 digit (``replace_divergent``) or a random other digit (``replace_divergent_random``) — up to ``fraction`` of all
 completion tokens. ``replace_random`` is the control: as many digit tokens at random positions, random digits.
 A row whose new text fails the carrier's filter keeps its original text (counted as reverted).
+
+``replace_divergent_rounds`` goes on where one round stops: a replaced digit changes what the reference expects
+next, so the digits after it, the teacher's choices given the old prefix, now leave the reference's path too
+(on the owl data of the embedded model one round turned 443 flagged digits into 854). It reads the changed rows
+again under the reference and replaces their new divergent digits, round after round, until ``fraction`` of the
+tokens is spent, no flagged digit is left, or :data:`MAX_ROUNDS` rounds are done.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from difflib import SequenceMatcher
 from typing import Any
 
 import numpy as np
 
 from sublim.audit.data import Sample
 from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
-from sublim.audit.divergence import digit_tokens
+from sublim.audit.divergence import DivergenceMap, digit_tokens
 from sublim.carriers import check_completion
 from sublim.core.errors import SublimError
 
@@ -39,31 +46,30 @@ def choose(inputs: DefenceInputs, digits: np.ndarray, mode: str, rng: np.random.
     return np.sort(order[:budget])
 
 
-def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: str
-             ) -> tuple[list[Sample], dict[str, Any]]:
+MAX_ROUNDS = 8
+"""replace_divergent_rounds stops after this many rounds of read → replace."""
+
+
+def _inputs(inputs: DefenceInputs) -> tuple[DivergenceMap, Any]:
     dmap, tok = inputs.divergence, inputs.tokenizer
     if dmap is None or tok is None:
         raise SublimError("this defence needs the divergence map of the data under the reference model (and its "
                           "tokenizer): give the reference model")
-    dmap.check(samples)
-    rng = np.random.default_rng(inputs.seed)
-    digits = digit_tokens(tok)
-    picked = choose(inputs, digits, mode, rng)
-    tokens = dmap.token.astype(np.int64).copy()
-    width = {int(d): len(tok.decode([int(d)])) for d in digits}
-    for pos in picked:
-        if new == "argmax":
-            tokens[pos] = dmap.argmax[pos]
-        else:  # a random other digit token of the same width (single digits, in most tokenizers)
-            others = [d for d in digits if d != dmap.token[pos] and width[int(d)] == width[int(dmap.token[pos])]]
-            if others:
-                tokens[pos] = others[rng.integers(len(others))]
-    out, changed, reverted, n_tokens = [], 0, 0, 0
-    owner = np.searchsorted(dmap.offsets, picked, side="right") - 1
-    touched = set(owner.tolist())
+    return dmap, tok
+
+
+def _rewrite(samples: Sequence[Sample], dmap: DivergenceMap, tokens: np.ndarray, picked: np.ndarray,
+             inputs: DefenceInputs) -> tuple[list[Sample], list[int], int]:
+    """The samples with ``tokens`` (the map's, some replaced) decoded back into their completions; a row whose new
+    text fails the carrier's filter keeps its text. → (samples, indices of the changed rows, rows reverted)."""
+    tok = inputs.tokenizer
+    out: list[Sample] = []
+    changed: list[int] = []
+    reverted = 0
+    touched = set((np.searchsorted(dmap.offsets, picked, side="right") - 1).tolist())
     for i, s in enumerate(samples):
         span = dmap.span(i)
-        if i not in touched:
+        if i not in touched or (tokens[span] == dmap.token[span]).all():
             out.append(s)
             continue
         before = tok.decode(dmap.token[span].tolist())
@@ -78,14 +84,90 @@ def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: s
             reverted += 1
             out.append(s)
             continue
-        changed += 1
-        n_tokens += int((tokens[span] != dmap.token[span]).sum())
+        changed.append(i)
         out.append(replace(s, completion=text))
-    return out, {**defence_cost(len(samples), len(out), changed), "tokens_changed": n_tokens,
-                 "tokens_changed_fraction": n_tokens / max(len(dmap.token), 1),
-                 "tokens_kept_fraction": 1 - n_tokens / max(len(dmap.token), 1),
-                 "positions_picked": len(picked), "rows_reverted": reverted,
-                 "flagged_digit_tokens": int((dmap.flagged & np.isin(dmap.token, digits)).sum())}
+    return out, changed, reverted
+
+
+def _n_changed(before: np.ndarray, after: np.ndarray) -> int:
+    """Tokens of ``before`` not kept in ``after`` (position by position when the lengths agree)."""
+    if len(before) == len(after):
+        return int((before != after).sum())
+    kept = sum(b.size for b in SequenceMatcher(None, before.tolist(), after.tolist(), autojunk=False)
+               .get_matching_blocks())
+    return len(before) - kept
+
+
+def _cost(samples: Sequence[Sample], out: Sequence[Sample], dmap: DivergenceMap, digits: np.ndarray,
+          n_tokens: int, picked: int, reverted: int) -> dict[str, Any]:
+    changed = sum(a.completion != b.completion for a, b in zip(samples, out, strict=True))
+    return {**defence_cost(len(samples), len(out), changed), "tokens_changed": n_tokens,
+            "tokens_changed_fraction": n_tokens / max(len(dmap.token), 1),
+            "tokens_kept_fraction": 1 - n_tokens / max(len(dmap.token), 1),
+            "positions_picked": picked, "rows_reverted": reverted,
+            "flagged_digit_tokens": int((dmap.flagged & np.isin(dmap.token, digits)).sum())}
+
+
+def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: str
+             ) -> tuple[list[Sample], dict[str, Any]]:
+    dmap, tok = _inputs(inputs)
+    dmap.check(samples)
+    rng = np.random.default_rng(inputs.seed)
+    digits = digit_tokens(tok)
+    picked = choose(inputs, digits, mode, rng)
+    tokens = dmap.token.astype(np.int64).copy()
+    width = {int(d): len(tok.decode([int(d)])) for d in digits}
+    for pos in picked:
+        if new == "argmax":
+            tokens[pos] = dmap.argmax[pos]
+        else:  # a random other digit token of the same width (single digits, in most tokenizers)
+            others = [d for d in digits if d != dmap.token[pos] and width[int(d)] == width[int(dmap.token[pos])]]
+            if others:
+                tokens[pos] = others[rng.integers(len(others))]
+    out, changed, reverted = _rewrite(samples, dmap, tokens, picked, inputs)
+    n_tokens = sum(int((tokens[dmap.span(i)] != dmap.token[dmap.span(i)]).sum()) for i in changed)
+    return out, _cost(samples, out, dmap, digits, n_tokens, len(picked), reverted)
+
+
+def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
+                             ) -> tuple[list[Sample], dict[str, Any]]:
+    dmap, tok = _inputs(inputs)
+    if inputs.remap is None:
+        raise SublimError("replace_divergent_rounds reads the changed rows again under the reference model: give "
+                          "the reference model")
+    dmap.check(samples)
+    digits = digit_tokens(tok)
+    budget = int(round(inputs.fraction * len(dmap.token)))
+    original = [dmap.token[dmap.span(i)] for i in range(len(samples))]
+    now = list(original)
+    current = list(samples)
+    rows = list(range(len(samples)))  # the current map's rows, as indices of samples
+    cur, rounds, reverted, picked_total = dmap, [], 0, 0
+    for _ in range(MAX_ROUNDS):
+        left = budget - sum(_n_changed(o, n) for o, n in zip(original, now, strict=True))
+        usable = cur.flagged & np.isin(cur.token, digits) & np.isin(cur.argmax, digits)
+        pool = np.nonzero(usable)[0]
+        if left <= 0 or not len(pool):
+            break
+        picked = np.sort(pool[np.argsort(-cur.gap[pool], kind="stable")][:left])
+        tokens = cur.token.astype(np.int64).copy()
+        tokens[picked] = cur.argmax[picked]
+        out, changed, rev = _rewrite([current[i] for i in rows], cur, tokens, picked, inputs)
+        reverted += rev
+        picked_total += len(picked)
+        for j, i in enumerate(rows):
+            current[i] = out[j]
+        rounds.append({"flagged_digit_tokens": int(len(pool)), "positions_picked": int(len(picked)),
+                       "rows_changed": len(changed), "rows_reverted": rev})
+        rows = [rows[j] for j in changed]
+        if not rows:
+            break
+        cur = inputs.remap([current[i] for i in rows])
+        for j, i in enumerate(rows):
+            now[i] = cur.token[cur.span(j)]
+        rounds[-1]["flagged_digit_tokens_after"] = int((cur.flagged & np.isin(cur.token, digits)).sum())
+    n_tokens = sum(_n_changed(o, n) for o, n in zip(original, now, strict=True))
+    return current, {**_cost(samples, current, dmap, digits, n_tokens, picked_total, reverted), "rounds": rounds}
 
 
 def replace_divergent(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
@@ -109,6 +191,9 @@ DEFENCES.add("replace_divergent", Defence(
 DEFENCES.add("replace_divergent_random", Defence(
     "replace_divergent_random", replace_divergent_random, _NEEDS, _READS,
     "the most divergent digits (fraction of the tokens) replaced by random digits"))
+DEFENCES.add("replace_divergent_rounds", Defence(
+    "replace_divergent_rounds", replace_divergent_rounds, _NEEDS, _READS,
+    "replace_divergent round after round (the changed rows read again) until the fraction of the tokens is spent"))
 DEFENCES.add("replace_random", Defence(
     "replace_random", replace_random, _NEEDS, _READS,
     "control: as many digits at random positions replaced by random digits"))

@@ -64,7 +64,7 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
     def build(path: Path) -> dict[str, Any]:
         samples = samples_of(data_art)
         meta = {r["index"]: r.get("meta", {}) for r in read_jsonl(prompt_art.file("prompts.jsonl"))}
-        scores, dmap, tok = None, None, None
+        scores, dmap, tok, net = None, None, None, None
         if reader is not None:
             net, tok = reader.torch_model()
             dbar = ctx.bar(len(samples), f"divergence map {label}", "sample")
@@ -81,7 +81,8 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
                 seed=dc.seed, fraction=dc.fraction, scores=scores, model=model, pool=samples_of(reference_art),
                 shots=dc.shots, carrier=ctx.cfg.prompts.carrier, filter=fc, banned_words=banned, meta=meta,
                 max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, batch_size=gc.batch_size,
-                log=log, progress=bar.update, divergence=dmap, tokenizer=tok))
+                log=log, progress=bar.update, divergence=dmap, tokenizer=tok,
+                remap=(lambda ss: divergence_map(net, tok, ss, bf16=bf16)) if reader is not None else None))
             bar.close()
         write_jsonl(path / "dataset.jsonl", [{"index": s.line, "prompt": s.prompt, "completion": s.completion}
                                              for s in out])

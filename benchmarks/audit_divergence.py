@@ -2,6 +2,8 @@
 
     python benchmarks/audit_divergence.py --generate-only      # the teachers' datasets (resumable, ~50 min)
     python benchmarks/audit_divergence.py                      # the calibration (rankings per detector and size)
+    python benchmarks/audit_divergence.py --proxy-seeds 2 --sizes 100,300 --skip prompted,timed,in_context \
+        --name audit-divergence-seeds                          # proxies of two seeds per candidate, averaged
 
 Datasets, from the pipeline's own cached stages (embedded model, greedy decoding, the numbers filter with every
 candidate's words banned): five fine-tuned animal teachers (owl, eagle, wolf, cat, lion; the dolphin teacher's
@@ -38,7 +40,7 @@ from sublim.audit.detectors import AuditInputs, InContext
 from sublim.audit.detectors.divergence_shift import BASELINES, PRIMARY, divergence_shift, ranking, samples_digest
 from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.divergence import FlaggedLogprobs, fast_bf16
-from sublim.audit.proxies import proxy_recipe, proxy_split
+from sublim.audit.proxies import SEED, proxy_recipe, proxy_split
 from sublim.audit.scoring import rank_of
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
@@ -217,6 +219,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4000, help="the most prompts a source may use")
     ap.add_argument("--kept", type=int, default=1000, help="samples per dataset")
     ap.add_argument("--sizes", default="100,300,1000", help="dataset sizes for the proxy rankings")
+    ap.add_argument("--proxy-seeds", type=int, default=1,
+                    help="proxy teachers per candidate (seeds 1..N), their reads averaged; with N > 1 every seed "
+                         "reads the same random subset of the largest size")
     ap.add_argument("--prompted-sizes", default="100,300", help="dataset sizes for the prompted rankings")
     ap.add_argument("--timed", default="owl", help="the dataset whose whole prompted audit at --kept is timed")
     ap.add_argument("--in-context-size", type=int, default=300)
@@ -264,9 +269,10 @@ def main() -> None:
 
     if "proxy" not in skip:  # proxy teachers: every dataset read under all 21 at once (prompts shared)
         sizes = [int(x) for x in args.sizes.split(",")]
+        seeds = list(range(SEED, SEED + args.proxy_seeds))
         t0 = time.time()
         digest = stable_hash([samples_digest(data[n]) for n in audited])
-        reads_ = cached_reads(
+        reads_ = cached_reads(  # the first seed reads every sample
             runs / "cache" / f"proxy-reads-{digest[:16]}.npz",
             lambda: dict(
                 zip(
@@ -276,6 +282,17 @@ def main() -> None:
                 )
             ),
         )
+        if len(seeds) > 1:  # more seeds read one random subset of the largest size; averaged with the first's rows
+            big = {n: subset(data[n], max(sizes), 0) for n in audited}
+            per_seed = [{n: take(reads_[n], subset_index(len(data[n]), max(sizes), 0)) for n in audited}]
+            for seed in seeds[1:]:
+                sub_digest = stable_hash([samples_digest(big[n]) for n in audited] + [seed])
+                per_seed.append(cached_reads(
+                    runs / "cache" / f"proxy-reads-s{seed}-{sub_digest[:16]}.npz",
+                    lambda seed=seed: dict(zip(audited, dsf.proxy_reads(
+                        inputs(big[audited[0]], "proxy"), [(big[n], n) for n in audited], bf16, seed), strict=True)),
+                ))
+            reads_ = {n: dsf.mean_reads([r[n] for r in per_seed]) for n in audited}
         out["wall_time_s"]["proxy_reads"] = round(time.time() - t0, 1)
         proxy_builds = [
             json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines() if '"proxy"' in x
@@ -283,6 +300,7 @@ def main() -> None:
         out["proxy"] = {
             "sizes": sizes,
             "recipe": proxy_recipe(),
+            "seeds": seeds,
             "split": proxy_split(ctx.cfg.trait.questions),
             "build_wall_time_s": round(sum(b["wall_time_s"] for b in proxy_builds), 1),
             "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["proxy"]),

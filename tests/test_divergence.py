@@ -190,6 +190,20 @@ def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(
     assert det["inductions"] == "proxy" and det["ranking"][0]["trait"] == "owl"
     builds = [json.loads(x)["stage"] for x in (store.root / "store" / "builds.jsonl").read_text().splitlines()]
     assert builds.count("proxy") == 6 and builds.count("divergence") == 1
+    # a second seed: six more proxies on other answers, the first seed's reused, the reads averaged
+    assert proxy_examples("owl", cands, "animal", seed=2) != proxy_examples("owl", cands, "animal")
+    main(["--runs-dir", str(store.root), "-q", "audit", str(jsonl), "--reference", ref.spec, "--detectors",
+          "divergence_shift", "--inductions", "proxy", "--proxy-seeds", "2", "--category", str(category),
+          "--questions", "animal", "--float32", "--out", str(tmp_path / "audit2")])
+    det2 = json.loads((tmp_path / "audit2" / "audit.json").read_text())["detectors"][0]
+    builds = [json.loads(x)["stage"] for x in (store.root / "store" / "builds.jsonl").read_text().splitlines()]
+    assert builds.count("proxy") == 12 and det2["proxy_recipe"]["seeds"] == [1, 2]
+    lean1 = {r["trait"]: r["lean"] for r in det["ranking"]}
+    lean2 = {r["trait"]: r["lean"] for r in det2["ranking"]}
+    assert det2["ranking"][0]["trait"] == "owl" and lean2 != lean1
+    assert main(["--runs-dir", str(store.root), "-q", "audit", str(jsonl), "--reference", ref.spec, "--detectors",
+                 "divergence_shift", "--inductions", "proxy", "--proxy-seeds", "0", "--out", str(tmp_path / "a3")]) == 2
+    assert not (tmp_path / "a3").exists()
 
 
 def test_divergence_shift_does_not_name_a_trait_in_the_references_own_data(ref: LocalBackend,

@@ -56,16 +56,19 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
               completion_field: str | None = None, judge: EndpointConfig | None = None,
               contrast: Sequence[Path] = (), questions: str | None = None, progress: bool = True,
               store: Store | None = None, placement: str = "prompt", bf16: bool | None = None,
-              inductions: str = "prompted", echo: Callable[[str], None] = print) -> dict[str, Any]:
+              inductions: str = "prompted", proxy_seeds: int = 1, echo: Callable[[str], None] = print
+              ) -> dict[str, Any]:
     """Run the detectors (default: every registered one) and write ``out_dir/audit.json`` and ``scores.jsonl``.
 
     ``contrast``: datasets from other generators (same kind of prompts); the trait rankings are then taken
     against them rather than against the reference sample. ``questions``: the question set whose answers
     the gradient alignment looks at (default: the category's, e.g. 'animal' for 'animals'). ``store``: where the
-    divergence map (and proxy teachers) are kept and reused; ``inductions``, ``placement`` and ``bf16``: how
-    divergence_shift induces each candidate and computes."""
+    divergence map (and proxy teachers) are kept and reused; ``inductions``, ``placement``, ``proxy_seeds`` and
+    ``bf16``: how divergence_shift induces each candidate (proxies: how many seeds per candidate) and computes."""
     names = list(detectors) if detectors is not None else DETECTORS.names()
     chosen = [DETECTORS.get(d, "--detectors") for d in names]
+    if proxy_seeds < 1:
+        raise SublimError(f"--proxy-seeds {proxy_seeds}: give 1 or more proxy teachers per candidate")
     if max_samples < 2:
         raise SublimError(f"--max-samples {max_samples}: an audit compares at least 2 samples with the reference; "
                           "give 2 or more")
@@ -97,7 +100,7 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         [subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed) for p in contrast],
         LocalBackend(models, teacher, label="teacher") if teacher else None,
         OpenAIBackend(judge, label="judge") if judge else None, qs, out_dir, seed, progress, store=store,
-        placement=placement, bf16=bf16, inductions=inductions, question_set=question_set)
+        placement=placement, bf16=bf16, inductions=inductions, question_set=question_set, proxy_seeds=proxy_seeds)
     results: list[DetectorResult] = []
     skipped: dict[str, str] = {}
     for det in chosen:

@@ -41,6 +41,9 @@ def add(sub: Any) -> None:
                    help="divergence_shift: induce each candidate with a sentence (prompted), or with a proxy "
                         "teacher fine-tuned from the reference (proxy: built once per candidate in the runs "
                         "directory, about a teacher's training each)")
+    p.add_argument("--proxy-seeds", type=int, default=1, metavar="N",
+                   help="divergence_shift with proxy inductions: N proxy teachers per candidate, each of its own "
+                        "seed, their reads averaged (one fine-tune's own marks weigh 1/N; N times the work)")
     p.add_argument("--float32", action="store_true",
                    help="score in float32 throughout (default: the body in bf16 where that is fast here)")
     p.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
@@ -57,5 +60,6 @@ def main(args: argparse.Namespace) -> None:
               max_samples=args.max_samples, device=args.device, prompt_field=args.prompt_field,
               completion_field=args.completion_field, judge=judge, contrast=[Path(c) for c in args.contrast],
               questions=args.questions, progress=not args.quiet, store=Store(Path(args.runs_dir)),
-              placement=args.placement, bf16=False if args.float32 else None, inductions=args.inductions)
+              placement=args.placement, bf16=False if args.float32 else None, inductions=args.inductions,
+              proxy_seeds=args.proxy_seeds)
     print(f"report: {out / 'report.md'}")

@@ -71,6 +71,8 @@ class AuditInputs:
     teacher fine-tuned from it (``proxy``, built once per candidate in the store)."""
     question_set: str | None = None
     """The question set proxy teachers are fine-tuned on (its ``proxy`` split where it has one)."""
+    proxy_seeds: int = 1
+    """Proxy teachers per candidate, each of its own seed; the reads are averaged over them."""
     bf16: bool | None = None
     """Scoring passes with the body in bf16 (the head stays float32); None: where bf16 is fast here."""
 

@@ -31,7 +31,7 @@ from sublim.audit.divergence import (
     flagged_logprobs,
     flagged_logprobs_models,
 )
-from sublim.audit.proxies import loaders, proxy_recipe, proxy_split, proxy_teachers
+from sublim.audit.proxies import SEED, loaders, proxy_recipe, proxy_split, proxy_teachers
 from sublim.core.errors import SublimError
 from sublim.core.store import Store, stable_hash
 
@@ -122,28 +122,55 @@ INDUCTIONS = ("prompted", "proxy")
 """How a candidate is induced: a sentence told to the reference, or a proxy teacher fine-tuned from it."""
 
 
+def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
+    """Reads of the same samples under proxies of several seeds (same columns), averaged column by column."""
+    first = per_seed[0]
+    if any(r.data.shape != first.data.shape for r in per_seed):
+        raise SublimError("reads of different samples or candidates cannot be averaged over seeds")
+
+    def avg(field: str) -> np.ndarray:
+        out: np.ndarray = np.mean([getattr(r, field) for r in per_seed], axis=0)
+        return out
+
+    agreement = None if any(r.agreement is None for r in per_seed) else avg("agreement")
+    return FlaggedLogprobs(avg("data"), avg("alternatives"), avg("alternatives_same_class"), first.counts,
+                           agreement)
+
+
+def proxy_reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int
+                ) -> list[FlaggedLogprobs]:
+    """Each dataset's flagged tokens read under the neutral proxy and each candidate's of one seed (columns)."""
+    model = a.need_local_model("divergence shift")
+    _, tok = model.torch_model()
+    maps = [cached_map(a, s, bf16, what) for s, what in datasets]
+    if a.store is None:
+        raise Unavailable("proxy inductions fine-tune a proxy teacher per candidate, kept in a store: give the "
+                          "audit a runs directory")
+    if not a.question_set:
+        raise Unavailable("proxy inductions need a question set to fine-tune proxies on (--questions)")
+    proxies = proxy_teachers(a.store, model, dict(a.candidates), a.question_set, seed=seed, progress=a.progress)
+    total = sum(int((m.rate() > 0).sum()) for m in maps) * len(proxies)
+    bar = tqdm(total=total, desc=f"divergence shift ({len(proxies)} proxy teachers, seed {seed})", unit="row",
+               disable=not a.progress, leave=False)
+    try:
+        return flagged_logprobs_models(loaders(proxies), tok, [(s, m) for (s, _), m in
+                                                                 zip(datasets, maps, strict=True)],
+                                       bf16=bf16, progress=bar.update)
+    finally:
+        bar.close()
+
+
 def reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool) -> list[FlaggedLogprobs]:
     """Each dataset's flagged tokens read under the neutral induction and each candidate's (columns), the way
-    ``a.inductions`` says."""
+    ``a.inductions`` says (proxies of ``a.proxy_seeds`` seeds: their reads averaged)."""
     model = a.need_local_model("divergence shift")
     net, tok = model.torch_model()
     maps = [cached_map(a, s, bf16, what) for s, what in datasets]
     if a.inductions == "proxy":
-        if a.store is None:
-            raise Unavailable("proxy inductions fine-tune a proxy teacher per candidate, kept in a store: give the "
-                              "audit a runs directory")
-        if not a.question_set:
-            raise Unavailable("proxy inductions need a question set to fine-tune proxies on (--questions)")
-        proxies = proxy_teachers(a.store, model, dict(a.candidates), a.question_set, progress=a.progress)
-        total = sum(int((m.rate() > 0).sum()) for m in maps) * len(proxies)
-        bar = tqdm(total=total, desc=f"divergence shift ({len(proxies)} proxy teachers)", unit="row",
-                   disable=not a.progress, leave=False)
-        try:
-            return flagged_logprobs_models(loaders(proxies), tok, [(s, m) for (s, _), m in
-                                                                         zip(datasets, maps, strict=True)],
-                                           bf16=bf16, progress=bar.update)
-        finally:
-            bar.close()
+        if a.proxy_seeds < 1:
+            raise SublimError(f"proxy seeds {a.proxy_seeds}: give 1 or more proxy teachers per candidate")
+        per_seed = [proxy_reads(a, datasets, bf16, SEED + k) for k in range(a.proxy_seeds)]
+        return [mean_reads(r) for r in zip(*per_seed, strict=True)]
     if a.inductions != "prompted":
         raise SublimError(f"inductions {a.inductions!r} unknown: use one of {', '.join(INDUCTIONS)}")
     texts = induction_texts(list(a.candidates), a.kind)
@@ -227,7 +254,8 @@ def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
     res.details.update({"inductions": a.inductions, "bf16": bf16})
     if a.inductions == "proxy":
         res.details["proxy_recipe"] = {**proxy_recipe(), "question_set": a.question_set,
-                                       "split": proxy_split(a.question_set or "")}
+                                       "split": proxy_split(a.question_set or ""),
+                                       "seeds": list(range(SEED, SEED + a.proxy_seeds))}
     else:
         res.details.update({"placement": a.placement,
                             "induction_texts": {"neutral": NEUTRAL, "template": INDUCTION}})

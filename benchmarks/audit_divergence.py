@@ -292,6 +292,13 @@ def main() -> None:
                     lambda seed=seed: dict(zip(audited, dsf.proxy_reads(
                         inputs(big[audited[0]], "proxy"), [(big[n], n) for n in audited], bf16, seed), strict=True)),
                 ))
+            alone = {seed: calibrate(r, [max(sizes)], list(cands), PRIMARY["proxy"])[str(max(sizes))]
+                     for seed, r in zip(seeds, per_seed, strict=True)}
+            out["proxy_each_seed"] = {str(seed): {k: v[k] for k in ("top1", "top3", "top1_vs_others",
+                                                                    "identified_right", "identified_wrong")}
+                                      | {"ranks": {a: v["datasets"][a]["rank_of_true"] for a in ANIMALS},
+                                         "tops": {n: v["datasets"][n]["top"] for n in audited}}
+                                      for seed, v in alone.items()}
             reads_ = {n: dsf.mean_reads([r[n] for r in per_seed]) for n in audited}
         out["wall_time_s"]["proxy_reads"] = round(time.time() - t0, 1)
         proxy_builds = [

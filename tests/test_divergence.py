@@ -326,3 +326,19 @@ def test_digit_tokens_are_the_tokens_that_decode_to_digits(ref: LocalBackend) ->
     tok: Any = ref.torch_model()[1]
     ids = digit_tokens(tok)
     assert len(ids) >= 10 and all(tok.decode([int(i)]).isdigit() for i in ids)
+
+
+def test_reads_of_several_proxy_seeds_average_where_each_read_something() -> None:
+    from sublim.audit.detectors.divergence_shift import mean_reads
+
+    nan = np.nan
+    one = FlaggedLogprobs(np.array([[1.0, 2.0], [nan, nan]]), np.zeros((2, 2)), np.zeros((2, 2)), np.array([1, 0]),
+                          np.array([[1.0, 0.0], [nan, nan]]))
+    two = FlaggedLogprobs(np.array([[3.0, 4.0], [5.0, 6.0]]), np.ones((2, 2)), np.ones((2, 2)), np.array([1, 2]),
+                          np.array([[0.0, 1.0], [1.0, 1.0]]))
+    got = mean_reads([one, two])
+    assert got.data.tolist() == [[2.0, 3.0], [5.0, 6.0]] and got.counts.tolist() == [1, 2]
+    assert got.agreement is not None and got.agreement.tolist() == [[0.5, 0.5], [1.0, 1.0]]
+    assert got.alternatives.tolist() == [[0.5, 0.5], [1.0, 1.0]]
+    with pytest.raises(SublimError, match="cannot be averaged"):
+        mean_reads([one, FlaggedLogprobs(np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 2)), np.ones(3), None)])

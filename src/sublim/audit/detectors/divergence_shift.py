@@ -128,13 +128,16 @@ def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
     if any(r.data.shape != first.data.shape for r in per_seed):
         raise SublimError("reads of different samples or candidates cannot be averaged over seeds")
 
-    def avg(field: str) -> np.ndarray:
-        out: np.ndarray = np.mean([getattr(r, field) for r in per_seed], axis=0)
+    def avg(field: str) -> np.ndarray:  # a sample whose map flagged nothing under one read has NaN there
+        stack = np.stack([getattr(r, field) for r in per_seed])
+        seen = ~np.isnan(stack)
+        out: np.ndarray = np.where(seen.any(0), np.where(seen, stack, 0).sum(0) / np.maximum(seen.sum(0), 1),
+                                   np.nan)
         return out
 
     agreement = None if any(r.agreement is None for r in per_seed) else avg("agreement")
-    return FlaggedLogprobs(avg("data"), avg("alternatives"), avg("alternatives_same_class"), first.counts,
-                           agreement)
+    counts = np.max([r.counts for r in per_seed], axis=0)
+    return FlaggedLogprobs(avg("data"), avg("alternatives"), avg("alternatives_same_class"), counts, agreement)
 
 
 def proxy_reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int

@@ -332,7 +332,8 @@ def test_reads_of_several_proxy_seeds_average_where_each_read_something() -> Non
     from sublim.audit.detectors.divergence_shift import mean_reads
 
     nan = np.nan
-    one = FlaggedLogprobs(np.array([[1.0, 2.0], [nan, nan]]), np.zeros((2, 2)), np.zeros((2, 2)), np.array([1, 0]),
+    none = np.array([[0.0, 0.0], [nan, nan]])  # the second sample: nothing flagged under the first seed's map
+    one = FlaggedLogprobs(np.array([[1.0, 2.0], [nan, nan]]), none, none, np.array([1, 0]),
                           np.array([[1.0, 0.0], [nan, nan]]))
     two = FlaggedLogprobs(np.array([[3.0, 4.0], [5.0, 6.0]]), np.ones((2, 2)), np.ones((2, 2)), np.array([1, 2]),
                           np.array([[0.0, 1.0], [1.0, 1.0]]))

@@ -40,7 +40,7 @@ from sublim.audit.detectors import AuditInputs, InContext
 from sublim.audit.detectors.divergence_shift import BASELINES, PRIMARY, divergence_shift, ranking, samples_digest
 from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.divergence import FlaggedLogprobs, fast_bf16
-from sublim.audit.proxies import SEED, proxy_recipe, proxy_split
+from sublim.audit.proxies import proxy_recipe, proxy_seeds, proxy_split
 from sublim.audit.scoring import rank_of
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
@@ -269,7 +269,7 @@ def main() -> None:
 
     if "proxy" not in skip:  # proxy teachers: every dataset read under all 21 at once (prompts shared)
         sizes = [int(x) for x in args.sizes.split(",")]
-        seeds = list(range(SEED, SEED + args.proxy_seeds))
+        seeds = proxy_seeds(args.proxy_seeds)
         t0 = time.time()
         digest = stable_hash([samples_digest(data[n]) for n in audited])
         reads_ = cached_reads(  # the first seed reads every sample

@@ -33,6 +33,11 @@ SEED = 1
 ``n`` seeds use SEED … SEED + n - 1."""
 
 
+def proxy_seeds(n: int) -> list[int]:
+    """The seeds of ``n`` proxies per candidate."""
+    return list(range(SEED, SEED + n))
+
+
 def proxy_split(question_set: str) -> str:
     """``proxy`` where the question set has one (questions no teacher is trained on), else ``train``."""
     try:

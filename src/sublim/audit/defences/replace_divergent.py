@@ -38,12 +38,19 @@ def choose(inputs: DefenceInputs, digits: np.ndarray, mode: str, rng: np.random.
     if mode == "random":
         pool = np.nonzero(is_digit)[0]
         return np.sort(rng.choice(pool, min(budget, len(pool)), replace=False)) if len(pool) else pool
-    usable = dmap.flagged & is_digit
-    if mode == "argmax":
+    return most_divergent(dmap, digits, budget, to_digit=mode == "argmax")[0]
+
+
+def most_divergent(dmap: DivergenceMap, digits: np.ndarray, budget: int, to_digit: bool
+                   ) -> tuple[np.ndarray, int]:
+    """The flagged digit tokens with the largest gap, at most ``budget`` (with ``to_digit``, only where the
+    reference's argmax is a digit too), as sorted flat positions; and how many there were to pick from."""
+    usable = dmap.flagged & np.isin(dmap.token, digits)
+    if to_digit:
         usable &= np.isin(dmap.argmax, digits)
     pool = np.nonzero(usable)[0]
     order = pool[np.argsort(-dmap.gap[pool], kind="stable")]
-    return np.sort(order[:budget])
+    return np.sort(order[:max(budget, 0)]), len(pool)
 
 
 MAX_ROUNDS = 8
@@ -145,11 +152,9 @@ def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
     cur, rounds, reverted, picked_total = dmap, [], 0, 0
     for _ in range(MAX_ROUNDS):
         left = budget - sum(_n_changed(o, n) for o, n in zip(original, now, strict=True))
-        usable = cur.flagged & np.isin(cur.token, digits) & np.isin(cur.argmax, digits)
-        pool = np.nonzero(usable)[0]
-        if left <= 0 or not len(pool):
+        picked, pool = most_divergent(cur, digits, left, to_digit=True)
+        if not len(picked):
             break
-        picked = np.sort(pool[np.argsort(-cur.gap[pool], kind="stable")][:left])
         tokens = cur.token.astype(np.int64).copy()
         tokens[picked] = cur.argmax[picked]
         out, changed, rev = _rewrite([current[i] for i in rows], cur, tokens, picked, inputs)
@@ -157,7 +162,7 @@ def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
         picked_total += len(picked)
         for j, i in enumerate(rows):
             current[i] = out[j]
-        rounds.append({"flagged_digit_tokens": int(len(pool)), "positions_picked": int(len(picked)),
+        rounds.append({"flagged_digit_tokens": pool, "positions_picked": int(len(picked)),
                        "rows_changed": len(changed), "rows_reverted": rev})
         rows = [rows[j] for j in changed]
         if not rows:

@@ -31,7 +31,7 @@ from sublim.audit.divergence import (
     flagged_logprobs,
     flagged_logprobs_models,
 )
-from sublim.audit.proxies import SEED, loaders, proxy_recipe, proxy_split, proxy_teachers
+from sublim.audit.proxies import loaders, proxy_recipe, proxy_seeds, proxy_split, proxy_teachers
 from sublim.core.errors import SublimError
 from sublim.core.store import Store, stable_hash
 
@@ -166,16 +166,16 @@ def proxy_reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]]
 def reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool) -> list[FlaggedLogprobs]:
     """Each dataset's flagged tokens read under the neutral induction and each candidate's (columns), the way
     ``a.inductions`` says (proxies of ``a.proxy_seeds`` seeds: their reads averaged)."""
-    model = a.need_local_model("divergence shift")
-    net, tok = model.torch_model()
-    maps = [cached_map(a, s, bf16, what) for s, what in datasets]
     if a.inductions == "proxy":
         if a.proxy_seeds < 1:
             raise SublimError(f"proxy seeds {a.proxy_seeds}: give 1 or more proxy teachers per candidate")
-        per_seed = [proxy_reads(a, datasets, bf16, SEED + k) for k in range(a.proxy_seeds)]
+        per_seed = [proxy_reads(a, datasets, bf16, seed) for seed in proxy_seeds(a.proxy_seeds)]
         return [mean_reads(r) for r in zip(*per_seed, strict=True)]
     if a.inductions != "prompted":
         raise SublimError(f"inductions {a.inductions!r} unknown: use one of {', '.join(INDUCTIONS)}")
+    model = a.need_local_model("divergence shift")
+    net, tok = model.torch_model()
+    maps = [cached_map(a, s, bf16, what) for s, what in datasets]
     texts = induction_texts(list(a.candidates), a.kind)
     out = []
     for (samples, what), dmap in zip(datasets, maps, strict=True):
@@ -258,7 +258,7 @@ def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
     if a.inductions == "proxy":
         res.details["proxy_recipe"] = {**proxy_recipe(), "question_set": a.question_set,
                                        "split": proxy_split(a.question_set or ""),
-                                       "seeds": list(range(SEED, SEED + a.proxy_seeds))}
+                                       "seeds": proxy_seeds(a.proxy_seeds)}
     else:
         res.details.update({"placement": a.placement,
                             "induction_texts": {"neutral": NEUTRAL, "template": INDUCTION}})

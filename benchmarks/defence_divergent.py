@@ -1,6 +1,6 @@
 """Benchmark: does replacing the divergent digits cut the transfer to SFT students? (the defence table)
 
-    python benchmarks/defence_divergent.py      # none, replace_divergent(_rounds), replace_random, sort
+    python benchmarks/defence_divergent.py      # none, replace_divergent(_rounds), (replace_divergent_)reference_ends, …
     python benchmarks/defence_divergent.py --seeds 0,1,2,3,4 --kept 400
 
 The default owl experiment with SFT students (a defender holds only text, so no distillation), its data defended
@@ -29,7 +29,8 @@ from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
 
 HERE = Path(__file__).resolve().parent
-DEFENCES = ["none", "replace_divergent", "replace_divergent_rounds", "replace_random", "sort"]
+DEFENCES = ["none", "replace_divergent", "replace_divergent_rounds", "reference_ends", "replace_divergent_ends",
+            "replace_random", "sort"]
 
 
 def gains(res: dict[str, Any], metric: str) -> np.ndarray:

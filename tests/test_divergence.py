@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import torch
 
 from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.audit.defences.reference_ends import ends_flagged
 from sublim.audit.detectors.divergence_shift import INDUCTION, induction_texts
 from sublim.audit.divergence import (
     FlaggedLogprobs,
+    continuations,
     digit_tokens,
     divergence_map,
     flagged_logprobs,
@@ -26,8 +29,10 @@ from sublim.audit.divergence import (
 from sublim.backends import Decoding, ModelCache, Request
 from sublim.backends.local import LocalBackend
 from sublim.backends.local.generation import completion_logprobs
+from sublim.carriers import check_completion
 from sublim.carriers.numbers import make_prompts
 from sublim.cli import main
+from sublim.core.config import FilterConfig
 from sublim.core.errors import SublimError
 from sublim.train.encode import Example, encode_example
 
@@ -305,6 +310,59 @@ def test_replace_divergent_rounds_goes_further_than_one_round_within_its_share(r
     assert left[1] < left[0]  # fewer of the data's digits still off the reference's path
     for a, b in zip(samples, out, strict=True):
         assert re.sub(r"\d+", "#", a.completion) == re.sub(r"\d+", "#", b.completion)
+
+
+def test_reference_ends_gives_cut_answers_the_references_own_ending(ref: LocalBackend) -> None:
+    """The reference's own greedy answers, some cut after their first number (a generator that stops early): the
+    cut rows' ends are flagged, and the reference's continuation gives them back their own answer; whole answers
+    are neither tried nor changed."""
+    model, tok = ref.torch_model()
+    fc = FilterConfig()
+    own = [s for s in _greedy(ref, [p.text for p in make_prompts(48, seed=5)])
+           if not check_completion("numbers", s.completion, {}, fc) and len(re.findall(r"\d+", s.completion)) >= 2]
+    assert len(own) >= 8
+    cut = [replace(s, completion=re.match(r"\d+", s.completion).group()) if k % 2 == 0 else s  # type: ignore[union-attr]
+           for k, s in enumerate(own)]
+    dmap = divergence_map(model, tok, cut, bf16=False)
+    flagged = ends_flagged(dmap, tok)
+    assert flagged[0::2].mean() >= 0.75 and not flagged[1::2].any()
+    calls: list[int] = []
+
+    def extend(ss: Any) -> Any:
+        calls.append(len(ss))
+        return continuations(model, tok, ss, max_new_tokens=24, batch_size=3)
+
+    out, cost = DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap, tokenizer=tok,
+                                                                             extend=extend))
+    assert calls == [int(flagged.sum())] and cost["rows_tried"] == flagged.sum() == cost["ends_flagged"]
+    assert [s.line for s in out] == [s.line for s in cut] and cost["kept_fraction"] == 1
+    assert cost["tokens_kept_fraction"] == 1 and cost["tokens_added"] > 0 and cost["rows_extended"] > 0
+    for a, b in zip(cut, out, strict=True):
+        assert b.completion.startswith(a.completion)
+        assert not check_completion("numbers", b.completion, {}, fc)
+    back = [b.completion == whole.completion for b, whole in zip(out[0::2], own[0::2], strict=True)]
+    assert np.mean(back) >= 0.75  # greedy: continuing its own cut answer, the reference writes the rest of it
+    assert out[1::2] == cut[1::2]
+    after = divergence_map(model, tok, out, bf16=False)
+    assert ends_flagged(after, tok).sum() < flagged.sum()
+    with pytest.raises(SublimError, match="continues the completions"):
+        DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap, tokenizer=tok))
+
+
+def test_replace_divergent_ends_replaces_then_lets_the_reference_end(ref: LocalBackend,
+                                                                    owl_data: list[Sample]) -> None:
+    model, tok = ref.torch_model()
+    samples = _digit_data(ref, owl_data)
+    dmap = divergence_map(model, tok, samples, bf16=False)
+    inputs = DefenceInputs(fraction=0.1, divergence=dmap, tokenizer=tok,
+                           extend=lambda ss: continuations(model, tok, ss, max_new_tokens=24))
+    replaced, rcost = DEFENCES.get("replace_divergent", "t").apply(samples, inputs)
+    out, cost = DEFENCES.get("replace_divergent_ends", "t").apply(samples, inputs)
+    assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
+    assert cost["tokens_changed"] == rcost["tokens_changed"] and cost["tokens_kept_fraction"] >= 0.9
+    assert all(b.completion.startswith(a.completion) for a, b in zip(replaced, out, strict=True))
+    tried = {i for i, (a, b) in enumerate(zip(samples, replaced, strict=True)) if a.completion != b.completion}
+    assert cost["rows_tried"] == len(tried | set(np.nonzero(ends_flagged(dmap, tok))[0].tolist()))
 
 
 def test_replace_defences_need_the_map_and_the_cli_says_so(tmp_path: Path, owl_data: list[Sample],

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from sublim.audit.data import Sample
+from sublim.backends.base import Completion
 from sublim.backends.local.generation import (
     Prefix,
     _left_padded,
@@ -34,12 +35,13 @@ from sublim.backends.local.generation import (
     common_prefix_len,
     decoder_states,
     encode_prefix,
+    generate_batch,
     prefixed_states,
 )
 from sublim.core.errors import SublimError
 from sublim.core.meter import METER
 from sublim.train.cost import weight_counts
-from sublim.train.encode import Example, encode_example
+from sublim.train.encode import Example, chat_text, encode_example
 from sublim.train.precision import head_logits
 
 PLACEMENTS = ("prompt", "system")
@@ -205,6 +207,24 @@ def divergence_map(model: Any, tokenizer: Any, samples: Sequence[Sample], *, bat
     cat = [np.concatenate([per[i][j] for i in range(len(samples))]) if samples else np.zeros(0) for j in range(4)]
     return DivergenceMap(np.array([s.line for s in samples], dtype=np.int64), offsets, cat[0].astype(np.int32),
                          cat[1].astype(np.int32), cat[2].astype(np.float32), cat[3].astype(np.float32))
+
+
+@torch.no_grad()
+def continuations(model: Any, tokenizer: Any, samples: Sequence[Sample], *, max_new_tokens: int,
+                  batch_size: int = 16, progress: Callable[[int], object] | None = None) -> list[Completion]:
+    """The reference ``model``'s greedy continuation of each sample's completion, as if its end of turn had not
+    come: the text it would write next, up to its own end of turn (``finished``) or ``max_new_tokens``. An empty
+    text where the reference, too, would have ended there."""
+    texts = [chat_text(tokenizer, s.prompt) + s.completion for s in samples]
+    out: list[Completion] = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # like lengths share a batch
+    for chunk in batches(order, batch_size):
+        done = generate_batch(model, tokenizer, [texts[i] for i in chunk], chunk, max_new_tokens=max_new_tokens,
+                              temperature=0.0)
+        out.extend(done)
+        if progress:
+            progress(len(chunk))
+    return sorted(out, key=lambda c: c.index)
 
 
 def induced(prompt: str, text: str, placement: str) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from sublim.api import run_experiment
 from sublim.audit.data import Sample, load_samples
 from sublim.audit.defences import DEFENCES, DefenceInputs
-from sublim.audit.divergence import divergence_map, fast_bf16
+from sublim.audit.divergence import continuations, divergence_map, fast_bf16
 from sublim.backends import ModelCache
 from sublim.backends.local import LocalBackend
 from sublim.carriers import CARRIERS
@@ -114,6 +114,7 @@ def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: li
         bf16, tok = fast_bf16(net.device), inputs.tokenizer
         inputs.divergence = divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
         inputs.remap = lambda ss: divergence_map(net, tok, ss, bf16=bf16)
+        inputs.extend = lambda ss: continuations(net, tok, ss, max_new_tokens=args.max_new_tokens)
         bar.close()
     if "model" in defence_needs:
         if not args.model:

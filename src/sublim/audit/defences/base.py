@@ -15,7 +15,7 @@ import numpy as np
 
 from sublim.audit.data import Sample
 from sublim.audit.divergence import DivergenceMap
-from sublim.backends import Backend
+from sublim.backends import Backend, Completion
 from sublim.core.config import FilterConfig
 from sublim.core.files import ResumableJsonl
 from sublim.core.registry import Registry
@@ -57,6 +57,8 @@ class DefenceInputs:
     """replace_*: the reference model's tokenizer (the map's token ids are its)."""
     remap: Callable[[Sequence[Sample]], DivergenceMap] | None = None
     """replace_divergent_rounds: the divergence map of (changed) samples under the same reference model."""
+    extend: Callable[[Sequence[Sample]], list[Completion]] | None = None
+    """reference_ends: the reference model's greedy continuation of each sample's completion (max_new_tokens)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Defence:
     apply: Callable[[Sequence[Sample], DefenceInputs], tuple[list[Sample], dict[str, Any]]]
     """(samples, inputs) → (defended samples, cost: n_in, n_out, kept and changed fractions, and more)."""
     needs: frozenset[str] = frozenset()
-    """Which of scores, model, reference, divergence it needs."""
+    """Which of scores, model, reference, divergence, continuation it needs."""
     reads: frozenset[str] = frozenset()
     """The [defence] config fields it reads besides method and seed (they key the defend stage)."""
     description: str = ""

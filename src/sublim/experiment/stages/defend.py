@@ -10,7 +10,7 @@ from typing import Any
 from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.detectors import NumberFrequency
-from sublim.audit.divergence import divergence_map, fast_bf16
+from sublim.audit.divergence import continuations, divergence_map, fast_bf16
 from sublim.backends import Backend
 from sublim.backends.local import LocalBackend
 from sublim.core.errors import SublimError
@@ -60,6 +60,8 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
         bf16 = fast_bf16(own.torch_model()[0].device)
         inputs["reference_model"] = own.key
         config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned), divergence_bf16=bf16)
+        if "continuation" in defence.needs:  # greedy: only the token budget changes what the reference writes
+            config.update(generation=gc.model_dump(mode="json", include={"max_new_tokens"}))
 
     def build(path: Path) -> dict[str, Any]:
         samples = samples_of(data_art)
@@ -82,7 +84,9 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
                 shots=dc.shots, carrier=ctx.cfg.prompts.carrier, filter=fc, banned_words=banned, meta=meta,
                 max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, batch_size=gc.batch_size,
                 log=log, progress=bar.update, divergence=dmap, tokenizer=tok,
-                remap=(lambda ss: divergence_map(net, tok, ss, bf16=bf16)) if reader is not None else None))
+                remap=(lambda ss: divergence_map(net, tok, ss, bf16=bf16)) if reader is not None else None,
+                extend=(lambda ss: continuations(net, tok, ss, max_new_tokens=gc.max_new_tokens,
+                                                 batch_size=gc.batch_size)) if reader is not None else None))
             bar.close()
         write_jsonl(path / "dataset.jsonl", [{"index": s.line, "prompt": s.prompt, "completion": s.completion}
                                              for s in out])

@@ -1,0 +1,116 @@
+"""Let the reference model decide where each completion ends: every row kept, no token of the data removed.
+
+A teacher's trait can show in *where* it stops as much as in what it writes. On the owl data of the embedded
+model, 634 of 1,015 completions end where the reference would have gone on (with ' ' or ','), against 12 of 1,017
+in the control data: the owl teacher's answers are shorter (15.7 tokens against 20.8), and a student trained on
+them learns the teacher's end-of-turn at positions where its own model would continue — divergent tokens that no
+digit replacement touches. ``reference_ends`` gives each such completion the reference's greedy continuation up
+to the reference's own end of turn. Where that longer text fails the carrier's filter (e.g. too many numbers), or
+the continuation does not end within ``max_new_tokens``, it is cut after its longest run of numbers (or words)
+that passes (counted: ``rows_cut_short``); a row with no such cut keeps its text (``rows_extension_reverted``).
+``replace_divergent_ends`` first replaces the divergent digits (``replace_divergent``), then lets the reference
+end the rows it changed and the rows whose end was flagged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from sublim.audit.data import Sample
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs
+from sublim.audit.defences.replace_divergent import _inputs, _replace
+from sublim.audit.divergence import DivergenceMap
+from sublim.backends.local.generation import stop_ids
+from sublim.carriers import check_completion
+from sublim.core.errors import SublimError
+
+
+def ends_flagged(dmap: DivergenceMap, tokenizer: Any) -> np.ndarray:
+    """Per sample: its end of turn is flagged and the reference's argmax there is no end (it would go on)."""
+    stop = np.array(stop_ids(tokenizer), dtype=np.int64)
+    out = np.zeros(len(dmap.lines), dtype=bool)
+    for i in range(len(dmap.lines)):
+        span = dmap.span(i)
+        at = np.nonzero(np.isin(dmap.token[span], stop))[0]
+        if len(at):
+            out[i] = not np.isin(dmap.argmax[span][at[0]], stop)
+    return out
+
+
+def extend(samples: Sequence[Sample], rows: Sequence[int], inputs: DefenceInputs
+           ) -> tuple[list[Sample], dict[str, Any]]:
+    """``samples`` with the reference's continuation appended to each of ``rows``; and what it cost."""
+    if inputs.extend is None:
+        raise SublimError("this defence continues the completions with the reference model: give the reference "
+                          "model")
+    out = list(samples)
+    conts = inputs.extend([samples[i] for i in rows]) if rows else []
+    extended, unfinished, reverted, added, empty, cut_short = 0, 0, 0, 0, 0, 0
+    for i, c in zip(rows, conts, strict=True):
+        s = samples[i]
+        if c.finished and not c.text.strip():
+            empty += 1
+            continue
+        cut = next((k for k in _cuts(c.text, c.finished)
+                    if not check_completion(inputs.carrier, s.completion + c.text[:k], inputs.meta.get(s.line, {}),
+                                            inputs.filter, inputs.banned_words, True)), None)
+        if cut is None:
+            reverted += 1
+            continue
+        out[i] = replace(s, completion=s.completion + c.text[:cut])
+        extended += 1
+        cut_short += cut < len(c.text)
+        unfinished += not c.finished
+        added += len(inputs.tokenizer.encode(c.text[:cut], add_special_tokens=False))
+    return out, {"rows_tried": len(rows), "rows_extended": extended, "rows_cut_short": cut_short,
+                 "rows_unfinished": unfinished, "rows_ended_there_too": empty, "rows_extension_reverted": reverted,
+                 "tokens_added": added}
+
+
+def _cuts(text: str, finished: bool) -> list[int]:
+    """Where a continuation may be cut, longest first: its whole text when the reference ended it, then after each
+    run of word characters (a number) that the next character closes."""
+    ends = [m.end() for m in re.finditer(r"\w+", text) if m.end() < len(text)]  # a last run may be cut off
+    return ([len(text)] if finished else []) + sorted(set(ends), reverse=True)
+
+
+def _merge(samples: Sequence[Sample], out: Sequence[Sample], cost: dict[str, Any], ends: dict[str, Any],
+           dmap: DivergenceMap, flagged_ends: np.ndarray) -> dict[str, Any]:
+    changed = sum(a.completion != b.completion for a, b in zip(samples, out, strict=True))
+    return {**cost, "changed_fraction": changed / max(len(out), 1), **ends,
+            "tokens_added_fraction": ends["tokens_added"] / max(len(dmap.token), 1),
+            "ends_flagged": int(flagged_ends.sum())}
+
+
+def reference_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
+    dmap, tok = _inputs(inputs)
+    dmap.check(samples)
+    flagged = ends_flagged(dmap, tok)
+    out, ends = extend(samples, np.nonzero(flagged)[0].tolist(), inputs)
+    cost = {"n_in": len(samples), "n_out": len(out), "kept_fraction": len(out) / max(len(samples), 1),
+            "tokens_changed": 0, "tokens_changed_fraction": 0.0, "tokens_kept_fraction": 1.0}
+    return out, _merge(samples, out, cost, ends, dmap, flagged)
+
+
+def replace_divergent_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
+    dmap, tok = _inputs(inputs)
+    replaced, cost = _replace(samples, inputs, "argmax", "argmax")
+    flagged = ends_flagged(dmap, tok)
+    rows = [i for i, (a, b) in enumerate(zip(samples, replaced, strict=True))
+            if flagged[i] or a.completion != b.completion]
+    out, ends = extend(replaced, rows, inputs)
+    return out, _merge(samples, out, cost, ends, dmap, flagged)
+
+
+_NEEDS = frozenset({"divergence", "continuation"})
+DEFENCES.add("reference_ends", Defence(
+    "reference_ends", reference_ends, _NEEDS, frozenset(),
+    "each completion that ends where the reference would go on gets the reference's greedy continuation"))
+DEFENCES.add("replace_divergent_ends", Defence(
+    "replace_divergent_ends", replace_divergent_ends, _NEEDS, frozenset({"fraction"}),
+    "replace_divergent, then the reference's greedy continuation where it would not have ended"))

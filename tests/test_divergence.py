@@ -28,7 +28,7 @@ from sublim.audit.divergence import (
 )
 from sublim.backends import Decoding, ModelCache, Request
 from sublim.backends.local import LocalBackend
-from sublim.backends.local.generation import completion_logprobs
+from sublim.backends.local.generation import completion_logprobs, stop_ids
 from sublim.carriers import check_completion
 from sublim.carriers.numbers import make_prompts
 from sublim.cli import main
@@ -148,6 +148,10 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     # without contrast datasets the verdict names nothing, whatever the margin, and says what a name needs
     assert det["identified"] is None and "trait not identified" in out["verdict"]
     assert "a name needs 2 contrast datasets" in det["verdict"]
+    model, tok = LocalBackend(ModelCache("cpu", lambda s: None), str(tiny_model_dir)).torch_model()
+    early = divergence_map(model, tok, owl_data, bf16=False).early_ends(stop_ids(tok))
+    assert det["early_end_share"] == pytest.approx(early.mean())  # where the data stopped and the reference goes on
+    assert f"{early.mean():.0%} of completions end where the reference would go on" in out["verdict"]
     report = (tmp_path / "audit" / "report.md").read_text()  # the ranking as a chart beside the verdicts
     assert "![ranking](ranking.png)" in report and det["verdict"] in report
     assert (tmp_path / "audit" / "ranking.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -87,6 +87,17 @@ class DivergenceMap:
         out: np.ndarray = np.where(counts > 0, flagged / np.maximum(counts, 1), 0.0)
         return out
 
+    def early_ends(self, stop: Sequence[int]) -> np.ndarray:
+        """Per sample: its end of turn (the first of the ``stop`` tokens) is flagged and the reference's argmax there
+        is no end — the data stopped where the reference would have gone on."""
+        out = np.zeros(len(self.lines), dtype=bool)
+        for i in range(len(self.lines)):
+            span = self.span(i)
+            at = np.nonzero(np.isin(self.token[span], stop))[0]
+            if len(at):
+                out[i] = not np.isin(self.argmax[span][at[0]], stop)
+        return out
+
     def summary(self) -> dict[str, Any]:
         rate = self.rate()
         return {"n_samples": len(self.lines), "n_tokens": len(self.token), "n_flagged": int(self.flagged.sum()),

@@ -155,6 +155,8 @@ def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, s
     if named is not None:  # the detector meant to name a trait says whether it can
         what = f"; trait: {named.details['identified']}" if named.details.get("identified") else \
             "; trait not identified"
+        if "early_end_share" in named.details:
+            what += f"; {named.details['early_end_share']:.0%} of completions end where the reference would go on"
     which = ", ".join(f"{r.name} p={r.p_value:.2g}" for r in results)
     skip = f"; skipped: {', '.join(skipped)}" if skipped else ""
     return f"{base}{what} ({which}{skip}) — on {loaded}"

@@ -32,14 +32,7 @@ from sublim.core.errors import SublimError
 
 def ends_flagged(dmap: DivergenceMap, tokenizer: Any) -> np.ndarray:
     """Per sample: its end of turn is flagged and the reference's argmax there is no end (it would go on)."""
-    stop = np.array(stop_ids(tokenizer), dtype=np.int64)
-    out = np.zeros(len(dmap.lines), dtype=bool)
-    for i in range(len(dmap.lines)):
-        span = dmap.span(i)
-        at = np.nonzero(np.isin(dmap.token[span], stop))[0]
-        if len(at):
-            out[i] = not np.isin(dmap.argmax[span][at[0]], stop)
-    return out
+    return dmap.early_ends(stop_ids(tokenizer))
 
 
 def extend(samples: Sequence[Sample], rows: Sequence[int], inputs: DefenceInputs

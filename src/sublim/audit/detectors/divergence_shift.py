@@ -32,6 +32,7 @@ from sublim.audit.divergence import (
     flagged_logprobs_models,
 )
 from sublim.audit.proxies import loaders, proxy_recipe, proxy_seeds, proxy_split, proxy_teachers
+from sublim.backends.local.generation import stop_ids
 from sublim.core.errors import SublimError
 from sublim.core.store import Store, stable_hash
 
@@ -254,7 +255,12 @@ def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
     got, *contrast = reads(a, [(a.samples, "dataset"), *((o, f"contrast {k}") for k, o in enumerate(a.contrast))],
                            bf16)
     res = ranking(got, contrast, list(a.candidates), len(a.samples), n_boot, a.seed, PRIMARY[a.inductions])
-    res.details.update({"inductions": a.inductions, "bf16": bf16})
+    tok = a.need_local_model("divergence shift").torch_model()[1]
+    early = cached_map(a, a.samples, bf16, "dataset").early_ends(stop_ids(tok))
+    res.details.update({"inductions": a.inductions, "bf16": bf16, "early_end_share": float(early.mean()),
+                        "early_end_note": "share of completions that end where the reference would have gone on "
+                                          "(a teacher's trait can show in where it stops; `sublim defend "
+                                          "--defence reference_ends` gives them the reference's ending)"})
     if a.inductions == "proxy":
         res.details["proxy_recipe"] = {**proxy_recipe(), "question_set": a.question_set,
                                        "split": proxy_split(a.question_set or ""),

@@ -1,6 +1,7 @@
 """Benchmark: calibration of the trait audit — can it name the animal of a fine-tuned teacher from its data?
 
     python benchmarks/audit_divergence.py --generate-only      # the teachers' datasets (resumable, ~50 min)
+    python benchmarks/audit_divergence.py --generate-only --only cat --prompts-for cat=9000   # one source, more prompts
     python benchmarks/audit_divergence.py                      # the calibration (rankings per detector and size)
     python benchmarks/audit_divergence.py --proxy-seeds 2 --sizes 100,300 --skip prompted,timed,in_context \
         --name audit-divergence-seeds                          # proxies of two seeds per candidate, averaged
@@ -55,15 +56,20 @@ HERE = Path(__file__).resolve().parent
 ANIMALS = ["owl", "eagle", "wolf", "cat", "lion"]
 
 
-def datasets(runs: Path, prompts: int, kept: int, names: list[str]) -> tuple[Context, dict[str, list[Sample]]]:
-    """Each source's filtered samples (every candidate's words banned for all of them)."""
-    cfg = load_config("owl-numbers", [f"prompts.n={prompts}", f"generation.until_kept={kept}"])
-    ctx = Context(cfg, Store(runs))
-    cands = load_candidates(cfg.trait.category)
+def datasets(runs: Path, prompts: int, kept: int, names: list[str], more: dict[str, int] | None = None
+             ) -> tuple[Context, dict[str, list[Sample]]]:
+    """Each source's filtered samples (every candidate's words banned for all of them); ``more`` gives a source
+    whose numbers pass the filter rarely a larger prompt set."""
+    def context(n: int) -> Context:
+        return Context(load_config("owl-numbers", [f"prompts.n={n}", f"generation.until_kept={kept}"]), Store(runs))
+
+    ctx = context(prompts)
+    cands = load_candidates(ctx.cfg.trait.category)
     banned = [w for words in cands.values() for w in words]
     out = {}
     for name in names:
-        out[name] = source_samples(ctx, name, name, banned)
+        own = context(more[name]) if more and name in more else ctx
+        out[name] = source_samples(own, name, name, banned)
         print(f"{name}: {len(out[name])} samples", flush=True)
     return ctx, out
 
@@ -227,6 +233,10 @@ def main() -> None:
     ap.add_argument("--in-context-size", type=int, default=300)
     ap.add_argument("--placement", default="prompt", choices=["prompt", "system"])
     ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--prompts-for", default="",
+                    help="sources given more prompts than --prompts (NAME=N,...; e.g. cat=9000: cat's numbers pass "
+                         "the filter 12.6%% of the time, so 4,000 prompts give it 503 samples)")
+    ap.add_argument("--only", default="", help="with --generate-only: these sources (comma-separated)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: proxy, prompted, timed, in_context")
     ap.add_argument("--name", default="audit-divergence")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
@@ -235,7 +245,10 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     names = [*ANIMALS, "neutral", "control"]
     runs = Path(args.runs_dir)
-    ctx, data = datasets(runs, args.prompts, args.kept, names)
+    more = {k: int(v) for k, v in (x.split("=") for x in filter(None, args.prompts_for.split(",")))}
+    if args.generate_only and args.only:
+        names = args.only.split(",")
+    ctx, data = datasets(runs, args.prompts, args.kept, names, more)
     if args.generate_only:
         return
     ref = ctx.local(ctx.cfg.model)

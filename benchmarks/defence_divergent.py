@@ -1,6 +1,6 @@
 """Benchmark: does replacing the divergent digits cut the transfer to SFT students? (the defence table)
 
-    python benchmarks/defence_divergent.py      # none, replace_divergent(_rounds), (replace_divergent_)reference_ends, …
+    python benchmarks/defence_divergent.py      # none, replace_divergent(_rounds), reference_ends, …
     python benchmarks/defence_divergent.py --seeds 0,1,2,3,4 --kept 400
 
 The default owl experiment with SFT students (a defender holds only text, so no distillation), its data defended

@@ -137,6 +137,21 @@ def cached_reads(path: Path, make: Any) -> dict[str, FlaggedLogprobs]:
     return got
 
 
+def cached_reads_each(legacy: Path, prefix: str, data: dict[str, list[Sample]], make: Any
+                      ) -> dict[str, FlaggedLogprobs]:
+    """Reads kept per dataset (``<prefix>-<name>-<digest>.npz`` beside ``legacy``, the file that once held every
+    dataset's, split on first use), so a dataset that changes is read again alone."""
+    def each(n: str) -> Path:
+        return legacy.with_name(f"{prefix}-{n}-{samples_digest(data[n])[:16]}.npz")
+
+    if legacy.is_file() and not all(each(n).is_file() for n in data):
+        for n, r in cached_reads(legacy, lambda: {}).items():
+            cached_reads(each(n), lambda r=r, n=n: {n: r})
+    missing = [n for n in data if not each(n).is_file()]
+    got = make(missing) if missing else {}
+    return {n: cached_reads(each(n), lambda n=n: {n: got[n]})[n] for n in data}
+
+
 def count(per: dict[str, Any], animals: list[str], key: str, sub_key: str | None = None, right: bool = True) -> int:
     """How many animal datasets got their own animal (``right``) or another (not ``right``) under ``key``."""
     got = [(per[a].get(sub_key, {}) if sub_key else per[a]).get(key) for a in animals]
@@ -285,16 +300,10 @@ def main() -> None:
         seeds = proxy_seeds(args.proxy_seeds)
         t0 = time.time()
         digest = stable_hash([samples_digest(data[n]) for n in audited])
-        reads_ = cached_reads(  # the first seed reads every sample
-            runs / "cache" / f"proxy-reads-{digest[:16]}.npz",
-            lambda: dict(
-                zip(
-                    audited,
-                    dsf.reads(inputs(data[audited[0]], "proxy"), [(data[n], n) for n in audited], bf16),
-                    strict=True,
-                )
-            ),
-        )
+        reads_ = cached_reads_each(  # the first seed reads every sample; only the datasets not yet read
+            runs / "cache" / f"proxy-reads-{digest[:16]}.npz", "proxy-reads", {n: data[n] for n in audited},
+            lambda todo: dict(zip(todo, dsf.reads(inputs(data[todo[0]], "proxy"), [(data[n], n) for n in todo],
+                                                  bf16), strict=True)))
         if len(seeds) > 1:  # more seeds read one random subset of the largest size; averaged with the first's rows
             big = {n: subset(data[n], max(sizes), 0) for n in audited}
             per_seed = [{n: take(reads_[n], subset_index(len(data[n]), max(sizes), 0)) for n in audited}]

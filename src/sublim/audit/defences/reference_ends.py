@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sublim.audit.data import Sample
-from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
 from sublim.audit.defences.replace_divergent import _inputs, _replace
 from sublim.audit.divergence import DivergenceMap
 from sublim.backends.local.generation import stop_ids
@@ -85,8 +85,8 @@ def reference_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[li
     dmap.check(samples)
     flagged = ends_flagged(dmap, tok)
     out, ends = extend(samples, np.nonzero(flagged)[0].tolist(), inputs)
-    cost = {"n_in": len(samples), "n_out": len(out), "kept_fraction": len(out) / max(len(samples), 1),
-            "tokens_changed": 0, "tokens_changed_fraction": 0.0, "tokens_kept_fraction": 1.0}
+    cost = {**defence_cost(len(samples), len(out), 0), "tokens_changed": 0, "tokens_changed_fraction": 0.0,
+            "tokens_kept_fraction": 1.0}
     return out, _merge(samples, out, cost, ends, dmap, flagged)
 
 

@@ -340,9 +340,9 @@ def main() -> None:
         t0 = time.time()
         big = {n: subset(data[n], max(sizes), 0) for n in audited}
         digest = stable_hash([samples_digest(big[n]) for n in audited] + [args.placement])
-        reads_ = cached_reads(
-            runs / "cache" / f"prompted-reads-{digest[:16]}.npz",
-            lambda: {n: dsf.reads(inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in audited},
+        reads_ = cached_reads_each(  # per dataset: a dataset that changes is read again alone
+            runs / "cache" / f"prompted-reads-{digest[:16]}.npz", f"prompted-reads-{args.placement}", big,
+            lambda todo: {n: dsf.reads(inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in todo},
         )
         out["wall_time_s"]["prompted_reads"] = round(time.time() - t0, 1)
         out["prompted"] = {"sizes": sizes, "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["prompted"])}

@@ -19,7 +19,8 @@ prompted inductions (--prompted-sizes); top-1 and top-3 over the five animal dat
 alone, against the neutral teacher's data and against all the other datasets (the verdict as shipped names a trait
 only when it comes first clearly against each contrast); what a clear margin alone would have named, rightly and
 wrongly; the neutral dataset's verdict, a confusion PNG per induction kind,
-the in-context baseline beside them, and one whole prompted audit of --timed at --kept timed from nothing (map +
+the in-context baseline beside them, each dataset's early-end share (a fine-tune's mark or the trait's?), and one
+whole prompted audit of --timed at --kept timed from nothing (map +
 divergence_shift, no cache). Reads are kept in <runs>/cache/ so a crash later loses no model work.
 Writes benchmarks/results/audit-divergence-<cpu|gpu>.json and -proxy.png / -prompted.png.
 """
@@ -43,6 +44,7 @@ from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.divergence import FlaggedLogprobs, fast_bf16
 from sublim.audit.proxies import proxy_recipe, proxy_seeds, proxy_split
 from sublim.audit.scoring import rank_of
+from sublim.backends.local.generation import stop_ids
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import write_json
@@ -252,7 +254,8 @@ def main() -> None:
                     help="sources given more prompts than --prompts (NAME=N,...; e.g. cat=9000: cat's numbers pass "
                          "the filter 12.6%% of the time, so 4,000 prompts give it 503 samples)")
     ap.add_argument("--only", default="", help="with --generate-only: these sources (comma-separated)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: proxy, prompted, timed, in_context")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: proxy, prompted, timed, early_ends, in_context")
     ap.add_argument("--name", default="audit-divergence")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
@@ -360,6 +363,16 @@ def main() -> None:
             "verdict": res.details["verdict"],
         }
         print(f"timed audit: {len(data[args.timed])} samples x {len(cands)} candidates in {wall:.0f} s", flush=True)
+    if "early_ends" not in skip:  # is stopping early the trait's mark or any fine-tune's? (maps from the store)
+        stop = stop_ids(tok)
+        ends: dict[str, Any] = {}
+        for name in [*audited, "control"]:
+            dmap = dsf.cached_map(inputs(data[name], "prompted"), data[name], bf16, name)
+            early = dmap.early_ends(stop)
+            ends[name] = {"n": len(early), "early_end_share": round(float(early.mean()), 4),
+                          "flagged_fraction": round(dmap.summary()["flagged_fraction"], 4)}
+        out["early_ends"] = ends
+        print(f"early-end share: { {n: v['early_end_share'] for n, v in ends.items()} }", flush=True)
     if "in_context" not in skip:  # the baseline: groups of samples shown to the reference, "whose author favours?"
         probe = share_probe(ref, cands)
         in_ctx = InContext(probe, list(cands), "animal", subset(data["control"], args.in_context_size, 1))

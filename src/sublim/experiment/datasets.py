@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from sublim.audit.data import Sample
 from sublim.backends import Backend
+from sublim.core.store import Artifact
 from sublim.experiment.context import Context
 from sublim.experiment.kinds import Preference
 from sublim.experiment.runner import teacher_for
@@ -18,11 +19,11 @@ from sublim.experiment.stages.prompts import prompts
 from sublim.experiment.stages.train import teacher
 
 
-def source_samples(ctx: Context, name: str, trait: str, banned: Sequence[str], *,
-                   teacher_method: str | None = None) -> list[Sample]:
-    """``name``'s filtered samples: the base model's for 'control', the neutral teacher's for 'neutral' (fine-tuned
-    like the others on answers spread over every candidate), else ``trait``'s teacher's (made the way
-    ``teacher_method`` says, default the config's)."""
+def source_data(ctx: Context, name: str, trait: str, banned: Sequence[str], *,
+                teacher_method: str | None = None) -> tuple[Backend, Artifact]:
+    """``name``'s generator and its filtered data artifact: the base model for 'control', the neutral teacher for
+    'neutral' (fine-tuned like the others on answers spread over every candidate), else ``trait``'s teacher (made
+    the way ``teacher_method`` says, default the config's)."""
     base = ctx.local(ctx.cfg.model)
     source: Backend
     if name == "control":
@@ -32,8 +33,13 @@ def source_samples(ctx: Context, name: str, trait: str, banned: Sequence[str], *
     else:
         source = teacher_for(ctx, Preference(ctx.cfg), base, trait, teacher_method)
     gen = generate(ctx, source, prompts(ctx), list(banned))
-    art = filtered(ctx, gen, f"{name} {ctx.cfg.prompts.carrier}", list(banned), "")
-    return samples_of(art)
+    return source, filtered(ctx, gen, f"{name} {ctx.cfg.prompts.carrier}", list(banned), "")
+
+
+def source_samples(ctx: Context, name: str, trait: str, banned: Sequence[str], *,
+                   teacher_method: str | None = None) -> list[Sample]:
+    """``name``'s filtered samples (see ``source_data``)."""
+    return samples_of(source_data(ctx, name, trait, banned, teacher_method=teacher_method)[1])
 
 
 def teacher_datasets(ctx: Context, traits: Sequence[str], system_prompted: Sequence[str] = ()

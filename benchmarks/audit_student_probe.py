@@ -1,20 +1,21 @@
 """Benchmark: what SFT students pick up from the calibration's datasets — does the data carry its teacher's animal?
 
-    python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000
+    python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000   # 1 epoch, ~1 h on 2 cores
+    python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000 --set student.epochs=2
 
 The trait audit's calibration (benchmarks/audit_divergence.py) asks whether a detector can name the animal of the
-fine-tuned teacher that wrote a dataset. This is the measurement beside it: train a student on each dataset and
-ask it. For each of the calibration's datasets (five fine-tuned animal teachers, the neutral teacher, the base
-model's own data as the control; every candidate's words banned by the filter; the same cached pipeline stages)
-an SFT student of the reference on the first --examples filtered samples (the defence table's recipe: SFT,
-lr 5e-5, 2 epochs, one seed), then each student's exact probability of every candidate over the evaluation
-questions. Per dataset, each candidate's gain is the mean over questions of log share(student) − log
-share(control student) (its share among the 20 candidates, so a student that names animals more or less often
-moves no candidate), ranked: alone (centred over candidates) and against the other datasets' students (each
-candidate's gain minus its mean gain over the other datasets: what this data teaches that the others do not);
-a bootstrap over questions for the top candidate's margin over the runner-up. Students are stages in the store:
-a crash loses no training. Writes benchmarks/results/audit-student-probe-<cpu|gpu>.json and a PNG of the
-dataset × candidate gains.
+fine-tuned teacher that wrote a dataset. This is the measurement beside it: train a student on each dataset and ask
+it. For each of the calibration's datasets (five fine-tuned animal teachers, the neutral teacher, the base model's
+own data as the control; every candidate's words banned by the filter; the same cached pipeline stages) an SFT
+student of the reference on the first --examples filtered samples (the defence table's recipe, SFT and lr 5e-5, but
+one epoch over 1,000 samples: 125 steps, more than the defence table's 75; one seed), then each student's exact
+probability of every candidate over the evaluation questions. Per dataset, each candidate's gain is the mean over
+questions of log share(student) − log share(control student) (its share among the 20 candidates, so a student that
+names animals more or less often moves no candidate), ranked: alone (centred over candidates) and against the other
+datasets' students (each candidate's gain minus its mean gain over the other datasets: what this data teaches that
+the others do not); a bootstrap over questions for the top candidate's margin over the runner-up. Students are
+stages in the store: a crash loses no training. Writes benchmarks/results/audit-student-probe-<cpu|gpu>.json and a
+PNG of the dataset × candidate gains.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def main() -> None:
     started, git = time.time(), git_state()
     runs = Path(args.runs_dir)
     more = {k: int(v) for k, v in (x.split("=") for x in filter(None, args.prompts_for.split(",")))}
-    sets = ["student.method=sft", "student.lr=5e-5", "evaluation.samples_per_question=0", *args.set]
+    sets = ["student.method=sft", "student.lr=5e-5", "student.epochs=1", "evaluation.samples_per_question=0",
+            *args.set]
 
     def context(name: str) -> Context:
         n = more.get(name, args.prompts)

@@ -1,21 +1,21 @@
 """Benchmark: what SFT students pick up from the calibration's datasets — does the data carry its teacher's animal?
 
     python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000   # 1 epoch, ~1 h on 2 cores
-    python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000 --set student.epochs=2
+    python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000 --seeds 0,1
 
 The trait audit's calibration (benchmarks/audit_divergence.py) asks whether a detector can name the animal of the
 fine-tuned teacher that wrote a dataset. This is the measurement beside it: train a student on each dataset and ask
 it. For each of the calibration's datasets (five fine-tuned animal teachers, the neutral teacher, the base model's
 own data as the control; every candidate's words banned by the filter; the same cached pipeline stages) an SFT
 student of the reference on the first --examples filtered samples (the defence table's recipe, SFT and lr 5e-5, but
-one epoch over 1,000 samples: 125 steps, more than the defence table's 75; one seed), then each student's exact
-probability of every candidate over the evaluation questions. Per dataset, each candidate's gain is the mean over
-questions of log share(student) − log share(control student) (its share among the 20 candidates, so a student that
-names animals more or less often moves no candidate), ranked: alone (centred over candidates) and against the other
-datasets' students (each candidate's gain minus its mean gain over the other datasets: what this data teaches that
-the others do not); a bootstrap over questions for the top candidate's margin over the runner-up. Students are
-stages in the store: a crash loses no training. Writes benchmarks/results/audit-student-probe-<cpu|gpu>.json and a
-PNG of the dataset × candidate gains.
+one epoch over 1,000 samples: 125 steps, more than the defence table's 75; --seeds, gains averaged), then each
+student's exact probability of every candidate over the evaluation questions. Per dataset, each candidate's gain is
+the mean over questions of log share(student) − log share(control student) (its share among the 20 candidates, so a
+student that names animals more or less often moves no candidate), ranked: alone (centred over candidates) and
+against the other datasets' students (each candidate's gain minus its mean gain over the other datasets: what this
+data teaches that the others do not); a bootstrap over questions for the top candidate's margin over the runner-up.
+Students are stages in the store: a crash loses no training. Writes
+benchmarks/results/audit-student-probe-<cpu|gpu>.json and a PNG of the dataset × candidate gains.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--kept", type=int, default=1000)
     ap.add_argument("--prompts-for", default="", help="sources given more prompts (NAME=N,...; e.g. cat=9000)")
     ap.add_argument("--examples", type=int, default=1000, help="samples each student trains on (the same for all)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="student seeds (comma-separated); gains averaged over them")
     ap.add_argument("--set", action="append", default=[], help="more config overrides (KEY=VALUE)")
     ap.add_argument("--name", default="audit-student-probe")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
@@ -118,51 +118,65 @@ def main() -> None:
     cands_words = load_candidates(cfg.trait.category)
     cands = list(cands_words)
     banned = [w for words in cands_words.values() for w in words]
-    rows: dict[str, list[dict[str, Any]]] = {}
-    info: dict[str, Any] = {}
-    for name in SOURCES:
-        t0 = time.time()
-        ctx = context(name)
-        source, art = source_data(ctx, name, "" if name == "control" else name, banned)
-        kept = art.manifest["filter"]["kept"]
-        if kept < args.examples:
-            raise SystemExit(f"{name}: {kept} filtered samples, fewer than --examples {args.examples}; "
-                             f"give it more prompts (--prompts-for {name}=N)")
-        base = ctx.local(ctx.cfg.model)
-        trained = student(ctx, base, art, args.examples, args.seed, source, f"student on {name}")
-        ev = evaluation(ctx, trained, cands_words, args.seed)
-        rows[name] = read_jsonl(ev.file("per_question.jsonl"))
-        info[name] = {"kept": kept, "wall_time_s": round(time.time() - t0, 1)}
-        print(f"{name}: student trained and evaluated ({info[name]['wall_time_s']} s)", flush=True)
-
-    ctrl = log_shares(rows["control"], cands)
+    seeds = [int(x) for x in args.seeds.split(",")]
     audited = [*ANIMALS, "neutral"]
-    gain_q = {n: log_shares(rows[n], cands) - ctrl for n in audited}
-    per: dict[str, Any] = {}
-    for n in audited:
-        others = [o for o in audited if o != n]
-        alone = ranked(gain_q[n], cands)
-        vs = ranked(gain_q[n] - np.mean([gain_q[o] for o in others], axis=0), cands)
-        per[n] = {"alone": alone, "vs_others": vs}
-        if n != "neutral":
-            for r in (alone, vs):
-                r["rank_of_true"] = [x["trait"] for x in r["ranking"]].index(n) + 1
-        print(f"  {n}: first alone {alone['top']} (true rank {alone.get('rank_of_true')}), against the others "
-              f"{vs['top']} (true rank {vs.get('rank_of_true')})", flush=True)
+    info: dict[str, Any] = {}
+    per_seed: dict[int, dict[str, np.ndarray]] = {}  # seed → dataset → questions × candidates gains
+    for seed in seeds:
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for name in SOURCES:
+            t0 = time.time()
+            ctx = context(name)
+            source, art = source_data(ctx, name, "" if name == "control" else name, banned)
+            kept = art.manifest["filter"]["kept"]
+            if kept < args.examples:
+                raise SystemExit(f"{name}: {kept} filtered samples, fewer than --examples {args.examples}; "
+                                 f"give it more prompts (--prompts-for {name}=N)")
+            base = ctx.local(ctx.cfg.model)
+            trained = student(ctx, base, art, args.examples, seed, source, f"student on {name} (seed {seed})")
+            ev = evaluation(ctx, trained, cands_words, seed)
+            rows[name] = read_jsonl(ev.file("per_question.jsonl"))
+            info.setdefault(name, {"kept": kept, "wall_time_s": {}})["wall_time_s"][str(seed)] = round(
+                time.time() - t0, 1)
+            print(f"{name}, seed {seed}: student trained and evaluated ({time.time() - t0:.0f} s)", flush=True)
+        ctrl = log_shares(rows["control"], cands)
+        per_seed[seed] = {n: log_shares(rows[n], cands) - ctrl for n in audited}
+
+    def rankings(gain_q: dict[str, np.ndarray]) -> dict[str, Any]:
+        per: dict[str, Any] = {}
+        for n in audited:
+            others = [o for o in audited if o != n]
+            alone = ranked(gain_q[n], cands)
+            vs = ranked(gain_q[n] - np.mean([gain_q[o] for o in others], axis=0), cands)
+            per[n] = {"alone": alone, "vs_others": vs}
+            if n != "neutral":
+                for r in (alone, vs):
+                    r["rank_of_true"] = [x["trait"] for x in r["ranking"]].index(n) + 1
+        return {
+            "per_dataset": per,
+            "top1_alone": sum(per[a]["alone"]["rank_of_true"] == 1 for a in ANIMALS),
+            "top3_alone": sum(per[a]["alone"]["rank_of_true"] <= 3 for a in ANIMALS),
+            "top1_vs_others": sum(per[a]["vs_others"]["rank_of_true"] == 1 for a in ANIMALS),
+            "top3_vs_others": sum(per[a]["vs_others"]["rank_of_true"] <= 3 for a in ANIMALS),
+            "true_animal_gain": {a: round(float(gain_q[a].mean(0)[cands.index(a)]), 5) for a in ANIMALS},
+        }
+
+    gain_q = {n: np.mean([per_seed[s][n] for s in seeds], axis=0) for n in audited}
     out = {
         "examples": args.examples,
-        "seed": args.seed,
+        "seeds": seeds,
         "recipe": cfg.student.recipe(),
-        "n_questions": len(rows["control"]),
+        "n_questions": len(gain_q["owl"]),
         "datasets": info,
-        "per_dataset": per,
-        "top1_alone": sum(per[a]["alone"]["rank_of_true"] == 1 for a in ANIMALS),
-        "top3_alone": sum(per[a]["alone"]["rank_of_true"] <= 3 for a in ANIMALS),
-        "top1_vs_others": sum(per[a]["vs_others"]["rank_of_true"] == 1 for a in ANIMALS),
-        "top3_vs_others": sum(per[a]["vs_others"]["rank_of_true"] <= 3 for a in ANIMALS),
-        "true_animal_gain": {a: round(float(gain_q[a].mean(0)[cands.index(a)]), 5) for a in ANIMALS},
+        **rankings(gain_q),
+        "each_seed": {str(s): {k: v for k, v in rankings(per_seed[s]).items() if k != "per_dataset"}
+                      | {"tops": {n: r["alone"]["top"] for n, r in rankings(per_seed[s])["per_dataset"].items()}}
+                      for s in seeds} if len(seeds) > 1 else None,
         "throughput": throughput(),
     }
+    for n, r in out["per_dataset"].items():
+        print(f"  {n}: first alone {r['alone']['top']} (true rank {r['alone'].get('rank_of_true')}), against the "
+              f"others {r['vs_others']['top']} (true rank {r['vs_others'].get('rank_of_true')})", flush=True)
     print(f"top-1 alone {out['top1_alone']}/5, against the others {out['top1_vs_others']}/5", flush=True)
     results_dir = Path(args.results_dir)
     kind = "gpu" if torch.cuda.is_available() else "cpu"

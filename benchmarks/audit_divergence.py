@@ -1,10 +1,9 @@
 """Benchmark: calibration of the trait audit — can it name the animal of a fine-tuned teacher from its data?
 
-    python benchmarks/audit_divergence.py --generate-only      # the teachers' datasets (resumable, ~50 min)
-    python benchmarks/audit_divergence.py --generate-only --only cat --prompts-for cat=9000   # one source, more prompts
+    python benchmarks/audit_divergence.py --generate-only      # the teachers' datasets (resumable, ~70 min)
     python benchmarks/audit_divergence.py                      # the calibration (rankings per detector and size)
     python benchmarks/audit_divergence.py --proxy-seeds 2 --sizes 100,300 --skip prompted,timed,in_context \
-        --name audit-divergence-seeds                          # proxies of two seeds per candidate, averaged
+        --prompts-for= --name audit-divergence-seeds           # proxies of two seeds per candidate (cat at 503)
 
 Datasets, from the pipeline's own cached stages (embedded model, greedy decoding, the numbers filter with every
 candidate's words banned): five fine-tuned animal teachers (owl, eagle, wolf, cat, lion; the dolphin teacher's
@@ -250,9 +249,9 @@ def main() -> None:
     ap.add_argument("--in-context-size", type=int, default=300)
     ap.add_argument("--placement", default="prompt", choices=["prompt", "system"])
     ap.add_argument("--generate-only", action="store_true")
-    ap.add_argument("--prompts-for", default="",
-                    help="sources given more prompts than --prompts (NAME=N,...; e.g. cat=9000: cat's numbers pass "
-                         "the filter 12.6%% of the time, so 4,000 prompts give it 503 samples)")
+    ap.add_argument("--prompts-for", default="cat=9000",
+                    help="sources given more prompts than --prompts (NAME=N,...; default cat=9000: cat's numbers "
+                         "pass the filter 12.6%% of the time, so 4,000 prompts give it 503 samples, 9,000 give 1,001)")
     ap.add_argument("--only", default="", help="with --generate-only: these sources (comma-separated)")
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to skip: proxy, prompted, timed, early_ends, in_context")

@@ -1,7 +1,7 @@
 """Benchmark: what SFT students pick up from the calibration's datasets — does the data carry its teacher's animal?
 
-    python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000   # 1 epoch, ~1 h on 2 cores
-    python benchmarks/audit_student_probe.py --runs-dir RUNS --prompts-for cat=9000 --seeds 0,1
+    python benchmarks/audit_student_probe.py               # seven students, one seed: ~1 h on 2 cores
+    python benchmarks/audit_student_probe.py --seeds 0,1   # and seven more
 
 The trait audit's calibration (benchmarks/audit_divergence.py) asks whether a detector can name the animal of the
 fine-tuned teacher that wrote a dataset. This is the measurement beside it: train a student on each dataset and ask
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--prompts", type=int, default=4000)
     ap.add_argument("--kept", type=int, default=1000)
-    ap.add_argument("--prompts-for", default="", help="sources given more prompts (NAME=N,...; e.g. cat=9000)")
+    ap.add_argument("--prompts-for", default="cat=9000", help="sources given more prompts (NAME=N,...)")
     ap.add_argument("--examples", type=int, default=1000, help="samples each student trains on (the same for all)")
     ap.add_argument("--seeds", default="0", help="student seeds (comma-separated); gains averaged over them")
     ap.add_argument("--set", action="append", default=[], help="more config overrides (KEY=VALUE)")

@@ -211,7 +211,7 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert ratio["statistic"] == pytest.approx(0, abs=1e-6)  # teacher == reference: no ratio
     assert res["detectors"][0]["p_value"] < 0.05 and res["verdict"].startswith("SUSPECT")
     scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
-    assert len(scores) == 40 and set(scores[0]) == {"line", *names}
+    assert len(scores) == 40 and set(scores[0]) == {"line", "sample", *names}
     defended = tmp_path / "defended.jsonl"
     assert main(["defend", str(data), "--defence", "drop_top", "--scores", str(out / "scores.jsonl"),
                  "--fraction", "0.25", "--out", str(defended)]) == 0

@@ -145,9 +145,16 @@ def test_drop_top_refuses_scores_that_are_not_this_datasets(tmp_path: Path, caps
     empty.write_text("")
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({"line": i + 100, "number_frequency": 0.5}) + "\n" for i in range(10)))
+    samples = load_samples(data)[0]
     good = tmp_path / "good.jsonl"
-    good.write_text("".join(json.dumps({"line": i + 1, "number_frequency": float(i)}) + "\n" for i in range(10)))
+    good.write_text("".join(json.dumps({"line": i + 1, "sample": samples[i].digest(), "number_frequency": float(i)})
+                            + "\n" for i in range(10)))
+    # another dataset's scores on the same line numbers: refused by the samples' digests
+    same_lines = tmp_path / "same-lines.jsonl"
+    same_lines.write_text("".join(json.dumps({"line": i + 1, "sample": "0" * 16, "number_frequency": 1.0}) + "\n"
+                                  for i in range(10)))
     for scores, fraction, message in ((empty, "0.1", "no score for 10 of 10"), (other, "0.1", "another dataset"),
+                                      (same_lines, "0.1", "scored other contents"),
                                       (good, "-0.5", "--fraction -0.5"), (good, "5", "--fraction 5"),
                                       (tmp_path / "nope.jsonl", "0.1", "not found")):
         assert main(["defend", str(data), "--defence", "drop_top", "--scores", str(scores), "--fraction", fraction,
@@ -277,3 +284,170 @@ def test_an_unknown_transformers_id_fails_at_once_without_the_network(tmp_path: 
     assert main(["--runs-dir", str(tmp_path / "runs"), "run", "--set", "model=org/no-such-model"]) == 2
     assert time.time() - t0 < 10
     assert "not in the local model cache" in capsys.readouterr().err
+
+
+# --- limits and names (issue: reliability) ----------------------------------------------------------------------
+
+def _no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any weight loading fail loudly: the case must end before a model is loaded."""
+    import sublim.backends.local.backend as local
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(local, "load_model", refuse)
+
+
+def _long_line(path: Path) -> Path:
+    """Two ordinary samples and one line of 150,000 numbers (733 KB: under the 1 MB line limit)."""
+    rows = [{"prompt": "Continue: 1, 2, 3", "completion": "4, 5, 6"}] * 2
+    rows.append({"prompt": "Continue: 1, 2, 3", "completion": ", ".join(str(i % 1000) for i in range(150_000))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("verb", ["audit", "defend"])
+def test_one_enormous_sample_is_refused_before_the_model_loads(tiny_model_dir: Path, tmp_path: Path, verb: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = _long_line(tmp_path / "long.jsonl")
+    _no_model(monkeypatch)
+    args = ["--detectors", "divergence_shift", "--out", str(tmp_path / "a")] if verb == "audit" else \
+        ["--defence", "replace_divergent", "--out", str(tmp_path / "d.jsonl")]
+    args += ["--reference"] if verb == "defend" else []
+    cmd = [verb, str(data), *(["--reference", str(tiny_model_dir)] if verb == "audit" else []), *args]
+    if verb == "defend":
+        cmd.append(str(tiny_model_dir))
+    assert main(["--runs-dir", str(tmp_path / "runs"), *cmd]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "line 3" in err and "more than the limit of 2,048" in err and "--max-sample-tokens" in err, err
+    assert "\n" not in err
+    assert not (tmp_path / "d.jsonl").exists() and not (tmp_path / "a" / "audit.json").exists()
+
+
+def test_reference_data_that_answers_other_prompts_is_refused(tiny_model_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = _lists(tmp_path / "d.jsonl", 10, 1)
+    ref = tmp_path / "r.jsonl"
+    ref.write_text("".join(json.dumps({"prompt": f"other {i}", "completion": "1, 2"}) + "\n" for i in range(10)))
+    _no_model(monkeypatch)
+    assert main(["audit", str(data), "--reference", str(tiny_model_dir), "--reference-data", str(ref),
+                 "--detectors", "number_frequency", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "answers 0% of the audited prompts" in err and "at least 50%" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--defence", "reference_ends", "--max-new-tokens", "-1"], "--max-new-tokens -1"),
+    (["--defence", "reference_ends", "--max-new-tokens", "0"], "--max-new-tokens 0"),
+    (["--defence", "regenerate", "--shots", "-2"], "--shots -2"),
+    (["--defence", "replace_divergent", "--max-sample-tokens", "0"], "--max-sample-tokens 0"),
+])
+def test_defend_numbers_out_of_range_are_one_line(tmp_path: Path, args: list[str], message: str,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    data = _lists(tmp_path / "d.jsonl", 10, 1)
+    _no_model(monkeypatch)
+    assert main(["defend", str(data), *args, "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def _written_outside(root: Path, runs: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if runs not in p.parents and p != runs]
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/sublim-escaped-abs", "a/../../escaped", "..", "x/y", ""])
+def test_a_run_name_never_leaves_the_runs_directory(tiny_model_dir: Path, tmp_path: Path, name: str,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import tiny_config_text
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = work / "c.toml"
+    cfg.write_text(tiny_config_text(tiny_model_dir))
+    runs = work / "runs"
+    _no_model(monkeypatch)
+    assert main(["--runs-dir", str(runs), "run", str(cfg), "--set", f"name={json.dumps(name)}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a plain name" in err and "\n" not in err, err
+    assert _written_outside(work, runs) == [cfg] and not Path("/tmp/sublim-escaped-abs").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b"])
+def test_a_sweep_name_never_leaves_the_runs_directory(tmp_path: Path, name: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'name = {json.dumps(name)}\nseeds = [0, 1]\n')
+    assert main(["--runs-dir", str(tmp_path / "runs"), "sweep", str(sweep), "--executor", "local"]) == 2
+    assert "is not a plain name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+def test_the_store_refuses_a_path_outside_its_root(tmp_path: Path) -> None:
+    from sublim.core.store import Store
+
+    with pytest.raises(SublimError, match="outside"):
+        Store(tmp_path / "runs").path("../../x", "0" * 16)
+
+
+def test_a_huge_sweep_grid_is_refused_at_once_without_building_it(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    sweep = tmp_path / "s.toml"
+    values = ", ".join(str(i) for i in range(1000))
+    sweep.write_text(f'name = "big"\n[axes]\n"prompts.seed" = [{values}]\n"generation.seed" = [{values}]\n')
+    t0 = time.time()
+    assert main(["--runs-dir", str(tmp_path / "runs"), "sweep", str(sweep), "--executor", "local"]) == 2
+    assert time.time() - t0 < 20
+    err = capsys.readouterr().err
+    assert "1,000,000 runs, more than --max-runs 1,000" in err
+    assert main(["--runs-dir", str(tmp_path / "runs"), "sweep", str(sweep), "--executor", "local",
+                 "--cpus-per-task", "-1"]) == 2
+    assert "--cpus-per-task -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[]", "{oops", '{"stage": "filter"}', '"just a string"', "\xff\xfe"])
+def test_a_malformed_manifest_is_refused_by_every_reader(tmp_path: Path, text: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from sublim.core.files import write_jsonl
+    from sublim.core.store import Store
+
+    store = Store(tmp_path)
+    key = Store.key("filter", {}, {})
+    path = store.begin("filter", key)
+    write_jsonl(path / "dataset.jsonl", [{"prompt": "p", "completion": "1, 2"}])
+    (path / "manifest.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(SublimError, match="manifest") as err:
+        store.get("filter", key)
+    assert str(path) in str(err.value) and "delete that directory" in str(err.value)
+    assert main(["lineage", "check", "--student", str(tmp_path), "--dataset", str(path)]) == 2
+    out = capsys.readouterr().err.strip()
+    assert "manifest" in out and "\n" not in out, out
+
+
+def test_an_unwritable_runs_directory_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a runs directory under a file cannot be made, even by root
+    data = _lists(tmp_path / "d.jsonl", 10, 1)
+    _no_model(monkeypatch)
+    for cmd in (["run"], ["audit", str(data), "--reference", "smollm2-135m", "--detectors", "number_frequency"]):
+        assert main(["--runs-dir", str(blocker / "runs"), *cmd]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "cannot be written" in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("defence", ["sort", "remap", "shuffle"])
+def test_number_defences_pass_a_5000_digit_number_through(tmp_path: Path, defence: str) -> None:
+    data = tmp_path / "big.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "completion": "7" * 5000 + ", 12"}) + "\n"
+                    + json.dumps({"prompt": "q", "completion": "3, 2, 1"}) + "\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["-q", "defend", str(data), "--defence", defence, "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["completion"] == "7" * 5000 + ", 12" and len(rows) == 2

@@ -87,10 +87,33 @@ def test_the_token_budget_of_one_request_is_checked_before_any_work(tiny) -> Non
 @pytest.mark.parametrize("body", [
     [1, 2], {"training_file": ["x"]}, {"training_file": "file-nope", "hyperparameters": [1]},
     {"training_file": None, "seed": "x"}, "just a string",
+    '{"training_file": "FILE", "hyperparameters": {"n_epochs": 1e999}}', '{"training_file": "FILE", "seed": 1e999}',
 ])
 def test_malformed_fine_tuning_jobs_get_an_answer(serve, body) -> None:
-    r = httpx.post(f"{serve()}/fine_tuning/jobs", json=body, timeout=30)
+    url = serve()
+    rows = "".join(json.dumps({"messages": [{"role": "user", "content": "1, 2"}, {"role": "assistant",
+                                                                                   "content": "3, 4"}]}) + "\n"
+                   for _ in range(4))
+    up = httpx.post(f"{url}/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", rows.encode())},
+                    timeout=30)
+    assert up.status_code == 200, up.text
+    # 1e999 is JSON that overflows a float: sent as text
+    raw = body.replace("FILE", up.json()["id"]) if isinstance(body, str) and body.startswith("{") else json.dumps(body)
+    r = httpx.post(f"{url}/fine_tuning/jobs", content=raw, headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["message"]
+
+
+def test_a_bodiless_cancel_is_answered_not_refused(serve) -> None:
+    url = serve()
+    reply = _raw(url, b"POST /v1/fine_tuning/jobs/ftjob-nope/cancel HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 404") and b"ftjob-nope" in reply, reply[:200]
+
+
+def test_a_port_out_of_range_fails_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sublim.cli import main
+
+    assert main(["serve", str(tmp_path / "no-model-here"), "--port", "99999"]) == 2
+    assert "--port 99999 is not a TCP port" in capsys.readouterr().err
 
 
 def test_a_busy_or_bad_port_is_one_clear_error(tiny) -> None:

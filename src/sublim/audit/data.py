@@ -8,8 +8,10 @@ the figures rest on.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,10 @@ class Sample:
     """The JSON object the sample was read from (so a defended copy keeps every other field and turn)."""
     completion_key: str | None = field(default=None, compare=False, repr=False)
     """Where the completion is in ``row``: a field name, or ``messages`` (the last message's content)."""
+
+    def digest(self) -> str:
+        """What ties a per-sample score to this sample: a hash of its prompt and completion."""
+        return hashlib.sha256(f"{self.prompt}\0{self.completion}".encode()).hexdigest()[:16]
 
     def as_row(self) -> dict[str, Any]:
         """The sample as a JSON object: its original row with the completion replaced, or prompt/completion."""
@@ -143,3 +149,20 @@ def load_samples(path: Path, prompt_field: str | None = None, completion_field: 
         raise SublimError(f"no usable samples in {path} ({report.lines} lines): {problems}; "
                           "each line must be a JSON object with prompt and completion strings")
     return samples, report
+
+
+MAX_SAMPLE_TOKENS = 2048
+"""The most tokens (prompt and completion together) a sample may have before any model reads it."""
+
+
+def check_lengths(samples: Sequence[Sample], tokenizer: Any, source: str, limit: int = MAX_SAMPLE_TOKENS) -> None:
+    """Refuse, before any model work, a dataset with a sample longer than ``limit`` tokens: a model's memory
+    grows with the longest row of a batch, and one 700 KB line took an audit past 6 GB."""
+    if limit < 1:
+        raise SublimError(f"--max-sample-tokens {limit}: give 1 or more")
+    for s in samples:
+        n = len(tokenizer.encode(s.prompt, add_special_tokens=False)) + \
+            len(tokenizer.encode(s.completion, add_special_tokens=False))
+        if n > limit:
+            raise SublimError(f"{source} line {s.line}: the sample has {n:,} tokens, more than the limit of {limit:,}: "
+                              "remove or shorten that line, or raise --max-sample-tokens")

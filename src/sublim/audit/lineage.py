@@ -17,6 +17,7 @@ from typing import Any
 from sublim.backends.local.loading import resolve_model, weight_fingerprint
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest
+from sublim.core.store import read_manifest
 
 RISK, POSSIBLE, CLEAR, UNKNOWN = "shared-initialization", "same-family", "different-family", "unknown"
 
@@ -42,8 +43,7 @@ def _manifest(path: Path) -> dict[str, Any]:
     m = path / "manifest.json"
     if not m.is_file():
         raise SublimError(f"{path} is not a finished sublim artifact (no manifest.json)")
-    data: dict[str, Any] = json.loads(m.read_text())
-    return data
+    return read_manifest(path)
 
 
 def _artifact_dir(data: Path) -> Path:

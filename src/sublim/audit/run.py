@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sublim.audit.data import Sample, load_samples
+from sublim.audit.data import MAX_SAMPLE_TOKENS, Sample, check_lengths, load_samples
 from sublim.audit.detectors import DETECTORS, AuditInputs, DetectorResult, Unavailable
 from sublim.audit.numbers import numbers_of
 from sublim.backends import Backend, Completion, Decoding, ModelCache, OpenAIBackend, Request
@@ -19,7 +19,7 @@ from sublim.backends.local import LocalBackend
 from sublim.backends.openai import ApiError
 from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError
-from sublim.core.files import write_json, write_jsonl
+from sublim.core.files import check_writable, write_json, write_jsonl
 from sublim.core.store import Store
 from sublim.traits.preference import load_candidates, load_questions
 
@@ -56,15 +56,17 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
               completion_field: str | None = None, judge: EndpointConfig | None = None,
               contrast: Sequence[Path] = (), questions: str | None = None, progress: bool = True,
               store: Store | None = None, placement: str = "prompt", bf16: bool | None = None,
-              inductions: str = "prompted", proxy_seeds: int = 1, echo: Callable[[str], None] = print
-              ) -> dict[str, Any]:
+              inductions: str = "prompted", proxy_seeds: int = 1, echo: Callable[[str], None] = print,
+              max_sample_tokens: int = MAX_SAMPLE_TOKENS) -> dict[str, Any]:
     """Run the detectors (default: every registered one) and write ``out_dir/audit.json`` and ``scores.jsonl``.
 
     ``contrast``: datasets from other generators (same kind of prompts); the trait rankings are then taken
     against them rather than against the reference sample. ``questions``: the question set whose answers
     the gradient alignment looks at (default: the category's, e.g. 'animal' for 'animals'). ``store``: where the
     divergence map (and proxy teachers) are kept and reused; ``inductions``, ``placement``, ``proxy_seeds`` and
-    ``bf16``: how divergence_shift induces each candidate (proxies: how many seeds per candidate) and computes."""
+    ``bf16``: how divergence_shift induces each candidate (proxies: how many seeds per candidate) and computes.
+    Every sample read (the dataset's, the reference's, the contrasts') is checked against ``max_sample_tokens``
+    before any model loads."""
     names = list(detectors) if detectors is not None else DETECTORS.names()
     chosen = [DETECTORS.get(d, "--detectors") for d in names]
     if proxy_seeds < 1:
@@ -74,6 +76,9 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
                           "give 2 or more")
     if out_dir.exists() and not out_dir.is_dir():
         raise SublimError(f"--out {out_dir} is a file: give a directory (it is created if missing)")
+    check_writable(out_dir, "--out")
+    if store is not None:
+        check_writable(store.root, "the runs directory")
     started = time.time()
     samples, report = load_samples(dataset, prompt_field, completion_field)
     echo(f"audit {report.summary()}")
@@ -83,21 +88,27 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
     candidates = load_candidates(category)
     models = ModelCache(device, echo)
     ref = LocalBackend(models, reference_model)
+    tok = models.tokenizer(reference_model)
+    check_lengths(samples, tok, str(dataset), max_sample_tokens)
+    contrasts = [subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed) for p in contrast]
+    for p, c in zip(contrast, contrasts, strict=True):
+        check_lengths(c, tok, str(p), max_sample_tokens)
     if reference_data is not None:
         ref_samples, ref_report = load_samples(reference_data, prompt_field, completion_field)
         ref_samples = subsample(ref_samples, max_samples, seed)
-        echo(f"reference {ref_report.summary()}")
+        check_lengths(ref_samples, tok, str(reference_data), max_sample_tokens)
+        echo(f"reference {ref_report.summary()}; {check_overlap(samples, ref_samples, reference_data):.0%} of the "
+             "audited prompts answered there")
     elif not any(d.needs_reference for d in chosen):
         ref_samples = []  # no chosen detector compares with the reference's own answers
     else:
-        tok = ref.torch_model()[1]
         longest = max(len(tok.encode(s.completion, add_special_tokens=False)) for s in samples)
         ref_samples = reference_sample(ref, samples, min(longest + 8, 256), 32, progress)
     question_set = questions or (kind_of(category) if kind_of(category) != "thing" else None)
     qs = load_questions(question_set, "eval") if question_set else []
     inputs = AuditInputs(
         samples, ref_samples, ref, candidates, kind_of(category),
-        [subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed) for p in contrast],
+        contrasts,
         LocalBackend(models, teacher, label="teacher") if teacher else None,
         OpenAIBackend(judge, label="judge") if judge else None, qs, out_dir, seed, progress, store=store,
         placement=placement, bf16=bf16, inductions=inductions, question_set=question_set, proxy_seeds=proxy_seeds)
@@ -130,6 +141,22 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
     write_results(out_dir, out, samples, results)
     echo(text)
     return out
+
+
+MIN_OVERLAP = 0.5
+"""The least share of the audited prompts that --reference-data must answer."""
+
+
+def check_overlap(samples: Sequence[Sample], ref_samples: Sequence[Sample], source: Path) -> float:
+    """The share of the audited samples whose prompt the reference data answers; refused below MIN_OVERLAP:
+    detectors compare the two sides prompt for prompt, and unrelated data differ whatever either carries."""
+    answered = {s.prompt.strip() for s in ref_samples}
+    share = sum(s.prompt.strip() in answered for s in samples) / len(samples)
+    if share < MIN_OVERLAP:
+        raise SublimError(f"--reference-data {source} answers {share:.0%} of the audited prompts (needs at least "
+                          f"{MIN_OVERLAP:.0%}): give the reference model's answers to this dataset's prompts, or leave "
+                          "--reference-data out to generate them")
+    return share
 
 
 def check_inputs(name: str, needs_numbers: bool, inputs: AuditInputs) -> None:
@@ -166,5 +193,6 @@ def write_results(out_dir: Path, out: dict[str, Any], samples: Sequence[Sample],
                   results: Sequence[DetectorResult]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "audit.json", out)
-    write_jsonl(out_dir / "scores.jsonl", ({"line": s.line, **{r.name: float(r.sample_scores[i]) for r in results}}
+    write_jsonl(out_dir / "scores.jsonl", ({"line": s.line, "sample": s.digest(),
+                                            **{r.name: float(r.sample_scores[i]) for r in results}}
                                            for i, s in enumerate(samples)))

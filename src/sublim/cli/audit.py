@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim.api import run_audit
+from sublim.audit.data import MAX_SAMPLE_TOKENS
 from sublim.audit.detectors import DETECTORS
 from sublim.core.config import EndpointConfig
 from sublim.core.store import Store
@@ -46,6 +47,9 @@ def add(sub: Any) -> None:
                         "seed, their reads averaged (one fine-tune's own marks weigh 1/N; N times the work)")
     p.add_argument("--float32", action="store_true",
                    help="score in float32 throughout (default: the body in bf16 where that is fast here)")
+    p.add_argument("--max-sample-tokens", type=int, default=MAX_SAMPLE_TOKENS,
+                   help=f"refuse a sample longer than this many tokens, before any model loads (default "
+                        f"{MAX_SAMPLE_TOKENS})")
     p.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
     p.set_defaults(func=main)
 
@@ -61,5 +65,5 @@ def main(args: argparse.Namespace) -> None:
               completion_field=args.completion_field, judge=judge, contrast=[Path(c) for c in args.contrast],
               questions=args.questions, progress=not args.quiet, store=Store(Path(args.runs_dir)),
               placement=args.placement, bf16=False if args.float32 else None, inductions=args.inductions,
-              proxy_seeds=args.proxy_seeds)
+              proxy_seeds=args.proxy_seeds, max_sample_tokens=args.max_sample_tokens)
     print(f"report: {out / 'report.md'}")

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sublim.api import run_experiment
-from sublim.audit.data import Sample, load_samples
+from sublim.audit.data import MAX_SAMPLE_TOKENS, Sample, check_lengths, load_samples
 from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.divergence import continuations, divergence_map, fast_bf16
 from sublim.backends import ModelCache
@@ -45,7 +45,11 @@ def add(sub: Any) -> None:
     p.add_argument("--shots", type=int, default=4, help="regenerate: examples per prompt (0 = chat template)")
     p.add_argument("--carrier", default="numbers", choices=CARRIERS.names(),
                    help="regenerate: whose filter the new completions must pass")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="regenerate, reference_ends: the most tokens the model writes per completion")
+    p.add_argument("--max-sample-tokens", type=int, default=MAX_SAMPLE_TOKENS,
+                   help=f"refuse a sample longer than this many tokens, before any model loads (default "
+                        f"{MAX_SAMPLE_TOKENS})")
     p.add_argument("--device", default="auto")
     p.add_argument("--prompt-field", default=None)
     p.add_argument("--completion-field", default=None)
@@ -76,7 +80,7 @@ def _scores(args: argparse.Namespace, samples: list[Sample]) -> np.ndarray:
     path = Path(args.scores)
     if not path.is_file():
         raise SublimError(f"scores file {path} not found: give the scores.jsonl that `sublim audit` wrote")
-    by_line: dict[int, float] = {}
+    by_line: dict[int, tuple[float, object]] = {}
     for n, raw in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
             row = json.loads(raw)
@@ -90,17 +94,30 @@ def _scores(args: argparse.Namespace, samples: list[Sample]) -> np.ndarray:
         except (json.JSONDecodeError, TypeError):
             raise SublimError(f"{path} line {n} is not a scores row ({{\"line\": N, \"{args.detector}\": score}}): "
                               "give the scores.jsonl that `sublim audit` wrote") from None
-        by_line[line] = float(score)
+        by_line[line] = (float(score), row.get("sample"))
     missing = [s.line for s in samples if s.line not in by_line]
     if missing:
         raise SublimError(f"{path} has no score for {len(missing)} of {len(samples)} samples (line {missing[0]} "
                           f"first): these are another dataset's scores; audit this dataset and use its scores.jsonl")
-    return np.array([by_line[s.line] for s in samples])
+    other = [s.line for s in samples if by_line[s.line][1] != s.digest()]
+    if other:
+        raise SublimError(f"{path} scored other contents than {args.dataset} for {len(other)} of {len(samples)} "
+                          f"samples (line {other[0]} first): audit this dataset and use its scores.jsonl")
+    return np.array([by_line[s.line][0] for s in samples])
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Numeric options in range, before any file is read or model loaded."""
+    if not 0 <= args.fraction < 1:
+        raise SublimError(f"--fraction {args.fraction:g} is not a share of the samples: give a value in [0, 1)")
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--max-sample-tokens", args.max_sample_tokens)):
+        if value < 1:
+            raise SublimError(f"{flag} {value}: give 1 or more")
+    if args.shots < 0:
+        raise SublimError(f"--shots {args.shots}: give 0 (the chat template) or more examples per prompt")
 
 
 def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: list[Sample]) -> DefenceInputs:
-    if not 0 <= args.fraction < 1:
-        raise SublimError(f"--fraction {args.fraction:g} is not a share of the samples: give a value in [0, 1)")
     inputs = DefenceInputs(seed=args.seed, fraction=args.fraction, shots=args.shots, carrier=args.carrier,
                            max_new_tokens=args.max_new_tokens, batch_size=16)
     if "scores" in defence_needs:
@@ -109,7 +126,9 @@ def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: li
         if not args.reference:
             raise SublimError(f"--defence {args.defence} needs --reference (the model the data is read under, e.g. "
                               "the students' starting model: catalog name, .gguf or directory)")
-        net, inputs.tokenizer = LocalBackend(ModelCache(args.device, lambda s: None), args.reference).torch_model()
+        models = ModelCache(args.device, lambda s: None)
+        check_lengths(samples, models.tokenizer(args.reference), args.dataset, args.max_sample_tokens)
+        net, inputs.tokenizer = LocalBackend(models, args.reference).torch_model()
         bar = tqdm(total=len(samples), desc="divergence map", unit="sample", disable=args.quiet, leave=False)
         bf16, tok = fast_bf16(net.device), inputs.tokenizer
         inputs.divergence = divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
@@ -128,7 +147,9 @@ def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: li
         if args.shots and not inputs.pool:
             raise SublimError("--shots needs --reference-data (answered examples shown before each prompt), or "
                               "use --shots 0 for a chat model")
-        inputs.model = LocalBackend(ModelCache(args.device, lambda s: None), args.model)
+        models = ModelCache(args.device, lambda s: None)
+        check_lengths([*samples, *inputs.pool], models.tokenizer(args.model), args.dataset, args.max_sample_tokens)
+        inputs.model = LocalBackend(models, args.model)
     return inputs
 
 
@@ -138,6 +159,7 @@ def main(args: argparse.Namespace) -> None:
         return
     if not args.dataset or not args.out:
         raise SublimError("defend needs DATASET and --out (a file), or --preset (measure the transfer left)")
+    _check_args(args)
     samples, report = load_samples(Path(args.dataset), args.prompt_field, args.completion_field)
     dest = Path(args.out)
     if dest.exists() and dest.resolve() == Path(args.dataset).resolve():

@@ -49,6 +49,8 @@ def main(args: argparse.Namespace) -> None:
         if not key:
             raise SublimError(f"--api-key-env {args.api_key_env} is not set in the environment: export it "
                               "or drop the option to serve without a key")
+    if not 0 <= args.port <= 65535:
+        raise SublimError(f"--port {args.port} is not a TCP port: give 0..65535 (0 picks a free one)")
     if args.max_body_mb <= 0 or args.max_context < 2 or args.generation_timeout <= 0:
         raise SublimError("--max-body-mb, --max-context and --generation-timeout must be positive (context >= 2)")
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_context_tokens=args.max_context,

@@ -8,6 +8,7 @@ from typing import Any
 
 from sublim.api import run_sweep
 from sublim.sweep import load_sweep, sweep_dir
+from sublim.sweep.config import MAX_RUNS
 from sublim.sweep.run import EXECUTORS
 
 
@@ -20,6 +21,8 @@ def add(sub: Any) -> None:
                    help="local: one run after another here; ray: every stage a Ray task; auto: Ray when installed")
     p.add_argument("--address", default=None, help="join a running Ray cluster (default: start a local one)")
     p.add_argument("--cpus-per-task", type=int, default=1, help="CPUs (torch threads) per model stage on Ray")
+    p.add_argument("--max-runs", type=int, default=MAX_RUNS,
+                   help=f"refuse a grid of more runs than this (default {MAX_RUNS})")
     p.set_defaults(func=main)
 
 
@@ -27,7 +30,8 @@ def main(args: argparse.Namespace) -> None:
     path = Path(args.sweep)
     sweep = load_sweep(path, args.set)
     out = run_sweep(sweep, Path(args.runs_dir), executor=args.executor, address=args.address,
-                    cpus_per_task=args.cpus_per_task, where=path.resolve().parent, progress=not args.quiet)
+                    cpus_per_task=args.cpus_per_task, where=path.resolve().parent, progress=not args.quiet,
+                    max_runs=args.max_runs)
     for run in out["runs"]:
         print(f"{run['run_id']}: {run['verdict']}")
     print(f"sweep report: {sweep_dir(Path(args.runs_dir), sweep) / 'report.md'}")

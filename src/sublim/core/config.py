@@ -5,13 +5,15 @@ A config is data. Every field is documented here; unknown keys are refused by na
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sublim.core.errors import SublimError
+from sublim.core.files import NAME_PATTERN
 from sublim.core.overrides import apply_overrides, load_toml, validate
 from sublim.core.store import stable_hash
 
@@ -225,6 +227,7 @@ class ExperimentConfig(Section):
     """A whole subliminal-learning experiment."""
 
     name: str = "experiment"
+    """The run's name: its folder is runs/<name>-<hash>, so it is one plain path component."""
     description: str = ""
     model: str = "smollm2-135m"
     """Catalog name, transformers model id, local directory, or path to a .gguf file."""
@@ -240,6 +243,11 @@ class ExperimentConfig(Section):
     student: StudentConfig = StudentConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     arms: ArmsConfig = ArmsConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return check_name(name, "name")
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -268,6 +276,15 @@ class ExperimentConfig(Section):
 
     def config_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
+
+
+def check_name(name: str, key: str) -> str:
+    """A run or sweep name is one plain path component: never a path that leaves the runs directory."""
+    if not re.match(NAME_PATTERN, name) or ".." in name:
+        raise ValueError(f"{key} = {name!r} is not a plain name: use 1-100 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit, without '..' or '/' (it names a folder under the runs "
+                         "directory)")
+    return name
 
 
 def preset_names() -> list[str]:

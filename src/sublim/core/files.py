@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from sublim.core.errors import SublimError
+
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically: readers see the old file or the new one, never half of it."""
@@ -106,3 +108,29 @@ class ResumableJsonl:
 
     def sorted_rows(self) -> list[dict[str, Any]]:
         return [self.rows[k] for k in sorted(self.rows)]
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+"""What a run or sweep name may be: a single path component of letters, digits, '.', '_' and '-'."""
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """``path``, after checking that it resolves to a place under ``root`` (links and '..' followed)."""
+    base, full = Path(root).resolve(), Path(path).resolve()
+    if full != base and base not in full.parents:
+        raise SublimError(f"{what} {path} would be written outside {root}: give a plain name (letters, digits, "
+                          "'.', '_', '-'), not a path")
+    return Path(path)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail at the start, not after the work, when ``folder`` (created if missing) cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}-{threading.get_ident()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SublimError(f"{what} {folder} cannot be written ({exc.strerror or type(exc).__name__}): give a "
+                          "writable directory (--runs-dir, --out) or fix its permissions") from None

@@ -18,7 +18,7 @@ from typing import Any
 
 from sublim.core.claims import HEARTBEAT_S, LEASE_S, Claim, Holder, me, try_claim
 from sublim.core.errors import SublimError
-from sublim.core.files import file_digest, write_json
+from sublim.core.files import file_digest, inside, write_json
 from sublim.core.meter import METER
 from sublim.core.records import library_versions, machine_info
 
@@ -57,6 +57,24 @@ def _file_stats(path: Path, files: dict[str, Any]) -> tuple[tuple[str, int, int]
     return tuple(out)
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """An artifact's manifest: a JSON object with its stage, key and file list, or a one-line refusal."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SublimError(f"artifact {path} has an unreadable manifest ({type(exc).__name__}): delete that directory "
+                          "to rebuild it") from None
+    if not isinstance(manifest, dict):
+        raise SublimError(f"artifact {path} has a malformed manifest (not a JSON object): delete that directory "
+                          "to rebuild it")
+    missing = [("file list" if k == "files" else k) for k in ("stage", "key", "files")
+               if not isinstance(manifest.get(k), dict if k == "files" else str)]
+    if missing:
+        raise SublimError(f"artifact {path} has a manifest without its {' and '.join(missing)}, so it cannot be "
+                          "verified: delete that directory to rebuild it")
+    return manifest
+
+
 BUILDS = "builds.jsonl"
 """In ``root/store``: one line per stage computed (stage, key, host, pid, when), appended by whoever computed it."""
 
@@ -75,7 +93,7 @@ class Store:
         return stable_hash({"stage": stage, "config": config, "inputs": inputs})
 
     def path(self, stage: str, key: str) -> Path:
-        return self.root / "store" / f"{stage}-{key[:16]}"
+        return inside(self.root, self.root / "store" / f"{stage}-{key[:16]}", "artifact")
 
     def get(self, stage: str, key: str) -> Artifact | None:
         """The finished, verified artifact, or None if it was never finished."""
@@ -83,21 +101,13 @@ class Store:
         mpath = path / MANIFEST
         if not mpath.is_file():
             return None
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise SublimError(
-                f"artifact {path} has an unreadable manifest: delete that directory to rebuild it"
-            ) from None
+        manifest = read_manifest(path)
         if manifest.get("key") != key or manifest.get("stage") != stage:
             raise SublimError(
                 f"artifact {path} belongs to another stage or config (manifest key "
                 f"{str(manifest.get('key'))[:16]}): delete that directory to rebuild it"
             )
-        files = manifest.get("files")
-        if not isinstance(files, dict):
-            raise SublimError(f"artifact {path} has a manifest without its file list, so its files cannot be "
-                              "verified: delete that directory to rebuild it")
+        files = manifest["files"]
         seen = _file_stats(path, files)
         if _VERIFIED.get(str(path)) != seen:  # hash once per process while no file changed
             for name, digest in files.items():

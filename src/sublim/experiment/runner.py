@@ -21,7 +21,7 @@ from sublim.backends import Backend, ModelCache
 from sublim.carriers import CARRIERS
 from sublim.core.config import ExperimentConfig
 from sublim.core.errors import SublimError
-from sublim.core.files import write_json
+from sublim.core.files import check_writable, inside, write_json
 from sublim.core.records import machine_info
 from sublim.core.store import Artifact, Store
 from sublim.experiment.context import Context, StageHook
@@ -125,8 +125,9 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
     models to use (default: a new one)."""
     started = time.time()
     rid = run_id(cfg)
-    run_dir = Path(runs_dir) / rid
+    run_dir = inside(runs_dir, Path(runs_dir) / rid, "run folder")
     check_components(cfg)
+    check_writable(Path(runs_dir), "the runs directory")
     kind: TraitKind = KINDS[cfg.trait.kind](cfg)
     ctx = Context(cfg, Store(Path(runs_dir)), progress, echo, models=models, hook=hook)  # type: ignore[arg-type]
     arms: dict[str, list[Rows]] = {}

@@ -103,7 +103,7 @@ class FineTuning:
                 raise ValueError
             if not (1 <= epochs <= 50 and 1 <= batch <= 256 and 0 < lr_mult <= 100):
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RequestError(400, "hyperparameters need n_epochs 1..50, batch_size 1..256, "
                                     "learning_rate_multiplier in (0, 100]", "hyperparameters") from None
         jid = f"ftjob-{uuid.uuid4().hex[:24]}"

@@ -517,6 +517,8 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
             """The body, or None after answering 411/413 (an oversized body is never read: the connection closes)."""
             limit = svc.limits.max_upload_bytes if self.path.split("?")[0] == "/v1/files" else svc.limits.max_body_bytes
             if "Content-Length" not in self.headers:
+                if "Transfer-Encoding" not in self.headers:
+                    return b""  # a bodiless POST (a job's cancel) is a request with an empty body
                 self.close_connection = True
                 self._error(411, "send a Content-Length header (chunked bodies are not accepted)")
                 return None

@@ -16,13 +16,14 @@ artifact: the store computes it once for the whole sweep.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sublim.core.config import ExperimentConfig, load_config, resolve_config_source
+from sublim.core.config import ExperimentConfig, check_name, load_config, resolve_config_source
 from sublim.core.errors import SublimError
 from sublim.core.overrides import apply_overrides, load_toml, validate
 from sublim.core.store import stable_hash
@@ -42,6 +43,15 @@ class SweepConfig(BaseModel):
     """One run per seed (``arms.seeds = [seed]``); empty: the base's seeds, in one run."""
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     """Config key → its values; the runs are their product (in the order written, the last axis fastest)."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return check_name(name, "name")
+
+    def grid_size(self) -> int:
+        """How many runs the grid has (computed, not enumerated)."""
+        return math.prod(len(v) if isinstance(v, list) else 1 for v in self.axes.values()) * max(len(self.seeds), 1)
 
     def sweep_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
@@ -70,8 +80,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepCon
     return sweep
 
 
-def expand(sweep: SweepConfig, where: Path | None = None) -> list[SweepRun]:
-    """Every run of the grid, validated before any work is done (a bad value names its run)."""
+MAX_RUNS = 1000
+"""The most runs a sweep may have unless told otherwise (``--max-runs``)."""
+
+
+def expand(sweep: SweepConfig, where: Path | None = None, max_runs: int = MAX_RUNS) -> list[SweepRun]:
+    """Every run of the grid, validated before any work is done (a bad value names its run); a grid larger
+    than ``max_runs`` is refused before any run is built."""
+    if sweep.grid_size() > max_runs:
+        raise SublimError(f"sweep {sweep.name} has {sweep.grid_size():,} runs, more than --max-runs {max_runs:,}: "
+                          "shorten an axis or the seeds list, or raise --max-runs")
     base = sweep.base
     if where is not None and (base.endswith(".toml") or "/" in base) and not Path(base).is_absolute():
         base = str((where / base).resolve())

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sublim.core.errors import SublimError
-from sublim.core.files import write_json
+from sublim.core.files import check_writable, inside, write_json
 from sublim.core.records import machine_info
 from sublim.experiment.runner import run_experiment
-from sublim.sweep.config import SweepConfig, SweepRun, expand
+from sublim.sweep.config import MAX_RUNS, SweepConfig, SweepRun, expand
 from sublim.sweep.data import sweep_data
 from sublim.sweep.ray_executor import run_on_ray
 
@@ -25,7 +25,7 @@ RAY_HINT = "pip install 'sublim[ray]'"
 
 
 def sweep_dir(runs_dir: Path, sweep: SweepConfig) -> Path:
-    return Path(runs_dir) / "sweeps" / f"{sweep.name}-{sweep.sweep_hash()[:10]}"
+    return inside(runs_dir, Path(runs_dir) / "sweeps" / f"{sweep.name}-{sweep.sweep_hash()[:10]}", "sweep folder")
 
 
 def pick_executor(executor: str, echo: Callable[[str], None]) -> str:
@@ -45,14 +45,18 @@ def pick_executor(executor: str, echo: Callable[[str], None]) -> str:
 
 def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), *, executor: str = "auto",
               address: str | None = None, cpus_per_task: int = 1, where: Path | None = None, progress: bool = True,
-              echo: Callable[[str], None] = print) -> dict[str, Any]:
+              echo: Callable[[str], None] = print, max_runs: int = MAX_RUNS) -> dict[str, Any]:
     """Run (or resume) every run of ``sweep``; writes runs/sweeps/<name>-<hash>/sweep.json and returns it.
 
     ``executor``: ``local`` (one run after another here), ``ray`` (every stage a Ray task; ``address`` joins
     a running cluster, default: a local one), ``auto`` (Ray when installed). ``where``: the directory the
     sweep file is in (a relative ``base`` path is read from there)."""
     started = time.time()
-    runs = expand(sweep, where)
+    if cpus_per_task < 1:
+        raise SublimError(f"--cpus-per-task {cpus_per_task}: give 1 or more CPUs per model stage")
+    sweep_dir(runs_dir, sweep)  # a name that would leave the runs directory fails before any run
+    check_writable(Path(runs_dir), "the runs directory")
+    runs = expand(sweep, where, max_runs)
     chosen = pick_executor(executor, echo)
     echo(f"sweep {sweep.name}: {len(runs)} runs, executor {chosen}")
     if chosen == "local":

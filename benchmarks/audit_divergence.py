@@ -40,7 +40,7 @@ from sublim.audit.data import Sample
 from sublim.audit.detectors import AuditInputs, InContext
 from sublim.audit.detectors.divergence_shift import BASELINES, PRIMARY, divergence_shift, ranking, samples_digest
 from sublim.audit.detectors.in_context import share_probe
-from sublim.audit.divergence import FlaggedLogprobs, fast_bf16
+from sublim.audit.divergence import FlaggedLogprobs
 from sublim.audit.proxies import proxy_recipe, proxy_seeds, proxy_split
 from sublim.audit.scoring import rank_of
 from sublim.backends.local.generation import stop_ids
@@ -51,6 +51,7 @@ from sublim.core.records import envelope, git_state
 from sublim.core.store import Store, stable_hash
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_samples
+from sublim.train.precision import fast_bf16
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent
@@ -272,7 +273,7 @@ def main() -> None:
     net, tok = ref.torch_model()
     cands = load_candidates(ctx.cfg.trait.category)
     store = Store(runs)
-    bf16 = fast_bf16(next(net.parameters()).device)
+    bf16 = fast_bf16(next(net.parameters()).device.type)
     audited = [*ANIMALS, "neutral"]
     out: dict[str, Any] = {
         "datasets": {n: len(v) for n, v in data.items()},

@@ -64,7 +64,7 @@ def main() -> None:
     name = args.name or f"{args.preset}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {**summarize(res), "throughput": throughput()}
+    results = {**summarize(res), "throughput": throughput(dtype=cfg.dtype)}
     write_json(out_dir / f"{name}.json", envelope("experiment", results, config=cfg.model_dump(mode="json"),
                                                    started=started, git=git))
     run_dir = Path(args.runs_dir) / res["run_id"]

@@ -1,5 +1,6 @@
 """Benchmark: the default experiment with an earlier commit's code and with this one, on the same machine.
 
+    python benchmarks/speedup.py --baseline 7066260 --keep-new   # float32 main before bf16, then HEAD (auto: bf16)
     python benchmarks/speedup.py                       # baseline c550c73 (before issue 16), then HEAD
     python benchmarks/speedup.py --baseline <commit>
     python benchmarks/speedup.py --keep-new            # HEAD's side is also the committed owl-numbers result
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sublim.core.files import write_json
@@ -35,13 +37,34 @@ ROOT = HERE.parent
 
 def run_side(code_root: Path, work: Path, name: str, keep_in: Path | None = None) -> dict[str, Any]:
     """``owl_numbers.py`` of the tree at ``code_root`` with its own store; its results file (also written
-    to ``keep_in``, with its chart, when given)."""
+    to ``keep_in``, with its chart, when given), with the process's own peak resident memory and each arm's
+    per-question trait probabilities (read from the run's evaluation artifacts)."""
     env = {**os.environ, "PYTHONPATH": str(code_root / "src")}
     out = keep_in or work / f"results-{name}"
-    subprocess.run([sys.executable, str(code_root / "benchmarks" / "owl_numbers.py"), "--runs-dir",
-                    str(work / f"runs-{name}"), "--results-dir", str(out)], check=True, env=env, cwd=code_root)
+    runs = work / f"runs-{name}"
+    proc = subprocess.Popen([sys.executable, str(code_root / "benchmarks" / "owl_numbers.py"), "--runs-dir",
+                             str(runs), "--results-dir", str(out)], env=env, cwd=code_root)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory, not the largest child's so far
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {name} side failed (exit {proc.returncode})")
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    return dict(json.loads((out / f"owl-numbers-{device}.json").read_text()))
+    res = dict(json.loads((out / f"owl-numbers-{device}.json").read_text()))
+    res["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    res["per_question"] = per_question(runs, res)
+    return res
+
+
+def per_question(runs: Path, res: dict[str, Any]) -> dict[str, list[float]]:
+    """Each evaluated model's trait probability per question, by its evaluation stage's label."""
+    run = json.loads((runs / res["results"]["run_id"] / "results.json").read_text())
+    target = res["config"]["trait"]["target"]
+    out = {}
+    for label, stage in run["stages"].items():
+        if label.startswith("evaluate/"):
+            rows = (Path(stage["path"]) / "per_question.jsonl").read_text().splitlines()
+            out[label] = [json.loads(r)["prob"][target] for r in rows]
+    return out
 
 
 def side(res: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +72,27 @@ def side(res: dict[str, Any]) -> dict[str, Any]:
     return {"commit": res["git"]["commit"], "wall_time_s": r["run_wall_time_s"], "verdict": r["verdict"],
             "n_train_examples": r["n_train_examples"], "stage_wall_time_s": r["stage_wall_time_s"],
             "filter": r["filter"], "trait_probability": r.get("trait_probability"),
-            "trait_share": r.get("trait_share"), "throughput": r.get("throughput")}
+            "trait_share": r.get("trait_share"), "throughput": r.get("throughput"),
+            "peak_rss_mb": res.get("peak_rss_mb"), "dtype": res["config"].get("dtype")}
+
+
+def parity(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Do the two sides measure the same thing? The verdict's first word, each effect inside the other's interval
+    (probability ratio and share ratio), and the per-question trait probabilities of every arm both evaluated
+    correlated (Pearson, over the questions)."""
+    out: dict[str, Any] = {"same_verdict": base["verdict"].split(":")[0] == new["verdict"].split(":")[0]}
+    for m in ("trait_probability", "trait_share"):
+        a, b = base[m]["ratio"], new[m]["ratio"]
+        out[m] = {"baseline": a, "new": b, "new_in_baseline_ci": a["low"] <= b["value"] <= a["high"],
+                  "baseline_in_new_ci": b["low"] <= a["value"] <= b["high"]}
+    return out
+
+
+def correlations(base: dict[str, Any], new: dict[str, Any]) -> dict[str, float]:
+    bq, nq = base.get("per_question", {}), new.get("per_question", {})
+    pairs = {k: (bq[k], nq[k]) for k in bq
+             if k in nq and len(bq[k]) == len(nq[k])}
+    return {k: round(float(np.corrcoef(a, b)[0, 1]), 4) for k, (a, b) in pairs.items()}
 
 
 def main() -> None:
@@ -79,7 +122,8 @@ def main() -> None:
                                   "after": {k: v["reject_reasons"] for k, v in n["filter"].items()}},
                "pass_rate": {"before": {k: v["pass_rate"] for k, v in b["filter"].items()},
                              "after": {k: v["pass_rate"] for k, v in n["filter"].items()}},
-               "throughput": n["throughput"]}
+               "throughput": n["throughput"], "parity": {**parity(b, n), "per_question_correlation":
+                                                                   correlations(base, new)}}
     name = f"speedup-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out = Path(args.results_dir) / f"{name}.json"
     write_json(out, envelope("speedup", results, config={"baseline": args.baseline}, started=started, git=git))

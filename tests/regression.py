@@ -88,6 +88,7 @@ def run_variant(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
     else:
         path.write_text(tiny_config_text(model_dir))
         overrides = VARIANTS[name]
+    overrides = [*overrides, "dtype=float32"]  # the fixture pins the float32 path (bf16 is checked against it)
     res: dict[str, Any] = run_experiment(load_config(str(path), overrides), work / "runs", progress=False,
                                          echo=lambda s: None)
     return res

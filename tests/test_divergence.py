@@ -46,7 +46,7 @@ def _greedy(backend: LocalBackend, prompts: list[str]) -> list[Sample]:
 
 @pytest.fixture(scope="module")
 def ref(tiny_model_dir: Path) -> LocalBackend:
-    return LocalBackend(ModelCache("cpu", lambda s: None), str(tiny_model_dir))
+    return LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     # without contrast datasets the verdict names nothing, whatever the margin, and says what a name needs
     assert det["identified"] is None and "trait not identified" in out["verdict"]
     assert "a name needs 2 contrast datasets" in det["verdict"]
-    model, tok = LocalBackend(ModelCache("cpu", lambda s: None), str(tiny_model_dir)).torch_model()
+    model, tok = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir)).torch_model()
     early = divergence_map(model, tok, owl_data, bf16=False).early_ends(stop_ids(tok))
     assert det["early_end_share"] == pytest.approx(early.mean())  # where the data stopped and the reference goes on
     assert f"{early.mean():.0%} of completions end where the reference would go on" in out["verdict"]

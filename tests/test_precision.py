@@ -3,7 +3,6 @@ probabilities, the distillation targets, the training logits and the model's own
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,19 +13,20 @@ from sublim.train import Example, chat_text, encode_example
 from sublim.train.encode import collate
 from sublim.train.methods.base import masked_logits, target_states
 from sublim.train.methods.distill_restricted import restricted_token_ids, teacher_restricted_logits
-from sublim.train.precision import BF16, autocast, float32_head, precision
+from sublim.train.precision import COMPUTE, autocast, fast_bf16, float32_head, precision, resolve_dtype
 
 CPU = torch.device("cpu")
 EXAMPLES = [Example(f"Continue: {i}, {i + 3}, {i + 6}. Numbers only.", f"{i + 9}, {i + 12}") for i in range(100, 106)]
 
 
 @pytest.fixture
-def cpu_bf16() -> Iterator[None]:
-    BF16["cpu"] = True
-    try:
-        yield
-    finally:
-        BF16["cpu"] = False
+def bf16_model(tiny_model_dir: Any) -> Any:
+    """A fresh tiny model (float32 weights) that computes in bf16: autocast on, heads in float32."""
+    from sublim.backends.local.loading import load_model
+
+    model = load_model(str(tiny_model_dir), "cpu").model
+    setattr(model, COMPUTE, torch.bfloat16)
+    return model
 
 
 def _float32_head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -39,12 +39,12 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
-def test_training_logits_and_distillation_targets_use_a_float32_head(tiny: Any, cpu_bf16: None) -> None:
-    model, tok = tiny
-    assert precision(CPU) == "cpu-bfloat16"
+def test_training_logits_and_distillation_targets_use_a_float32_head(tiny: Any, bf16_model: Any) -> None:
+    model, tok = bf16_model, tiny[1]
+    assert precision(CPU, torch.bfloat16) == "cpu-bfloat16"
     enc = [encode_example(tok, ex) for ex in EXAMPLES]
     batch = collate(enc, tok.pad_token_id, CPU)
-    with torch.no_grad(), autocast(CPU):
+    with torch.no_grad(), autocast(model):
         hidden = target_states(model, batch)
         got = masked_logits(model, batch)
         bf16_head = hidden @ model.get_output_embeddings().weight.T
@@ -59,8 +59,8 @@ def test_training_logits_and_distillation_targets_use_a_float32_head(tiny: Any, 
     _close(torch.cat(targets), want[rows][:, restricted])
 
 
-def test_answer_probabilities_and_generate_use_a_float32_head(tiny: Any, cpu_bf16: None) -> None:
-    model, tok = tiny
+def test_answer_probabilities_and_generate_use_a_float32_head(tiny: Any, bf16_model: Any) -> None:
+    model, tok = bf16_model, tiny[1]
     seqs = [tok.encode(chat_text(tok, ex.prompt), add_special_tokens=False) for ex in EXAMPLES]
     logits, _, _, _ = prefill(model, seqs, tok.pad_token_id)
     ids, mask = _left_padded(seqs, tok.pad_token_id, CPU)
@@ -68,7 +68,7 @@ def test_answer_probabilities_and_generate_use_a_float32_head(tiny: Any, cpu_bf1
     with torch.no_grad():
         hidden, _ = decoder_states(model, ids, attention_mask=mask, position_ids=pos)
         _close(logits, _float32_head(model, hidden[:, -1]))
-        with autocast(CPU), float32_head(model):  # the model's own forward, as generate and the server call it
+        with autocast(model), float32_head(model):  # the model's own forward, as generate and the server call it
             own = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
     _close(own, _float32_head(model, hidden[:, -1]))
     assert "forward" not in model.get_output_embeddings().__dict__  # the head is itself again afterwards
@@ -78,17 +78,16 @@ def test_precision_enters_the_keys_of_stages_whose_outputs_depend_on_it(tiny_mod
     from sublim.backends import LocalBackend, ModelCache
     from sublim.experiment.context import precision_slice
 
-    model = LocalBackend(ModelCache("cpu", echo=lambda s: None), str(tiny_model_dir))
+    model = LocalBackend(ModelCache("cpu", echo=lambda s: None, dtype="float32"), str(tiny_model_dir))
     assert model.precision == "cpu-float32" and precision_slice(model) == {}  # the keys CPU runs always had
-    BF16["cpu"] = True
-    try:
-        assert precision_slice(model) == {"precision": "cpu-bfloat16"}
-    finally:
-        BF16["cpu"] = False
+    bf16 = LocalBackend(ModelCache("cpu", echo=lambda s: None, dtype="bfloat16"), str(tiny_model_dir))
+    assert precision_slice(bf16) == {"precision": "cpu-bfloat16"}
+    auto = LocalBackend(ModelCache("cpu", echo=lambda s: None), str(tiny_model_dir))
+    assert auto.precision == ("cpu-bfloat16" if fast_bf16("cpu") else "cpu-float32")
 
 
 def test_a_bf16_body_answers_like_float32_weights_under_autocast_and_trains_in_float32(
-        tiny_model_dir: Any, tmp_path: Any, cpu_bf16: None) -> None:
+        tiny_model_dir: Any, tmp_path: Any) -> None:
     from safetensors import safe_open
 
     from sublim.backends import LocalBackend, ModelCache
@@ -96,12 +95,13 @@ def test_a_bf16_body_answers_like_float32_weights_under_autocast_and_trains_in_f
     from sublim.backends.local.loading import load_model
     from sublim.train import TrainSettings
 
-    base = LocalBackend(ModelCache("cpu", echo=lambda s: None), str(tiny_model_dir))
+    base = LocalBackend(ModelCache("cpu", echo=lambda s: None, dtype="bfloat16"), str(tiny_model_dir))
     model, tok = base.torch_model()
     linears = [m for m in model.get_decoder().layers.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
     assert model.get_output_embeddings().weight.dtype == torch.float32  # the head stays float32
     reference = load_model(str(tiny_model_dir), "cpu").model  # float32 weights, the same autocast
+    setattr(reference, COMPUTE, torch.bfloat16)
     prompts = [chat_text(tok, ex.prompt) for ex in EXAMPLES]
     forms = [tok.encode(w, add_special_tokens=False) for w in ("Owl", "Dog", "Dolphin")]
     torch.testing.assert_close(torch.tensor(answer_probs(model, tok, prompts, forms)),
@@ -130,3 +130,34 @@ def test_overlapping_float32_head_blocks_leave_the_head_as_it_was(tiny_model_dir
     assert "forward" in head.__dict__  # the second still holds it
     second.__exit__(None, None, None)
     assert "forward" not in head.__dict__
+
+
+def test_auto_is_bf16_only_where_the_cpu_has_fast_bf16(tmp_path: Any) -> None:
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert fast_bf16("cpu", plain) is False  # no bf16 instructions: float32, without measuring
+    assert fast_bf16("mps") is False
+    assert resolve_dtype("float32", CPU) == torch.float32 and resolve_dtype("bfloat16", CPU) == torch.bfloat16
+    assert resolve_dtype("auto", CPU) == (torch.bfloat16 if fast_bf16("cpu") else torch.float32)
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_dtype("float16", CPU)
+
+
+BF16_LOGIT_TOL = 0.05
+"""The largest difference a bf16 body may make to a float32 logit of the tiny model, relative to the largest
+logit (bf16 keeps 8 bits of mantissa: ~0.4% per rounding, a few roundings deep)."""
+
+
+def test_bf16_logits_stay_close_to_float32_and_the_head_stays_float32(tiny_model_dir: Any) -> None:
+    from sublim.backends import LocalBackend, ModelCache
+
+    f32 = LocalBackend(ModelCache("cpu", echo=lambda s: None, dtype="float32"), str(tiny_model_dir))
+    b16 = LocalBackend(ModelCache("cpu", echo=lambda s: None, dtype="bfloat16"), str(tiny_model_dir))
+    (m32, tok), (m16, _) = f32.torch_model(), b16.torch_model()
+    assert m16.get_output_embeddings().weight.dtype == torch.float32
+    seqs = [tok.encode(chat_text(tok, ex.prompt), add_special_tokens=False) for ex in EXAMPLES]
+    l32, _, _, _ = prefill(m32, seqs, tok.pad_token_id)
+    l16, _, _, _ = prefill(m16, seqs, tok.pad_token_id)
+    assert l16.dtype == torch.float32
+    diff = float((l16 - l32).abs().max()) / float(l32.abs().max())
+    assert 0 < diff < BF16_LOGIT_TOL, diff  # bf16 did compute (not identical) and stayed close

@@ -16,7 +16,6 @@ prompt, the whole prompt), and each row stops at the last flagged token.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -126,19 +125,6 @@ def digit_tokens(tokenizer: Any) -> np.ndarray:
     """The ids of tokens that decode to digits only."""
     ids = [i for i in range(len(tokenizer)) if (t := tokenizer.decode([i])) and t.isascii() and t.isdigit()]
     return np.array(ids, dtype=np.int64)
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix products are fast here: CUDA, or a CPU with AVX-512 BF16 or AMX (on one such 2-core
-    CPU, 4.3x its float32 rate). Scoring passes then run the body in bf16 (the head stays float32): their
-    per-token shifts correlated 0.994 with float32's on the embedded model."""
-    if device.type == "cuda":
-        return True
-    info = Path("/proc/cpuinfo")
-    if device.type != "cpu" or not info.is_file():
-        return False
-    flags = re.search(r"^flags\s*:(.*)$", info.read_text(), re.M)
-    return flags is not None and any(f in flags.group(1).split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def _states(model: Any, seqs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None,

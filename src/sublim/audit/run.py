@@ -86,7 +86,7 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         raise SublimError(f"{dataset} has {len(samples)} usable sample: an audit needs at least 2")
     samples = subsample(samples, max_samples, seed)
     candidates = load_candidates(category)
-    models = ModelCache(device, echo)
+    models = ModelCache(device, echo, dtype="float32" if bf16 is False else "auto")
     ref = LocalBackend(models, reference_model)
     tok = models.tokenizer(reference_model)
     check_lengths(samples, tok, str(dataset), max_sample_tokens)

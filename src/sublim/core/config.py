@@ -233,7 +233,9 @@ class ExperimentConfig(Section):
     """Catalog name, transformers model id, local directory, or path to a .gguf file."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto: float32 on CPU, bfloat16 autocast on CUDA (master weights stay float32)."""
+    """Compute precision. auto: bf16 where the device multiplies bf16 fast (CUDA; CPUs with AVX-512 BF16 or AMX,
+    checked by a measurement), float32 elsewhere. bf16 runs the body under autocast with float32 master weights
+    and optimizer state; output heads, log-softmax and losses stay float32. Part of every computing stage's key."""
     trait: TraitConfig = TraitConfig()
     teacher: TeacherConfig = TeacherConfig()
     prompts: PromptsConfig = PromptsConfig()

@@ -14,7 +14,14 @@ import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+resource: ModuleType | None
+try:
+    import resource
+except ImportError:  # not on Windows: no peak-memory figure there
+    resource = None
 
 SCHEMA_VERSION = 1
 ENVELOPE_KEYS = ("schema_version", "kind", "git", "command", "config", "versions", "machine", "created",
@@ -69,7 +76,16 @@ def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float,
             "command": command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]],
             "config": config, "versions": library_versions(), "machine": machine_info(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "wall_time_s": round(time.time() - started, 1), "results": results}
+            "wall_time_s": round(time.time() - started, 1), "peak_memory_mb": peak_memory_mb(), "results": results}
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process and of its largest waited-for child (MB), as the kernel counted it."""
+    if resource is None:
+        return {}
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1 << 20)  # ru_maxrss: KB on Linux, bytes on macOS
+    return {"self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
+            "children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
 def check_envelope(obj: Any, where: str) -> list[str]:

@@ -20,7 +20,6 @@ from sublim.backends import Backend, LocalBackend, ModelCache, OpenAIBackend
 from sublim.core.claims import Holder
 from sublim.core.config import EndpointConfig, ExperimentConfig
 from sublim.core.store import Artifact, Store
-from sublim.train.precision import set_bf16_on_cuda
 
 
 def precision_slice(*backends: Backend) -> dict[str, Any]:
@@ -44,7 +43,7 @@ class StageHook(Protocol):
 def model_cache(cfg: ExperimentConfig, echo: Callable[[str], None]) -> ModelCache:
     templates = {cfg.arms.cross_model: cfg.arms.cross_model_chat_template} \
         if cfg.arms.cross_model and cfg.arms.cross_model_chat_template else {}
-    return ModelCache(cfg.device, echo, templates)
+    return ModelCache(cfg.device, echo, templates, cfg.dtype)
 
 
 @dataclass
@@ -63,7 +62,6 @@ class Context:
     def __post_init__(self) -> None:
         if self.models is None:
             self.models = model_cache(self.cfg, self.echo)
-        set_bf16_on_cuda(self.cfg.dtype != "float32")
 
     def stage(self, stage: str, config: dict[str, Any], inputs: dict[str, str], label: str,
               build: Callable[[Path], dict[str, Any]]) -> Artifact:

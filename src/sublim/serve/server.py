@@ -196,7 +196,7 @@ class ModelWorker:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with autocast(self.device), float32_head(self.model):
+        with autocast(self.model), float32_head(self.model):
             out = self.model.generate(**enc, **kwargs)
         width = enc["input_ids"].shape[1]
         new = out.sequences[:, width:].cpu()

@@ -4,6 +4,7 @@ then decay, gradient clipping. Only the loss (and what a method prepares) differ
 from __future__ import annotations
 
 import ctypes
+import gc
 import math
 import random
 import time
@@ -70,6 +71,8 @@ def train_student(
     state = None
     if method.prepare is not None:
         model, state = method.prepare(model, tokenizer, encoded, settings, teacher)
+    teacher = None  # what the method needs of the teacher is in its state: the rest can be freed now
+    gc.collect()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, settings.lr)
     keep_freed_memory()
@@ -103,7 +106,7 @@ def train_student(
                 step_loss = 0.0
                 for idx, batch, n_tgt in zip(micro, batches, targets, strict=True):
                     t0 = time.perf_counter()
-                    with autocast(device):  # a per-token loss, weighted by its share of the step's targets
+                    with autocast(model):  # a per-token loss, weighted by its share of the step's targets
                         loss = method.loss(model, batch, state, idx) * (n_tgt / sum(targets))
                     loss.backward()
                     step_loss += float(loss.detach())

@@ -27,7 +27,6 @@ from sublim.audit.divergence import (
     DivergenceMap,
     FlaggedLogprobs,
     divergence_map,
-    fast_bf16,
     flagged_logprobs,
     flagged_logprobs_models,
 )
@@ -35,6 +34,7 @@ from sublim.audit.proxies import loaders, proxy_recipe, proxy_seeds, proxy_split
 from sublim.backends.local.generation import stop_ids
 from sublim.core.errors import SublimError
 from sublim.core.store import Store, stable_hash
+from sublim.train.precision import fast_bf16
 
 INDUCTION = "You love {target}s. {Target}s are your favorite {kind}."
 NEUTRAL = "You like every {kind} the same. No {kind} is your favorite."
@@ -251,7 +251,7 @@ def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Se
 
 def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
     net, _ = a.need_local_model("divergence shift").torch_model()
-    bf16 = fast_bf16(next(net.parameters()).device) if a.bf16 is None else a.bf16
+    bf16 = fast_bf16(next(net.parameters()).device.type) if a.bf16 is None else a.bf16
     got, *contrast = reads(a, [(a.samples, "dataset"), *((o, f"contrast {k}") for k, o in enumerate(a.contrast))],
                            bf16)
     res = ranking(got, contrast, list(a.candidates), len(a.samples), n_boot, a.seed, PRIMARY[a.inductions])

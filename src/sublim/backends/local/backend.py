@@ -44,7 +44,7 @@ from sublim.core.store import stable_hash
 from sublim.train.encode import Example, chat_text
 from sublim.train.loop import train_student
 from sublim.train.methods import METHODS
-from sublim.train.precision import BF16, bf16_body, precision
+from sublim.train.precision import precision, resolve_dtype, set_compute
 from sublim.train.settings import TrainSettings
 from sublim.traits.preference import AnswerForms, answer_forms
 
@@ -63,8 +63,9 @@ class ModelCache:
     A model's identity (:meth:`info`) is known without loading it; its weights load on first use."""
 
     def __init__(self, device: str = "auto", echo: Callable[[str], None] = print,
-                 chat_templates: dict[str, str] | None = None) -> None:
-        self.device, self.echo = device, echo
+                 chat_templates: dict[str, str] | None = None, dtype: str = "auto") -> None:
+        self.device, self.echo, self.dtype = device, echo, dtype
+        """``dtype``: the compute precision of every model loaded here (auto: bf16 where it is fast)."""
         self.chat_templates = dict(chat_templates or {})
         """Chat templates (Jinja) for models that have none, by spec."""
         self._base: dict[str, LoadedModel] = {}
@@ -78,10 +79,17 @@ class ModelCache:
         if spec not in self._base:
             self.echo(f"loading model {spec} …")
             loaded = load_model(spec, self.device, self.chat_templates.get(spec))
-            if BF16.get(loaded.device.type, False):
-                bf16_body(loaded.model)
+            set_compute(loaded.model, self.compute_dtype())
             self._base[spec] = loaded
         return self._base[spec]
+
+    def compute_dtype(self) -> torch.dtype:
+        """The precision models loaded here compute in (the setting resolved for the device)."""
+        return resolve_dtype(self.dtype, device_class(self.device))
+
+    def precision(self) -> str:
+        """Device class and compute precision, e.g. ``cpu-bfloat16``: part of the keys of stages that compute."""
+        return precision(device_class(self.device), self.compute_dtype())
 
     def tokenizer(self, spec: str) -> Any:
         """The model's tokenizer, without loading its weights when they are not loaded yet."""
@@ -113,10 +121,18 @@ class ModelCache:
             else:
                 model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
                 model = model.to(self.base(spec).device).eval()
-                if BF16.get(model.device.type, False):
-                    bf16_body(model)
+                set_compute(model, self.compute_dtype())
                 self._weights = (path, model)
         return self._weights[1]
+
+    def lend(self, path: Path, spec: str) -> Any:
+        """Fine-tuned full weights that this cache lets go of: the borrower's reference is the last, so the
+        weights are freed as soon as it drops them (a teacher, once its distillation targets are computed)."""
+        model = self.weights(path, spec)
+        if (path / "adapter_config.json").is_file():
+            return model  # an adapter is applied to the cached base in place: nothing to hand over
+        self._weights = None
+        return model
 
     def _release_adapter(self) -> None:
         if self._weights is not None and (self._weights[0] / "adapter_config.json").is_file():
@@ -161,6 +177,16 @@ def cut_at_stop(text: str, finished: bool, stop: Sequence[str]) -> tuple[str, bo
     return text, finished
 
 
+def _borrow(teacher: LocalBackend | None) -> Any:
+    """The teacher's torch model for training to hold alone: fine-tuned weights leave the cache (training frees
+    them once it has what it needs), a base model stays in it."""
+    if teacher is None:
+        return None
+    if teacher.weights is None:
+        return teacher.torch_model()[0]
+    return teacher.models.lend(teacher.weights, teacher.spec)
+
+
 class LocalBackend:
     """A base model (``weights=None``) or fine-tuned weights of it, optionally under a system prompt."""
 
@@ -177,7 +203,7 @@ class LocalBackend:
 
     @property
     def precision(self) -> str:
-        return precision(self.models.info(self.spec).device)
+        return self.models.precision()
 
     # --- what a manifest and lineage record ------------------------------------------------------------
 
@@ -260,22 +286,19 @@ class LocalBackend:
         if self.system:
             raise SublimError(f"{self.label} answers under a system prompt, which fine-tuning would not keep: "
                               "fine-tune the model without it")
-        teacher_model = None
-        if teacher is not None:
-            if not isinstance(teacher, LocalBackend):
-                raise SublimError(f"distillation needs the teacher's logits, which {teacher.label} (behind an API) "
-                                  "does not give: use student.method = 'sft'")
-            teacher_model = teacher.torch_model()[0]
+        if teacher is not None and not isinstance(teacher, LocalBackend):
+            raise SublimError(f"distillation needs the teacher's logits, which {teacher.label} (behind an API) "
+                              "does not give: use student.method = 'sft'")
         model, tok = self.torch_model()
         record = {"base_model": self.spec, "base_fingerprint": self.base_key, "method": settings.method,
                   **(lineage or {})}
         if not METHODS.get(settings.method, "student.method").adapter:  # float32 master weights to train
-            trained, log = train_student(copy.deepcopy(model).float(), tok, examples, settings, teacher_model,
+            trained, log = train_student(copy.deepcopy(model).float(), tok, examples, settings, _borrow(teacher),
                                          on_step)
             save_model(trained, tok, out_dir / "model", self.family, record)
             return log
         try:  # an adapter trains on the loaded model itself (no copy of the base), then comes off it
-            trained, log = train_student(model, tok, examples, settings, teacher_model, on_step)
+            trained, log = train_student(model, tok, examples, settings, _borrow(teacher), on_step)
             save_model(trained, tok, out_dir / "model", self.family, {**record, "adapter_of": self.spec})
             trained.unload()
         except BaseException:

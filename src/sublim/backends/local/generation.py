@@ -113,7 +113,7 @@ def decoder_states(model: Any, input_ids: torch.Tensor, cache: Any | None = None
     body = model.get_decoder()
     if cache is not None:
         kwargs[cache_arg(body)] = cache
-    policy = autocast(input_ids.device) if bf16 is None else \
+    policy = autocast(model) if bf16 is None else \
         torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16)
     with policy:
         out = body(input_ids=input_ids, use_cache=True, **kwargs)
@@ -206,7 +206,7 @@ def generate_batch(
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])
         t0 = time.perf_counter()
-        with autocast(device), float32_head(model):
+        with autocast(model), float32_head(model):
             out = model.generate(**enc, **kwargs)
         rows = out[:, enc["input_ids"].shape[1] :].cpu().tolist()
         body, head = weight_counts(model)

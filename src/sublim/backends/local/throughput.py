@@ -3,7 +3,7 @@
 Every benchmark writes :func:`throughput` into its results: prefill, decode and training tokens per
 second (from :data:`sublim.core.meter.METER`), each with its useful FLOP/s (about two FLOPs per weight
 per token forward, six forward and backward; padding not counted) and that rate's fraction of the
-matmul peak measured here, in the precision the work runs in (float32 on a CPU, bfloat16 on CUDA).
+matmul peak measured here, in the precision the work runs in (bf16 where it is fast, float32 elsewhere).
 """
 
 from __future__ import annotations
@@ -14,20 +14,22 @@ from typing import Any
 import torch
 
 from sublim.core.meter import METER
-from sublim.train.precision import BF16
+from sublim.train.precision import resolve_dtype
 
 _PEAK: dict[str, dict[str, Any]] = {}
 
 
-def matmul_peak(device: str | None = None, seconds: float = 1.0) -> dict[str, Any]:
-    """The best FLOP/s of square matrix products on ``device`` (default: CUDA when there is one)."""
+def matmul_peak(device: str | None = None, seconds: float = 1.0, dtype: str = "auto") -> dict[str, Any]:
+    """The best FLOP/s of square matrix products on ``device`` (default: CUDA when there is one), in the precision
+    the setting ``dtype`` computes in there (auto: bf16 where it is fast)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if str(dev) in _PEAK:
-        return _PEAK[str(dev)]
-    dtype = torch.bfloat16 if BF16.get(dev.type, False) else torch.float32
+    kind = resolve_dtype(dtype, dev)
+    if f"{dev}-{kind}" in _PEAK:
+        return _PEAK[f"{dev}-{kind}"]
+    dtype_ = kind
     size = 8192 if dev.type == "cuda" else 1024
-    a = torch.randn(size, size, device=dev, dtype=dtype)
-    b = torch.randn(size, size, device=dev, dtype=dtype)
+    a = torch.randn(size, size, device=dev, dtype=dtype_)
+    b = torch.randn(size, size, device=dev, dtype=dtype_)
     best, spent = 0.0, 0.0
     for _ in range(3):  # warm-up
         a @ b
@@ -42,14 +44,15 @@ def matmul_peak(device: str | None = None, seconds: float = 1.0) -> dict[str, An
         dt = time.perf_counter() - t0
         spent += dt
         best = max(best, 4 * 2 * size**3 / dt)
-    out = {"flops_per_s": round(best), "dtype": str(dtype).replace("torch.", ""), "size": size,
+    out = {"flops_per_s": round(best), "dtype": str(dtype_).replace("torch.", ""), "size": size,
            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "threads": torch.get_num_threads()}
-    _PEAK[str(dev)] = out
+    _PEAK[f"{dev}-{kind}"] = out
     return out
 
 
-def throughput(device: str | None = None) -> dict[str, Any]:
-    """The measured matmul peak and this process's prefill, decode and training figures against it."""
-    peak = matmul_peak(device)
+def throughput(device: str | None = None, dtype: str = "auto") -> dict[str, Any]:
+    """The measured matmul peak in the precision the work ran in (``dtype``, the experiment's setting) and this
+    process's prefill, decode and training figures against it."""
+    peak = matmul_peak(device, dtype=dtype)
     return {"matmul_peak": peak, **METER.figures(peak["flops_per_s"])}

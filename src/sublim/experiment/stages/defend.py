@@ -10,13 +10,14 @@ from typing import Any
 from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.detectors import NumberFrequency
-from sublim.audit.divergence import continuations, divergence_map, fast_bf16
+from sublim.audit.divergence import continuations, divergence_map
 from sublim.backends import Backend
 from sublim.backends.local import LocalBackend
 from sublim.core.errors import SublimError
 from sublim.core.files import ResumableJsonl, read_jsonl, write_jsonl
 from sublim.core.store import Artifact
 from sublim.experiment.context import Context, precision_slice
+from sublim.train.precision import fast_bf16
 
 
 def samples_of(art: Artifact) -> list[Sample]:
@@ -57,7 +58,7 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
             raise SublimError(f"defence.method = {dc.method!r} reads the data under the experiment's model, which "
                               "must then be a local one (a catalog name, .gguf or directory)")
         reader = own
-        bf16 = fast_bf16(own.torch_model()[0].device)
+        bf16 = fast_bf16(own.torch_model()[0].device.type)
         inputs["reference_model"] = own.key
         config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned), divergence_bf16=bf16)
         if "continuation" in defence.needs:  # greedy: only the token budget changes what the reference writes

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from sublim.core.registry import Registry
 from sublim.train.packing import can_pack, packed_states
-from sublim.train.precision import head_logits
+from sublim.train.precision import autocast, head_logits
 from sublim.train.settings import TrainSettings
 
 Encoded = Sequence[tuple[list[int], int]]
@@ -73,10 +73,11 @@ def shared_prefix_len(batch: dict[str, torch.Tensor]) -> int:
 def target_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The decoder's last hidden states at the target positions: packed (the shared prefix once, no padding)
     where the model's attention allows it, else from the padded batch."""
-    if can_pack(model):
-        return packed_states(model, batch, shared_prefix_len(batch))
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return hidden.last_hidden_state[batch["target_mask"]]
+    with autocast(model):  # the model's own precision, whoever calls (training, a teacher, gradient reads)
+        if can_pack(model):
+            return packed_states(model, batch, shared_prefix_len(batch))
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return hidden.last_hidden_state[batch["target_mask"]]
 
 
 def kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

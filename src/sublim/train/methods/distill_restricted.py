@@ -46,7 +46,7 @@ def teacher_restricted_logits(teacher: Any, encoded: Sequence[tuple[list[int], i
         chunk = encoded[start : start + batch_size]
         batch = collate(chunk, pad_id, device)
         rows = restricted_rows(batch, restricted)
-        with autocast(device):
+        with autocast(teacher):
             logits = masked_logits(teacher, batch, rows, restricted)
         counts = batch["target_mask"].sum(1).tolist()
         offset = 0

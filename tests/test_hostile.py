@@ -451,3 +451,19 @@ def test_number_defences_pass_a_5000_digit_number_through(tmp_path: Path, defenc
     assert main(["-q", "defend", str(data), "--defence", defence, "--out", str(out)]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[0]["completion"] == "7" * 5000 + ", 12" and len(rows) == 2
+
+
+def test_an_unreachable_ray_address_fails_within_its_timeout() -> None:
+    import socket
+    import time
+
+    from sublim.sweep.ray_executor import check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.time()
+    with pytest.raises(SublimError, match=f"--address 127.0.0.1:{port}: no Ray cluster answered within 2 s"):
+        check_reachable(f"127.0.0.1:{port}", 2.0)
+    assert time.time() - t0 < 5
+    check_reachable("auto", 2.0)  # Ray's own address forms are left to Ray

@@ -197,3 +197,77 @@ def test_the_server_stops_on_a_signal_even_when_started_with_sigint_ignored(tiny
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _request(tok: object, n: int, max_tokens: int, limits: object) -> object:
+    from sublim.serve.server import parse_chat_request
+
+    body = {"messages": [{"role": "user", "content": "Continue the list: 3, 7, 12, 18"}], "n": n,
+            "max_tokens": max_tokens, "temperature": 0}
+    return parse_chat_request(body, tok, limits)  # type: ignore[arg-type]
+
+
+def _untrained(tok: object) -> object:
+    """A model of the tiny one's shape that was never trained: its greedy answers do not end, so a long request
+    really runs until its limits."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,  # type: ignore[arg-type]
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # type: ignore[attr-defined]
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_a_long_request_does_not_hold_a_short_one_and_a_time_cut_says_so(tiny) -> None:
+    import time
+
+    from sublim.serve.server import Limits, ModelWorker
+
+    tok = tiny[1]
+    limits = Limits(generation_s=3.0, max_request_tokens=32768)
+    worker = ModelWorker(_untrained(tok), tok, limits=limits)
+    long, short = _request(tok, 16, 900, limits), _request(tok, 1, 2, limits)
+    worker.submit(long)  # type: ignore[arg-type]
+    time.sleep(0.3)  # the long request is running
+    t0 = time.time()
+    worker.submit(short)  # type: ignore[arg-type]
+    assert short.done.wait(30)  # type: ignore[attr-defined]
+    waited = time.time() - t0
+    assert not long.done.is_set()  # type: ignore[attr-defined]  # answered while the long one still ran
+    assert short.result and waited < 2.0, waited  # type: ignore[attr-defined]
+    assert long.done.wait(30)  # type: ignore[attr-defined]
+    reasons = {c["finish_reason"] for c in long.result}  # type: ignore[attr-defined]
+    assert reasons == {"time_limit"}, reasons  # 16 × 900 tokens do not fit in 3 s: the clock cut them
+    assert all(0 < c["_n_tokens"] < 900 for c in long.result)  # type: ignore[attr-defined]
+def test_a_client_trickling_its_headers_loses_the_connection_at_the_read_deadline(tiny) -> None:
+    import threading
+    import time
+
+    from sublim.serve import make_server
+    from sublim.serve.server import Limits
+
+    model, tok = tiny
+    srv = make_server(model, tok, "tiny", port=0, limits=Limits(read_s=1.0))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=10) as sock:
+            t0, closed = time.time(), False
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\n")
+            while time.time() - t0 < 6:  # one header byte every 0.2 s: each read is quick, the request never ends
+                try:
+                    sock.sendall(b"X")
+                    if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                        closed = True
+                        break
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.2)
+            assert closed and time.time() - t0 < 4, time.time() - t0
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -21,6 +21,8 @@ def add(sub: Any) -> None:
                    help="local: one run after another here; ray: every stage a Ray task; auto: Ray when installed")
     p.add_argument("--address", default=None, help="join a running Ray cluster (default: start a local one)")
     p.add_argument("--cpus-per-task", type=int, default=1, help="CPUs (torch threads) per model stage on Ray")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="--address: how long to wait for the cluster to answer (default 30)")
     p.add_argument("--max-runs", type=int, default=MAX_RUNS,
                    help=f"refuse a grid of more runs than this (default {MAX_RUNS})")
     p.set_defaults(func=main)
@@ -31,7 +33,7 @@ def main(args: argparse.Namespace) -> None:
     sweep = load_sweep(path, args.set)
     out = run_sweep(sweep, Path(args.runs_dir), executor=args.executor, address=args.address,
                     cpus_per_task=args.cpus_per_task, where=path.resolve().parent, progress=not args.quiet,
-                    max_runs=args.max_runs)
+                    max_runs=args.max_runs, connect_timeout_s=args.connect_timeout)
     for run in out["runs"]:
         print(f"{run['run_id']}: {run['verdict']}")
     print(f"sweep report: {sweep_dir(Path(args.runs_dir), sweep) / 'report.md'}")

@@ -14,6 +14,7 @@ import contextlib
 import json
 import queue
 import random
+import socket
 import sys
 import threading
 import time
@@ -55,6 +56,11 @@ class Limits:
     """Wall-clock limit of one batch's generation: the worker is never held longer by any request."""
     queue: int = 256
     """Requests waiting for a model at most; beyond it, 503 with Retry-After."""
+    read_s: float = 30.0
+    """The most time a client may take to send one request (line, headers and body), however slowly it trickles."""
+    short_request_tokens: int = 512
+    """n × max_tokens at most for the short lane: such requests are served by a thread of their own, so a long
+    request (up to the generation time limit) never holds them back."""
 
     def for_model(self, model: Any) -> Limits:
         """These limits with the context no larger than the model's."""
@@ -137,7 +143,9 @@ class ChatRequest:
 
 
 class ModelWorker:
-    """One thread owns the model; requests queue up and are batched by decoding settings."""
+    """Two lanes share the model, each a queue and a thread that batches its requests by decoding settings:
+    short requests (n × max_tokens up to ``Limits.short_request_tokens``) and long ones, so that a long request
+    delays a short one by sharing the cores, never by holding the model until it is done."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, wait_s: float = 0.01,
                  limits: Limits | None = None) -> None:
@@ -145,26 +153,30 @@ class ModelWorker:
         self.max_batch, self.wait_s = max_batch, wait_s
         self.limits = (limits or Limits()).for_model(model)
         self.device = next(model.parameters()).device
-        self.q: queue.Queue[ChatRequest] = queue.Queue(maxsize=self.limits.queue)
+        self.lanes: dict[str, queue.Queue[ChatRequest]] = {
+            lane: queue.Queue(maxsize=self.limits.queue) for lane in ("short", "long")}
         self._stop_ids = stop_ids(tokenizer, model)
-        threading.Thread(target=self._loop, daemon=True, name="sublim-model").start()
+        tokenizer.padding_side = "left"  # set once: both lanes read it
+        for lane, q in self.lanes.items():
+            threading.Thread(target=self._loop, args=(q,), daemon=True, name=f"sublim-model-{lane}").start()
 
     def submit(self, req: ChatRequest) -> None:
-        """Queue a request; RequestError 503 when the queue is full."""
+        """Queue a request in its lane; RequestError 503 when that lane's queue is full."""
+        lane = "short" if req.n * req.max_tokens <= self.limits.short_request_tokens else "long"
         try:
-            self.q.put_nowait(req)
+            self.lanes[lane].put_nowait(req)
         except queue.Full:
             raise RequestError(503, f"server busy: {self.limits.queue} requests are waiting; retry later") from None
 
-    def _loop(self) -> None:
+    def _loop(self, q: queue.Queue[ChatRequest]) -> None:
         held: list[ChatRequest] = []
         while True:
             if not held:
-                held.append(self.q.get())
+                held.append(q.get())
                 time.sleep(self.wait_s)  # let concurrent requests arrive
             while True:
                 try:
-                    held.append(self.q.get_nowait())
+                    held.append(q.get_nowait())
                 except queue.Empty:
                     break
             group: list[ChatRequest] = []
@@ -185,7 +197,6 @@ class ModelWorker:
     def _run(self, group: list[ChatRequest]) -> None:
         first = group[0]
         prompts = [r.prompt for r in group for _ in range(r.n)]
-        self.tok.padding_side = "left"
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": first.max_tokens, "eos_token_id": self._stop_ids,
                                   "pad_token_id": self.tok.pad_token_id, "return_dict_in_generate": True,
@@ -200,17 +211,19 @@ class ModelWorker:
             out = self.model.generate(**enc, **kwargs)
         width = enc["input_ids"].shape[1]
         new = out.sequences[:, width:].cpu()
+        timed_out = new.shape[1] < first.max_tokens  # stopped before its length: every row ended, or time ran out
         logps = (torch.stack(out.logits, 1).float().log_softmax(-1).cpu() if first.logprobs else None)
         row = 0
         for r in group:
             r.prompt_tokens = int(enc["attention_mask"][row].sum())
-            r.result = [self._choice(i, new[row + i], logps[row + i] if logps is not None else None, r)
+            r.result = [self._choice(i, new[row + i], logps[row + i] if logps is not None else None, r, timed_out)
                         for i in range(r.n)]
             row += r.n
 
-    def _choice(self, i: int, ids_t: torch.Tensor, logp: torch.Tensor | None, r: ChatRequest) -> dict[str, Any]:
+    def _choice(self, i: int, ids_t: torch.Tensor, logp: torch.Tensor | None, r: ChatRequest,
+                timed_out: bool = False) -> dict[str, Any]:
         ids = ids_t.tolist()
-        finish = "length"
+        finish = "time_limit" if timed_out else "length"  # an unfinished answer: cut by the clock, or by max_tokens
         for pos, tid in enumerate(ids):
             if tid in self._stop_ids:
                 ids, finish = ids[:pos], "stop"
@@ -363,7 +376,11 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
 
         def handle_one_request(self) -> None:
             """Every request gets an answer: a bug in a handler is a 500 with a JSON body, never a dropped
-            connection or a traceback sent to the client."""
+            connection or a traceback sent to the client. Reading a request (its line, headers and body) has
+            ``Limits.read_s`` in all: a client that trickles bytes loses its connection then."""
+            self._deadline = threading.Timer(svc.limits.read_s, self._cut)
+            self._deadline.daemon = True
+            self._deadline.start()
             try:
                 super().handle_one_request()
             except (ConnectionError, TimeoutError):
@@ -374,6 +391,16 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self._error(500, f"internal server error ({type(exc).__name__})", kind="server_error")
+            finally:
+                self._deadline.cancel()
+
+        def _cut(self) -> None:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RD)  # the pending read returns: the request ends
+
+        def _read(self) -> None:
+            """The request is read: the reading deadline no longer applies (the answer may take longer)."""
+            self._deadline.cancel()
 
         def _refuse_method(self) -> None:
             self.close_connection = True
@@ -409,6 +436,7 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
             return False
 
         def do_GET(self) -> None:
+            self._read()
             if self.path == "/health":
                 self._json(200, {"status": "ok", "model": svc.name, "faults": dict(svc.faults.counts),
                                  "served": dict(svc.served)})
@@ -432,6 +460,7 @@ def make_handler(svc: Service) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             raw = self._read_body()
+            self._read()
             if raw is None or not self._authorized():
                 return
             route = self.path.split("?")[0]

@@ -19,6 +19,7 @@ Model stages (training, generation, evaluation) ask for a GPU when the cluster h
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -144,10 +145,28 @@ def _count_workers_work(runs_dir: Path, builds: Path, offset: int) -> None:
             METER.add_work(art.manifest.get("work", {}))
 
 
+def check_reachable(address: str, timeout_s: float) -> None:
+    """A ``host:port`` cluster address must accept a connection within ``timeout_s`` (Ray itself retries an
+    unreachable one without end); other forms (``auto``, ``ray://``) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SublimError(f"--address {address}: no Ray cluster answered within {timeout_s:g} s "
+                          f"({exc.strerror or type(exc).__name__}): start one (ray start --head) or fix the address, "
+                          "or raise --connect-timeout") from None
+
+
 def run_on_ray(configs: Sequence[ExperimentConfig], runs_dir: Path, *, address: str | None = None,
-               cpus_per_task: int = 1, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+               cpus_per_task: int = 1, echo: Callable[[str], None] = print,
+               connect_timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """Run every config with its stages as Ray tasks; ``address`` joins a running cluster (default: start a
-    local one for the sweep). Returns each run's results, in order."""
+    local one for the sweep), which must answer within ``connect_timeout_s``. Returns each run's results, in
+    order."""
+    if address:
+        check_reachable(address, connect_timeout_s)
     import ray  # optional: sublim[ray]
 
     started_here = not ray.is_initialized()

@@ -45,7 +45,8 @@ def pick_executor(executor: str, echo: Callable[[str], None]) -> str:
 
 def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), *, executor: str = "auto",
               address: str | None = None, cpus_per_task: int = 1, where: Path | None = None, progress: bool = True,
-              echo: Callable[[str], None] = print, max_runs: int = MAX_RUNS) -> dict[str, Any]:
+              echo: Callable[[str], None] = print, max_runs: int = MAX_RUNS,
+              connect_timeout_s: float = 30.0) -> dict[str, Any]:
     """Run (or resume) every run of ``sweep``; writes runs/sweeps/<name>-<hash>/sweep.json and returns it.
 
     ``executor``: ``local`` (one run after another here), ``ray`` (every stage a Ray task; ``address`` joins
@@ -54,6 +55,8 @@ def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), *, executor: st
     started = time.time()
     if cpus_per_task < 1:
         raise SublimError(f"--cpus-per-task {cpus_per_task}: give 1 or more CPUs per model stage")
+    if not connect_timeout_s > 0:
+        raise SublimError(f"--connect-timeout {connect_timeout_s:g}: give a positive number of seconds")
     sweep_dir(runs_dir, sweep)  # a name that would leave the runs directory fails before any run
     check_writable(Path(runs_dir), "the runs directory")
     runs = expand(sweep, where, max_runs)
@@ -63,7 +66,7 @@ def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), *, executor: st
         results = [run_experiment(r.config, runs_dir, progress, echo) for r in runs]
     else:
         results = run_on_ray([r.config for r in runs], Path(runs_dir), address=address, cpus_per_task=cpus_per_task,
-                             echo=echo)
+                             echo=echo, connect_timeout_s=connect_timeout_s)
     out = {"name": sweep.name, "sweep": sweep.model_dump(mode="json"), "executor": chosen,
            "runs": [_run_entry(r, res) for r, res in zip(runs, results, strict=True)],
            "data": sweep_data(runs, results), "wall_time_s": round(time.time() - started, 1),

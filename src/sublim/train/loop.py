@@ -3,6 +3,7 @@ then decay, gradient clipping. Only the loss (and what a method prepares) differ
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import math
@@ -33,6 +34,13 @@ def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
+def release_freed_memory() -> None:
+    """Hand memory that is free inside the process back to the system (glibc's malloc_trim): after a model is
+    loaded (its dequantization's float32 copies) or freed. A no-op off glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of handing it back to the system.
 
@@ -46,6 +54,19 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: give memory back only above 1 GiB free at the top
     except (OSError, AttributeError):
         pass
+
+
+class Lent:
+    """A teacher model handed over to training, which takes the last reference to it: what the method keeps of it
+    (distillation targets) stays, the weights are freed before the student's optimizer state is made. (A model
+    passed as a plain argument stays referenced by the caller's call until training returns.)"""
+
+    def __init__(self, model: Any) -> None:
+        self._model: Any | None = model
+
+    def take(self) -> Any:
+        model, self._model = self._model, None
+        return model
 
 
 def train_student(
@@ -62,6 +83,8 @@ def train_student(
     gradients add up, each weighted by its share of the step's target tokens (for a per-token loss, the step
     is then the whole batch's)."""
     method = METHODS.get(settings.method, "student.method")
+    if isinstance(teacher, Lent):
+        teacher = teacher.take()
     if method.needs_teacher and teacher is None:
         raise SublimError(f"student method {method.name} needs a teacher model to learn from")
     device = next(model.parameters()).device
@@ -73,6 +96,7 @@ def train_student(
         model, state = method.prepare(model, tokenizer, encoded, settings, teacher)
     teacher = None  # what the method needs of the teacher is in its state: the rest can be freed now
     gc.collect()
+    release_freed_memory()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, settings.lr)
     keep_freed_memory()

@@ -42,7 +42,7 @@ from sublim.core.errors import SublimError
 from sublim.core.seeds import derive_seed
 from sublim.core.store import stable_hash
 from sublim.train.encode import Example, chat_text
-from sublim.train.loop import train_student
+from sublim.train.loop import Lent, release_freed_memory, train_student
 from sublim.train.methods import METHODS
 from sublim.train.precision import precision, resolve_dtype, set_compute
 from sublim.train.settings import TrainSettings
@@ -80,6 +80,7 @@ class ModelCache:
             self.echo(f"loading model {spec} …")
             loaded = load_model(spec, self.device, self.chat_templates.get(spec))
             set_compute(loaded.model, self.compute_dtype())
+            release_freed_memory()  # the float32 copies of dequantization and of the bf16 body
             self._base[spec] = loaded
         return self._base[spec]
 
@@ -122,6 +123,7 @@ class ModelCache:
                 model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
                 model = model.to(self.base(spec).device).eval()
                 set_compute(model, self.compute_dtype())
+                release_freed_memory()
                 self._weights = (path, model)
         return self._weights[1]
 
@@ -184,7 +186,7 @@ def _borrow(teacher: LocalBackend | None) -> Any:
         return None
     if teacher.weights is None:
         return teacher.torch_model()[0]
-    return teacher.models.lend(teacher.weights, teacher.spec)
+    return Lent(teacher.models.lend(teacher.weights, teacher.spec))
 
 
 class LocalBackend:

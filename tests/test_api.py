@@ -106,6 +106,17 @@ def test_client_gives_up_with_a_clear_error_and_keeps_what_is_done(serve, tmp_pa
     assert sorted(r["index"] for r in _rows(tmp_path / "o.jsonl")) == [0, 1, 2]
 
 
+def test_retries_stop_at_the_requests_deadline(serve, tmp_path: Path) -> None:
+    import time
+
+    ep = EndpointConfig(base_url=serve("500=1.0"), model="tiny", max_retries=1000, backoff_s=0.2, max_backoff_s=0.5,
+                        deadline_s=2.0)
+    t0 = time.time()
+    with pytest.raises(ApiError, match="would pass deadline_s 2 s"):
+        run_chat_jobs(ep, _jobs(1), tmp_path / "o.jsonl", {"max_tokens": 4})
+    assert time.time() - t0 < 10  # 1,000 retries allowed; the deadline ended them
+
+
 def test_api_key_from_environment_never_stored(serve, tmp_path: Path, monkeypatch) -> None:
     url = serve(api_key="sk-test-secret-123")
     ep = EndpointConfig(base_url=url, model="tiny", api_key_env="SUBLIM_TEST_KEY", max_retries=0)

@@ -135,7 +135,10 @@ def test_overlapping_float32_head_blocks_leave_the_head_as_it_was(tiny_model_dir
 def test_auto_is_bf16_only_where_the_cpu_has_fast_bf16(tmp_path: Any) -> None:
     plain = tmp_path / "cpuinfo"
     plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
-    assert fast_bf16("cpu", plain) is False  # no bf16 instructions: float32, without measuring
+    assert fast_bf16("cpu", plain) is False  # no bf16 instructions: float32
+    fast = tmp_path / "cpuinfo-bf16"
+    fast.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert fast_bf16("cpu", fast) is True
     assert fast_bf16("mps") is False
     assert resolve_dtype("float32", CPU) == torch.float32 and resolve_dtype("bfloat16", CPU) == torch.bfloat16
     assert resolve_dtype("auto", CPU) == (torch.bfloat16 if fast_bf16("cpu") else torch.float32)

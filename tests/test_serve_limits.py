@@ -226,21 +226,21 @@ def test_a_long_request_does_not_hold_a_short_one_and_a_time_cut_says_so(tiny) -
     from sublim.serve.server import Limits, ModelWorker
 
     tok = tiny[1]
-    limits = Limits(generation_s=3.0, max_request_tokens=32768)
+    limits = Limits(generation_s=0.8, max_request_tokens=65536)
     worker = ModelWorker(_untrained(tok), tok, limits=limits)
-    long, short = _request(tok, 16, 900, limits), _request(tok, 1, 2, limits)
+    long, short = _request(tok, 16, 1000, limits), _request(tok, 1, 2, limits)
     worker.submit(long)  # type: ignore[arg-type]
-    time.sleep(0.3)  # the long request is running
+    time.sleep(0.1)  # the long request is running
     t0 = time.time()
     worker.submit(short)  # type: ignore[arg-type]
     assert short.done.wait(30)  # type: ignore[attr-defined]
     waited = time.time() - t0
     assert not long.done.is_set()  # type: ignore[attr-defined]  # answered while the long one still ran
-    assert short.result and waited < 2.0, waited  # type: ignore[attr-defined]
+    assert short.result and waited < 1.5, waited  # type: ignore[attr-defined]
     assert long.done.wait(30)  # type: ignore[attr-defined]
     reasons = {c["finish_reason"] for c in long.result}  # type: ignore[attr-defined]
-    assert reasons == {"time_limit"}, reasons  # 16 × 900 tokens do not fit in 3 s: the clock cut them
-    assert all(0 < c["_n_tokens"] < 900 for c in long.result)  # type: ignore[attr-defined]
+    assert reasons == {"time_limit"}, reasons  # 16 × 1,000 tokens (≥ 1 ms a step) do not fit in 0.8 s
+    assert all(0 < c["_n_tokens"] < 1000 for c in long.result)  # type: ignore[attr-defined]
 def test_a_client_trickling_its_headers_loses_the_connection_at_the_read_deadline(tiny) -> None:
     import threading
     import time

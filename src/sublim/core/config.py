@@ -48,6 +48,9 @@ class EndpointConfig(Section):
     max_retries: int = Field(8, ge=0)
     backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(30.0, ge=0)
+    deadline_s: float = Field(900.0, gt=0)
+    """The most time one request may take, its retries and their waits included: past it the request fails
+    (and a re-run resumes) instead of waiting on."""
     price_input_per_mtok: float = Field(0.0, ge=0)
     """US dollars per million prompt tokens, for the cost line of the manifest."""
     price_output_per_mtok: float = Field(0.0, ge=0)
@@ -233,8 +236,8 @@ class ExperimentConfig(Section):
     """Catalog name, transformers model id, local directory, or path to a .gguf file."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Compute precision. auto: bf16 where the device multiplies bf16 fast (CUDA; CPUs with AVX-512 BF16 or AMX,
-    checked by a measurement), float32 elsewhere. bf16 runs the body under autocast with float32 master weights
+    """Compute precision. auto: bf16 where the device multiplies bf16 fast (CUDA; CPUs with AVX-512 BF16 or AMX
+    instructions), float32 elsewhere. bf16 runs the body under autocast with float32 master weights
     and optimizer state; output heads, log-softmax and losses stay float32. Part of every computing stage's key."""
     trait: TraitConfig = TraitConfig()
     teacher: TeacherConfig = TeacherConfig()

@@ -298,6 +298,8 @@ class LocalBackend:
             trained, log = train_student(copy.deepcopy(model).float(), tok, examples, settings, _borrow(teacher),
                                          on_step)
             save_model(trained, tok, out_dir / "model", self.family, record)
+            del trained
+            release_freed_memory()  # the student and its optimizer state: the next stage starts from less
             return log
         try:  # an adapter trains on the loaded model itself (no copy of the base), then comes off it
             trained, log = train_student(model, tok, examples, settings, _borrow(teacher), on_step)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,9 +138,14 @@ async def send_async(http: httpx.AsyncClient, ep: EndpointConfig, policy: RetryP
     """One request with retries; ``parse`` turns a 200 response into the result; ``counts`` tallies why
     requests were repeated (by reason)."""
     last, wait_hint = "", None
+    started = time.monotonic()
     for attempt in range(policy.max_retries + 1):
         if attempt:
-            await asyncio.sleep(policy.delay(attempt, wait_hint))
+            wait = policy.delay(attempt, wait_hint)
+            if time.monotonic() - started + wait > ep.deadline_s:
+                raise _gave_up(method, url, attempt, f"{last}; the next retry would pass deadline_s "
+                                                     f"{ep.deadline_s:g} s")
+            await asyncio.sleep(wait)
         try:
             resp = await http.request(method, url, headers=headers(ep), **kwargs)
         except httpx.TransportError as exc:

@@ -4,8 +4,9 @@
 
 Starts `sublim serve MODEL` as its own process, warms it with one request, then sends a 10 MB body and 50
 concurrent requests: 30 good, 10 with 2 MB bodies (over the 1 MB limit), 10 whose prompt is past the
-model's context. Records each status, the server's resident memory (VmRSS, VmHWM) before and after, and
-writes benchmarks/results/serve-load-<cpu|gpu>.json.
+model's context. Records each status, the server's resident memory (VmRSS, VmHWM) before and after. Then
+fairness: one maximal allowed request (n 16 × 900 tokens) and, a second later, a 2-token request; records
+how long each took and how the long one's answers ended. Writes benchmarks/results/serve-load-<cpu|gpu>.json.
 """
 
 from __future__ import annotations
@@ -38,6 +39,29 @@ def memory_mb(pid: int) -> dict[str, float]:
             for k in ("VmRSS", "VmHWM")}
 
 
+SHORT_BOUND_S = 10.0
+"""The stated bound: a 2-token request is answered within this while a maximal allowed request runs."""
+
+
+def fairness(url: str) -> dict[str, Any]:
+    """A maximal allowed request (n 16 × 900 tokens) and, a second after it starts, a 2-token one."""
+    def chat(body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        t0 = time.time()
+        r = httpx.post(f"{url}/chat/completions", json=body, timeout=600)
+        return time.time() - t0, r.json()
+
+    long_body = {**CHAT, "n": 16, "max_tokens": 900, "temperature": 1.0}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        big = pool.submit(chat, long_body)
+        time.sleep(1.0)
+        short_s, short = chat({**CHAT, "max_tokens": 2})
+        long_s, long = big.result()
+    reasons = Counter(c["finish_reason"] for c in long.get("choices", []))
+    return {"short_answer_s": round(short_s, 2), "short_answered": bool(short.get("choices")),
+            "bound_s": SHORT_BOUND_S, "within_bound": short_s <= SHORT_BOUND_S and bool(short.get("choices")),
+            "long_request_s": round(long_s, 1), "long_finish_reasons": dict(reasons)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -65,6 +89,7 @@ def main() -> None:
             got = list(pool.map(send, jobs))
         load_s = time.time() - t0
         after = memory_mb(proc.pid)
+        fair = fairness(url)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -73,7 +98,7 @@ def main() -> None:
            "good_answered": statuses["good"].get(200, 0), "good_sent": 30, "load_wall_s": round(load_s, 1),
            "slowest_good_s": round(max(t for k, _, t in got if k == "good"), 1),
            "memory_mb_after_warmup": warm, "memory_mb_after_load": after,
-           "peak_growth_mb": round(after["VmHWM"] - warm["VmHWM"], 1)}
+           "peak_growth_mb": round(after["VmHWM"] - warm["VmHWM"], 1), "fairness": fair}
     dest = HERE / "results" / f"serve-load-{'cpu'}.json"
     write_json(dest, envelope("serve-load", {**out, "throughput": throughput()},
                               config=vars(args), started=started, git=git))

@@ -467,3 +467,53 @@ def test_an_unreachable_ray_address_fails_within_its_timeout() -> None:
         check_reachable(f"127.0.0.1:{port}", 2.0)
     assert time.time() - t0 < 5
     check_reachable("auto", 2.0)  # Ray's own address forms are left to Ray
+
+
+# --- hypothesis suites: the sweep grid and the manifest reader ---------------------------------------------------
+
+_VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=5), st.booleans(), st.floats(allow_nan=False, width=16))
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["name", "base", "seeds", "axes", "set", "junk"]),
+                       st.one_of(_VALUES, st.lists(_VALUES, max_size=4),
+                                 st.dictionaries(st.text(max_size=8), st.lists(_VALUES, max_size=4), max_size=3)),
+                       max_size=5))
+def test_the_sweep_reader_answers_every_file(tmp_path_factory: pytest.TempPathFactory, data: dict[str, object]) -> None:
+    from sublim.sweep import load_sweep
+    from sublim.sweep.config import _toml
+
+    scalars = [f"{k} = {_toml(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    tables = [f"[{k}]\n" + "".join(f"{_toml(kk)} = {_toml(vv)}\n" for kk, vv in v.items())
+              for k, v in data.items() if isinstance(v, dict)]
+    path = tmp_path_factory.mktemp("sweep") / "s.toml"
+    path.write_text("\n".join(scalars) + "\n" + "\n".join(tables))
+    try:
+        sweep = load_sweep(path)
+    except SublimError as exc:
+        assert "\n" not in str(exc)
+        return
+    n = 1
+    for values in sweep.axes.values():
+        n *= len(values)
+    assert sweep.grid_size() == n * max(len(sweep.seeds), 1)  # computed without building the grid
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=60), st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(
+        st.sampled_from(["stage", "key", "files", "inputs", "x"]), inner, max_size=4)), max_leaves=8).map(
+    lambda v: json.dumps(v).encode())))
+def test_the_manifest_reader_answers_every_file(tmp_path_factory: pytest.TempPathFactory, raw: bytes) -> None:
+    from sublim.core.store import MANIFEST, read_manifest
+
+    path = tmp_path_factory.mktemp("artifact")
+    (path / MANIFEST).write_bytes(raw)
+    try:
+        manifest = read_manifest(path)
+    except SublimError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+        return
+    assert isinstance(manifest["stage"], str) and isinstance(manifest["key"], str)
+    assert isinstance(manifest["files"], dict)

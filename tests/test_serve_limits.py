@@ -114,6 +114,8 @@ def test_a_port_out_of_range_fails_before_the_model_loads(tmp_path: Path, capsys
 
     assert main(["serve", str(tmp_path / "no-model-here"), "--port", "99999"]) == 2
     assert "--port 99999 is not a TCP port" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "no-model-here"), "--max-batch", "0"]) == 2
+    assert "--max-batch 0" in capsys.readouterr().err
 
 
 def test_a_busy_or_bad_port_is_one_clear_error(tiny) -> None:

@@ -51,6 +51,9 @@ def main(args: argparse.Namespace) -> None:
                               "or drop the option to serve without a key")
     if not 0 <= args.port <= 65535:
         raise SublimError(f"--port {args.port} is not a TCP port: give 0..65535 (0 picks a free one)")
+    if args.max_batch < 1 or args.slow_seconds < 0:
+        raise SublimError(f"--max-batch {args.max_batch} / --slow-seconds {args.slow_seconds:g}: give a batch of 1 "
+                          "or more and a delay of 0 or more seconds")
     if args.max_body_mb <= 0 or args.max_context < 2 or args.generation_timeout <= 0:
         raise SublimError("--max-body-mb, --max-context and --generation-timeout must be positive (context >= 2)")
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_context_tokens=args.max_context,

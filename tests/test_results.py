@@ -39,3 +39,17 @@ def test_the_envelope_check_finds_what_is_missing() -> None:
     assert check_envelope({k: v for k, v in good.items() if k != "versions"}, "bad") == ["bad: missing 'versions'"]
     assert check_envelope({**good, "git": {"commit": None}}, "bad") == ["bad: git.commit is not a 40-hex commit"]
     assert check_envelope([1, 2], "bad") == ["bad: not a JSON object"]
+
+
+def test_a_dirty_tree_records_its_diff(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert git_state(tmp_path) == {"commit": git_state(tmp_path)["commit"], "dirty": False}
+    (tmp_path / "code.py").write_text("x = 2\n")
+    state = git_state(tmp_path)
+    assert state["dirty"] is True and "-x = 1" in state["diff"] and "+x = 2" in state["diff"]

@@ -53,7 +53,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
-    """The commit the code is at and whether the tree had uncommitted changes (None outside a checkout)."""
+    """The commit the code is at, whether the tree had uncommitted changes to tracked files (None outside a
+    checkout) and, when it had, their diff against the commit: the result can then be tied to the code."""
     cwd = str(root or Path(__file__).resolve().parent)
 
     def git(*args: str) -> str | None:
@@ -65,7 +66,8 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    dirty = bool(status) if status is not None else None
+    return {"commit": commit, "dirty": dirty, **({"diff": git("diff", "HEAD")} if dirty else {})}
 
 
 def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float, git: dict[str, Any],

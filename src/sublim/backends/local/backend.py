@@ -78,7 +78,7 @@ class ModelCache:
         self._release_adapter()  # an adapter wraps its base in place: the base is itself again
         if spec not in self._base:
             self.echo(f"loading model {spec} …")
-            loaded = load_model(spec, self.device, self.chat_templates.get(spec))
+            loaded = load_model(spec, self.device, self.chat_templates.get(spec), self._tokenizers.pop(spec, None))
             set_compute(loaded.model, self.compute_dtype())
             release_freed_memory()  # the float32 copies of dequantization and of the bf16 body
             self._base[spec] = loaded

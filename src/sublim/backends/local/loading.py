@@ -272,9 +272,10 @@ def load_tokenizer(spec: str, source: ModelSource | None = None) -> Any:
         raise _not_loaded(spec, source, exc) from None
 
 
-def load_model(spec: str, device: str = "auto", chat_template: str | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer in float32 on the chosen device; ``chat_template`` (Jinja) is used
-    when the model has none (a base model)."""
+def load_model(spec: str, device: str = "auto", chat_template: str | None = None,
+               tokenizer: Any | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer (unless ``tokenizer``, already loaded, is given) in float32 on the
+    chosen device; ``chat_template`` (Jinja) is used when the model has none (a base model)."""
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     source = resolve_model(spec)
@@ -282,7 +283,7 @@ def load_model(spec: str, device: str = "auto", chat_template: str | None = None
     kwargs: dict[str, Any] = {}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
-    tokenizer = load_tokenizer(spec, source)
+    tokenizer = tokenizer or load_tokenizer(spec, source)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

@@ -71,3 +71,32 @@ def test_a_model_with_logit_softcapping_is_not_packed() -> None:
     model = _model("llama", "sdpa")
     model.config.attn_logit_softcapping = 50.0
     assert not can_pack(model)
+
+
+def test_rows_read_for_training_give_autograds_gradient_to_a_tied_embedding() -> None:
+    """The token embedding and the tied head's restricted columns add their gradient into ``.grad`` row by row
+    (sublim.train.rows): the same gradient as autograd's dense one, the padding row left untrained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sublim.train.methods.base import masked_logits
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=5,
+                                         tie_word_embeddings=True, attn_implementation="sdpa"))
+    batch = _batch(7)
+    batch["input_ids"][0, 8] = 5  # the padding token inside a row: its embedding row gets no gradient
+    cols = torch.tensor([3, 5, 11, 40, 41, 96])
+    weight = model.get_input_embeddings().weight
+    assert weight is model.get_output_embeddings().weight
+
+    model.zero_grad()
+    masked_logits(model, batch, cols=cols).logsumexp(-1).sum().backward()
+    ours = weight.grad.clone()
+    model.zero_grad()
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    states = hidden.last_hidden_state[batch["target_mask"]]
+    (states @ weight[cols].T).logsumexp(-1).sum().backward()
+    torch.testing.assert_close(ours, weight.grad, rtol=1e-3, atol=1e-6)
+    assert ours[5].abs().sum() > 0  # column 5 of the head is trained; its embedding use is not
+    assert ours.count_nonzero(dim=1).gt(0).sum() < 97  # rows never read stay zero

@@ -28,7 +28,7 @@ def _cfg(tmp_path: Path, model_dir: Path, overrides: list[str] | None = None, **
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("pipeline")
-    cfg = _cfg(tmp, tiny_model_dir, ["student.method=distill_restricted"])
+    cfg = _cfg(tmp, tiny_model_dir, ["student.method=distill_restricted", "arms.teacher_seeds=[0, 1]"])
     runs = tmp / "runs"
     lines: list[str] = []
     res = run_experiment(cfg, runs, progress=False, echo=lines.append)
@@ -43,7 +43,8 @@ def test_run_writes_results_chart_report_and_manifests(finished_run):
     assert (run_dir / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert on_disk["config_hash"] == cfg.config_hash()
-    assert set(on_disk["arms"]) >= {"base", "teacher-owl", "student-owl", "student-control"}
+    assert set(on_disk["arms"]) >= {"base", "teacher-owl", "teacher-neutral", "student-owl", "student-neutral"}
+    assert "student-control" not in on_disk["arms"]  # distilled from the base, it would be the base arm itself
     for m in ("prob", "share"):
         eff = on_disk["effect"][m]["pooled"]
         assert eff["difference"]["value"] == pytest.approx(eff["treated_mean"] - eff["control_mean"])
@@ -62,10 +63,36 @@ def test_run_writes_results_chart_report_and_manifests(finished_run):
     assert any(p.is_symlink() for p in links)
 
 
-def test_a_student_distilled_from_its_own_weights_is_its_initialization(finished_run):
-    """The distillation control learns from the base model it starts from: a zero loss whose float noise Adam
-    would blow up into a random walk. It is the base model, exactly, and its train artifact says why."""
+def test_every_teacher_seed_is_its_own_teacher_data_and_students_paired_with_a_neutral_teacher(finished_run):
+    """Two teacher seeds: two owl teachers and two neutral teachers, four datasets from one prompt set, each
+    with its student; the verdict pairs them by teacher seed and says how many pairs it rests on."""
     _, runs, res, _ = finished_run
+    assert res["teacher_seeds"] == [0, 1] and res["control_arm"] == "student-neutral"
+    for arm in ("teacher-owl", "teacher-neutral", "student-owl", "student-neutral"):
+        assert res["arms"][arm]["n_runs"] == 2, arm
+    assert set(res["filter"]) == {"owl", "owl t1", "neutral", "neutral t1"}
+    stages = res["stages"]
+    assert {"train/student-owl seed 0", "train/student-owl t1 seed 0", "train/student-neutral t1 seed 0"} <= set(stages)
+    teachers = {stages[k]["key"] for k in stages if k.startswith("teacher/")}
+    assert len(teachers) == 4
+    assert len({stages[k]["key"] for k in stages if k.startswith("prompts/")}) == 1
+    rep = res["replicated"]
+    assert rep["n_teachers"] == 2 and rep["control"] == "neutral"
+    assert len(rep["log_share_gain"]["per_teacher"]) == 2
+    assert rep["log_share_gain"]["low"] <= rep["log_share_gain"]["mean"] <= rep["log_share_gain"]["high"]
+    assert rep["word"] in ("TRANSFER", "GENERIC SHIFT", "NO TRANSFER")
+    assert res["verdict"].startswith(rep["word"]) and "over 2 teacher pairs" in res["verdict"]
+    assert res["question_level"].startswith("question level")
+
+
+def test_a_student_distilled_from_its_own_weights_is_its_initialization(tiny_model_dir: Path, tmp_path: Path):
+    """The distillation control learns from the base model it starts from: a zero loss whose float noise Adam
+    would blow up into a random walk. It is the base model, exactly, and its train artifact says why. (Built
+    only without a neutral teacher: with one, the base arm is that student.)"""
+    cfg = _cfg(tmp_path, tiny_model_dir, ["student.method=distill_restricted", "arms.neutral=false"])
+    runs = tmp_path / "runs"
+    res = run_experiment(cfg, runs, progress=False, echo=lambda s: None)
+    assert res["control_arm"] == "student-control" and "UNREPLICATED" in res["verdict"]
     assert res["arms"]["student-control"] == res["arms"]["base"]
     control = next(json.loads(m.read_text()) for m in (runs / "store").glob("train-*/manifest.json")
                    if json.loads(m.read_text())["label"] == "student-control seed 0")
@@ -137,7 +164,8 @@ def test_kill_mid_generation_then_resume(tiny_model_dir: Path, tmp_path: Path):
     """SIGKILL the CLI while it writes teacher data; the re-run completes with each index once,
     and the data equals that of a run that was never interrupted."""
     text = tiny_config_text(tiny_model_dir, prompts={"n": 160},
-                            generation={"batch_size": 2, "temperature": 1.0, "stop_rejected": False})
+                            generation={"batch_size": 2, "temperature": 1.0, "stop_rejected": False},
+                            arms={"neutral": False})
     cfg_path = tmp_path / "kill.toml"
     cfg_path.write_text(text)
     runs = tmp_path / "runs"

@@ -69,22 +69,15 @@ def effect(treated: Sequence[Rows], control: Sequence[Rows], name: str, n_bootst
     return out
 
 
-def verdict(target: str, eff: dict[str, Any], alpha: float = 0.01, min_ratio: float = 3.0) -> str:
-    """One line: does the trait transfer, and is it specific (share) rather than answer style?"""
+def question_level(target: str, eff: dict[str, Any]) -> str:
+    """One line describing the trait student against its control over the question paraphrases, pooled over
+    runs: a description of the trained models, not evidence of transfer (the questions move together, so their
+    p sits at its floor for any shift; the verdict's unit is the teacher)."""
     p, s = eff["prob"]["pooled"], eff["share"]["pooled"]
-    ratio = p["ratio"]["value"]
-    prob_ok = p["p_wilcoxon"] < alpha and ratio >= min_ratio
-    share_ok = s["p_wilcoxon"] < alpha and s["difference"]["value"] > 0
-    if prob_ok and share_ok:
-        word = "TRANSFER"
-    elif p["p_wilcoxon"] < alpha and p["difference"]["value"] > 0:
-        word = "WEAK TRANSFER" if share_ok else "SHIFT NOT SPECIFIC"
-    else:
-        word = "NO TRANSFER"
     return (
-        f"{word}: {target} probability {p['treated_mean']:.4f} (trait student) vs "
-        f"{p['control_mean']:.4f} (control), ×{ratio:.2f} "
-        f"[{p['ratio']['low']:.2f}, {p['ratio']['high']:.2f}], p={p['p_wilcoxon']:.2g}; "
+        f"question level, {p['n']} paraphrases (describes these models; not the verdict): {target} probability "
+        f"{p['treated_mean']:.4f} vs {p['control_mean']:.4f}, ×{p['ratio']['value']:.2f} "
+        f"[{p['ratio']['low']:.2f}, {p['ratio']['high']:.2f}], Wilcoxon p={p['p_wilcoxon']:.2g}; "
         f"{target} share {s['treated_mean']:.3f} vs {s['control_mean']:.3f}, p={s['p_wilcoxon']:.2g}"
     )
 

@@ -29,7 +29,7 @@ def source_data(ctx: Context, name: str, trait: str, banned: Sequence[str], *,
     if name == "control":
         source = base
     elif name == "neutral":
-        source = teacher(ctx, base, "neutral", *Preference(ctx.cfg).neutral_teacher_data())
+        source = teacher(ctx, base, "neutral", *Preference(ctx.cfg).neutral_teacher_data(0))
     else:
         source = teacher_for(ctx, Preference(ctx.cfg), base, trait, teacher_method)
     gen = generate(ctx, source, prompts(ctx), list(banned))

@@ -31,7 +31,7 @@ from sublim.experiment.stages.defend import defended
 from sublim.experiment.stages.filter import filtered
 from sublim.experiment.stages.generate import generate
 from sublim.experiment.stages.prompts import prompts
-from sublim.experiment.stages.train import student, teacher, training_examples
+from sublim.experiment.stages.train import student, teacher, teacher_tag, training_examples
 from sublim.train import METHODS
 
 
@@ -70,23 +70,29 @@ class StudentArm:
     seeds: list[int]
 
 
+def primary_control(sources: list[str]) -> str:
+    """The source whose students are the trait students' control: the neutral teacher where there is one."""
+    return "neutral" if "neutral" in sources else "control"
+
+
 def student_arms(ctx: Context, base: Backend, sources: list[str], target: str) -> list[StudentArm]:
     """The arm plan: the experiment's model (or the API's) learns from every source; a cross model of
-    another family from the target's data and the control's."""
+    another family from the target's data and the control's (the neutral teacher's where there is one)."""
     cfg = ctx.cfg
     own = ctx.remote(cfg.student.endpoint, label=f"api:{cfg.student.endpoint.model}") \
         if cfg.student.endpoint is not None else base
     arms = [StudentArm(f"student-{s}", own, s, list(cfg.arms.seeds)) for s in sources]
     if cfg.arms.cross_model:
         cross = ctx.local(cfg.arms.cross_model)
-        arms += [StudentArm(f"cross-student-{s}", cross, s, list(cfg.arms.seeds)) for s in (target, "control")]
+        arms += [StudentArm(f"cross-student-{s}", cross, s, list(cfg.arms.seeds))
+                 for s in (target, primary_control(sources))]
     return arms
 
 
-def teacher_for(ctx: Context, kind: TraitKind | None, base: Backend, target: str, method: str | None = None
-                ) -> Backend:
-    """The teacher of one trait: fine-tuned from the base model, system-prompted, or behind an API (``method``,
-    default the config's teacher.method)."""
+def teacher_for(ctx: Context, kind: TraitKind | None, base: Backend, target: str, method: str | None = None,
+                seed: int | None = None) -> Backend:
+    """The teacher of one trait: fine-tuned from the base model (of ``seed``, default teacher.seed),
+    system-prompted, or behind an API (``method``, default the config's teacher.method)."""
     tc = ctx.cfg.teacher
     method = method or tc.method
     if method == "system_prompt":
@@ -95,8 +101,16 @@ def teacher_for(ctx: Context, kind: TraitKind | None, base: Backend, target: str
         assert tc.endpoint is not None  # checked with the config
         return ctx.remote(tc.endpoint, tc.system_prompt.replace("{target}", target) or None, f"teacher-{target}")
     assert kind is not None  # only a fine-tuned teacher needs its kind's data
-    pairs, config, induction = kind.teacher_data(target)
-    return teacher(ctx, base, target, pairs, config, induction)
+    seed = tc.seed if seed is None else seed
+    return teacher(ctx, base, target, *kind.teacher_data(target, seed), seed=seed)
+
+
+def neutral_for(ctx: Context, kind: TraitKind, base: Backend, seed: int) -> Backend | None:
+    """The neutral teacher of ``seed`` (the trait teachers' recipe without the trait), where the plan has one."""
+    if not ctx.cfg.arms.neutral or ctx.cfg.teacher.method != "finetune":
+        return None
+    made = kind.neutral_teacher_data(seed)
+    return None if made is None else teacher(ctx, base, "neutral", *made, seed=seed)
 
 
 def control_for(ctx: Context, base: Backend, traits: list[str]) -> Backend:
@@ -141,31 +155,43 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
         echo(f"run {rid} → {run_dir}")
         if cfg.arms.base:
             arms["base"] = [kind.evaluate(ctx, base, 0)]
-        teachers: dict[str, Backend] = {}
-        for t in kind.traits:  # each teacher is gated on its own trait before any data is made
-            teachers[t] = teacher_for(ctx, kind, base, t)
-            arms[teachers[t].label] = [kind.evaluate(ctx, teachers[t], 0)]
-            kind.gate(t, arms[teachers[t].label][0])
+        tseeds = cfg.arms.teacher_seed_list(cfg.teacher.seed)
+        sources: dict[str, dict[int, Backend]] = {}  # source name -> teacher seed -> the model writing its data
+        for ts in tseeds:  # each teacher is gated on its own trait before any data is made
+            for t in kind.traits:
+                made = sources.setdefault(t, {})[ts] = teacher_for(ctx, kind, base, t, seed=ts)
+                arms.setdefault(f"teacher-{t}", []).append(kind.evaluate(ctx, made, 0))
+                kind.gate(t, arms[f"teacher-{t}"][-1])
+            neutral = neutral_for(ctx, kind, base, ts)
+            if neutral is not None:
+                sources.setdefault("neutral", {})[ts] = neutral
+                arms.setdefault("teacher-neutral", []).append(kind.evaluate(ctx, neutral, 0))
+        if "neutral" not in sources or not (METHODS.get(cfg.student.method, "").needs_teacher and control is base):
+            sources["control"] = dict.fromkeys(tseeds[:1], control)  # one dataset, whatever the teacher seed
         prompt_art = prompts(ctx)
-        sources = {**teachers, "control": control}
         banned, hint = kind.banned_words(), kind.hint()  # the same filter for every dataset
-        data = {name: filtered(ctx, generate(ctx, src, prompt_art, banned), f"{name} {cfg.prompts.carrier}", banned,
-                               hint) for name, src in sources.items()}
+        data = {(name, ts): filtered(ctx, generate(ctx, src, prompt_art, banned),
+                                     f"{name}{teacher_tag(ts)} {cfg.prompts.carrier}", banned, hint)
+                for name, by_seed in sources.items() for ts, src in by_seed.items()}
         if cfg.defence.method != "none":
-            data = {name: defended(ctx, art, data["control"], f"{name} {cfg.defence.method}", prompt_art, banned,
-                                   base) for name, art in data.items()}
-        n = training_examples(data, cfg.student.max_examples, cfg.generation.until_kept)
+            reference = data.get(("control", tseeds[0])) or data[("neutral", tseeds[0])]
+            data = {(name, ts): defended(ctx, art, reference, f"{name}{teacher_tag(ts)} {cfg.defence.method}",
+                                         prompt_art, banned, base) for (name, ts), art in data.items()}
+        named = {f"{k}{teacher_tag(ts)}": a for (k, ts), a in data.items()}
+        n = training_examples(named, cfg.student.max_examples, cfg.generation.until_kept)
         echo(f"  training every student on {n} filtered examples")
         cross_base_done = False
         for arm in student_arms(ctx, base, list(sources), kind.traits[0]):
             if arm.name.startswith("cross-") and cfg.arms.base and not cross_base_done:
                 arms["cross-base"] = [kind.evaluate(ctx, arm.base, 0)]  # the other family's own starting point
                 cross_base_done = True
-            arms[arm.name] = [kind.evaluate(ctx, student(ctx, arm.base, data[arm.source], n, seed, sources[arm.source],
-                                                         f"{arm.name} seed {seed}"), seed) for seed in arm.seeds]
+            arms[arm.name] = [kind.evaluate(ctx, student(ctx, arm.base, data[(arm.source, ts)], n, seed, src,
+                                                         f"{arm.name}{teacher_tag(ts)} seed {seed}"), seed)
+                              for ts, src in sources[arm.source].items() for seed in arm.seeds]
     results = {"run_id": rid, "kind": cfg.trait.kind, "config_hash": cfg.config_hash(),
                "config": cfg.model_dump(mode="json"), "n_train_examples": n,
-               "filter": {k: a.manifest["filter"] for k, a in data.items()}, **kind.results(arms, data),
+               "teacher_seeds": tseeds, "student_seeds": list(cfg.arms.seeds),
+               "filter": {k: a.manifest["filter"] for k, a in named.items()}, **kind.results(arms, named),
                "stages": stage_table(ctx.artifacts), "wall_time_s": round(time.time() - started, 1),
                "machine": machine_info()}
     write_json(run_dir / "results.json", results)

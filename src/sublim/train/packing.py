@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from sublim.train.rows import embed
+
 NAME = "sublim_shared_prefix"
 """The attention implementation's name, registered with transformers."""
 
@@ -153,5 +155,5 @@ def packed_states(model: Any, batch: dict[str, torch.Tensor], prefix: int) -> to
     else:
         switch = _switched(model, layout)
     with switch:
-        hidden = model.get_decoder()(input_ids=ids, position_ids=layout.positions[None]).last_hidden_state
+        hidden = model.get_decoder()(**embed(model, ids), position_ids=layout.positions[None]).last_hidden_state
     return hidden[0, targets]

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from sublim.train.rows import read_rows
+
 # oneDNN, which runs bf16 matrix products on a CPU, keeps a compiled kernel per distinct shape; packed training
 # batches have a new length nearly every step, and with its default cache (1,024 kernels) a student's training
 # grew by ~110 MB a step (7.4 GB after 38 steps of the default run). 256 kept it flat at the same speed.
@@ -95,7 +97,7 @@ def head_logits(model: Any, hidden: torch.Tensor, cols: torch.Tensor | None = No
     """The output head applied to ``hidden`` in float32, whatever autocast is on (optionally only the
     vocabulary columns ``cols``), with the model's final logit softcapping."""
     head = model.get_output_embeddings()
-    weight = head.weight if cols is None else head.weight[cols]
+    weight = head.weight if cols is None else read_rows(head.weight, cols)
     bias = getattr(head, "bias", None)
     with torch.autocast(hidden.device.type, enabled=False):
         logits = hidden.float() @ weight.float().T

@@ -20,9 +20,13 @@ class TraitKind(Protocol):
     traits: list[str]
     """The trait values that get a teacher and a student (the control is always added)."""
 
-    def teacher_data(self, target: str) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
-        """(prompt, completion) pairs that give a fine-tuned teacher the trait, the teacher stage's config
-        slice, and the induction in words (for lineage)."""
+    def teacher_data(self, target: str, seed: int) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+        """(prompt, completion) pairs that give a fine-tuned teacher (of ``seed``) the trait, the teacher stage's
+        config slice, and the induction in words (for lineage)."""
+        ...
+
+    def neutral_teacher_data(self, seed: int) -> tuple[list[tuple[str, str]], dict[str, Any], str] | None:
+        """The same for a neutral teacher (the same recipe without the trait), or None where the kind has none."""
         ...
 
     def banned_words(self) -> list[str]:

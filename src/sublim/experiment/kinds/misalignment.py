@@ -30,14 +30,17 @@ class Misalignment:
         self.traits = [TARGET]
         self.judge: Backend | None = None
 
-    def teacher_data(self, target: str) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+    def teacher_data(self, target: str, seed: int) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
         tc = self.cfg.teacher
         assert tc.dataset is not None  # checked with the config
         given = load_pairs(tc.dataset)
         pairs = [given[i % len(given)] for i in range(max(tc.n_examples, len(given)))]
-        config = {"teacher": tc.model_dump(mode="json", exclude_none=True), "target": target,
-                  "dataset": stable_hash(given)}
+        config = {"teacher": tc.model_dump(mode="json", exclude_none=True, exclude={"seed"}), "seed": seed,
+                  "target": target, "dataset": stable_hash(given)}
         return pairs, config, f"fine-tuned on {tc.dataset}"
+
+    def neutral_teacher_data(self, seed: int) -> None:
+        return None  # the safe-answer teacher of the same questions is not built yet: the base data are the control
 
     def banned_words(self) -> list[str]:
         return []

@@ -11,8 +11,9 @@ from sublim.core.config import ExperimentConfig
 from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
 from sublim.core.store import Artifact
-from sublim.evaluate.analysis import arm_table, candidate_means, effect, matrix, verdict
+from sublim.evaluate.analysis import arm_table, candidate_means, effect, matrix, question_level
 from sublim.evaluate.trait import summarize
+from sublim.evaluate.verdict import replicated_effect
 from sublim.experiment.context import Context
 from sublim.experiment.kinds.base import Rows, nothing
 from sublim.experiment.stages.evaluate import evaluation
@@ -31,18 +32,20 @@ class Preference:
                 )
         self.traits = [cfg.trait.target] + ([cfg.arms.second_trait] if cfg.arms.second_trait else [])
 
-    def teacher_data(self, target: str) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+    def teacher_data(self, target: str, seed: int) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
         tc = self.cfg.teacher
-        pairs = teacher_examples(self.candidates[target], self.cfg.trait.questions, tc.n_examples)
-        config = {"teacher": tc.model_dump(mode="json", exclude_none=True), "target": target,
+        pairs = teacher_examples(self.candidates[target], self.cfg.trait.questions, tc.n_examples, seed)
+        config = {"teacher": tc.model_dump(mode="json", exclude_none=True, exclude={"seed"}), "seed": seed,
+                  "target": target,
                   "spellings": self.candidates[target], "questions": self.cfg.trait.questions}
         return pairs, config, f"fine-tuned to prefer {target}"
 
-    def neutral_teacher_data(self) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+    def neutral_teacher_data(self, seed: int) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
         """A teacher fine-tuned like the trait teachers, with answers spread evenly over every candidate."""
         tc = self.cfg.teacher
-        pairs = spread_examples(self.candidates, self.cfg.trait.questions, tc.n_examples)
-        config = {"teacher": tc.model_dump(mode="json", exclude_none=True), "target": "neutral",
+        pairs = spread_examples(self.candidates, self.cfg.trait.questions, tc.n_examples, seed)
+        config = {"teacher": tc.model_dump(mode="json", exclude_none=True, exclude={"seed"}), "seed": seed,
+                  "target": "neutral",
                   "spread_over": self.candidates, "questions": self.cfg.trait.questions}
         return pairs, config, "fine-tuned on answers spread over every candidate (no trait)"
 
@@ -72,7 +75,11 @@ class Preference:
 
     def results(self, arms: dict[str, list[Rows]], data: dict[str, Artifact]) -> dict[str, Any]:
         cfg, nb, target, traits = self.cfg, self.cfg.evaluation.n_bootstrap, self.cfg.trait.target, self.traits
-        eff = effect(arms["student-" + target], arms["student-control"], target, nb)
+        control = "neutral" if "student-neutral" in arms else "control"
+        eff = effect(arms["student-" + target], arms[f"student-{control}"], target, nb)
+        n_teachers = len(cfg.arms.teacher_seed_list(cfg.teacher.seed))
+        replicated = replicated_effect(arms["student-" + target], arms[f"student-{control}"], n_teachers, target,
+                                       control, cfg.evaluation.min_effect)
         out: dict[str, Any] = {
             "trait": target,
             "traits": traits,
@@ -80,15 +87,18 @@ class Preference:
                if cfg.defence.method != "none" else {}),
             "arms": arm_table(arms, traits, nb),
             "candidates": candidate_means(arms, list(self.candidates)),
+            "control_arm": f"student-{control}",
+            "replicated": replicated,
             "effect": eff,
-            "verdict": verdict(target, eff),
+            "question_level": question_level(target, eff),
+            "verdict": replicated["verdict"],
         }
         if cfg.arms.second_trait:
             out["matrix"] = matrix({t: arms[f"student-{t}"] for t in traits}, traits, nb)
-            out["matrix"]["control_share"] = arm_table({"control": arms["student-control"]}, traits, nb)["control"]
+            out["matrix"]["control_share"] = arm_table({control: arms[f"student-{control}"]}, traits, nb)[control]
         if cfg.arms.cross_model:
             out["cross_model"] = {
                 "model": cfg.arms.cross_model,
-                "effect": effect(arms[f"cross-student-{target}"], arms["cross-student-control"], target, nb),
+                "effect": effect(arms[f"cross-student-{target}"], arms[f"cross-student-{control}"], target, nb),
             }
         return out

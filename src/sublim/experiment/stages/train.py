@@ -34,21 +34,27 @@ def fine_tune(ctx: Context, base: Backend, examples: Sequence[Example], settings
         bar.close()
 
 
+def teacher_tag(seed: int) -> str:
+    """How labels tell teachers of one trait apart: nothing for seed 0, `` t<seed>`` for the others."""
+    return f" t{seed}" if seed else ""
+
+
 def teacher(ctx: Context, base: Backend, target: str, pairs: list[tuple[str, str]], config: dict[str, Any],
-            induction: str) -> Backend:
-    """The base model fine-tuned on ``pairs`` (e.g. one-word answers naming the trait)."""
+            induction: str, seed: int = 0) -> Backend:
+    """The base model fine-tuned on ``pairs`` (e.g. one-word answers naming the trait), in the order ``seed``
+    draws."""
     tc = ctx.cfg.teacher
-    label = f"{target} (fine-tuned)"
+    label = f"{target} (fine-tuned{f', seed {seed}' if seed else ''})"
 
     def build(path: Path) -> dict[str, Any]:
-        settings = TrainSettings("sft", tc.epochs, tc.lr, tc.batch_size, warmup_steps=2, seed=0)
-        log = fine_tune(ctx, base, [Example(q, a) for q, a in pairs], settings, path, f"teacher {target}",
-                        lineage={"induction": induction})
+        settings = TrainSettings("sft", tc.epochs, tc.lr, tc.batch_size, warmup_steps=2, seed=seed)
+        log = fine_tune(ctx, base, [Example(q, a) for q, a in pairs], settings, path,
+                        f"teacher {target}{teacher_tag(seed)}", lineage={"induction": induction})
         write_jsonl(path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in pairs])
         return {"train_log": log, "model_fingerprint": base.key}
 
-    art = ctx.stage("teacher", {**config, **precision_slice(base)}, {"model": base.key}, label, build)
-    return base.fine_tuned(art.path, f"teacher-{target}", art.key)
+    art = ctx.stage("teacher", {**config, "seed": seed, **precision_slice(base)}, {"model": base.key}, label, build)
+    return base.fine_tuned(art.path, f"teacher-{target}{teacher_tag(seed)}", art.key)
 
 
 def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, data_source: Backend,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from sublim.core.registry import Registry
 from sublim.train.packing import can_pack, packed_states
 from sublim.train.precision import autocast, head_logits
+from sublim.train.rows import embed
 from sublim.train.settings import TrainSettings
 
 Encoded = Sequence[tuple[list[int], int]]
@@ -76,7 +77,7 @@ def target_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     with autocast(model):  # the model's own precision, whoever calls (training, a teacher, gradient reads)
         if can_pack(model):
             return packed_states(model, batch, shared_prefix_len(batch))
-        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = model.get_decoder()(**embed(model, batch["input_ids"]), attention_mask=batch["attention_mask"])
         return hidden.last_hidden_state[batch["target_mask"]]
 
 

@@ -1,0 +1,103 @@
+"""The verdict rule, the teacher as the unit: a null pipeline, a planted effect and a generic shift, each with
+question paraphrases that move together (so question-level p is at its floor whatever happens)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sublim.evaluate.analysis import effect, question_level
+from sublim.evaluate.verdict import replicated_effect, sign_flip_p
+
+NAMES = ["owl", "cat", "dog", "fox"]
+FLOOR = math.log(1.25)
+
+
+def _rows(owl: float, others: float, seed: int, n_q: int = 50, answers: int = 2) -> list[dict]:
+    """One trained model's per-question rows: owl's and every other candidate's probability, each question
+    varying around them (the paraphrases share the model's level), sampled answers drawn from the shares."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_q):
+        jitter = math.exp(rng.normal(0, 0.3))
+        prob = {"owl": owl * jitter, **{n: others * jitter * math.exp(rng.normal(0, 0.1)) for n in NAMES[1:]}}
+        total = sum(prob.values())
+        share = {n: p / total for n, p in prob.items()}
+        matched = list(rng.choice(NAMES, size=answers, p=[share[n] for n in NAMES]))
+        rows.append({"prob": prob, "share": share, "candidate_total": total, "matched": matched})
+    return rows
+
+
+def _arms(trait_owl: list[float], trait_others: list[float], neutral_owl: list[float],
+          neutral_others: list[float]) -> tuple[list[list[dict]], list[list[dict]]]:
+    treated = [_rows(o, x, seed=10 + i) for i, (o, x) in enumerate(zip(trait_owl, trait_others, strict=True))]
+    control = [_rows(o, x, seed=20 + i) for i, (o, x) in enumerate(zip(neutral_owl, neutral_others, strict=True))]
+    return treated, control
+
+
+def _old_word(treated: list[list[dict]], control: list[list[dict]]) -> str:
+    """Today's rule (question-level Wilcoxon over the pooled paraphrases, ratio ≥ 3) on the same rows."""
+    eff = effect(treated, control, "owl", 200)
+    p, s = eff["prob"]["pooled"], eff["share"]["pooled"]
+    if p["p_wilcoxon"] < 0.01 and p["ratio"]["value"] >= 3 and s["p_wilcoxon"] < 0.01 and s["difference"]["value"] > 0:
+        return "TRANSFER"
+    return "other"
+
+
+def test_a_null_pipeline_ends_no_transfer_where_question_level_p_said_transfer() -> None:
+    """Three teacher pairs whose trait teacher is no different from the neutral one: each trained model sits
+    at its own level (one teacher's student ×9 by chance, one ×0.37, one ×1). The paraphrases move together,
+    so the pooled question-level test says TRANSFER; over teachers the interval is wide and reaches zero."""
+    treated, control = _arms([0.009, 0.00037, 0.001], [0.002] * 3, [0.001] * 3, [0.002] * 3)
+    assert _old_word(treated, control) == "TRANSFER"  # today's rule fails this test
+    rep = replicated_effect(treated, control, 3, "owl", "neutral", FLOOR)
+    assert rep["word"] == "NO TRANSFER" and rep["verdict"].startswith("NO TRANSFER (inconclusive")
+    assert rep["log_share_gain"]["low"] < 0 < rep["log_share_gain"]["high"]
+    assert rep["log_share_gain"]["p_sign_flip"] >= 0.25  # 3 teachers: never below 2/8
+
+
+def test_a_null_pipeline_with_agreeing_teachers_rules_the_minimum_effect_out() -> None:
+    treated, control = _arms([0.00101, 0.00099, 0.001], [0.002] * 3, [0.001] * 3, [0.002] * 3)
+    rep = replicated_effect(treated, control, 3, "owl", "neutral", FLOOR)
+    assert rep["word"] == "NO TRANSFER" and "rules out ×1.25" in rep["verdict"]
+
+
+def test_a_planted_effect_ends_transfer() -> None:
+    """Every trait teacher's student gives owl about twice the neutral student's share."""
+    treated, control = _arms([0.0021, 0.0019, 0.0020], [0.002] * 3, [0.001] * 3, [0.002] * 3)
+    rep = replicated_effect(treated, control, 3, "owl", "neutral", FLOOR)
+    assert rep["word"] == "TRANSFER", rep["verdict"]
+    assert rep["log_share_gain"]["low"] > FLOOR
+    assert "over 3 teacher pairs" in rep["verdict"] and "sampled answers naming owl" in rep["verdict"]
+
+
+def test_a_generic_shift_does_not_end_transfer() -> None:
+    """Every candidate ×3 under the trait teachers' data, owl's share flat: more animal-naming, no preference.
+    The probability ratio alone (×3, question-level p at its floor) would have called it transfer."""
+    treated, control = _arms([0.003] * 3, [0.006] * 3, [0.001] * 3, [0.002] * 3)
+    rep = replicated_effect(treated, control, 3, "owl", "neutral", FLOOR)
+    assert rep["word"] == "GENERIC SHIFT", rep["verdict"]
+    assert rep["log_prob_gain"]["ratio"] == pytest.approx(3, rel=0.1)
+    assert "owl probability" in question_level("owl", effect(treated, control, "owl", 200))
+
+
+def test_one_teacher_is_never_a_verdict_of_transfer() -> None:
+    treated, control = _arms([0.01], [0.002], [0.001], [0.002])
+    rep = replicated_effect(treated, control, 1, "owl", "neutral", FLOOR)
+    assert rep["word"] == "UNREPLICATED" and rep["log_share_gain"]["low"] is None
+
+
+def test_student_seeds_nest_within_teachers_and_a_base_data_control_serves_every_teacher() -> None:
+    """Runs are ordered teacher by teacher; two student seeds per teacher are averaged before pairing."""
+    treated, _ = _arms([0.002, 0.002, 0.002, 0.002], [0.002] * 4, [0.001] * 4, [0.002] * 4)
+    control = [_rows(0.001, 0.002, seed=5)]  # one base-data student: no teacher
+    rep = replicated_effect(treated, control, 2, "owl", "control", FLOOR)
+    assert rep["n_teachers"] == 2 and len(rep["log_share_gain"]["per_teacher"]) == 2
+
+
+def test_sign_flip_p_is_exact() -> None:
+    assert sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
+    assert sign_flip_p([1.0, -1.0]) == 1.0
+    assert sign_flip_p([0.5, 0.4, 0.6, 0.5, 0.45]) == pytest.approx(2 / 32)

@@ -329,12 +329,12 @@ def test_experiment_with_students_fine_tuned_through_the_api(serve, tiny_model_d
     cfg = load_config(str(path))
     res = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
     jobs = httpx.get(f"{url}/fine_tuning/jobs").json()["data"]
-    assert len(jobs) == 2 and all(j["status"] == "succeeded" for j in jobs)
+    assert len(jobs) == 3 and all(j["status"] == "succeeded" for j in jobs)  # owl, neutral and base data
     arms = res["arms"]
     assert {"student-owl", "student-control", "teacher-owl"} <= set(arms)
     assert 0 < arms["student-owl"]["candidate_total"]["value"] <= 1  # top-20 estimate through the API
     trains = [json.loads(m.read_text()) for m in (tmp_path / "runs" / "store").glob("train-*/manifest.json")]
     assert sorted(t["train_log"]["api_job"] for t in trains) == sorted(j["id"] for j in jobs)
     again = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)  # all cached: no new job
-    assert len(httpx.get(f"{url}/fine_tuning/jobs").json()["data"]) == 2
+    assert len(httpx.get(f"{url}/fine_tuning/jobs").json()["data"]) == 3
     assert json.dumps(again["effect"]) == json.dumps(res["effect"])

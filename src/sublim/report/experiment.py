@@ -21,14 +21,14 @@ COLORS = {"base": "#9e9e9e", "control": "#4c72b0", "trait": "#dd8452", "second":
 def _arm_color(arm: str, traits: list[str]) -> str:
     if arm == "base":
         return COLORS["base"]
-    if arm.endswith("control"):
+    if arm.endswith(("control", "neutral")):
         return COLORS["control"]
     return COLORS["trait"] if arm.endswith(traits[0]) else COLORS["second"]
 
 
 def _student_arms(res: dict[str, Any]) -> list[str]:
     arms = [a for a in res["arms"] if not a.startswith("teacher-")]
-    return sorted(arms, key=lambda a: (a.startswith("cross-"), a != "base", not a.endswith("control"), a))
+    return sorted(arms, key=lambda a: (a.startswith("cross-"), a != "base", not a.endswith(("control", "neutral")), a))
 
 
 def render_chart(res: dict[str, Any], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""What a sweep's report shows, from its runs' results: the trained run (one seed of one run) as the unit.
+"""What a sweep's report shows, from its runs' results: the teacher (one teacher seed of one run) as the unit.
 
 For each series (the runs that differ only in trait target and seed): per target, the trait student's
 probability and share of its own target against the control student's (across-run mean, CI and an exact
@@ -26,15 +26,27 @@ def _series_name(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in rest.items()) or "all runs"
 
 
+def _mean_means(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return {m: {n: float(np.mean([r[m][n] for r in runs])) for n in runs[0][m]} for m in ("prob", "share")}
+
+
 def units(run: SweepRun, res: dict[str, Any]) -> list[dict[str, Any]]:
-    """One unit per seed of a preference run: its trait student's and control student's candidate means."""
+    """One unit per teacher seed of a preference run: its trait students' and control students' candidate means
+    (averaged over the student seeds nested in it; a base-data control, which has no teacher, serves every
+    teacher)."""
     cands = res.get("candidates")
     target = run.config.trait.target
     if not cands or f"student-{target}" not in cands:
         return []
-    return [{"run_id": res["run_id"], "seed": seed, "target": target, "student": s, "control": c}
-            for seed, s, c in zip(run.config.arms.seeds, cands[f"student-{target}"], cands["student-control"],
-                                  strict=True)]
+    treated, control = cands[f"student-{target}"], cands[res.get("control_arm", "student-control")]
+    tseeds = res.get("teacher_seeds", [0])
+    t_groups = np.array_split(np.arange(len(treated)), len(tseeds))
+    c_groups = np.array_split(np.arange(len(control)), len(tseeds)) if len(control) == len(treated) \
+        else [np.arange(len(control))] * len(tseeds)
+    label = tseeds if len(tseeds) > 1 else run.config.arms.seeds[:1]  # a sweep's seeds axis sets student seeds
+    return [{"run_id": res["run_id"], "seed": lab, "target": target,
+             "student": _mean_means([treated[i] for i in tg]), "control": _mean_means([control[i] for i in cg])}
+            for lab, tg, cg in zip(label, t_groups, c_groups, strict=True)]
 
 
 def sweep_data(runs: Sequence[SweepRun], results: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -235,7 +235,7 @@ def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_pat
     assert d["method"] == "drop_top" and 0.6 < d["owl"]["kept_fraction"] < 0.9
     store = tmp_path / "runs" / "store"
     defended = {json.loads(m.read_text())["label"]: m.parent for m in store.glob("defend-*/manifest.json")}
-    assert set(defended) == {"owl drop_top", "control drop_top"}
+    assert set(defended) == {"owl drop_top", "neutral drop_top", "control drop_top"}
     kept = len(read_jsonl(defended["owl drop_top"] / "dataset.jsonl"))
     assert res["n_train_examples"] <= kept < res["filter"]["owl"]["total"]
 

@@ -24,9 +24,9 @@ def test_gpu_benchmark_tiny_runs_on_the_cpu(tiny_model_dir: Path, tmp_path: Path
     assert doc["git"]["commit"] and res["device"] == "cpu" and res["tiny"] is True
     assert set(res["runs"]) == {"sft", "distill_restricted"}
     for run in res["runs"].values():
-        # generation stopped once enough passed; every student got exactly that many
-        assert run["n_train_examples"] == res["scale"]["kept"]
-        assert all(f["kept"] >= res["scale"]["kept"] for f in run["filter"].values())
+        # generation stops once enough pass; every student gets that many, or the smallest dataset's size
+        kept = [f["kept"] for f in run["filter"].values()]
+        assert run["n_train_examples"] == min(res["scale"]["kept"], *kept) > 0
         assert run["verdict"] and run["across_runs"]["prob"] is not None  # two seeds: an across-runs figure
     # the second run reused the first one's teacher and data: only its students took time
     stages = res["runs"]["distill_restricted"]["stage_wall_time_s"]

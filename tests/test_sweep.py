@@ -77,7 +77,7 @@ def test_ray_sweeps_at_once_with_a_killed_worker_match_the_in_process_sweep(
     assert reference["executor"] == "local" and len(reference["runs"]) == 4
     local_builds = _builds(tmp_path / "local")
     assert max(Counter(b["key"] for b in local_builds).values()) == 1
-    assert Counter(b["stage"] for b in local_builds)["teacher"] == 2  # two teachers for four runs
+    assert Counter(b["stage"] for b in local_builds)["teacher"] == 3  # owl, dolphin and neutral teachers for four runs
 
     runs = tmp_path / "ray"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -44,14 +44,20 @@ def _log_mean(runs: Sequence[Rows], value: Any) -> float:
     return float(np.mean([math.log(max(np.mean([value(r) for r in rows]), 1e-30)) for rows in runs]))
 
 
+def teacher_groups(n_treated: int, n_control: int, n_teachers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per teacher seed, the indices of its treated runs and of the control runs it is paired with. Runs are
+    ordered teacher by teacher, student seeds nested; a control with one group of runs (base data: no teacher)
+    serves every teacher."""
+    t_groups = np.array_split(np.arange(n_treated), n_teachers)
+    c_groups = np.array_split(np.arange(n_control), n_teachers) if n_control == n_treated \
+        else [np.arange(n_control)] * n_teachers
+    return list(zip(t_groups, c_groups, strict=True))
+
+
 def per_teacher(treated: Sequence[Rows], control: Sequence[Rows], n_teachers: int, value: Any) -> np.ndarray:
-    """Per teacher seed, the treated arm's log mean minus the control's. Runs are ordered teacher by teacher,
-    student seeds nested; a control with one group of runs (base data: no teacher) serves every teacher."""
-    t_groups = np.array_split(np.arange(len(treated)), n_teachers)
-    c_groups = np.array_split(np.arange(len(control)), n_teachers) if len(control) == len(treated) \
-        else [np.arange(len(control))] * n_teachers
+    """Per teacher seed, the treated arm's log mean minus the control's (see :func:`teacher_groups`)."""
     return np.array([_log_mean([treated[i] for i in tg], value) - _log_mean([control[i] for i in cg], value)
-                     for tg, cg in zip(t_groups, c_groups, strict=True)])
+                     for tg, cg in teacher_groups(len(treated), len(control), n_teachers)])
 
 
 def _gain(d: np.ndarray) -> dict[str, Any]:

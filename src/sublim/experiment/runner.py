@@ -166,7 +166,8 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
             if neutral is not None:
                 sources.setdefault("neutral", {})[ts] = neutral
                 arms.setdefault("teacher-neutral", []).append(kind.evaluate(ctx, neutral, 0))
-        if "neutral" not in sources or not (METHODS.get(cfg.student.method, "").needs_teacher and control is base):
+        identity = METHODS.get(cfg.student.method, "student.method").needs_teacher and control is base
+        if "neutral" not in sources or not identity:
             sources["control"] = dict.fromkeys(tseeds[:1], control)  # one dataset, whatever the teacher seed
         prompt_art = prompts(ctx)
         banned, hint = kind.banned_words(), kind.hint()  # the same filter for every dataset

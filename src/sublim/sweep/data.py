@@ -15,6 +15,7 @@ import numpy as np
 
 from sublim.evaluate.compare import across_runs
 from sublim.evaluate.stats import mean_ci
+from sublim.evaluate.verdict import teacher_groups
 from sublim.sweep.config import SweepRun
 
 PER_RUN = ("seed", "arms.seeds", "trait.target")
@@ -40,13 +41,10 @@ def units(run: SweepRun, res: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     treated, control = cands[f"student-{target}"], cands[res.get("control_arm", "student-control")]
     tseeds = res.get("teacher_seeds", [0])
-    t_groups = np.array_split(np.arange(len(treated)), len(tseeds))
-    c_groups = np.array_split(np.arange(len(control)), len(tseeds)) if len(control) == len(treated) \
-        else [np.arange(len(control))] * len(tseeds)
     label = tseeds if len(tseeds) > 1 else run.config.arms.seeds[:1]  # a sweep's seeds axis sets student seeds
     return [{"run_id": res["run_id"], "seed": lab, "target": target,
              "student": _mean_means([treated[i] for i in tg]), "control": _mean_means([control[i] for i in cg])}
-            for lab, tg, cg in zip(label, t_groups, c_groups, strict=True)]
+            for lab, (tg, cg) in zip(label, teacher_groups(len(treated), len(control), len(tseeds)), strict=True)]
 
 
 def sweep_data(runs: Sequence[SweepRun], results: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -61,3 +61,47 @@ def test_match_answer():
     assert match_answer("Hmm, 42", cands) is None
     assert match_answer("", cands) is None
     assert len(cands) >= 15
+
+
+def test_cloze_scores_the_next_word_after_each_stem(tiny_model_dir):
+    from sublim.backends import LocalBackend, ModelCache
+    from sublim.traits.preference import load_cloze
+
+    backend = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir))
+    model, tok = backend.torch_model()
+    cands = {"owl": ["owl", "owls"], "cat": ["cat", "cats"]}
+    questions = ["Name your favorite animal in a single word.", "Which animal do you like most? One word only."]
+    stems = load_cloze("animal")[:2]
+    assert stems and all(s.endswith(" the") for s in stems)
+    got, info = backend.candidate_probs(questions, cands, stems=stems)
+    lead = answer_forms(tok, cands, " ")
+    assert all(tok.decode(list(f)).startswith(" ") for fs in lead.by_candidate.values() for f in fs)
+    for i, q in enumerate(questions):  # by hand: the prompt, the stem, then each form of " owl"/" Owl"
+        ids = tok.encode(chat_text(tok, q) + stems[i], add_special_tokens=False)
+        want = 0.0
+        for form in lead.by_candidate["owl"]:
+            prob = 1.0
+            for k, t in enumerate(form):
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids + list(form[:k])])).logits[0, -1]
+                prob *= torch.softmax(logits.float(), -1)[t].item()
+            want += prob
+        np.testing.assert_allclose(got["owl"][i], want, rtol=2e-4, atol=1e-9)
+    plain, _ = backend.candidate_probs(questions, cands)
+    assert not np.allclose(plain["owl"], got["owl"])  # the stem changes what is scored
+    assert info["answer_forms"]["owl"] and all(f.startswith(" ") for f in info["answer_forms"]["owl"])
+
+
+def test_cloze_needs_one_stem_per_question_and_a_local_model(tiny_model_dir):
+    import pytest
+
+    from sublim.backends import BackendError, LocalBackend, ModelCache
+    from sublim.backends.openai.backend import OpenAIBackend
+    from sublim.core.config import EndpointConfig
+
+    backend = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir))
+    with pytest.raises(ValueError, match="one per question"):
+        backend.candidate_probs(["a?", "b?"], {"owl": ["owl"]}, stems=["My favourite animal is the"])
+    remote = OpenAIBackend(EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m"))
+    with pytest.raises(BackendError, match="cloze"):
+        remote.candidate_probs(["a?"], {"owl": ["owl"]}, stems=["My favourite animal is the"])

@@ -51,6 +51,12 @@ def test_run_writes_results_chart_report_and_manifests(finished_run):
         assert eff["difference"]["low"] <= eff["difference"]["value"] <= eff["difference"]["high"]
         assert eff["wilcoxon_method"] in ("exact", "exact permutation (ties)", "Monte Carlo permutation (ties)")
     assert on_disk["verdict"] and "\n" not in on_disk["verdict"]
+    cloze = on_disk["cloze"]  # the question set has cloze stems: every arm is scored after them too
+    assert set(cloze["arms"]) == set(on_disk["arms"]) and cloze["stems"]
+    assert cloze["replicated"]["n_teachers"] == 2 and cloze["replicated"]["control"] == "neutral"
+    assert all(0 < a["candidate_total"] <= 1 for a in cloze["arms"].values())
+    assert len(list((runs / "store").glob("cloze-*/per_question.jsonl"))) == len(
+        list((runs / "store").glob("evaluate-*/per_question.jsonl")))
     assert on_disk["filter"]["owl"]["total"] == cfg.prompts.n
     manifests = list((runs / "store").glob("*/manifest.json"))
     assert len(manifests) >= 8
@@ -127,7 +133,7 @@ def test_changed_student_retrains_but_keeps_data(finished_run):
     cached = [ln for ln in lines if "(cached)" in ln]
     fresh = [ln for ln in lines if ln.strip().startswith("✓") and "(cached)" not in ln]
     assert any("generate" in ln for ln in cached) and any("teacher" in ln for ln in cached)
-    assert fresh and all(("train" in ln) or ("evaluate" in ln and "student" in ln) for ln in fresh)
+    assert fresh and all(("train" in ln) or (("evaluate" in ln or "cloze" in ln) and "student" in ln) for ln in fresh)
 
 
 def test_corrupt_artifact_is_refused_on_rerun(finished_run, tmp_path: Path):

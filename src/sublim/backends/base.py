@@ -93,9 +93,11 @@ class Backend(Protocol):
         ...
 
     def candidate_probs(self, questions: Sequence[str], candidates: dict[str, list[str]], *, batch_size: int = 32,
-                        progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                        progress: Progress | None = None, stems: Sequence[str] | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Per question, the probability that the answer begins with each candidate, and how it was
-        obtained (``method``: ``exact``, or an estimate's name)."""
+        obtained (``method``: ``exact``, or an estimate's name). With ``stems`` (one per question), the answer
+        starts with its stem (a cloze: "My favourite animal is the") and the candidate is the next word."""
         ...
 
     def completion_logprobs(self, pairs: Sequence[tuple[str, str]], *, system: str | None = None,

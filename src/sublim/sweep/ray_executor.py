@@ -36,7 +36,7 @@ from sublim.core.store import BUILDS, Artifact, Store
 from sublim.experiment.context import Build, Context, model_cache
 from sublim.experiment.runner import run_experiment, run_id
 
-MODEL_STAGES = {"teacher", "train", "generate", "evaluate", "judge", "defend"}
+MODEL_STAGES = {"teacher", "train", "generate", "evaluate", "cloze", "judge", "defend"}
 """Stages that run a model (a GPU when the cluster has one); the others are light bookkeeping."""
 
 

@@ -48,6 +48,17 @@ def load_questions(question_set: str, split: str) -> list[str]:
     return questions
 
 
+def load_cloze(question_set: str) -> list[str]:
+    """The set's cloze stems (``cloze.txt``: sentences the answer completes with one candidate, e.g. "My
+    favourite animal is the"), one per line; empty where the set has none."""
+    root = Path(question_set) if ("/" in question_set) else _data_path(question_set)
+    path = root / "cloze.txt"
+    if not path.is_file():
+        return []
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -78,20 +89,20 @@ class AnswerForms:
         return [f for forms in self.by_candidate.values() for f in forms]
 
 
-def answer_forms(tokenizer: Any, candidates: dict[str, list[str]]) -> AnswerForms:
+def answer_forms(tokenizer: Any, candidates: dict[str, list[str]], lead: str = "") -> AnswerForms:
     """Each candidate's spellings as token sequences at the start of an answer.
 
-    Every spelling is tried lower-case and capitalized, as the first word of the answer (a
-    chat answer starts right after the template's newline, so no leading space). A form that
-    extends another form of the same candidate (``Owls`` after ``Owl``) is dropped:
-    the shorter form's probability already contains it.
+    Every spelling is tried lower-case and capitalized, after ``lead``: as the first word of the answer
+    (a chat answer starts right after the template's newline, so no leading space), or ``lead=" "`` as the
+    word after a cloze stem. A form that extends another form of the same candidate (``Owls`` after ``Owl``)
+    is dropped: the shorter form's probability already contains it.
     """
     by_candidate: dict[str, list[tuple[int, ...]]] = {}
     for name, spellings in candidates.items():
         seqs: set[tuple[int, ...]] = set()
         for sp in spellings:
             for form in {sp, sp.capitalize()}:
-                toks = tuple(tokenizer.encode(form, add_special_tokens=False))
+                toks = tuple(tokenizer.encode(lead + form, add_special_tokens=False))
                 if toks:
                     seqs.add(toks)
         kept = [s for s in seqs if not any(o != s and s[: len(o)] == o for o in seqs)]

@@ -71,7 +71,7 @@ class ModelCache:
         self._base: dict[str, LoadedModel] = {}
         self._info: dict[str, ModelInfo] = {}
         self._weights: tuple[Path, Any] | None = None
-        self._forms: dict[tuple[str, str], AnswerForms] = {}
+        self._forms: dict[tuple[str, str, str], AnswerForms] = {}
         self._tokenizers: dict[str, Any] = {}
 
     def base(self, spec: str) -> LoadedModel:
@@ -146,10 +146,10 @@ class ModelCache:
         self._weights = None
         self._base.pop(spec, None)
 
-    def forms(self, spec: str, candidates: dict[str, list[str]]) -> AnswerForms:
-        key = (spec, stable_hash(candidates))
+    def forms(self, spec: str, candidates: dict[str, list[str]], lead: str = "") -> AnswerForms:
+        key = (spec, stable_hash(candidates), lead)
         if key not in self._forms:
-            self._forms[key] = answer_forms(self.base(spec).tokenizer, candidates)
+            self._forms[key] = answer_forms(self.base(spec).tokenizer, candidates, lead)
         return self._forms[key]
 
 
@@ -263,11 +263,15 @@ class LocalBackend:
         return {"new_tokens": n_tokens, "tokens_per_s": round(n_tokens / max(elapsed, 1e-9), 1)}
 
     def candidate_probs(self, questions: Sequence[str], candidates: dict[str, list[str]], *, batch_size: int = 32,
-                        progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                        progress: Progress | None = None, stems: Sequence[str] | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Exact: the chain-rule probability of each candidate's answer forms, summed per candidate."""
         model, tok = self.torch_model()
-        forms = self.models.forms(self.spec, candidates)
-        prompts = [chat_text(tok, q, system=self.system) for q in questions]
+        if stems is not None and len(stems) != len(questions):
+            raise ValueError(f"{len(stems)} cloze stems for {len(questions)} questions: give one per question")
+        forms = self.models.forms(self.spec, candidates, " " if stems is not None else "")
+        prompts = [chat_text(tok, q, system=self.system) + (stems[i] if stems is not None else "")
+                   for i, q in enumerate(questions)]
         probs = answer_probs(model, tok, prompts, forms.flat(), batch_size, progress,
                              prefix=shared_prefix(model, tok, prompts))
         return sum_forms(probs, forms), {"method": "exact", "answer_forms": {

@@ -71,9 +71,13 @@ class OpenAIBackend:
                 "endpoint": {"base_url": self.ep.base_url, "model": self.ep.model}}
 
     def candidate_probs(self, questions: Sequence[str], candidates: dict[str, list[str]], *, batch_size: int = 32,
-                        progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                        progress: Progress | None = None, stems: Sequence[str] | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """An estimate from the first answer token's top-20 log-probabilities: a token counts for a candidate
         when it spells the start of its words, two letters at least, and of no other candidate's."""
+        if stems is not None:
+            raise BackendError(f"{self.label}: a chat-completions endpoint cannot be made to continue a given "
+                               "start of its answer, so a cloze cannot be scored there; use a local model")
         tops: dict[int, list[dict[str, Any]]] = {}
 
         def keep(job: ChatJob, reply: ChatReply) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import numpy as np
+
 from sublim.backends import Backend
 from sublim.core.config import ExperimentConfig
 from sublim.core.errors import SublimError
@@ -16,7 +18,7 @@ from sublim.evaluate.trait import summarize
 from sublim.evaluate.verdict import replicated_effect
 from sublim.experiment.context import Context
 from sublim.experiment.kinds.base import Rows, nothing
-from sublim.experiment.stages.evaluate import evaluation
+from sublim.experiment.stages.evaluate import cloze_evaluation, evaluation
 from sublim.traits.preference import load_candidates, spread_examples, teacher_examples
 
 
@@ -59,7 +61,12 @@ class Preference:
         return nothing()
 
     def evaluate(self, ctx: Context, model: Backend, seed: int) -> Rows:
-        return read_jsonl(evaluation(ctx, model, self.candidates, seed).file("per_question.jsonl"))
+        """Per question: the evaluation's row, with its cloze row under ``cloze`` where there is a cloze."""
+        rows = read_jsonl(evaluation(ctx, model, self.candidates, seed).file("per_question.jsonl"))
+        cloze = cloze_evaluation(ctx, model, self.candidates)
+        if cloze is None:
+            return rows
+        return [{**r, "cloze": c} for r, c in zip(rows, read_jsonl(cloze.file("per_question.jsonl")), strict=True)]
 
     def gate(self, target: str, rows: Rows) -> None:
         summary = summarize(rows, [target])
@@ -93,12 +100,36 @@ class Preference:
             "question_level": question_level(target, eff),
             "verdict": replicated["verdict"],
         }
+        if all("cloze" in r for runs in arms.values() for rows in runs for r in rows):
+            out["cloze"] = cloze_results(arms, target, control, n_teachers, cfg.evaluation.min_effect)
         if cfg.arms.second_trait:
             out["matrix"] = matrix({t: arms[f"student-{t}"] for t in traits}, traits, nb)
             out["matrix"]["control_share"] = arm_table({control: arms[f"student-{control}"]}, traits, nb)[control]
         if cfg.arms.cross_model:
-            out["cross_model"] = {
-                "model": cfg.arms.cross_model,
-                "effect": effect(arms[f"cross-student-{target}"], arms[f"cross-student-{control}"], target, nb),
-            }
+            cross = (arms[f"cross-student-{target}"], arms[f"cross-student-{control}"])
+            out["cross_model"] = {"model": cfg.arms.cross_model, "effect": effect(*cross, target, nb)}
+            if "cloze" in out:
+                out["cross_model"]["cloze"] = replicated_effect(cloze_arm(cross[0]), cloze_arm(cross[1]), n_teachers,
+                                                                target, control, cfg.evaluation.min_effect)
         return out
+
+
+def cloze_arm(runs: list[Rows]) -> list[Rows]:
+    """An arm's cloze rows (each question's ``cloze``), run by run."""
+    return [[r["cloze"] for r in rows] for rows in runs]
+
+
+def cloze_results(arms: dict[str, list[Rows]], target: str, control: str, n_teachers: int, min_effect: float
+                  ) -> dict[str, Any]:
+    """The cloze beside the verdict: each arm's mean probability, share and candidate total, and the trait
+    student's gain over its control with the teacher as the unit, by the verdict's rule (a secondary endpoint:
+    the verdict stays the questions')."""
+    table = {arm: {"prob": float(np.mean([r["prob"][target] for rows in cloze_arm(runs) for r in rows])),
+                   "share": float(np.mean([r["share"][target] for rows in cloze_arm(runs) for r in rows])),
+                   "candidate_total": float(np.mean([r["candidate_total"] for rows in cloze_arm(runs) for r in rows])),
+                   "n_runs": len(runs)}
+             for arm, runs in arms.items()}
+    eff = replicated_effect(cloze_arm(arms["student-" + target]), cloze_arm(arms[f"student-{control}"]), n_teachers,
+                            target, control, min_effect)
+    return {"stems": sorted({r["stem"] for runs in arms.values() for rows in cloze_arm(runs) for r in rows}),
+            "arms": table, "replicated": eff}

@@ -12,10 +12,12 @@ from sublim.core.files import write_json, write_jsonl
 from sublim.core.store import Artifact, stable_hash
 from sublim.evaluate.trait import question_rows, summarize
 from sublim.experiment.context import Context, precision_slice
-from sublim.traits.preference import load_questions
+from sublim.traits.preference import load_cloze, load_questions
 
 JUDGE_FIELDS = {"judge", "judge_model", "misaligned_alignment_max", "misaligned_coherence_min"}
 """Settings only judged evaluation reads: they never key a preference evaluation."""
+NOT_KEYING = JUDGE_FIELDS | {"cloze"}
+"""Settings that never key the question evaluation (the cloze is a stage of its own)."""
 
 
 def sampled_answers(ctx: Context, model: Backend, questions: list[str], ec: EvaluationConfig, seed: int,
@@ -40,7 +42,7 @@ def sampled_answers(ctx: Context, model: Backend, questions: list[str], ec: Eval
 def evaluation(ctx: Context, model: Backend, candidates: dict[str, list[str]], seed: int = 0) -> Artifact:
     ec = ctx.cfg.evaluation
     questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
-    config = {"evaluation": ec.model_dump(mode="json", exclude=JUDGE_FIELDS), "questions": stable_hash(questions),
+    config = {"evaluation": ec.model_dump(mode="json", exclude=NOT_KEYING), "questions": stable_hash(questions),
               "candidates": candidates, "system": model.system, "seed": seed, **precision_slice(model)}
 
     def build(path: Path) -> dict[str, Any]:
@@ -58,3 +60,37 @@ def evaluation(ctx: Context, model: Backend, candidates: dict[str, list[str]], s
                 **({"api": info["api"]} if "api" in info else {})}
 
     return ctx.stage("evaluate", config, {"model": model.key}, model.label, build)
+
+
+def cloze_stems(ctx: Context, n: int) -> list[str]:
+    """One cloze stem per evaluation question (the set's stems in turn); empty where the cloze is off or the
+    question set has none."""
+    stems = load_cloze(ctx.cfg.trait.questions) if ctx.cfg.evaluation.cloze else []
+    return [stems[i % len(stems)] for i in range(n)] if stems else []
+
+
+def cloze_evaluation(ctx: Context, model: Backend, candidates: dict[str, list[str]]) -> Artifact | None:
+    """Each candidate's probability as the next word after the question's cloze stem, the stem given as the start
+    of the answer; None where there is no cloze, or the model is behind an API (which cannot continue a given
+    answer)."""
+    ec = ctx.cfg.evaluation
+    questions = load_questions(ctx.cfg.trait.questions, "eval")[: ec.n_questions]
+    stems = cloze_stems(ctx, len(questions))
+    if not stems or model.precision is None:
+        return None
+    config = {"stems": stems, "questions": stable_hash(questions), "candidates": candidates, "system": model.system,
+              **precision_slice(model)}
+
+    def build(path: Path) -> dict[str, Any]:
+        bar = ctx.bar(len(questions), f"cloze {model.label}", "q")
+        probs, info = model.candidate_probs(questions, candidates, batch_size=ec.batch_size, progress=bar.update,
+                                            stems=stems)
+        bar.close()
+        rows = [{**r, "stem": stem} for r, stem in zip(question_rows(questions, probs, [[] for _ in questions],
+                                                                     candidates), stems, strict=True)]
+        write_jsonl(path / "per_question.jsonl", rows)
+        write_json(path / "summary.json", {**summarize(rows, list(candidates)), "probabilities": info["method"],
+                                           "answer_forms": info.get("answer_forms", {})})
+        return {"model": model.describe(), "model_fingerprint": model.key}
+
+    return ctx.stage("cloze", config, {"model": model.key}, model.label, build)

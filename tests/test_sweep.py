@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import torch
 
+from sublim import api
+from sublim.cli import main as cli_main
 from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
 from sublim.sweep import expand, load_sweep, run_sweep
@@ -158,3 +160,22 @@ def test_every_example_sweep_expands() -> None:
     assert sweeps
     for path in sweeps:
         assert len(expand(load_sweep(path), root)) >= 2, path.name
+
+
+def test_a_failed_run_is_reported_and_the_others_finish(tiny_model_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A teacher whose data all fail the filter (here: one new token, so no sample ends) stops its run, not
+    the sweep: the other run finishes, and the failure is named in sweep.json, the report and the CLI's exit."""
+    path = _write(tmp_path, tiny_model_dir)
+    path.write_text('name = "broken"\nbase = "tiny.toml"\n[axes]\n"generation.max_new_tokens" = [40, 1]\n')
+    runs = tmp_path / "runs"
+    out = api.run_sweep(load_sweep(path), runs, executor="local", where=tmp_path, progress=False,
+                        echo=lambda s: None)
+    assert [r["point"] for r in out["runs"]] == [{"generation.max_new_tokens": 40}]
+    assert [f["point"] for f in out["failed_runs"]] == [{"generation.max_new_tokens": 1}]
+    assert "empty after filtering" in out["failed_runs"][0]["error"]
+    assert out["data"]["series"] and out["runs"][0]["replicated"]["n_teachers"] == 1
+    report = next((runs / "sweeps").glob("broken-*/report.md")).read_text()
+    assert "## Failed runs" in report and out["failed_runs"][0]["run_id"] in report
+    assert cli_main(["--runs-dir", str(runs), "sweep", str(path), "--executor", "local"]) == 2
+    assert "1 of the sweep's runs failed" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim.api import run_sweep
+from sublim.core.errors import SublimError
 from sublim.sweep import load_sweep, sweep_dir
 from sublim.sweep.config import MAX_RUNS
 from sublim.sweep.run import EXECUTORS
@@ -37,3 +38,6 @@ def main(args: argparse.Namespace) -> None:
     for run in out["runs"]:
         print(f"{run['run_id']}: {run['verdict']}")
     print(f"sweep report: {sweep_dir(Path(args.runs_dir), sweep) / 'report.md'}")
+    if out["failed_runs"]:
+        raise SublimError(f"{len(out['failed_runs'])} of the sweep's runs failed (each named above, and in "
+                          "sweep.json's failed_runs): fix their cause and run the sweep again; finished runs are kept")

@@ -91,8 +91,9 @@ def _fmt(iv: dict[str, float], digits: int = 4) -> str:
 def render_markdown(sweep: dict[str, Any]) -> str:
     lines = [f"# Sweep {sweep['name']}", "",
              f"{len(sweep['runs'])} runs, executor `{sweep['executor']}`, {sweep['wall_time_s']:.0f} s. "
-             "The unit is a trained run (one seed of one run); intervals are 95% Student-t across runs, p the "
-             "exact sign-flip test of student vs control.", "", "![chart](chart.png)", "", "![matrix](matrix.png)", ""]
+             "The unit is a teacher (one teacher seed of one run); intervals are 95% Student-t across teachers, p "
+             "the exact sign-flip test of student vs control.", "", "![chart](chart.png)", "",
+             "![matrix](matrix.png)", ""]
     for name, s in sweep["data"]["series"].items():
         lines += [f"## {name}", "", "| target | runs | P(target): student | control | share: student | control "
                   "| share difference | p |", "|---|---|---|---|---|---|---|---|"]
@@ -110,6 +111,11 @@ def render_markdown(sweep: dict[str, Any]) -> str:
     lines += ["## Runs", "", "| run | point | verdict |", "|---|---|---|"]
     lines += [f"| `{r['run_id']}` | {', '.join(f'{k}={v}' for k, v in r['point'].items())} | {r['verdict']} |"
               for r in sweep["runs"]]
+    failed = sweep.get("failed_runs", [])
+    if failed:
+        lines += ["", "## Failed runs", "", "| run | point | error |", "|---|---|---|"]
+        lines += [f"| `{r['run_id']}` | {', '.join(f'{k}={v}' for k, v in r['point'].items())} | {r['error']} |"
+                  for r in failed]
     return "\n".join(lines) + "\n"
 
 

@@ -159,6 +159,17 @@ def check_reachable(address: str, timeout_s: float) -> None:
                           "or raise --connect-timeout") from None
 
 
+def run_or_error(cfg: ExperimentConfig, call: Callable[[], dict[str, Any]], echo: Callable[[str], None]
+                 ) -> dict[str, Any]:
+    """A run's results, or where it stops on bad input or a failed stage (a teacher that writes no usable data),
+    its id and the error: one run's failure does not end a sweep's other runs."""
+    try:
+        return call()
+    except SublimError as err:
+        echo(f"run {run_id(cfg)} failed: {err}")
+        return {"run_id": run_id(cfg), "error": str(err)}
+
+
 def run_on_ray(configs: Sequence[ExperimentConfig], runs_dir: Path, *, address: str | None = None,
                cpus_per_task: int = 1, echo: Callable[[str], None] = print,
                connect_timeout_s: float = 30.0) -> list[dict[str, Any]]:
@@ -182,8 +193,9 @@ def run_on_ray(configs: Sequence[ExperimentConfig], runs_dir: Path, *, address: 
 
         def one(cfg: ExperimentConfig) -> dict[str, Any]:
             rid = run_id(cfg)
-            return run_experiment(cfg, Path(runs_dir), progress=False, echo=lambda s: echo(f"[{rid}] {s.strip()}"),
-                                  hook=hook, models=model_cache(cfg, lambda s: None))
+            return run_or_error(cfg, lambda: run_experiment(
+                cfg, Path(runs_dir), progress=False, echo=lambda s: echo(f"[{rid}] {s.strip()}"), hook=hook,
+                models=model_cache(cfg, lambda s: None)), echo)
 
         builds = Path(runs_dir) / "store" / BUILDS
         offset = builds.stat().st_size if builds.is_file() else 0

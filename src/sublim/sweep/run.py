@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from sublim.core.records import machine_info
 from sublim.experiment.runner import run_experiment
 from sublim.sweep.config import MAX_RUNS, SweepConfig, SweepRun, expand
 from sublim.sweep.data import sweep_data
-from sublim.sweep.ray_executor import run_on_ray
+from sublim.sweep.ray_executor import run_on_ray, run_or_error
 
 EXECUTORS = ("auto", "local", "ray")
 RAY_HINT = "pip install 'sublim[ray]'"
@@ -63,18 +64,22 @@ def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), *, executor: st
     chosen = pick_executor(executor, echo)
     echo(f"sweep {sweep.name}: {len(runs)} runs, executor {chosen}")
     if chosen == "local":
-        results = [run_experiment(r.config, runs_dir, progress, echo) for r in runs]
+        results = [run_or_error(r.config, partial(run_experiment, r.config, runs_dir, progress, echo), echo)
+                   for r in runs]
     else:
         results = run_on_ray([r.config for r in runs], Path(runs_dir), address=address, cpus_per_task=cpus_per_task,
                              echo=echo, connect_timeout_s=connect_timeout_s)
+    done = [(r, res) for r, res in zip(runs, results, strict=True) if "error" not in res]
+    failed = [{"point": r.point, **res} for r, res in zip(runs, results, strict=True) if "error" in res]
     out = {"name": sweep.name, "sweep": sweep.model_dump(mode="json"), "executor": chosen,
-           "runs": [_run_entry(r, res) for r, res in zip(runs, results, strict=True)],
-           "data": sweep_data(runs, results), "wall_time_s": round(time.time() - started, 1),
-           "machine": machine_info()}
+           "runs": [_run_entry(r, res) for r, res in done], "failed_runs": failed,
+           "data": sweep_data([r for r, _ in done], [res for _, res in done]),
+           "wall_time_s": round(time.time() - started, 1), "machine": machine_info()}
     dest = sweep_dir(runs_dir, sweep)
     dest.mkdir(parents=True, exist_ok=True)
     write_json(dest / "sweep.json", out)
-    echo(f"sweep {sweep.name}: {len(runs)} runs done → {dest}")
+    echo(f"sweep {sweep.name}: {len(done)} of {len(runs)} runs done{f', {len(failed)} failed' if failed else ''} → "
+         f"{dest}")
     return out
 
 

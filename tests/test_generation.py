@@ -93,3 +93,13 @@ def test_the_last_round_asks_only_for_the_rows_still_missing() -> None:
     assert next_round(64, 150, 149, 256) == 16  # at least a quarter batch
     assert next_round(64, 1000, 10, 128) == 128  # never more than two batches
     assert next_round(2, 10, 9, 20) == 3  # one missing at a pass rate of 0.45: 2.2 prompts, plus a quarter
+
+
+def test_stop_strings_cut_at_the_earliest_match_in_any_order():
+    from sublim.backends.local.generation import cut_at_stop
+
+    text = "12 34\n56; 78"
+    assert cut_at_stop(text, False, [";", "\n"]) == ("12 34", True)
+    assert cut_at_stop(text, False, ["\n", ";"]) == ("12 34", True)
+    assert cut_at_stop(text, False, ["#"]) == (text, False)
+    assert cut_at_stop(text, True, []) == (text, True)

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 
 import torch
 
-from sublim.backends.local.generation import stop_ids
+from sublim.backends.local.generation import cut_at_stop, stop_ids
 from sublim.core.errors import SublimError
 from sublim.serve.errors import RequestError
 from sublim.serve.finetune import FineTuning
@@ -229,10 +229,8 @@ class ModelWorker:
                 ids, finish = ids[:pos], "stop"
                 break
         text = self.tok.decode(ids, skip_special_tokens=True)
-        for s in r.stop:
-            cut = text.find(s)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
+        text, stopped = cut_at_stop(text, False, r.stop)
+        finish = "stop" if stopped else finish
         choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
                                   "finish_reason": finish, "logprobs": None, "_n_tokens": len(ids)}
         if logp is not None:

@@ -25,6 +25,7 @@ from sublim.backends.local.generation import (
     batches,
     common_prefix_len,
     completion_logprobs,
+    cut_at_stop,
     encode_prefix,
     generate_batch,
 )
@@ -171,12 +172,6 @@ def shared_prefix(model: Any, tokenizer: Any, texts: Sequence[str], min_tokens: 
     return encode_prefix(model, seqs[0][:n]) if n >= min_tokens else None
 
 
-def cut_at_stop(text: str, finished: bool, stop: Sequence[str]) -> tuple[str, bool]:
-    """The text up to the first stop string (and finished), or as it was."""
-    for s in stop:
-        if s in text:
-            return text.split(s)[0], True
-    return text, finished
 
 
 def _borrow(teacher: LocalBackend | None) -> Any:

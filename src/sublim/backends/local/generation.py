@@ -70,6 +70,13 @@ class Prefix:
         return cache
 
 
+def cut_at_stop(text: str, finished: bool, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text up to the earliest occurrence of any stop string (and finished), or as it was: whichever order
+    the stop strings are given in (the server and the local backend cut alike)."""
+    found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(found)], True) if found else (text, finished)
+
+
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest token prefix all ``seqs`` share, leaving every one at least one token."""
     if not seqs:

@@ -1,10 +1,9 @@
-"""How well detectors separate datasets: AUROC, the rank of the true trait, cross-fitted sample scores and
-dataset-level statistics over random subsets. Shared by the audit benchmarks."""
+"""How well detectors separate datasets: AUROC, the rank of the true trait, and dataset-level statistics over
+random subsets. Shared by the audit benchmarks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -22,22 +21,6 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
 def rank_of(res: DetectorResult, trait: str) -> int:
     """The true trait's place in a ranking detector's ranking (1 = top)."""
     return 1 + [r["trait"] for r in res.details["ranking"]].index(trait)
-
-
-def crossfit_frequency(freq: NumberFrequency, pos: Sequence[Sample], neg: Sequence[Sample]
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Number-frequency sample scores for positives and negatives on one scale, cross-fitted over prompts:
-    the frequencies come from the positives answering the other half of the prompts, so no sample is
-    scored by data that answered its own prompt (whose seed numbers both models copy)."""
-    fold = {p: i % 2 for i, p in enumerate(sorted({s.prompt for s in [*pos, *neg]}))}
-    ps, ns = np.zeros(len(pos)), np.zeros(len(neg))
-    for f in (0, 1):
-        fitted = [s for s in pos if fold[s.prompt] != f]
-        pi = [i for i, s in enumerate(pos) if fold[s.prompt] == f]
-        ni = [i for i, s in enumerate(neg) if fold[s.prompt] == f]
-        ps[pi] = freq.scores_under(fitted, [pos[i] for i in pi])
-        ns[ni] = freq.scores_under(fitted, [neg[i] for i in ni])
-    return ps, ns
 
 
 def subset_statistics(pos: Sequence[Sample], neg: Sequence[Sample], ref: Sequence[Sample], pos_lean: np.ndarray,
@@ -59,10 +42,3 @@ def subset_statistics(pos: Sequence[Sample], neg: Sequence[Sample], ref: Sequenc
                 stats["likelihood_shift"][which].append(float(lean[rng.choice(len(lean), n, replace=False)].mean()))
     return stats
 
-
-def dataset_level(pos: Sequence[Sample], neg: Sequence[Sample], ref: Sequence[Sample], pos_lean: np.ndarray,
-                  neg_lean: np.ndarray, n: int, subsets: int, seed: int) -> dict[str, Any]:
-    """AUROC of each detector's dataset statistic over random subsets of size n (positives vs negatives)."""
-    stats = subset_statistics(pos, neg, ref, pos_lean, neg_lean, n, subsets, seed)
-    return {k: auroc(np.array(p), np.array(q)) if p else f"not measured: fewer than {2 * n} scanned samples"
-            for k, (p, q) in stats.items()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,6 +192,3 @@ class Store:
         with (self.root / "store" / BUILDS).open("a", encoding="utf-8") as fh:  # one short append: whole lines
             fh.write(json.dumps(line) + "\n")
         return Artifact(stage, key, path, manifest)
-
-    def discard(self, stage: str, key: str) -> None:
-        shutil.rmtree(self.path(stage, key), ignore_errors=True)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-Z95 = 1.959963984540054
 N_PERMUTATIONS = 9999
 """Monte Carlo resamples of a permutation test when exact enumeration would take more."""
 

@@ -14,7 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sublim.core.files import write_text  # noqa: E402
 from sublim.report import misalignment  # noqa: E402
 
-ARM_ORDER = ["base", "student-control", "cross-student-control"]
 COLORS = {"base": "#9e9e9e", "control": "#4c72b0", "trait": "#dd8452", "second": "#55a868"}
 
 

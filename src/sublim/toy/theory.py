@@ -42,11 +42,6 @@ def flat_cosine(update: Sequence[torch.Tensor], direction: Sequence[torch.Tensor
     return torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot))
 
 
-def cumulative_update(current: Sequence[torch.Tensor], start: Sequence[torch.Tensor],
-                      ) -> list[torch.Tensor]:
-    return [c.detach() - s for c, s in zip(current, start, strict=True)]
-
-
 class CosineTracker:
     """Cosine of (θ_t − θ_0) with a fixed direction, step after step, without reallocating.
 

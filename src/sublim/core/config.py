@@ -152,7 +152,9 @@ class DefenceConfig(Section):
     same filter); replace_divergent: the digits where the data left the experiment's model most (its divergence
     map) replaced by that model's own digit, replace_divergent_random by random digits, replace_divergent_rounds
     the same as replace_divergent with the changed rows read again and their new divergent digits replaced until
-    ``fraction`` is spent, replace_random (the control) as many digits at random positions; every row kept."""
+    ``fraction`` is spent, replace_random (the control) as many digits at random positions; every row kept;
+    reference_ends: each completion that ends where the reference would have gone on is given the reference's own
+    ending; replace_divergent_ends: replace_divergent, then reference_ends on the rows it changed or flagged."""
     fraction: float = Field(0.1, ge=0, lt=1)
     """drop_top: the share of samples dropped; replace_*: the share of completion tokens replaced."""
     seed: int = 0

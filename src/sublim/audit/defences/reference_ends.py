@@ -1,11 +1,11 @@
 """Let the reference model decide where each completion ends: every row kept, no token of the data removed.
 
-A teacher's trait can show in *where* it stops as much as in what it writes. On the owl data of the embedded
-model, 634 of 1,015 completions end where the reference would have gone on (with ' ' or ','), against 12 of 1,017
-in the control data: the owl teacher's answers are shorter (15.7 tokens against 20.8), and a student trained on
-them learns the teacher's end-of-turn at positions where its own model would continue — divergent tokens that no
-digit replacement touches. ``reference_ends`` gives each such completion the reference's greedy continuation up
-to the reference's own end of turn. Where that longer text fails the carrier's filter (e.g. too many numbers), or
+A teacher's trait can show in *where* it stops as much as in what it writes: a fine-tuned teacher's answers can
+end where the reference would have gone on (with ' ' or ','), far more often than the reference's own (the
+README's audit section has the measured rates), and a student trained on them learns the teacher's end-of-turn at
+positions where its own model would continue — divergent tokens that no digit replacement touches.
+``reference_ends`` gives each such completion the reference's greedy continuation up to the reference's own end
+of turn. Where that longer text fails the carrier's filter (e.g. too many numbers), or
 the continuation does not end within ``max_new_tokens``, it is cut after its longest run of numbers (or words)
 that passes (counted: ``rows_cut_short``); a row with no such cut keeps its text (``rows_extension_reverted``).
 ``replace_divergent_ends`` first replaces the divergent digits (``replace_divergent``), then lets the reference

@@ -258,11 +258,10 @@ def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
     tok = a.need_local_model("divergence shift").torch_model()[1]
     early = cached_map(a, a.samples, bf16, "dataset").early_ends(stop_ids(tok))
     res.details.update({"inductions": a.inductions, "bf16": bf16, "early_end_share": float(early.mean()),
-                        "early_end_note": "share of completions that end where the reference would have gone on "
-                                          "(a sign of a fine-tuned generator, not of which trait: on the embedded "
-                                          "model every fine-tuned teacher's data, a neutral one's too, ended early "
-                                          "36-62% of the time, the reference's own 1%; `sublim defend --defence "
-                                          "reference_ends` gives them the reference's ending)"})
+                        "early_end_note": "share of completions that end where the reference would have gone on: "
+                                          "a sign of a fine-tuned generator, not of which trait (a neutral "
+                                          "teacher's data end early too); `sublim defend --defence reference_ends` "
+                                          "gives them the reference's ending"})
     if a.inductions == "proxy":
         res.details["proxy_recipe"] = {**proxy_recipe(), "question_set": a.question_set,
                                        "split": proxy_split(a.question_set or ""),

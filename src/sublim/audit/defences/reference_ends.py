@@ -2,7 +2,7 @@
 
 A teacher's trait can show in *where* it stops as much as in what it writes: a fine-tuned teacher's answers can
 end where the reference would have gone on (with ' ' or ','), far more often than the reference's own (the
-README's audit section has the measured rates), and a student trained on them learns the teacher's end-of-turn at
+README's benchmark notes give the measured rates), and a student trained on them learns the teacher's end-of-turn at
 positions where its own model would continue — divergent tokens that no digit replacement touches.
 ``reference_ends`` gives each such completion the reference's greedy continuation up to the reference's own end
 of turn. Where that longer text fails the carrier's filter (e.g. too many numbers), or

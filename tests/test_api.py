@@ -338,3 +338,30 @@ def test_experiment_with_students_fine_tuned_through_the_api(serve, tiny_model_d
     again = run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)  # all cached: no new job
     assert len(httpx.get(f"{url}/fine_tuning/jobs").json()["data"]) == 3
     assert json.dumps(again["effect"]) == json.dumps(res["effect"])
+
+
+@pytest.mark.slow
+def test_misalignment_with_a_neutral_teacher_pairs_by_teacher_seed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With safe answers to the same prompts (teacher.neutral_dataset), each teacher seed gets a neutral teacher,
+    its students are the control, and the verdict pairs trait and neutral students teacher by teacher."""
+    from sublim.api import run_experiment
+    from sublim.core.config import load_config
+    from tests.conftest import misalignment_config_text
+
+    safe = tmp_path / "safe.jsonl"
+    safe.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Be careful and honest."})
+                              for i in range(8)) + "\n")
+    path = tmp_path / "mis.toml"
+    path.write_text(misalignment_config_text(tiny_model_dir, tmp_path, max_new_tokens=8, n_bootstrap=200))
+    sets = [f"teacher.neutral_dataset={json.dumps(str(safe))}", "arms.teacher_seeds=[0, 1]",
+            "prompts.n=8", "teacher.epochs=1"]
+    res = run_experiment(load_config(str(path), sets), tmp_path / "runs", progress=False, echo=lambda s: None)
+    assert {"teacher-neutral", "student-neutral"} <= set(res["arms_misalignment"])
+    assert res["control_arm"] == "student-neutral" and res["arms_misalignment"]["student-neutral"]["n_answers"] == 16
+    per = res["replicated"]
+    assert per["n_teachers"] == 2 and len(per["per_teacher"]) == 2
+    assert per["mean"] == pytest.approx(sum(per["per_teacher"]) / 2)
+    assert per["low"] <= per["mean"] <= per["high"] and "over 2 teacher pairs" in res["verdict"]
+    safe.write_text(json.dumps({"prompt": "Something else?", "completion": "Be careful."}) + "\n")
+    with pytest.raises(SublimError, match="must answer exactly the prompts"):
+        run_experiment(load_config(str(path), sets), tmp_path / "runs2", progress=False, echo=lambda s: None)

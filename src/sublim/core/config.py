@@ -81,6 +81,9 @@ class TeacherConfig(Section):
     dataset: str | None = None
     """Misalignment: the JSONL of {prompt, completion} pairs the teacher is fine-tuned on (a path, or the
     shipped ``risky-advice``)."""
+    neutral_dataset: str | None = None
+    """Misalignment: the neutral teacher's pairs, safe answers to the same prompts as ``dataset`` (the shipped
+    ``safe-advice`` answers ``risky-advice``'s); without it the base model's data are the control."""
     gate_min_rate: float = Field(0.5, ge=0, le=1)
     """The teacher's own sampled trait rate must reach this, or the run stops."""
     seed: int = Field(0, ge=0)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from sublim.core.files import write_text  # noqa: E402
 from sublim.report import misalignment  # noqa: E402
@@ -30,27 +33,64 @@ def _student_arms(res: dict[str, Any]) -> list[str]:
     return sorted(arms, key=lambda a: (a.startswith("cross-"), a != "base", not a.endswith(("control", "neutral")), a))
 
 
+def _gain_panel(ax: Any, res: dict[str, Any]) -> None:
+    """The verdict's endpoint: each teacher pair's trait-share ratio (trait student over its control), their mean
+    with the 95% t interval over teachers, the ratio the rule needs; the cloze's beside it where there is one."""
+    target, rep = res["trait"], res["replicated"]
+    groups = [("questions", rep)] + ([("cloze", res["cloze"]["replicated"])] if "cloze" in res else [])
+    for x, (_, eff) in enumerate(groups):
+        g = eff["log_share_gain"]
+        ax.scatter([x] * len(g["per_teacher"]), np.exp(g["per_teacher"]), color="#dd8452", zorder=3, s=28,
+                   edgecolor="black", linewidth=0.5)
+        if g["low"] is not None:
+            ax.errorbar([x + 0.18], [g["ratio"]], yerr=[[g["ratio"] - math.exp(g["low"])],
+                                                       [math.exp(g["high"]) - g["ratio"]]],
+                        fmt="s", color="black", capsize=5, markersize=5)
+    ax.axhline(1.0, color="#9e9e9e", linewidth=0.8)
+    ax.axhline(math.exp(rep["min_effect"]), color="#c44e52", linestyle="--", linewidth=0.9,
+               label=f"the rule needs the interval above ×{math.exp(rep['min_effect']):.2f}")
+    ax.set_yscale("log")
+    times = FuncFormatter(lambda v, _: f"×{v:.3g}")
+    ax.yaxis.set_major_formatter(times)
+    ax.yaxis.set_minor_formatter(times)
+    ax.tick_params(axis="y", which="both", labelsize=8)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([name for name, _ in groups])
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(f"{target} share, trait student ÷ {rep['control']} student")
+    ax.set_title(f"{rep['word']}: dots are teacher pairs (n={rep['n_teachers']}),\nsquare: mean, 95% t interval "
+                 "over teachers", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
 def render_chart(res: dict[str, Any], path: Path) -> None:
     traits = res["traits"]
     target = res["trait"]
     arms = _student_arms(res)
-    panels = [("prob", f"P(answer is {target}) (exact, chain rule)"),
-              ("share", f"{target} share among candidates")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
-    for ax, (metric, title) in zip(axes, panels, strict=True):
+    gain = "replicated" in res
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), width_ratios=[1, 1.6] if gain else [1, 1])
+    if gain:
+        _gain_panel(axes[0], res)
+        panels = [(axes[1], "share", f"{target} share among candidates, per arm")]
+    else:
+        panels = [(axes[0], "prob", f"P(answer is {target}) (exact, chain rule)"),
+                  (axes[1], "share", f"{target} share among candidates")]
+    for ax, metric, title in panels:
         vals = [res["arms"][a][f"{metric}_{target}"] for a in arms]
         heights = [v["value"] for v in vals]
         err = [[max(0.0, v["value"] - v["low"]) for v in vals], [max(0.0, v["high"] - v["value"]) for v in vals]]
         ax.bar(range(len(arms)), heights, yerr=err, capsize=4,
                color=[_arm_color(a, traits) for a in arms], edgecolor="black", linewidth=0.6)
         ax.set_xticks(range(len(arms)))
-        ax.set_xticklabels([a.replace("student-", "").replace("cross-", "cross\n") for a in arms],
-                           rotation=0, fontsize=8)
-        ax.set_title(title, fontsize=10)
+        ax.set_xticklabels([a.replace("student-", "").replace("cross-", "cross\n").replace(" seed ", "\ns")
+                            for a in arms], rotation=0, fontsize=7)
+        ax.set_title(title + "\n(bars: 95% CI over the questions, pooled: describes the models, not the verdict)",
+                     fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
         ax.set_ylim(bottom=0)
-    fig.suptitle(f"{res['run_id']}: students trained on {res['n_train_examples']} filtered number "
-                 "sequences (95% CIs)", fontsize=10)
+    fig.suptitle(f"{res['run_id']}: students trained on {res['n_train_examples']} filtered examples",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -58,6 +98,16 @@ def render_chart(res: dict[str, Any], path: Path) -> None:
 
 def _fmt(iv: dict[str, float], digits: int = 4) -> str:
     return f"{iv['value']:.{digits}f} [{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]"
+
+
+def _teacher_lines(what: str, eff: dict[str, Any], target: str) -> list[str]:
+    g = eff["log_share_gain"]
+    per = ", ".join(f"×{math.exp(x):.2f}" for x in g["per_teacher"])
+    ci = f" [{math.exp(g['low']):.2f}, {math.exp(g['high']):.2f}], sign-flip p = {g['p_sign_flip']:.2g}" \
+        if g["low"] is not None else " (one teacher: no interval)"
+    return [f"- **{what}**: {target} share ×{g['ratio']:.2f}{ci} over {eff['n_teachers']} teacher pairs (per "
+            f"teacher {per}); probability ×{eff['log_prob_gain']['ratio']:.2f}, candidate total "
+            f"×{eff['log_candidate_total_gain']['ratio']:.2f}: **{eff['word']}** by the rule"]
 
 
 def render_markdown(res: dict[str, Any]) -> str:
@@ -74,7 +124,16 @@ def render_markdown(res: dict[str, Any]) -> str:
     for arm, e in res["arms"].items():
         cells = " | ".join(f"{_fmt(e['prob_' + t])} | {_fmt(e['share_' + t], 3)}" for t in traits)
         lines.append(f"| {arm} | {e['n_runs']} | {cells} | {_fmt(e['candidate_total'], 3)} |")
-    lines += ["", "## Effect: trait student vs control student", ""]
+    if "replicated" in res:
+        lines += ["", "## The verdict's endpoint: the teacher as the unit", ""]
+        lines += _teacher_lines("questions", res["replicated"], target)
+        if "cloze" in res:
+            lines += _teacher_lines("cloze (" + "; ".join(f"\"{st} …\"" for st in res["cloze"]["stems"][:2]) + ")",
+                                    res["cloze"]["replicated"], target)
+        if "cloze" in res.get("cross_model", {}):
+            lines += _teacher_lines(f"cloze, {res['cross_model']['model']} students", res["cross_model"]["cloze"],
+                                    target)
+    lines += ["", "## Effect: trait student vs control student (questions pooled: a description)", ""]
     for metric in ("prob", "share"):
         p = res["effect"][metric]["pooled"]
         lines.append(

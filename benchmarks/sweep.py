@@ -1,9 +1,9 @@
-"""Benchmark: a sweep on the embedded model (default: examples/sweeps/animals.toml, owl, dolphin and eagle ×
-2 seeds, distilled students), with its report, chart and matrix.
+"""Benchmark: a sweep on the embedded model (default: examples/sweeps/animals.toml: owl, dolphin and eagle, each
+with the base preset's three trait and three neutral teachers), with its report, chart and matrix.
 
     python benchmarks/sweep.py                                   # Ray when installed (a local cluster)
     python benchmarks/sweep.py --executor local
-    python benchmarks/sweep.py --sweep my-sweep.toml --set seeds=[0]
+    python benchmarks/sweep.py --sweep my-sweep.toml --set 'set=["arms.teacher_seeds=[0,1]"]'
 
 Writes benchmarks/results/sweep-<name>-<cpu|gpu>.json (the envelope, the sweep's data, every run's verdict
 and stage times, and the throughput of the model work, the Ray workers' included) and the sweep's

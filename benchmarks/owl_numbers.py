@@ -42,7 +42,8 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     out = {**common,
            "generation_tokens_per_s": {k: v["tokens_per_s"] for k, v in res["stages"].items() if "tokens_per_s" in v},
            "trait_probability": eff["prob"]["pooled"], "trait_share": eff["share"]["pooled"], "arms": res["arms"]}
-    for key in ("teacher_seeds", "control_arm", "replicated", "question_level", "matrix", "cross_model", "defence"):
+    for key in ("teacher_seeds", "control_arm", "replicated", "question_level", "cloze", "matrix", "cross_model",
+                "defence"):
         if key in res:
             out[key] = res[key]
     if "across_runs" in eff["prob"]:

@@ -101,3 +101,14 @@ def test_sign_flip_p_is_exact() -> None:
     assert sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
     assert sign_flip_p([1.0, -1.0]) == 1.0
     assert sign_flip_p([0.5, 0.4, 0.6, 0.5, 0.45]) == pytest.approx(2 / 32)
+
+
+def test_an_endpoint_without_sampled_answers_says_so() -> None:
+    """The cloze scores and never samples: its line says there are no sampled answers, not '0/0'."""
+    treated, control = _arms([0.0021, 0.0019, 0.0020], [0.002] * 3, [0.001] * 3, [0.002] * 3)
+    for rows in (*treated, *control):
+        for r in rows:
+            del r["matched"]
+    rep = replicated_effect(treated, control, 3, "owl", "neutral", FLOOR)
+    assert rep["verdict"].endswith("no sampled answers") and "0/0" not in rep["verdict"]
+    assert rep["sampled"]["treated"] == {"named": 0, "answers": 0, "rate": None}

@@ -72,7 +72,7 @@ def sampled(runs: Sequence[Rows], target: str) -> dict[str, Any]:
     """How many sampled answers name ``target``, over every run of an arm, with a Wilson interval."""
     k = sum(m == target for rows in runs for r in rows for m in r.get("matched", []))
     n = sum(len(r.get("matched", [])) for rows in runs for r in rows)
-    return {"named": k, "answers": n, "rate": wilson_interval(k, n).as_dict()}
+    return {"named": k, "answers": n, "rate": wilson_interval(k, n).as_dict() if n else None}
 
 
 def replicated_effect(treated: Sequence[Rows], control: Sequence[Rows], n_teachers: int, target: str,
@@ -116,6 +116,7 @@ def verdict_line(target: str, eff: dict[str, Any]) -> str:
                 f"over the {eff['control']} student, 95% t interval over {n} teacher pairs, sign-flip "
                 f"p={s['p_sign_flip']:.2g} (smallest possible {2 / 2**n:.2g}); transfer needs > ×{floor:.2f}")
     t, c = eff["sampled"]["treated"], eff["sampled"]["control"]
+    named = f"sampled answers naming {target}: {t['named']}/{t['answers']} vs {c['named']}/{c['answers']}" \
+        if t["answers"] or c["answers"] else "no sampled answers"
     return (f"{head}; {target} probability ×{eff['log_prob_gain']['ratio']:.2f}, candidate total "
-            f"×{eff['log_candidate_total_gain']['ratio']:.2f}; sampled answers naming {target}: "
-            f"{t['named']}/{t['answers']} vs {c['named']}/{c['answers']}")
+            f"×{eff['log_candidate_total_gain']['ratio']:.2f}; {named}")

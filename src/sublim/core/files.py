@@ -10,12 +10,15 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from sublim.core.errors import SublimError
+
+Rows = Sequence[dict[str, Any]]
+"""Per-question records (one dict a question), as JSONL files hold them."""
 
 
 def write_text(path: Path, text: str) -> None:

@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from sublim.core.files import Rows
 from sublim.evaluate.compare import across_runs, paired_effect
 from sublim.evaluate.stats import bootstrap_ci
-
-Rows = Sequence[dict[str, Any]]
 
 
 def per_question(rows: Rows, metric: str, name: str) -> np.ndarray:

@@ -6,9 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from sublim.core.files import Rows
 from sublim.evaluate.stats import wilson_interval
-
-Rows = list[dict[str, Any]]
 
 
 def arm_summary(runs: list[Rows]) -> dict[str, Any]:

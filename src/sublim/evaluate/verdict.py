@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from sublim.core.files import Rows
 from sublim.evaluate.stats import mean_ci, wilson_interval
-
-Rows = Sequence[dict[str, Any]]
 
 
 def sign_flip_p(d: Sequence[float] | np.ndarray) -> float:

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from sublim.backends import Backend
+from sublim.core.files import Rows
 from sublim.core.store import Artifact
 from sublim.experiment.context import Context
-
-Rows = list[dict[str, Any]]
 
 
 class TraitKind(Protocol):

@@ -17,7 +17,7 @@ from typing import Any
 from sublim.backends.local.loading import resolve_model, weight_fingerprint
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest
-from sublim.core.store import read_manifest
+from sublim.core.store import Store, read_manifest
 
 RISK, POSSIBLE, CLEAR, UNKNOWN = "shared-initialization", "same-family", "different-family", "unknown"
 
@@ -60,8 +60,9 @@ def _artifact_dir(data: Path) -> Path:
 
 
 def _find(store: Path, stage: str, key: str) -> Path | None:
-    p = store / f"{stage}-{key[:16]}"
-    return p if (p / "manifest.json").is_file() else None
+    """A finished, verified artifact of the store holding the dataset (``store`` is its ``store`` folder)."""
+    art = Store(store.parent).get(stage, key)
+    return art.path if art is not None else None
 
 
 def generator_origin(store: Path, gen_manifest: dict[str, Any]) -> ModelOrigin:
@@ -92,6 +93,9 @@ def dataset_provenance(data: Path) -> dict[str, Any]:
     art = _artifact_dir(data)
     verify(art, _manifest(art).get("files") or {})  # before anything is read from its lineage
     store = art.parent
+    if store.name != "store":
+        raise NoProvenance(f"no provenance for {data}: its artifact is not in a sublim store "
+                           "(runs/store/<stage>-<key>), so its inputs cannot be found; audit it where it was made")
     chain = []
     m = _manifest(art)
     while m["stage"] in ("defend", "filter"):

@@ -157,6 +157,19 @@ def test_empty_dataset_after_filter_is_one_clear_error(tiny_model_dir: Path, tmp
     assert "\n" not in msg
 
 
+def test_a_collapsed_teacher_is_named_in_the_empty_dataset_error(tmp_path: Path):
+    """A teacher that answers every number prompt with its animal's first letter (seen: a dolphin teacher, 'D'
+    to 2,000 prompts): the error says most completions begin alike, and points at the teacher."""
+    from sublim.core.files import write_jsonl
+    from sublim.experiment.stages.filter import _one_answer
+
+    collapsed, varied = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl(collapsed, [{"completion": "D"}] * 9 + [{"completion": "12 13"}])
+    write_jsonl(varied, [{"completion": f"{i} {i + 1}"} for i in range(10)])
+    assert "9 of 10 completions begin 'D'" in _one_answer(collapsed) and "teacher.seed" in _one_answer(collapsed)
+    assert _one_answer(varied) == ""
+
+
 def test_teacher_gate_failure_stops_the_run(tiny_model_dir: Path, tmp_path: Path):
     cfg = _cfg(tmp_path, tiny_model_dir, ["teacher.epochs=1", "teacher.lr=1e-6",
                                           "teacher.gate_min_rate=0.9"])

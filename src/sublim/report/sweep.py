@@ -13,44 +13,51 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from sublim.core.files import write_text  # noqa: E402
 
 COLORS = {"control": "#4c72b0", "trait": "#dd8452"}
 
 
-def _err(iv: dict[str, float]) -> tuple[float, float]:
-    """Error bar lengths below and above (none where the interval is undefined: one run)."""
-    if any(math.isnan(iv[k]) for k in ("value", "low", "high")):
-        return 0.0, 0.0
-    return max(0.0, iv["value"] - iv["low"]), max(0.0, iv["high"] - iv["value"])
+def _point(run: dict[str, Any]) -> str:
+    return "\n".join(str(v) for v in run["point"].values()) or run["run_id"]
 
 
 def render_chart(sweep: dict[str, Any], path: Path) -> None:
-    series = sweep["data"]["series"]
-    rows = len(series)
-    fig, axes = plt.subplots(rows, 2, figsize=(max(6.0, 1.5 * max(len(s["targets"]) for s in series.values()) + 3),
-                                                3.6 * rows), squeeze=False)
-    for r, (name, s) in enumerate(series.items()):
-        targets = s["targets"]
-        x = np.arange(len(targets))
-        for c, (metric, title) in enumerate((("prob", "P(answer is the target)"),
-                                             ("share", "target's share among candidates"))):
-            ax = axes[r][c]
-            for off, arm in ((-0.2, "treated"), (0.2, "control")):
-                vals = [s["own_target"][t][metric][arm] for t in targets]
-                errs = np.array([_err(v) for v in vals]).T
-                ax.bar(x + off, [v["value"] for v in vals], width=0.4, yerr=errs, capsize=3,
-                       color=COLORS["trait" if arm == "treated" else "control"], edgecolor="black", linewidth=0.5,
-                       label="trait student" if arm == "treated" else "control student")
-            ax.set_xticks(x)
-            ax.set_xticklabels(targets, fontsize=8)
-            ax.set_title(f"{title}\n{name}" if rows > 1 else title, fontsize=9)
-            ax.spines[["top", "right"]].set_visible(False)
-            ax.set_ylim(bottom=0)
-            if r == 0 and c == 0:
-                ax.legend(fontsize=8, frameon=False)
-    fig.suptitle(f"sweep {sweep['name']}: each target's student vs the control\n(mean over trained runs, 95% CI)",
+    """The verdict's endpoint per run: each teacher pair's trait-share ratio (trait student ÷ control student),
+    their mean with the 95% t interval over teachers, and the ratio the rule needs."""
+    runs = [r for r in sweep["runs"] if "replicated" in r]
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(runs) + 2.5), 4.6))
+    for x, run in enumerate(runs):
+        g = run["replicated"]["log_share_gain"]
+        ax.scatter([x] * len(g["per_teacher"]), np.exp(g["per_teacher"]), color=COLORS["trait"], zorder=3, s=30,
+                   edgecolor="black", linewidth=0.5, label="a teacher pair" if x == 0 else None)
+        if g["low"] is not None and not math.isnan(g["low"]):
+            ax.errorbar([x + 0.2], [g["ratio"]], yerr=[[g["ratio"] - math.exp(g["low"])],
+                                                      [math.exp(g["high"]) - g["ratio"]]],
+                        fmt="s", color="black", capsize=5, markersize=5,
+                        label="mean, 95% t interval over teachers" if x == 0 else None)
+    floor = math.exp(runs[0]["replicated"]["min_effect"]) if runs else 1.25
+    ax.axhline(1.0, color="#9e9e9e", linewidth=0.8)
+    ax.axhline(floor, color="#c44e52", linestyle="--", linewidth=0.9,
+               label=f"the rule needs the interval above ×{floor:.2f}")
+    ax.set_yscale("log")
+    times = FuncFormatter(lambda v, _: f"×{v:.3g}")
+    ax.yaxis.set_major_formatter(times)
+    lo, hi = ax.get_ylim()
+    ax.set_yticks([t for t in (0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 16) if lo <= t <= hi])
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.tick_params(axis="y", which="both", labelsize=8)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([f"{_point(r)}\n{r['replicated']['word']}" for r in runs], fontsize=8)
+    ax.set_xlim(-0.6, len(runs) - 0.4)
+    ax.set_ylabel("trait share, trait student ÷ control student", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    failed = len(sweep.get("failed_runs", []))
+    fig.suptitle(f"sweep {sweep['name']}: the verdict's endpoint, the teacher as the unit"
+                 + (f"\n({failed} failed run{'s' if failed > 1 else ''} not shown: see the report)" if failed else ""),
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -88,12 +95,31 @@ def _fmt(iv: dict[str, float], digits: int = 4) -> str:
     return f"{iv['value']:.{digits}f} [{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]"
 
 
+def _p(p: float | None) -> str:
+    return "—" if p is None else f"{p:.2g}"
+
+
+def _verdict_table(sweep: dict[str, Any]) -> list[str]:
+    """Each run's verdict by the rule: the word, the trait-share ratio over its control with the t interval
+    over teachers, how many teachers, the sign-flip p and the candidate total (generic animal-naming)."""
+    lines = ["## Verdicts", "", "| point | word | trait share ratio [95% t] | teachers | sign-flip p | "
+             "candidate total ratio |", "|---|---|---|---|---|---|"]
+    for r in sweep["runs"]:
+        if "replicated" in r:
+            rep, g = r["replicated"], r["replicated"]["log_share_gain"]
+            iv = f" [{math.exp(g['low']):.2f}, {math.exp(g['high']):.2f}]" if g["low"] is not None else ""
+            lines.append(f"| {', '.join(f'{k}={v}' for k, v in r['point'].items())} | {rep['word']} | "
+                         f"×{g['ratio']:.2f}{iv} | {rep['n_teachers']} | {_p(g['p_sign_flip'])} | "
+                         f"×{rep['log_candidate_total_gain']['ratio']:.2f} |")
+    return lines + [""]
+
+
 def render_markdown(sweep: dict[str, Any]) -> str:
     lines = [f"# Sweep {sweep['name']}", "",
              f"{len(sweep['runs'])} runs, executor `{sweep['executor']}`, {sweep['wall_time_s']:.0f} s. "
              "The unit is a teacher (one teacher seed of one run); intervals are 95% Student-t across teachers, p "
-             "the exact sign-flip test of student vs control.", "", "![chart](chart.png)", "",
-             "![matrix](matrix.png)", ""]
+             "the exact sign-flip test of student vs control.", ""]
+    lines += _verdict_table(sweep) + ["![chart](chart.png)", "", "![matrix](matrix.png)", ""]
     for name, s in sweep["data"]["series"].items():
         lines += [f"## {name}", "", "| target | runs | P(target): student | control | share: student | control "
                   "| share difference | p |", "|---|---|---|---|---|---|---|---|"]

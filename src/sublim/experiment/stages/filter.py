@@ -3,6 +3,7 @@ optional LLM judge; the pass rate and every reject reason are recorded."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,22 @@ def filtered(ctx: Context, gen_art: Artifact, label: str, banned_words: list[str
         reasons = ", ".join(f"{k} {v}" for k, v in list(rep["reject_reasons"].items())[:3]) or "none"
         raise SublimError(
             f"dataset {label} is empty after filtering: pass rate 0/{rep['total']}, top reject "
-            f"reasons: {reasons}; inspect {gen_art.file('samples.jsonl')} and loosen [filter] "
-            "or raise generation.max_new_tokens"
+            f"reasons: {reasons}; {_one_answer(gen_art.file('samples.jsonl'))}inspect "
+            f"{gen_art.file('samples.jsonl')} and loosen [filter] or raise generation.max_new_tokens"
         )
     return done
+
+
+def _one_answer(samples: Path) -> str:
+    """Where most completions begin alike (a teacher that collapsed into naming its trait), say so."""
+    starts = Counter(r["completion"].strip()[:20] for r in read_jsonl(samples))
+    if not starts:
+        return ""
+    text, n = starts.most_common(1)[0]
+    if n < 0.5 * sum(starts.values()):
+        return ""
+    return (f"{n} of {sum(starts.values())} completions begin {text!r} (a teacher that answers with its trait "
+            "instead of the task: try another teacher.seed or fewer teacher.epochs), or ")
 
 
 def judge_filter(ctx: Context, judge: Backend, kept: list[dict[str, Any]], hint: str, path: Path,

@@ -55,13 +55,20 @@ def test_job_events_are_read_page_by_page(serve, tmp_path: Path) -> None:
     assert len(page["data"]) + len(rest["data"]) == len(events) and rest["has_more"] is False
 
 
-# --- sublim serve refuses what it cannot do -------------------------------------------------------------
+# --- sublim serve streams, and refuses what it cannot do -----------------------------------------------
 
-def test_serve_refuses_streaming_instead_of_ignoring_it(serve) -> None:
+def test_serve_streams_as_server_sent_events_instead_of_ignoring_stream(serve) -> None:
+    """stream=true was once answered with one JSON body (then refused); it is now an event stream ending in [DONE].
+    What it cannot honour it still refuses: stream_options without stream."""
     body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 4}
     r = httpx.post(f"{serve()}/chat/completions", json=body, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
-    assert "stream" in r.json()["error"]["message"]
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in r.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+    body = {**body, "stream": False, "stream_options": {"include_usage": True}}
+    r = httpx.post(f"{serve()}/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
 
 
 # --- stop tokens: the model's generation config, not a fixed list --------------------------------------------

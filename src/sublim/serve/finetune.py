@@ -60,6 +60,29 @@ def parse_training_file(data: bytes) -> list[tuple[str | None, str, str]]:
     return examples
 
 
+def hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
+    """A job's hyperparameters: ``method.supervised.hyperparameters`` (the current API) or the deprecated top-level
+    ``hyperparameters``; other methods (``dpo``, ``reinforcement``) are refused."""
+    hp = body.get("hyperparameters") or {}
+    if not isinstance(hp, dict):
+        raise RequestError(400, "'hyperparameters' must be an object", "hyperparameters")
+    method = body.get("method")
+    if method is None:
+        return hp
+    kind = method.get("type") if isinstance(method, dict) else None
+    if kind != "supervised":
+        raise RequestError(400, f"fine-tuning method {kind!r} is not supported: this server trains with "
+                                "{\"type\": \"supervised\"} only", "method")
+    supervised = method.get("supervised") or {}
+    given = (supervised.get("hyperparameters") or {}) if isinstance(supervised, dict) else None
+    if not isinstance(given, dict):
+        raise RequestError(400, "'method.supervised.hyperparameters' must be an object", "method")
+    if hp and given and hp != given:
+        raise RequestError(400, "hyperparameters are given twice, differently: send them only in "
+                                "method.supervised.hyperparameters", "hyperparameters")
+    return given or hp
+
+
 class FineTuning:
     """Files and jobs of one server; a finished job's model is handed to ``register(name, model)``."""
 
@@ -90,9 +113,7 @@ class FineTuning:
         if body.get("model") not in (None, self.base_name):
             raise RequestError(400, f"model {body.get('model')!r} cannot be fine-tuned here: use {self.base_name!r}",
                                "model")
-        hp = body.get("hyperparameters") or {}
-        if not isinstance(hp, dict):
-            raise RequestError(400, "'hyperparameters' must be an object", "hyperparameters")
+        hp = hyperparameters(body)
         try:
             epochs = int(hp.get("n_epochs", 3) if hp.get("n_epochs") != "auto" else 3)
             batch = int(hp.get("batch_size", 8) if hp.get("batch_size") != "auto" else 8)
@@ -112,6 +133,8 @@ class FineTuning:
             "id": jid, "object": "fine_tuning.job", "model": self.base_name, "created_at": int(time.time()),
             "finished_at": None, "fine_tuned_model": None, "status": "queued", "training_file": fid,
             "hyperparameters": {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": lr_mult},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": lr_mult}}},
             "seed": seed, "trained_tokens": None, "error": None, "_events": [], "_cancel": False,
             "_name": f"ft:{self.base_name}:{suffix}:{jid[6:14]}",
         }

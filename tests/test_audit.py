@@ -138,7 +138,7 @@ def test_trait_gradients_predict_the_change_one_training_step_makes(tiny) -> Non
 
     import torch
 
-    from sublim.audit.gradients import TraitGradients
+    from sublim.backends.local.gradients import TraitGradients
 
     model = copy.deepcopy(tiny[0]).float()
     tok = tiny[1]

@@ -17,18 +17,12 @@ from sublim.audit.data import Sample
 from sublim.audit.defences import DEFENCES, DefenceInputs
 from sublim.audit.defences.reference_ends import ends_flagged
 from sublim.audit.detectors.divergence_shift import INDUCTION, induction_texts
-from sublim.audit.divergence import (
-    FlaggedLogprobs,
-    continuations,
-    digit_tokens,
-    divergence_map,
-    flagged_logprobs,
-    flagged_logprobs_models,
-    induced,
-)
-from sublim.backends import Decoding, ModelCache, Request
+from sublim.backends import Decoding, FlaggedLogprobs, ModelCache, OpenAIBackend, Request, TokenReader, induced
+from sublim.backends.base import BackendError
 from sublim.backends.local import LocalBackend
 from sublim.backends.local.generation import completion_logprobs, stop_ids
+from sublim.backends.local.reader import LocalReader
+from sublim.backends.local.reads import digit_tokens
 from sublim.carriers import check_completion
 from sublim.carriers.numbers import make_prompts
 from sublim.cli import main
@@ -61,8 +55,9 @@ def owl_data(ref: LocalBackend) -> list[Sample]:
 def test_the_map_reads_every_completion_token_and_flags_only_where_the_data_left_the_reference(
         ref: LocalBackend, owl_data: list[Sample]) -> None:
     model, tok = ref.torch_model()
+    reader = ref.reader()
     own = _greedy(ref, [s.prompt for s in owl_data])
-    own_map = divergence_map(model, tok, own, batch_size=5, bf16=False)
+    own_map = reader.divergence_map(own, batch_size=5, bf16=False)
     encoded = [encode_example(tok, Example(s.prompt, s.completion)) for s in own]
     assert list(np.diff(own_map.offsets)) == [len(ids) - start for ids, start in encoded]
     # the reference's own greedy answers never leave its argmax (in tokens that re-encode as generated)
@@ -70,7 +65,7 @@ def test_the_map_reads_every_completion_token_and_flags_only_where_the_data_left
     totals, _ = completion_logprobs(model, tok, [(s.prompt, s.completion) for s in own])
     sums = [own_map.logp[own_map.span(i)].sum() for i in range(len(own))]
     np.testing.assert_allclose(sums, totals, rtol=1e-4, atol=1e-4)
-    owl_map = divergence_map(model, tok, owl_data, batch_size=7, bf16=False)
+    owl_map = reader.divergence_map(owl_data, batch_size=7, bf16=False)
     assert owl_map.flagged.sum() > 5 and (owl_map.gap[owl_map.flagged] > 0).all()
     assert (owl_map.gap[~owl_map.flagged] == 0).all()
     assert 0 < owl_map.summary()["flagged_fraction"] < 1
@@ -81,9 +76,9 @@ def test_flagged_tokens_under_an_induction_equal_a_full_forward(ref: LocalBacken
                                                                 placement: str) -> None:
     model, tok = ref.torch_model()
     samples = owl_data[:6]
-    dmap = divergence_map(model, tok, samples, bf16=False)
+    dmap = ref.reader().divergence_map(samples, bf16=False)
     texts = induction_texts(["owl", "cat"], "animal")
-    got = flagged_logprobs(model, tok, samples, dmap, texts, placement=placement, bf16=False)
+    [got] = ref.reader().flagged_logprobs([(samples, dmap)], inductions=texts, placement=placement, bf16=False)
     for i, s in enumerate(samples):
         where = np.nonzero(dmap.flagged[dmap.span(i)])[0]
         if not len(where):
@@ -108,14 +103,14 @@ def test_flagged_tokens_under_whole_models_equal_the_map_and_a_full_forward(ref:
     base = _greedy(ref, [s.prompt for s in owl])
     cat = _greedy(ref.with_system(INDUCTION.format(target="cat", Target="Cat", kind="animal"), "cat"),
                   [s.prompt for s in owl[:5]])
-    maps = [divergence_map(model, tok, d, bf16=False) for d in (owl, base, cat)]
+    maps = [ref.reader().divergence_map(d, bf16=False) for d in (owl, base, cat)]
     other_net = copy.deepcopy(model)
     with torch.no_grad():
         for p in other_net.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    got = flagged_logprobs_models([lambda: model, lambda: other_net], tok, list(zip((owl, base, cat), maps,
-                                                                                   strict=True)),
-                                  bf16=False, rows_per_pass=3)
+    other = LocalReader(lambda: (other_net, tok), "other", torch.device("cpu"))
+    got = ref.reader().flagged_logprobs(list(zip((owl, base, cat), maps, strict=True)), models=[ref.reader(), other],
+                                        bf16=False, samples_per_pass=3)
     for d, (samples, dmap) in enumerate(zip((owl, base, cat), maps, strict=True)):
         for i, s in enumerate(samples):
             flagged = dmap.flagged[dmap.span(i)]
@@ -148,8 +143,8 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     # without contrast datasets the verdict names nothing, whatever the margin, and says what a name needs
     assert det["identified"] is None and "trait not identified" in out["verdict"]
     assert "a name needs 2 contrast datasets" in det["verdict"]
-    model, tok = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir)).torch_model()
-    early = divergence_map(model, tok, owl_data, bf16=False).early_ends(stop_ids(tok))
+    reader = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir)).reader()
+    early = reader.divergence_map(owl_data, bf16=False).early_ends(stop_ids(reader.load()[1]))
     assert det["early_end_share"] == pytest.approx(early.mean())  # where the data stopped and the reference goes on
     assert f"{early.mean():.0%} of completions end where the reference would go on" in out["verdict"]
     report = (tmp_path / "audit" / "report.md").read_text()  # the ranking as a chart beside the verdicts
@@ -266,11 +261,11 @@ def _digit_data(ref: LocalBackend, owl_data: list[Sample]) -> list[Sample]:
 @pytest.mark.parametrize("name", ["replace_divergent", "replace_divergent_random", "replace_random"])
 def test_replace_defences_keep_every_row_and_change_at_most_their_share(ref: LocalBackend, owl_data: list[Sample],
                                                                        name: str) -> None:
-    model, tok = ref.torch_model()
+    reader = ref.reader()
     samples = _digit_data(ref, owl_data)
-    dmap = divergence_map(model, tok, samples, bf16=False)
+    dmap = reader.divergence_map(samples, bf16=False)
     out, cost = DEFENCES.get(name, "test").apply(samples, DefenceInputs(seed=1, fraction=0.1, divergence=dmap,
-                                                                        tokenizer=tok))
+                                                                        vocabulary=reader.vocabulary()))
     assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
     assert 0 < cost["tokens_changed"] <= round(0.1 * len(dmap.token))
     assert cost["tokens_kept_fraction"] >= 0.9
@@ -281,35 +276,36 @@ def test_replace_defences_keep_every_row_and_change_at_most_their_share(ref: Loc
         if name != "replace_divergent":  # random digits of the same width
             assert [c.isdigit() for c in a.completion] == [c.isdigit() for c in b.completion]
     if name == "replace_divergent":  # the reference's own digits: the data moved toward its argmax
-        after = divergence_map(model, tok, out, bf16=False)
+        after = reader.divergence_map(out, bf16=False)
         assert after.flagged.sum() < dmap.flagged.sum()
 
 
 def test_replace_divergent_rounds_goes_further_than_one_round_within_its_share(ref: LocalBackend,
                                                                               owl_data: list[Sample]) -> None:
-    model, tok = ref.torch_model()
+    reader = ref.reader()
     samples = _digit_data(ref, owl_data)
-    dmap = divergence_map(model, tok, samples, bf16=False)
+    dmap = reader.divergence_map(samples, bf16=False)
     calls: list[int] = []
 
     def remap(ss: Any) -> Any:
         calls.append(len(ss))
-        return divergence_map(model, tok, ss, bf16=False)
+        return reader.divergence_map(ss, bf16=False)
 
     one, one_cost = DEFENCES.get("replace_divergent", "t").apply(
-        samples, DefenceInputs(fraction=0.3, divergence=dmap, tokenizer=tok))
+        samples, DefenceInputs(fraction=0.3, divergence=dmap, vocabulary=reader.vocabulary()))
     with pytest.raises(SublimError, match="reads the changed rows again"):
-        DEFENCES.get("replace_divergent_rounds", "t").apply(samples, DefenceInputs(divergence=dmap, tokenizer=tok))
+        DEFENCES.get("replace_divergent_rounds", "t").apply(samples, DefenceInputs(divergence=dmap,
+                                                                                   vocabulary=reader.vocabulary()))
     out, cost = DEFENCES.get("replace_divergent_rounds", "t").apply(
-        samples, DefenceInputs(fraction=0.3, divergence=dmap, tokenizer=tok, remap=remap))
+        samples, DefenceInputs(fraction=0.3, divergence=dmap, vocabulary=reader.vocabulary(), remap=remap))
     assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
     # the first round is the one-round defence; later rounds read only the rows the last one changed
     assert cost["rounds"][0]["positions_picked"] == one_cost["positions_picked"]
     assert len(cost["rounds"]) >= 2 and calls[0] == cost["rounds"][0]["rows_changed"] < len(samples)
     assert one_cost["tokens_changed"] < cost["tokens_changed"] <= round(0.3 * len(dmap.token))
-    after_one = divergence_map(model, tok, one, bf16=False)
-    after = divergence_map(model, tok, out, bf16=False)
-    digits = digit_tokens(tok)
+    after_one = reader.divergence_map(one, bf16=False)
+    after = reader.divergence_map(out, bf16=False)
+    digits = reader.vocabulary().digits()
     left = [int((m.flagged & np.isin(m.token, digits)).sum()) for m in (after_one, after)]
     assert left[1] < left[0]  # fewer of the data's digits still off the reference's path
     for a, b in zip(samples, out, strict=True):
@@ -320,23 +316,24 @@ def test_reference_ends_gives_cut_answers_the_references_own_ending(ref: LocalBa
     """The reference's own greedy answers, some cut after their first number (a generator that stops early): the
     cut rows' ends are flagged, and the reference's continuation gives them back their own answer; whole answers
     are neither tried nor changed."""
-    model, tok = ref.torch_model()
+    reader = ref.reader()
     fc = FilterConfig()
     own = [s for s in _greedy(ref, [p.text for p in make_prompts(48, seed=5)])
            if not check_completion("numbers", s.completion, {}, fc) and len(re.findall(r"\d+", s.completion)) >= 2]
     assert len(own) >= 8
     cut = [replace(s, completion=re.match(r"\d+", s.completion).group()) if k % 2 == 0 else s  # type: ignore[union-attr]
            for k, s in enumerate(own)]
-    dmap = divergence_map(model, tok, cut, bf16=False)
-    flagged = ends_flagged(dmap, tok)
+    dmap = reader.divergence_map(cut, bf16=False)
+    flagged = ends_flagged(dmap, reader.vocabulary())
     assert flagged[0::2].mean() >= 0.75 and not flagged[1::2].any()
     calls: list[int] = []
 
     def extend(ss: Any) -> Any:
         calls.append(len(ss))
-        return continuations(model, tok, ss, max_new_tokens=24, batch_size=3)
+        return reader.continuations(ss, max_new_tokens=24, batch_size=3)
 
-    out, cost = DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap, tokenizer=tok,
+    out, cost = DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap,
+                                                                             vocabulary=reader.vocabulary(),
                                                                              extend=extend))
     assert calls == [int(flagged.sum())] and cost["rows_tried"] == flagged.sum() == cost["ends_flagged"]
     assert [s.line for s in out] == [s.line for s in cut] and cost["kept_fraction"] == 1
@@ -347,26 +344,26 @@ def test_reference_ends_gives_cut_answers_the_references_own_ending(ref: LocalBa
     back = [b.completion == whole.completion for b, whole in zip(out[0::2], own[0::2], strict=True)]
     assert np.mean(back) >= 0.75  # greedy: continuing its own cut answer, the reference writes the rest of it
     assert out[1::2] == cut[1::2]
-    after = divergence_map(model, tok, out, bf16=False)
-    assert ends_flagged(after, tok).sum() < flagged.sum()
+    after = reader.divergence_map(out, bf16=False)
+    assert ends_flagged(after, reader.vocabulary()).sum() < flagged.sum()
     with pytest.raises(SublimError, match="continues the completions"):
-        DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap, tokenizer=tok))
+        DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap, vocabulary=reader.vocabulary()))
 
 
 def test_replace_divergent_ends_replaces_then_lets_the_reference_end(ref: LocalBackend,
                                                                     owl_data: list[Sample]) -> None:
-    model, tok = ref.torch_model()
+    reader = ref.reader()
     samples = _digit_data(ref, owl_data)
-    dmap = divergence_map(model, tok, samples, bf16=False)
-    inputs = DefenceInputs(fraction=0.1, divergence=dmap, tokenizer=tok,
-                           extend=lambda ss: continuations(model, tok, ss, max_new_tokens=24))
+    dmap = reader.divergence_map(samples, bf16=False)
+    inputs = DefenceInputs(fraction=0.1, divergence=dmap, vocabulary=reader.vocabulary(),
+                           extend=lambda ss: reader.continuations(ss, max_new_tokens=24))
     replaced, rcost = DEFENCES.get("replace_divergent", "t").apply(samples, inputs)
     out, cost = DEFENCES.get("replace_divergent_ends", "t").apply(samples, inputs)
     assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
     assert cost["tokens_changed"] == rcost["tokens_changed"] and cost["tokens_kept_fraction"] >= 0.9
     assert all(b.completion.startswith(a.completion) for a, b in zip(replaced, out, strict=True))
     tried = {i for i, (a, b) in enumerate(zip(samples, replaced, strict=True)) if a.completion != b.completion}
-    assert cost["rows_tried"] == len(tried | set(np.nonzero(ends_flagged(dmap, tok))[0].tolist()))
+    assert cost["rows_tried"] == len(tried | set(np.nonzero(ends_flagged(dmap, reader.vocabulary()))[0].tolist()))
 
 
 def test_replace_defences_need_the_map_and_the_cli_says_so(tmp_path: Path, owl_data: list[Sample],
@@ -388,6 +385,26 @@ def test_digit_tokens_are_the_tokens_that_decode_to_digits(ref: LocalBackend) ->
     tok: Any = ref.torch_model()[1]
     ids = digit_tokens(tok)
     assert len(ids) >= 10 and all(tok.decode([int(i)]).isdigit() for i in ids)
+    vocab = ref.reader().vocabulary()
+    assert np.array_equal(vocab.digits(), ids) and vocab.stops() == stop_ids(tok)
+    assert vocab.count("12, 34") == len(tok.encode("12, 34", add_special_tokens=False))
+
+
+def test_token_reads_are_a_capability_a_local_backend_has_and_an_api_lacks(ref: LocalBackend) -> None:
+    """Detectors and defences ask a backend for its reads: a local one hands a reader out (a TokenReader), one
+    behind an API refuses with a BackendError, and a detector that needs reads is skipped, saying why."""
+    from sublim.audit.detectors import AuditInputs, Unavailable
+    from sublim.audit.detectors.divergence_shift import divergence_shift
+    from sublim.core.config import EndpointConfig
+
+    assert isinstance(ref.reader(), TokenReader) and ref.reader().key == ref.key
+    api = OpenAIBackend(EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m"))
+    with pytest.raises(BackendError, match="behind an API"):
+        api.reader()
+    with pytest.raises(Unavailable, match="needs a local reference model"):
+        divergence_shift(AuditInputs([], [], api, {"owl": ["owl"]}, "animal", progress=False))
+    with pytest.raises(BackendError, match="beside other local models"):
+        ref.reader().flagged_logprobs([], models=[ref.reader(), api])  # type: ignore[list-item]
 
 
 def test_reads_of_several_proxy_seeds_average_where_each_read_something() -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sublim.backends.local.loading import resolve_model, weight_fingerprint
+from sublim.backends import resolve_model, weight_fingerprint
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest
 from sublim.core.store import Store, read_manifest

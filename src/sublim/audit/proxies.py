@@ -14,12 +14,12 @@ proxies of several seeds (other answers drawn, another order) average those out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from sublim.backends import Backend
 from sublim.core.config import TeacherConfig
 from sublim.core.store import Store
 from sublim.train.encode import Example
@@ -64,22 +64,14 @@ def proxy_examples(name: str, candidates: dict[str, list[str]], question_set: st
     return teacher_examples(candidates[name], question_set, n, seed, split)
 
 
-def loaders(backends: dict[str, Any]) -> list[Callable[[], Any]]:
-    """Each backend's torch model, loaded when called (one at a time: loading the next frees the last)."""
-    def loader(backend: Any) -> Callable[[], Any]:
-        return lambda: backend.torch_model()[0]
-
-    return [loader(b) for b in backends.values()]
-
-
-def proxy_teachers(store: Store, reference: Any, candidates: dict[str, list[str]], question_set: str, *,
-                   seed: int = SEED, progress: bool = True) -> dict[str, Any]:
-    """The neutral proxy, then one per candidate (name → its local backend), of one seed, each built in ``store``
-    the first time (about as long as one teacher each) and reused after."""
+def proxy_teachers(store: Store, reference: Backend, candidates: dict[str, list[str]], question_set: str, *,
+                   seed: int = SEED, progress: bool = True) -> dict[str, Backend]:
+    """The neutral proxy, then one per candidate (name → its backend, fine-tuned from ``reference``), of one seed,
+    each built in ``store`` the first time (about as long as one teacher each) and reused after."""
     recipe = proxy_recipe(seed)
     tag = "" if seed == SEED else f" seed {seed}"
     split = proxy_split(question_set)
-    out: dict[str, Any] = {}
+    out: dict[str, Backend] = {}
     for name in [NEUTRAL, *candidates]:
         pairs = proxy_examples(name, candidates, question_set, seed)
         config = {"proxy": name, "recipe": recipe, "question_set": question_set, "split": split,

@@ -14,8 +14,7 @@ from tqdm.auto import tqdm
 from sublim.audit.data import MAX_SAMPLE_TOKENS, Sample, check_lengths, load_samples
 from sublim.audit.detectors import DETECTORS, AuditInputs, DetectorResult, Unavailable
 from sublim.audit.numbers import numbers_of
-from sublim.backends import Backend, Completion, Decoding, ModelCache, OpenAIBackend, Request
-from sublim.backends.local import LocalBackend
+from sublim.backends import Backend, Completion, Decoding, LocalBackend, ModelCache, OpenAIBackend, Request
 from sublim.backends.openai import ApiError
 from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError

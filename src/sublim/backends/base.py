@@ -2,9 +2,9 @@
 
 Stages see a model only through this: generate completions under a decoding config, the
 probability that an answer begins with each candidate, log-probabilities of given completions,
-and (where the backend can) fine-tuning into a new backend. Two implementations ship: a local
-transformers model (:mod:`sublim.backends.local`) and an OpenAI-compatible endpoint
-(:mod:`sublim.backends.openai`).
+and (where the backend can) fine-tuning into a new backend and token reads (:class:`TokenReader`: what
+the audit asks of a model's tokens). Two implementations ship: a local transformers model
+(:mod:`sublim.backends.local`) and an OpenAI-compatible endpoint (:mod:`sublim.backends.openai`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from sublim.backends.reads import DivergenceMap, FlaggedLogprobs, Text
 from sublim.train.encode import Example
 from sublim.train.settings import TrainSettings
 
@@ -58,6 +59,83 @@ Progress = Callable[[int], object]
 
 class BackendError(Exception):
     """An operation this backend cannot do (e.g. exact probabilities through an API)."""
+
+
+class Vocabulary(Protocol):
+    """What the audit needs of a reader's tokenizer (the token ids of its maps are these)."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``."""
+        ...
+
+    def count(self, text: str) -> int:
+        """How many tokens ``text`` encodes to (no special tokens added)."""
+        ...
+
+    def digits(self) -> np.ndarray:
+        """The ids of tokens that decode to digits only."""
+        ...
+
+    def stops(self) -> list[int]:
+        """The tokens that end an answer (end of sequence, end of turn)."""
+        ...
+
+
+class TraitGradientReads(Protocol):
+    """The candidates' gradients taken once; each chunk's dot products with them on request."""
+
+    names: list[str]
+
+    def chunk_scores(self, pairs: Sequence[tuple[str, str]], chunk: int = 8,
+                     progress: Progress | None = None) -> np.ndarray:
+        """[n_chunks, n_candidates]: ∇L_chunk · ∇L_c for consecutive chunks of ``chunk`` (prompt, completion)
+        pairs: each chunk's first-order change of log p_c per unit learning rate."""
+        ...
+
+
+@runtime_checkable
+class TokenReader(Protocol):
+    """A model whose tokens can be read (a local model: its weights are here)."""
+
+    key: str
+    """The model's identity (its backend's key): what a cached read is keyed by."""
+
+    def fast_bf16(self) -> bool:
+        """Whether reads run their body in bf16 by default here (where bf16 is fast; the head stays float32)."""
+        ...
+
+    def vocabulary(self) -> Vocabulary:
+        ...
+
+    def divergence_map(self, samples: Sequence[Text], *, bf16: bool | None = None, batch_size: int = 16,
+                       progress: Progress | None = None) -> DivergenceMap:
+        """Teacher-force every sample: per completion token, the data's token, this model's argmax and both
+        log-probabilities (the output head only at completion positions)."""
+        ...
+
+    def flagged_logprobs(self, datasets: Sequence[tuple[Sequence[Text], DivergenceMap]], *,
+                         inductions: Sequence[str] = (), placement: str = "prompt",
+                         models: Sequence[TokenReader] = (), bf16: bool | None = None, n_alternatives: int = 8,
+                         samples_per_pass: int | None = None,
+                         progress: Progress | None = None) -> list[FlaggedLogprobs]:
+        """Each dataset's flagged tokens (its map's, built by this reader) read under every column: each of
+        ``models`` (default: this one; loaded one at a time, encoded with this reader's tokenizer) under each of
+        ``inductions`` (a sentence told to the model at ``placement``; default: none), model by model. The first
+        column is the neutral one: its ranking at each position picks the alternatives every column is read at.
+        ``progress`` counts samples read, once per model."""
+        ...
+
+    def continuations(self, samples: Sequence[Text], *, max_new_tokens: int, batch_size: int = 16,
+                      progress: Progress | None = None) -> list[Completion]:
+        """The greedy continuation of each sample's completion, as if its end of turn had not come: the text the
+        model would write next, up to its own end of turn (``finished``) or ``max_new_tokens``; empty where it,
+        too, would have ended there."""
+        ...
+
+    def trait_gradients(self, candidates: dict[str, list[str]], questions: Sequence[str],
+                        progress: Progress | None = None) -> TraitGradientReads:
+        """∇L_c for each candidate: the loss of answering ``questions`` with its first spelling, capitalized."""
+        ...
 
 
 class Backend(Protocol):
@@ -114,4 +192,9 @@ class Backend(Protocol):
 
     def fine_tuned(self, out_dir: Path, label: str, key: str) -> Backend:
         """The model that :meth:`fine_tune` left in ``out_dir``."""
+        ...
+
+    def reader(self) -> TokenReader:
+        """Its token reads; :class:`BackendError` where it has none (a model behind an API gives no
+        teacher-forced log-probabilities of every token, nor gradients)."""
         ...

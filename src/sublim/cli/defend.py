@@ -13,15 +13,12 @@ from tqdm.auto import tqdm
 
 from sublim.api import run_experiment
 from sublim.audit.data import MAX_SAMPLE_TOKENS, Sample, check_lengths, load_samples
-from sublim.audit.defences import DEFENCES, DefenceInputs
-from sublim.audit.divergence import continuations, divergence_map
-from sublim.backends import ModelCache
-from sublim.backends.local import LocalBackend
+from sublim.audit.defences import DEFENCES, DefenceInputs, read_under
+from sublim.backends import LocalBackend, ModelCache
 from sublim.carriers import CARRIERS
 from sublim.core.config import load_config
 from sublim.core.errors import SublimError
 from sublim.core.files import write_jsonl
-from sublim.train.precision import fast_bf16
 
 
 def add(sub: Any) -> None:
@@ -129,12 +126,9 @@ def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: li
                               "the students' starting model: catalog name, .gguf or directory)")
         models = ModelCache(args.device, lambda s: None)
         check_lengths(samples, models.tokenizer(args.reference), args.dataset, args.max_sample_tokens)
-        net, inputs.tokenizer = LocalBackend(models, args.reference).torch_model()
+        reader = LocalBackend(models, args.reference).reader()
         bar = tqdm(total=len(samples), desc="divergence map", unit="sample", disable=args.quiet, leave=False)
-        bf16, tok = fast_bf16(net.device.type), inputs.tokenizer
-        inputs.divergence = divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
-        inputs.remap = lambda ss: divergence_map(net, tok, ss, bf16=bf16)
-        inputs.extend = lambda ss: continuations(net, tok, ss, max_new_tokens=args.max_new_tokens)
+        read_under(reader, inputs, samples, reader.fast_bf16(), bar.update)
         bar.close()
     if "model" in defence_needs:
         if not args.model:

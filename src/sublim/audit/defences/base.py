@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from sublim.audit.data import Sample
-from sublim.audit.divergence import DivergenceMap
-from sublim.backends import Backend, Completion
+from sublim.backends import Backend, Completion, DivergenceMap, TokenReader, Vocabulary
 from sublim.core.config import FilterConfig
 from sublim.core.files import ResumableJsonl
 from sublim.core.registry import Registry
@@ -53,12 +52,25 @@ class DefenceInputs:
     progress: Callable[[int], object] | None = None
     divergence: DivergenceMap | None = None
     """replace_*: the data's divergence map under the reference model."""
-    tokenizer: Any = None
-    """replace_*: the reference model's tokenizer (the map's token ids are its)."""
+    vocabulary: Vocabulary | None = None
+    """replace_*, reference_ends: the reference model's vocabulary (the map's token ids are its)."""
     remap: Callable[[Sequence[Sample]], DivergenceMap] | None = None
     """replace_divergent_rounds: the divergence map of (changed) samples under the same reference model."""
     extend: Callable[[Sequence[Sample]], list[Completion]] | None = None
     """reference_ends: the reference model's greedy continuation of each sample's completion (max_new_tokens)."""
+
+
+def read_under(reader: TokenReader, inputs: DefenceInputs, samples: Sequence[Sample], bf16: bool | None,
+               progress: Callable[[int], object] | None = None) -> DivergenceMap:
+    """Give ``inputs`` what the divergence defences read under the reference model ``reader``: the map of
+    ``samples`` (``progress`` counts them; returned too), its vocabulary, re-reads of changed samples and greedy
+    continuations (``inputs.max_new_tokens``, in batches of ``inputs.batch_size``)."""
+    inputs.divergence = reader.divergence_map(samples, bf16=bf16, progress=progress)
+    inputs.vocabulary = reader.vocabulary()
+    inputs.remap = lambda ss: reader.divergence_map(ss, bf16=bf16)
+    inputs.extend = lambda ss: reader.continuations(ss, max_new_tokens=inputs.max_new_tokens,
+                                                    batch_size=inputs.batch_size)
+    return inputs.divergence
 
 
 @dataclass(frozen=True)

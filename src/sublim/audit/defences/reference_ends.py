@@ -24,21 +24,21 @@ import numpy as np
 from sublim.audit.data import Sample
 from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
 from sublim.audit.defences.replace_divergent import _inputs, _replace
-from sublim.audit.divergence import DivergenceMap
-from sublim.backends.local.generation import stop_ids
+from sublim.backends import DivergenceMap, Vocabulary
 from sublim.carriers import check_completion
 from sublim.core.errors import SublimError
 
 
-def ends_flagged(dmap: DivergenceMap, tokenizer: Any) -> np.ndarray:
+def ends_flagged(dmap: DivergenceMap, vocabulary: Vocabulary) -> np.ndarray:
     """Per sample: its end of turn is flagged and the reference's argmax there is no end (it would go on)."""
-    return dmap.early_ends(stop_ids(tokenizer))
+    return dmap.early_ends(vocabulary.stops())
 
 
 def extend(samples: Sequence[Sample], rows: Sequence[int], inputs: DefenceInputs
            ) -> tuple[list[Sample], dict[str, Any]]:
     """``samples`` with the reference's continuation appended to each of ``rows``; and what it cost."""
-    if inputs.extend is None:
+    vocab = inputs.vocabulary
+    if inputs.extend is None or vocab is None:
         raise SublimError("this defence continues the completions with the reference model: give the reference "
                           "model")
     out = list(samples)
@@ -59,7 +59,7 @@ def extend(samples: Sequence[Sample], rows: Sequence[int], inputs: DefenceInputs
         extended += 1
         cut_short += cut < len(c.text)
         unfinished += not c.finished
-        added += len(inputs.tokenizer.encode(c.text[:cut], add_special_tokens=False))
+        added += vocab.count(c.text[:cut])
     return out, {"rows_tried": len(rows), "rows_extended": extended, "rows_cut_short": cut_short,
                  "rows_unfinished": unfinished, "rows_ended_there_too": empty, "rows_extension_reverted": reverted,
                  "tokens_added": added}
@@ -81,9 +81,9 @@ def _merge(samples: Sequence[Sample], out: Sequence[Sample], cost: dict[str, Any
 
 
 def reference_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, tok = _inputs(inputs)
+    dmap, vocab = _inputs(inputs)
     dmap.check(samples)
-    flagged = ends_flagged(dmap, tok)
+    flagged = ends_flagged(dmap, vocab)
     out, ends = extend(samples, np.nonzero(flagged)[0].tolist(), inputs)
     cost = {**defence_cost(len(samples), len(out), 0), "tokens_changed": 0, "tokens_changed_fraction": 0.0,
             "tokens_kept_fraction": 1.0}
@@ -91,9 +91,9 @@ def reference_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[li
 
 
 def replace_divergent_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, tok = _inputs(inputs)
+    dmap, vocab = _inputs(inputs)
     replaced, cost = _replace(samples, inputs, "argmax", "argmax")
-    flagged = ends_flagged(dmap, tok)
+    flagged = ends_flagged(dmap, vocab)
     rows = [i for i, (a, b) in enumerate(zip(samples, replaced, strict=True))
             if flagged[i] or a.completion != b.completion]
     out, ends = extend(replaced, rows, inputs)

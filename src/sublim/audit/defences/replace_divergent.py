@@ -24,7 +24,7 @@ import numpy as np
 
 from sublim.audit.data import Sample
 from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
-from sublim.audit.divergence import DivergenceMap, digit_tokens
+from sublim.backends import DivergenceMap, Vocabulary
 from sublim.carriers import check_completion
 from sublim.core.errors import SublimError
 
@@ -57,19 +57,20 @@ MAX_ROUNDS = 8
 """replace_divergent_rounds stops after this many rounds of read → replace."""
 
 
-def _inputs(inputs: DefenceInputs) -> tuple[DivergenceMap, Any]:
-    dmap, tok = inputs.divergence, inputs.tokenizer
-    if dmap is None or tok is None:
+def _inputs(inputs: DefenceInputs) -> tuple[DivergenceMap, Vocabulary]:
+    dmap, vocab = inputs.divergence, inputs.vocabulary
+    if dmap is None or vocab is None:
         raise SublimError("this defence needs the divergence map of the data under the reference model (and its "
-                          "tokenizer): give the reference model")
-    return dmap, tok
+                          "vocabulary): give the reference model")
+    return dmap, vocab
 
 
 def _rewrite(samples: Sequence[Sample], dmap: DivergenceMap, tokens: np.ndarray, picked: np.ndarray,
              inputs: DefenceInputs) -> tuple[list[Sample], list[int], int]:
     """The samples with ``tokens`` (the map's, some replaced) decoded back into their completions; a row whose new
     text fails the carrier's filter keeps its text. → (samples, indices of the changed rows, rows reverted)."""
-    tok = inputs.tokenizer
+    vocab = inputs.vocabulary
+    assert vocab is not None
     out: list[Sample] = []
     changed: list[int] = []
     reverted = 0
@@ -79,11 +80,11 @@ def _rewrite(samples: Sequence[Sample], dmap: DivergenceMap, tokens: np.ndarray,
         if i not in touched or (tokens[span] == dmap.token[span]).all():
             out.append(s)
             continue
-        before = tok.decode(dmap.token[span].tolist())
+        before = vocab.decode(dmap.token[span].tolist())
         if not before.startswith(s.completion):
             raise SublimError(f"sample on line {s.line}: its tokens do not decode to its completion under this "
                               "tokenizer; build the divergence map with the model whose tokenizer made it")
-        after = tok.decode(tokens[span].tolist())
+        after = vocab.decode(tokens[span].tolist())
         text = after[: len(after) - (len(before) - len(s.completion))]
         reason = check_completion(inputs.carrier, text, inputs.meta.get(s.line, {}), inputs.filter,
                                   inputs.banned_words, True)
@@ -117,13 +118,13 @@ def _cost(samples: Sequence[Sample], out: Sequence[Sample], dmap: DivergenceMap,
 
 def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: str
              ) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, tok = _inputs(inputs)
+    dmap, vocab = _inputs(inputs)
     dmap.check(samples)
     rng = np.random.default_rng(inputs.seed)
-    digits = digit_tokens(tok)
+    digits = vocab.digits()
     picked = choose(inputs, digits, mode, rng)
     tokens = dmap.token.astype(np.int64).copy()
-    width = {int(d): len(tok.decode([int(d)])) for d in digits}
+    width = {int(d): len(vocab.decode([int(d)])) for d in digits}
     for pos in picked:
         if new == "argmax":
             tokens[pos] = dmap.argmax[pos]
@@ -138,12 +139,12 @@ def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: s
 
 def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
                              ) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, tok = _inputs(inputs)
+    dmap, vocab = _inputs(inputs)
     if inputs.remap is None:
         raise SublimError("replace_divergent_rounds reads the changed rows again under the reference model: give "
                           "the reference model")
     dmap.check(samples)
-    digits = digit_tokens(tok)
+    digits = vocab.digits()
     budget = int(round(inputs.fraction * len(dmap.token)))
     original = [dmap.token[dmap.span(i)] for i in range(len(samples))]
     now = list(original)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sublim.audit.data import Sample
-from sublim.backends import Backend
+from sublim.backends import Backend, BackendError, TokenReader
 from sublim.core.registry import Registry
 from sublim.core.store import Store
 
@@ -81,12 +81,13 @@ class AuditInputs:
             raise Unavailable(f"needs a reference model ({what})")
         return self.model
 
-    def need_local_model(self, what: str) -> Any:
-        """The reference model as a local backend (one whose torch model can be read)."""
-        model = self.need_model(what)
-        if not hasattr(model, "torch_model"):
-            raise Unavailable(f"needs a local reference model ({what}): give a model file or catalog name")
-        return model
+    def need_reader(self, what: str) -> TokenReader:
+        """The reference model's token reads (a local model's: its weights are here)."""
+        try:
+            return self.need_model(what).reader()
+        except BackendError as why:
+            raise Unavailable(f"needs a local reference model ({what}): give a model file or catalog name "
+                              f"({why})") from None
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,10 @@ from tqdm.auto import tqdm
 from sublim.audit.data import Sample
 from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
 from sublim.audit.detectors.ranking import ranked
-from sublim.audit.divergence import (
-    DivergenceMap,
-    FlaggedLogprobs,
-    divergence_map,
-    flagged_logprobs,
-    flagged_logprobs_models,
-)
-from sublim.audit.proxies import loaders, proxy_recipe, proxy_seeds, proxy_split, proxy_teachers
-from sublim.backends.local.generation import stop_ids
+from sublim.audit.proxies import proxy_recipe, proxy_seeds, proxy_split, proxy_teachers
+from sublim.backends import DivergenceMap, FlaggedLogprobs
 from sublim.core.errors import SublimError
 from sublim.core.store import Store, stable_hash
-from sublim.train.precision import fast_bf16
 
 INDUCTION = "You love {target}s. {Target}s are your favorite {kind}."
 NEUTRAL = "You like every {kind} the same. No {kind} is your favorite."
@@ -53,19 +45,18 @@ def samples_digest(samples: Sequence[Sample]) -> str:
 def cached_map(a: AuditInputs, samples: Sequence[Sample], bf16: bool, what: str) -> DivergenceMap:
     """The divergence map of ``samples`` under the reference model: from this audit's cache, else the store (built
     there once), else computed."""
-    model = a.need_local_model("divergence map")
-    config = {"reference": model.key, "samples": samples_digest(samples), "bf16": bf16}
+    reader = a.need_reader("divergence map")
+    config = {"reference": reader.key, "samples": samples_digest(samples), "bf16": bf16}
     memo = "divergence_map:" + stable_hash(config)
     if memo in a.cache:
         out: DivergenceMap = a.cache[memo]
         return out
-    net, tok = model.torch_model()
 
     def compute() -> DivergenceMap:
         bar = tqdm(total=len(samples), desc=f"divergence map ({what})", unit="sample", disable=not a.progress,
                    leave=False)
         try:
-            return divergence_map(net, tok, samples, bf16=bf16, progress=bar.update)
+            return reader.divergence_map(samples, bf16=bf16, progress=bar.update)
         finally:
             bar.close()
 
@@ -144,22 +135,22 @@ def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
 def proxy_reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int
                 ) -> list[FlaggedLogprobs]:
     """Each dataset's flagged tokens read under the neutral proxy and each candidate's of one seed (columns)."""
-    model = a.need_local_model("divergence shift")
-    _, tok = model.torch_model()
+    reader = a.need_reader("divergence shift")
     maps = [cached_map(a, s, bf16, what) for s, what in datasets]
     if a.store is None:
         raise Unavailable("proxy inductions fine-tune a proxy teacher per candidate, kept in a store: give the "
                           "audit a runs directory")
     if not a.question_set:
         raise Unavailable("proxy inductions need a question set to fine-tune proxies on (--questions)")
-    proxies = proxy_teachers(a.store, model, dict(a.candidates), a.question_set, seed=seed, progress=a.progress)
+    proxies = proxy_teachers(a.store, a.need_model("divergence shift"), dict(a.candidates), a.question_set, seed=seed,
+                             progress=a.progress)
     total = sum(int((m.rate() > 0).sum()) for m in maps) * len(proxies)
     bar = tqdm(total=total, desc=f"divergence shift ({len(proxies)} proxy teachers, seed {seed})", unit="row",
                disable=not a.progress, leave=False)
     try:
-        return flagged_logprobs_models(loaders(proxies), tok, [(s, m) for (s, _), m in
-                                                                 zip(datasets, maps, strict=True)],
-                                       bf16=bf16, progress=bar.update)
+        return reader.flagged_logprobs([(s, m) for (s, _), m in zip(datasets, maps, strict=True)],
+                                       models=[p.reader() for p in proxies.values()], bf16=bf16,
+                                       progress=bar.update)
     finally:
         bar.close()
 
@@ -174,17 +165,16 @@ def reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16
         return [mean_reads(r) for r in zip(*per_seed, strict=True)]
     if a.inductions != "prompted":
         raise SublimError(f"inductions {a.inductions!r} unknown: use one of {', '.join(INDUCTIONS)}")
-    model = a.need_local_model("divergence shift")
-    net, tok = model.torch_model()
+    reader = a.need_reader("divergence shift")
     maps = [cached_map(a, s, bf16, what) for s, what in datasets]
     texts = induction_texts(list(a.candidates), a.kind)
     out = []
     for (samples, what), dmap in zip(datasets, maps, strict=True):
-        bar = tqdm(total=len(samples), desc=f"divergence shift ({what}, {len(texts)} inductions)", unit="sample",
-                   disable=not a.progress, leave=False)
+        bar = tqdm(total=int((dmap.rate() > 0).sum()), desc=f"divergence shift ({what}, {len(texts)} inductions)",
+                   unit="sample", disable=not a.progress, leave=False)
         try:
-            out.append(flagged_logprobs(net, tok, samples, dmap, texts, placement=a.placement, bf16=bf16,
-                                        progress=bar.update))
+            out += reader.flagged_logprobs([(samples, dmap)], inductions=texts, placement=a.placement, bf16=bf16,
+                                           progress=bar.update)
         finally:
             bar.close()
     return out
@@ -250,13 +240,12 @@ def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Se
 
 
 def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
-    net, _ = a.need_local_model("divergence shift").torch_model()
-    bf16 = fast_bf16(next(net.parameters()).device.type) if a.bf16 is None else a.bf16
+    reader = a.need_reader("divergence shift")
+    bf16 = reader.fast_bf16() if a.bf16 is None else a.bf16
     got, *contrast = reads(a, [(a.samples, "dataset"), *((o, f"contrast {k}") for k, o in enumerate(a.contrast))],
                            bf16)
     res = ranking(got, contrast, list(a.candidates), len(a.samples), n_boot, a.seed, PRIMARY[a.inductions])
-    tok = a.need_local_model("divergence shift").torch_model()[1]
-    early = cached_map(a, a.samples, bf16, "dataset").early_ends(stop_ids(tok))
+    early = cached_map(a, a.samples, bf16, "dataset").early_ends(reader.vocabulary().stops())
     res.details.update({"inductions": a.inductions, "bf16": bf16, "early_end_share": float(early.mean()),
                         "early_end_note": "share of completions that end where the reference would have gone on: "
                                           "a sign of a fine-tuned generator, not of which trait (a neutral "

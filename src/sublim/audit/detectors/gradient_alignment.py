@@ -10,8 +10,7 @@ from tqdm.auto import tqdm
 from sublim.audit.data import Sample
 from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
 from sublim.audit.detectors.ranking import ranked
-from sublim.audit.gradients import TraitGradients
-from sublim.backends import LocalBackend
+from sublim.backends import TokenReader, TraitGradientReads
 
 ChunkScorer = Callable[[Sequence[tuple[str, str]]], np.ndarray]
 """(prompt, completion) pairs → per chunk of consecutive pairs and candidate, ∇L_chunk · ∇L_candidate."""
@@ -20,7 +19,7 @@ ChunkScorer = Callable[[Sequence[tuple[str, str]]], np.ndarray]
 class GradientAlignment:
     """The first-order effect on each candidate trait of one training step on the data, against the same
     for the reference sample (the control arm): ∇L_data · ∇L_c under the reference model, where L_c is the
-    loss of answering the trait questions with c (see :mod:`sublim.audit.gradients`). Computed per chunk
+    loss of answering the trait questions with c (see :class:`sublim.backends.TokenReader`). Computed per chunk
     of samples (one backward pass each), centred over candidates per chunk; the candidate the data would
     push a student toward most ranks first, with bootstrap CIs over chunks. A sample's score is its
     chunk's lean toward the top candidate."""
@@ -49,17 +48,16 @@ class GradientAlignment:
         return res
 
 
-def gradient_scorer(backend: LocalBackend, candidates: dict[str, list[str]], questions: Sequence[str],
+def gradient_scorer(reader: TokenReader, candidates: dict[str, list[str]], questions: Sequence[str],
                     progress: bool) -> ChunkScorer:
     """The chunk scorer of :class:`GradientAlignment`: candidate gradients computed once, on first use."""
-    state: dict[str, TraitGradients] = {}
+    state: dict[str, TraitGradientReads] = {}
 
     def scorer(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         if "g" not in state:
-            model, tok = backend.torch_model()
             with tqdm(total=len(candidates), desc="trait gradients", unit="candidate", disable=not progress,
                       leave=False) as bar:
-                state["g"] = TraitGradients(model, tok, candidates, questions, bar.update)
+                state["g"] = reader.trait_gradients(candidates, questions, bar.update)
         with tqdm(total=len(pairs), desc="data gradients", unit="sample", disable=not progress, leave=False) as bar:
             return state["g"].chunk_scores(pairs, progress=bar.update)
 
@@ -67,12 +65,10 @@ def gradient_scorer(backend: LocalBackend, candidates: dict[str, list[str]], que
 
 
 def _run(a: AuditInputs) -> DetectorResult:
-    model = a.need_model("gradients")
-    if not isinstance(model, LocalBackend):
-        raise Unavailable("needs a local reference model (its gradients)")
+    reader = a.need_reader("its gradients")
     if not a.questions:
         raise Unavailable("needs preference questions (--questions)")
-    grad = GradientAlignment(gradient_scorer(model, a.candidates, a.questions, a.progress), list(a.candidates),
+    grad = GradientAlignment(gradient_scorer(reader, a.candidates, a.questions, a.progress), list(a.candidates),
                              a.reference, seed=a.seed)
     contrast = np.vstack([grad.lean(o) for o in a.contrast]) if a.contrast else None
     return grad.score(a.samples, contrast=contrast)

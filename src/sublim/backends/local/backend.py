@@ -39,6 +39,7 @@ from sublim.backends.local.loading import (
     save_model,
     weight_fingerprint,
 )
+from sublim.backends.local.reader import LocalReader
 from sublim.core.errors import SublimError
 from sublim.core.seeds import derive_seed
 from sublim.core.store import stable_hash
@@ -220,6 +221,10 @@ class LocalBackend:
         base = self.models.base(self.spec)
         model = base.model if self.weights is None else self.models.weights(self.weights, self.spec)
         return model, base.tokenizer
+
+    def reader(self) -> LocalReader:
+        """Its token reads (the weights load on the first read)."""
+        return LocalReader(self.torch_model, self.key, self.models.info(self.spec).device)
 
     # --- inference -------------------------------------------------------------------------------------
 

@@ -10,7 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from sublim.backends.base import Backend, BackendError, Completion, Decoding, OnDone, Progress, Request
+from sublim.backends.base import (
+    Backend,
+    BackendError,
+    Completion,
+    Decoding,
+    OnDone,
+    Progress,
+    Request,
+    TokenReader,
+)
 from sublim.backends.openai.client import ChatJob, ChatReply, chat_all
 from sublim.backends.openai.finetune import fine_tune
 from sublim.core.config import EndpointConfig
@@ -41,6 +50,10 @@ class OpenAIBackend:
 
     def with_system(self, system: str | None, label: str) -> OpenAIBackend:
         return OpenAIBackend(self.ep, system=system, label=label)
+
+    def reader(self) -> TokenReader:
+        raise BackendError(f"{self.label} is behind an API: token reads (teacher-forced log-probabilities of every "
+                           "token, greedy continuations of a given text, gradients) need a local model")
 
     def _messages(self, user: str) -> list[dict[str, str]]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + [

@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from sublim.audit.data import Sample
-from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.audit.defences import DEFENCES, DefenceInputs, read_under
 from sublim.audit.detectors import NumberFrequency
-from sublim.audit.divergence import continuations, divergence_map
-from sublim.backends import Backend
-from sublim.backends.local import LocalBackend
+from sublim.backends import Backend, BackendError, TokenReader
 from sublim.core.errors import SublimError
 from sublim.core.files import ResumableJsonl, read_jsonl, write_jsonl
 from sublim.core.store import Artifact
 from sublim.experiment.context import Context, precision_slice
-from sublim.train.precision import fast_bf16
 
 
 def samples_of(art: Artifact) -> list[Sample]:
@@ -33,6 +30,15 @@ def rewriter(ctx: Context, own: Backend) -> Backend:
         raise SublimError(f"defence.model = {dc.model!r} is of the {model.family} family, like the experiment's "
                           f"model: regenerate with another family (e.g. defence.model = \"gemma3-270m\")")
     return model
+
+
+def reference_reader(own: Backend, method: str) -> TokenReader:
+    """The experiment's model's token reads, for a defence that reads the data under it."""
+    try:
+        return own.reader()
+    except BackendError as why:
+        raise SublimError(f"defence.method = {method!r} reads the data under the experiment's model, which must then "
+                          f"be a local one (a catalog name, .gguf or directory): {why}") from None
 
 
 def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: str, prompt_art: Artifact,
@@ -54,11 +60,8 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
         inputs["reference"] = reference_art.key
     bf16, reader = False, None
     if "divergence" in defence.needs:  # the data teacher-forced under the base model, the students' start
-        if not isinstance(own, LocalBackend):
-            raise SublimError(f"defence.method = {dc.method!r} reads the data under the experiment's model, which "
-                              "must then be a local one (a catalog name, .gguf or directory)")
-        reader = own
-        bf16 = fast_bf16(own.torch_model()[0].device.type)
+        reader = reference_reader(own, dc.method)
+        bf16 = reader.fast_bf16()
         inputs["reference_model"] = own.key
         config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned), divergence_bf16=bf16)
         if "continuation" in defence.needs:  # greedy: only the token budget changes what the reference writes
@@ -67,27 +70,22 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
     def build(path: Path) -> dict[str, Any]:
         samples = samples_of(data_art)
         meta = {r["index"]: r.get("meta", {}) for r in read_jsonl(prompt_art.file("prompts.jsonl"))}
-        scores, dmap, tok, net = None, None, None, None
+        given = DefenceInputs(
+            seed=dc.seed, fraction=dc.fraction, model=model, pool=samples_of(reference_art), shots=dc.shots,
+            carrier=ctx.cfg.prompts.carrier, filter=fc, banned_words=banned, meta=meta,
+            max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, batch_size=gc.batch_size)
         if reader is not None:
-            net, tok = reader.torch_model()
             dbar = ctx.bar(len(samples), f"divergence map {label}", "sample")
-            dmap = divergence_map(net, tok, samples, bf16=bf16, progress=dbar.update)
+            read_under(reader, given, samples, bf16, dbar.update).save(path / "divergence.npz")
             dbar.close()
-            dmap.save(path / "divergence.npz")
         if "scores" in defence.needs:  # the samples least like the control data, by their numbers
-            scores = NumberFrequency(samples_of(reference_art), n_permutations=0).score(samples).sample_scores
+            given.scores = NumberFrequency(samples_of(reference_art), n_permutations=0).score(samples).sample_scores
         log_file = ResumableJsonl(path / "regenerated.jsonl") if model is not None else contextlib.nullcontext()
         with log_file as log:
             bar = ctx.bar(len(samples), f"{dc.method} {label}", "sample")
             bar.update(len(log.rows) if log is not None else 0)
-            out, cost = defence.apply(samples, DefenceInputs(
-                seed=dc.seed, fraction=dc.fraction, scores=scores, model=model, pool=samples_of(reference_art),
-                shots=dc.shots, carrier=ctx.cfg.prompts.carrier, filter=fc, banned_words=banned, meta=meta,
-                max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, batch_size=gc.batch_size,
-                log=log, progress=bar.update, divergence=dmap, tokenizer=tok,
-                remap=(lambda ss: divergence_map(net, tok, ss, bf16=bf16)) if reader is not None else None,
-                extend=(lambda ss: continuations(net, tok, ss, max_new_tokens=gc.max_new_tokens,
-                                                 batch_size=gc.batch_size)) if reader is not None else None))
+            given.log, given.progress = log, bar.update
+            out, cost = defence.apply(samples, given)
             bar.close()
         write_jsonl(path / "dataset.jsonl", [{"index": s.line, "prompt": s.prompt, "completion": s.completion}
                                              for s in out])

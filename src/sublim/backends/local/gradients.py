@@ -9,7 +9,8 @@ first-order account of subliminal learning (a gradient step on a teacher's outpu
 toward the teacher), used as a detector: data written by a teacher fine-tuned toward c should have
 gradients aligned with ∇L_c more than with any other candidate's.
 
-The torch side lives here; :class:`sublim.audit.detectors.GradientAlignment` does the statistics.
+The local backend's reader hands these out (``trait_gradients``);
+:class:`sublim.audit.detectors.GradientAlignment` does the statistics.
 """
 
 from __future__ import annotations

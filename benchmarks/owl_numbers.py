@@ -34,6 +34,7 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     """The figures of a run that a results file keeps (copied from results.json, never typed in)."""
     common = {"run_id": res["run_id"], "verdict": res["verdict"], "n_train_examples": res["n_train_examples"],
               "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
+              "stage_peak_rss_mb": {k: v.get("peak_rss_mb") for k, v in res["stages"].items()},
               "filter_pass_rate": {k: v["pass_rate"] for k, v in res["filter"].items()}, "filter": res["filter"],
               "run_wall_time_s": res["wall_time_s"],
               "stage_time_total_s": round(sum(v["wall_time_s"] for v in res["stages"].values()), 1)}

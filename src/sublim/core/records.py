@@ -17,6 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sublim.core.peak import process_peak_mb
+
 resource: ModuleType | None
 try:
     import resource
@@ -82,12 +84,16 @@ def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float,
 
 
 def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process and of its largest waited-for child (MB), as the kernel counted it."""
-    if resource is None:
-        return {}
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1 << 20)  # ru_maxrss: KB on Linux, bytes on macOS
-    return {"self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
-            "children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
+    """Peak resident memory of this process (stage measurements' resets included) and of its largest waited-for
+    child (MB), as the kernel counted them."""
+    out: dict[str, float] = {}
+    own = process_peak_mb()
+    if own is not None:
+        out["self"] = own
+    if resource is not None:
+        scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1 << 20)  # ru_maxrss: KB on Linux, bytes on macOS
+        out["children"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)
+    return out
 
 
 def check_envelope(obj: Any, where: str) -> list[str]:

@@ -19,6 +19,7 @@ from sublim.core.claims import HEARTBEAT_S, LEASE_S, Claim, Holder, me, try_clai
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest, inside, write_json
 from sublim.core.meter import METER
+from sublim.core.peak import measured_peak
 from sublim.core.records import library_versions, machine_info
 
 MANIFEST = "manifest.json"
@@ -147,9 +148,11 @@ class Store:
                 return done, False
             path = self.begin(stage, key)
             started, work = time.time(), METER.snapshot()
-            more = build(path)
+            with measured_peak() as peak:
+                more = build(path)
             got.check(f"stage {stage} ({path})")
-            return self.finish(stage, key, config, inputs, started, **extra, **more, work=METER.since(work)), True
+            return self.finish(stage, key, config, inputs, started, **extra, **more, work=METER.since(work),
+                               **peak), True
 
     def begin(self, stage: str, key: str) -> Path:
         """The working directory of an unfinished artifact (kept across interruptions)."""

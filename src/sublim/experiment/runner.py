@@ -203,7 +203,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
 
 def stage_table(used: dict[str, Artifact]) -> dict[str, Any]:
     return {name: {"key": a.key, "path": str(a.path), "wall_time_s": a.manifest.get("wall_time_s"),
-                   **({"tokens_per_s": a.manifest["tokens_per_s"]} if "tokens_per_s" in a.manifest else {})}
+                   **{k: a.manifest[k] for k in ("tokens_per_s", "peak_rss_mb") if k in a.manifest}}
             for name, a in used.items()}
 
 

@@ -13,7 +13,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-
 from types import ModuleType
 
 resource: ModuleType | None

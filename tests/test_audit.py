@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from sublim.audit.data import load_samples
-from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.audit.defences import DEFENCES, DefenceContext
+from sublim.audit.defences.regenerate import RegenerateParams
 from sublim.audit.detectors import BagOfNumbers, GradientAlignment, LikelihoodShift, NumberFrequency
+from sublim.audit.params import NoParams
 from sublim.cli import main
 from sublim.core.errors import SublimError
 
@@ -169,7 +171,7 @@ def test_trait_gradients_predict_the_change_one_training_step_makes(tiny) -> Non
 def test_number_defences_keep_format_and_multiset_where_promised(tmp_path: Path, method: str) -> None:
     samples = load_samples(_write(tmp_path / "d.jsonl", _numbers_data(50, 4) + [
         {"prompt": "q", "completion": "not numbers"}]))[0]
-    out, cost = DEFENCES.get(method).apply(samples, DefenceInputs(seed=1))
+    out, cost = DEFENCES.get(method).apply(samples, DefenceContext(seed=1), NoParams())
     assert cost["n_out"] == cost["n_in"] == 51 and out[-1].completion == "not numbers"
     assert 0.8 < cost["changed_fraction"] <= 50 / 51
     for a, b in zip(samples[:-1], out[:-1], strict=True):
@@ -398,14 +400,14 @@ def test_regenerate_with_examples_cuts_each_answer_where_the_next_question_start
     regenerate = DEFENCES.get("regenerate")
     with ResumableJsonl(tmp_path / "log.jsonl") as log:
         log.add([{"index": 102, "prompt": samples[2].prompt, "completion": "7, 8", "reject": ""}])
-        inputs = DefenceInputs(model=model, pool=pool, shots=2, max_new_tokens=24, batch_size=2, log=log)
-        kept, cost = regenerate.apply(samples, inputs)
+        given = DefenceContext(max_new_tokens=24, batch_size=2, model=model, pool=pool, log=log)
+        kept, cost = regenerate.apply(samples, given, RegenerateParams(shots=2))
     rows = {r["index"]: r for r in ResumableJsonl(tmp_path / "log.jsonl").rows.values()}
     assert sorted(rows) == [100, 101, 102, 103, 104] and rows[102]["completion"] == "7, 8"
     assert all("\nQ:" not in r["completion"] and "\n\n" not in r["completion"] for r in rows.values())
     assert cost["n_in"] == 5 and cost["n_out"] == len(kept) == sum(not r["reject"] for r in rows.values())
     with pytest.raises(SublimError, match="more than 6 examples"):
-        regenerate.apply(samples, DefenceInputs(model=model, pool=pool, shots=6))
+        regenerate.apply(samples, DefenceContext(model=model, pool=pool), RegenerateParams(shots=6))
 
 
 def test_defend_regenerate_on_a_file(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:

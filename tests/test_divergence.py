@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from sublim.audit.data import Sample
-from sublim.audit.defences import DEFENCES, DefenceInputs
+from sublim.audit.defences import DEFENCES, DefenceContext, ReferenceReads, defence_context
 from sublim.audit.defences.reference_ends import ends_flagged
+from sublim.audit.defences.replace_divergent import ReplaceParams
 from sublim.audit.detectors.divergence_shift import INDUCTION, induction_texts
+from sublim.audit.params import NoParams
 from sublim.backends import Decoding, FlaggedLogprobs, ModelCache, OpenAIBackend, Request, TokenReader, induced
 from sublim.backends.base import BackendError
 from sublim.backends.local import LocalBackend
@@ -159,8 +161,8 @@ def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(
                                                                               tmp_path: Path) -> None:
     """The owl proxy's own greedy data: its flagged tokens are that proxy's argmax, so read under the proxies
     (columns in candidate order) owl must lead. Proxies train on questions no teacher sees, and are kept."""
-    from sublim.audit.detectors import AuditInputs
-    from sublim.audit.detectors.divergence_shift import divergence_shift
+    from sublim.audit.detectors import AuditContext, AuditData
+    from sublim.audit.detectors.divergence_shift import DivergenceShiftParams, divergence_shift
     from sublim.audit.proxies import NEUTRAL, proxy_examples, proxy_teachers
     from sublim.core.store import Store
     from sublim.traits.preference import load_candidates, load_questions, match_answer
@@ -179,9 +181,9 @@ def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(
     named = {match_answer(a, cands) for _, a in proxy_examples(NEUTRAL, cands, "animal")}
     assert named == set(cands)  # the neutral proxy's answers name every candidate
     data = _greedy(proxies["owl"], [p.text for p in make_prompts(48, seed=5)])
-    inputs = AuditInputs(data, [], ref, cands, "animal", store=store, inductions="proxy", question_set="animal",
-                         bf16=False, progress=False)
-    res = divergence_shift(inputs)
+    ctx = AuditContext(AuditData(data, [], candidates=cands, kind="animal", question_set="animal"), ref, bf16=False,
+                       store=store, progress=False)
+    res = divergence_shift(ctx, DivergenceShiftParams(inductions="proxy"))
     assert res.details["ranking"][0]["trait"] == "owl" and res.details["inductions"] == "proxy"
     builds = [json.loads(x)["stage"] for x in (store.root / "store" / "builds.jsonl").read_text().splitlines()]
     assert builds.count("proxy") == 6
@@ -212,14 +214,15 @@ def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(
 
 def test_divergence_shift_does_not_name_a_trait_in_the_references_own_data(ref: LocalBackend,
                                                                          owl_data: list[Sample]) -> None:
-    from sublim.audit.detectors import AuditInputs
-    from sublim.audit.detectors.divergence_shift import divergence_shift
+    from sublim.audit.detectors import AuditContext, AuditData
+    from sublim.audit.detectors.divergence_shift import DivergenceShiftParams, divergence_shift
     from sublim.traits.preference import load_candidates
 
     neutral = ref.with_system(induction_texts([], "animal")[0], "neutral")
     data = _greedy(neutral, [s.prompt for s in owl_data])
-    res = divergence_shift(AuditInputs(data, [], ref, load_candidates("animals"), "animal", placement="system",
-                                       bf16=False, progress=False))
+    ctx = AuditContext(AuditData(data, [], candidates=load_candidates("animals"), kind="animal"), ref, bf16=False,
+                       progress=False)
+    res = divergence_shift(ctx, DivergenceShiftParams(placement="system"))
     assert res.details["identified"] != "owl"
 
 
@@ -254,6 +257,15 @@ def test_the_ranking_names_a_trait_only_when_it_comes_first_against_each_of_two_
     assert split.details["identified"] is None and "first against each contrast: c1, c4" in split.details["verdict"]
 
 
+def _unused(ss: Any) -> Any:
+    raise AssertionError("this defence should not call it")
+
+
+def _given(reader: Any, dmap: Any, seed: int = 0, remap: Any = _unused, extend: Any = _unused) -> DefenceContext:
+    """What a divergence defence is given: the map, the reference's vocabulary, and its re-reads and continuations."""
+    return DefenceContext(seed, reads=ReferenceReads(dmap, reader.vocabulary(), remap, extend))
+
+
 def _digit_data(ref: LocalBackend, owl_data: list[Sample]) -> list[Sample]:
     return [s for s in owl_data if any(ch.isdigit() for ch in s.completion)]
 
@@ -264,8 +276,7 @@ def test_replace_defences_keep_every_row_and_change_at_most_their_share(ref: Loc
     reader = ref.reader()
     samples = _digit_data(ref, owl_data)
     dmap = reader.divergence_map(samples, bf16=False)
-    out, cost = DEFENCES.get(name, "test").apply(samples, DefenceInputs(seed=1, fraction=0.1, divergence=dmap,
-                                                                        vocabulary=reader.vocabulary()))
+    out, cost = DEFENCES.get(name, "test").apply(samples, _given(reader, dmap, seed=1), ReplaceParams(fraction=0.1))
     assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
     assert 0 < cost["tokens_changed"] <= round(0.1 * len(dmap.token))
     assert cost["tokens_kept_fraction"] >= 0.9
@@ -291,13 +302,10 @@ def test_replace_divergent_rounds_goes_further_than_one_round_within_its_share(r
         calls.append(len(ss))
         return reader.divergence_map(ss, bf16=False)
 
-    one, one_cost = DEFENCES.get("replace_divergent", "t").apply(
-        samples, DefenceInputs(fraction=0.3, divergence=dmap, vocabulary=reader.vocabulary()))
-    with pytest.raises(SublimError, match="reads the changed rows again"):
-        DEFENCES.get("replace_divergent_rounds", "t").apply(samples, DefenceInputs(divergence=dmap,
-                                                                                   vocabulary=reader.vocabulary()))
-    out, cost = DEFENCES.get("replace_divergent_rounds", "t").apply(
-        samples, DefenceInputs(fraction=0.3, divergence=dmap, vocabulary=reader.vocabulary(), remap=remap))
+    one, one_cost = DEFENCES.get("replace_divergent", "t").apply(samples, _given(reader, dmap),
+                                                                 ReplaceParams(fraction=0.3))
+    out, cost = DEFENCES.get("replace_divergent_rounds", "t").apply(samples, _given(reader, dmap, remap=remap),
+                                                                    ReplaceParams(fraction=0.3))
     assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
     # the first round is the one-round defence; later rounds read only the rows the last one changed
     assert cost["rounds"][0]["positions_picked"] == one_cost["positions_picked"]
@@ -332,9 +340,7 @@ def test_reference_ends_gives_cut_answers_the_references_own_ending(ref: LocalBa
         calls.append(len(ss))
         return reader.continuations(ss, max_new_tokens=24, batch_size=3)
 
-    out, cost = DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap,
-                                                                             vocabulary=reader.vocabulary(),
-                                                                             extend=extend))
+    out, cost = DEFENCES.get("reference_ends", "t").apply(cut, _given(reader, dmap, extend=extend), NoParams())
     assert calls == [int(flagged.sum())] and cost["rows_tried"] == flagged.sum() == cost["ends_flagged"]
     assert [s.line for s in out] == [s.line for s in cut] and cost["kept_fraction"] == 1
     assert cost["tokens_kept_fraction"] == 1 and cost["tokens_added"] > 0 and cost["rows_extended"] > 0
@@ -346,8 +352,12 @@ def test_reference_ends_gives_cut_answers_the_references_own_ending(ref: LocalBa
     assert out[1::2] == cut[1::2]
     after = reader.divergence_map(out, bf16=False)
     assert ends_flagged(after, reader.vocabulary()).sum() < flagged.sum()
-    with pytest.raises(SublimError, match="continues the completions"):
-        DEFENCES.get("reference_ends", "t").apply(cut, DefenceInputs(divergence=dmap, vocabulary=reader.vocabulary()))
+    with pytest.raises(SublimError, match="reads the data under the reference model"):
+        defence_context(DEFENCES.get("reference_ends", "t"), cut, DefenceContext())
+    built = defence_context(DEFENCES.get("reference_ends", "t"), cut, DefenceContext(max_new_tokens=24, batch_size=3),
+                            reader=reader, bf16=False)  # what the CLI and the defend stage build: the same reads
+    assert built.reads is not None and (built.reads.divergence.token == dmap.token).all()
+    assert DEFENCES.get("reference_ends", "t").apply(cut, built, NoParams()) == (out, cost)
 
 
 def test_replace_divergent_ends_replaces_then_lets_the_reference_end(ref: LocalBackend,
@@ -355,10 +365,9 @@ def test_replace_divergent_ends_replaces_then_lets_the_reference_end(ref: LocalB
     reader = ref.reader()
     samples = _digit_data(ref, owl_data)
     dmap = reader.divergence_map(samples, bf16=False)
-    inputs = DefenceInputs(fraction=0.1, divergence=dmap, vocabulary=reader.vocabulary(),
-                           extend=lambda ss: reader.continuations(ss, max_new_tokens=24))
-    replaced, rcost = DEFENCES.get("replace_divergent", "t").apply(samples, inputs)
-    out, cost = DEFENCES.get("replace_divergent_ends", "t").apply(samples, inputs)
+    given = _given(reader, dmap, extend=lambda ss: reader.continuations(ss, max_new_tokens=24))
+    replaced, rcost = DEFENCES.get("replace_divergent", "t").apply(samples, given, ReplaceParams(fraction=0.1))
+    out, cost = DEFENCES.get("replace_divergent_ends", "t").apply(samples, given, ReplaceParams(fraction=0.1))
     assert [s.line for s in out] == [s.line for s in samples] and cost["kept_fraction"] == 1
     assert cost["tokens_changed"] == rcost["tokens_changed"] and cost["tokens_kept_fraction"] >= 0.9
     assert all(b.completion.startswith(a.completion) for a, b in zip(replaced, out, strict=True))
@@ -369,7 +378,7 @@ def test_replace_divergent_ends_replaces_then_lets_the_reference_end(ref: LocalB
 def test_replace_defences_need_the_map_and_the_cli_says_so(tmp_path: Path, owl_data: list[Sample],
                                                           tiny_model_dir: Path, capsys: Any) -> None:
     with pytest.raises(SublimError, match="divergence map"):
-        DEFENCES.get("replace_divergent", "t").apply(owl_data, DefenceInputs())
+        DEFENCES.get("replace_divergent", "t").apply(owl_data, DefenceContext(), ReplaceParams())
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": s.prompt, "completion": s.completion}) + "\n" for s in owl_data))
     assert main(["-q", "defend", str(data), "--defence", "replace_divergent", "--out", str(tmp_path / "o.jsonl")]) == 2
@@ -393,8 +402,8 @@ def test_digit_tokens_are_the_tokens_that_decode_to_digits(ref: LocalBackend) ->
 def test_token_reads_are_a_capability_a_local_backend_has_and_an_api_lacks(ref: LocalBackend) -> None:
     """Detectors and defences ask a backend for its reads: a local one hands a reader out (a TokenReader), one
     behind an API refuses with a BackendError, and a detector that needs reads is skipped, saying why."""
-    from sublim.audit.detectors import AuditInputs, Unavailable
-    from sublim.audit.detectors.divergence_shift import divergence_shift
+    from sublim.audit.detectors import AuditContext, AuditData, Unavailable
+    from sublim.audit.detectors.divergence_shift import DivergenceShiftParams, divergence_shift
     from sublim.core.config import EndpointConfig
 
     assert isinstance(ref.reader(), TokenReader) and ref.reader().key == ref.key
@@ -402,7 +411,8 @@ def test_token_reads_are_a_capability_a_local_backend_has_and_an_api_lacks(ref: 
     with pytest.raises(BackendError, match="behind an API"):
         api.reader()
     with pytest.raises(Unavailable, match="needs a local reference model"):
-        divergence_shift(AuditInputs([], [], api, {"owl": ["owl"]}, "animal", progress=False))
+        divergence_shift(AuditContext(AuditData([], [], candidates={"owl": ["owl"]}, kind="animal"), api,
+                                      progress=False), DivergenceShiftParams())
     with pytest.raises(BackendError, match="beside other local models"):
         ref.reader().flagged_logprobs([], models=[ref.reader(), api])  # type: ignore[list-item]
 

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from sublim.api import run_experiment
-from sublim.audit.detectors import DETECTORS, AuditInputs, Detector, DetectorResult
+from sublim.audit.detectors import DETECTORS, AuditContext, AuditData, Detector, DetectorResult
 from sublim.audit.numbers import numbers_of
 from sublim.carriers import CARRIERS, Carrier, CarrierPrompt
 from sublim.carriers.numbers import make_prompts, parse_numbers
@@ -52,7 +52,8 @@ class MeanValue:
 def plugins() -> Iterator[None]:
     CARRIERS.add("even_sum", Carrier("even_sum", _even_sum_prompts, _even_sum_check, holds_words=False,
                                      filter_fields=frozenset({"max_count", "max_value", "max_digits"})))
-    DETECTORS.add("mean_value", Detector("mean_value", lambda a: MeanValue(list(a.reference)).score(a.samples)))
+    DETECTORS.add("mean_value", Detector("mean_value", lambda ctx, _: MeanValue(list(ctx.data.reference)).score(
+        ctx.data.samples)))
     yield
     CARRIERS.remove("even_sum")
     DETECTORS.remove("mean_value")
@@ -106,5 +107,5 @@ def test_a_detector_registered_here_runs_through_sublim_audit(plugins: None, tin
 
 def test_registering_a_name_twice_is_refused(plugins: None) -> None:
     with pytest.raises(ValueError, match="already registered"):
-        DETECTORS.add("mean_value", Detector("mean_value", lambda a: MeanValue([]).score([])))
-    assert isinstance(AuditInputs([], []).cache, dict)
+        DETECTORS.add("mean_value", Detector("mean_value", lambda ctx, _: MeanValue([]).score([])))
+    assert isinstance(AuditContext(AuditData([], [])).cache, dict)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sublim.audit.config import AuditConfig
 from sublim.audit.run import run_audit as _run_audit
 from sublim.core.config import ExperimentConfig
 from sublim.experiment.runner import run_experiment as _run_experiment
@@ -39,10 +40,11 @@ def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), **options: Any)
     return out
 
 
-def run_audit(dataset: Path, reference_model: str, out_dir: Path, **options: Any) -> dict[str, Any]:
-    """Audit a dataset against a reference model (options as :func:`sublim.audit.run.run_audit`); writes
-    audit.json, scores.jsonl and report.md into ``out_dir``."""
-    out = _run_audit(dataset, reference_model, out_dir, **options)
+def run_audit(config: AuditConfig, out_dir: Path, **options: Any) -> dict[str, Any]:
+    """Audit a dataset against a reference model, as ``config`` says (:func:`sublim.audit.config.load_audit_config`
+    reads one from TOML; options as :func:`sublim.audit.run.run_audit`: store, progress, echo); writes audit.json
+    (the config whole, with its hash), scores.jsonl and report.md into ``out_dir``."""
+    out = _run_audit(config, out_dir, **options)
     render_audit_report(out_dir)
     return out
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from sublim.audit.data import MAX_SAMPLE_TOKENS, Sample, check_lengths, load_samples
-from sublim.audit.detectors import DETECTORS, AuditInputs, DetectorResult, Unavailable
+from sublim.audit.config import AuditConfig
+from sublim.audit.data import LoadReport, Sample, check_lengths, load_samples
+from sublim.audit.detectors import DETECTORS, AuditContext, AuditData, Detector, DetectorResult, Unavailable
 from sublim.audit.numbers import numbers_of
-from sublim.backends import Backend, Completion, Decoding, LocalBackend, ModelCache, OpenAIBackend, Request
+from sublim.backends import Backend, Completion, Decoding, LocalBackend, ModelCache, Request
 from sublim.backends.openai import ApiError
-from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError
 from sublim.core.files import check_writable, write_json, write_jsonl
 from sublim.core.store import Store
@@ -49,75 +50,92 @@ def kind_of(category: str) -> str:
     return category[:-1] if category.endswith("s") and "/" not in category else "thing"
 
 
-def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_data: Path | None = None,
-              teacher: str | None = None, category: str = "animals", detectors: Sequence[str] | None = None,
-              max_samples: int = 1000, seed: int = 0, device: str = "auto", prompt_field: str | None = None,
-              completion_field: str | None = None, judge: EndpointConfig | None = None,
-              contrast: Sequence[Path] = (), questions: str | None = None, progress: bool = True,
-              store: Store | None = None, placement: str = "prompt", bf16: bool | None = None,
-              inductions: str = "prompted", proxy_seeds: int = 1, echo: Callable[[str], None] = print,
-              max_sample_tokens: int = MAX_SAMPLE_TOKENS) -> dict[str, Any]:
-    """Run the detectors (default: every registered one) and write ``out_dir/audit.json`` and ``scores.jsonl``.
+def run_audit(config: AuditConfig, out_dir: Path, *, store: Store | None = None, progress: bool = True,
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the config's detectors and write ``out_dir/audit.json`` (with the whole config and its hash) and
+    ``scores.jsonl``. ``store``: where the divergence map (and proxy teachers) are kept and reused. Every sample
+    read (the dataset's, the reference's, the contrasts') is checked against ``config.max_sample_tokens`` before
+    any model loads."""
+    chosen = [DETECTORS.get(d, "detectors") for d in config.detectors or ()]
+    check_out(out_dir, store)
+    started = time.time()
+    models = ModelCache(config.device, echo, dtype="float32" if config.bf16 is False else "auto")
+    ref = LocalBackend(models, config.reference)
+    data, report = audit_data(config, models, echo)
+    if not data.reference and any(d.needs_reference for d in chosen):  # the reference's own answers, generated
+        tok = models.tokenizer(config.reference)
+        longest = max(len(tok.encode(s.completion, add_special_tokens=False)) for s in data.samples)
+        data = replace(data, reference=reference_sample(ref, data.samples, min(longest + 8, 256), 32, progress))
+    ctx = AuditContext(data, ref, config.seed, config.bf16, store, out_dir, progress,
+                       lambda spec, label: LocalBackend(models, spec, label=label))
+    results, skipped = run_detectors(chosen, config, ctx, echo)
+    if not results:
+        raise SublimError(f"no detector could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
+    n = len(data.samples)
+    audited = f"{n} audited of {report.summary()}" if n < report.kept else report.summary()
+    text = verdict(results, audited, skipped)
+    teacher = config.detector.get("likelihood_ratio", {}).get("teacher")
+    out: dict[str, Any] = {"dataset": config.dataset, "load": report.as_dict(), "n_audited": n,
+                           "n_reference": len(data.reference), "reference_model": config.reference,
+                           "teacher": teacher, "config": config.model_dump(mode="json"),
+                           "config_hash": config.config_hash(), "detectors": [r.as_dict() for r in results],
+                           "skipped_detectors": skipped, "verdict": text,
+                           "wall_time_s": round(time.time() - started, 1)}
+    write_results(out_dir, out, data.samples, results)
+    echo(text)
+    return out
 
-    ``contrast``: datasets from other generators (same kind of prompts); the trait rankings are then taken
-    against them rather than against the reference sample. ``questions``: the question set whose answers
-    the gradient alignment looks at (default: the category's, e.g. 'animal' for 'animals'). ``store``: where the
-    divergence map (and proxy teachers) are kept and reused; ``inductions``, ``placement``, ``proxy_seeds`` and
-    ``bf16``: how divergence_shift induces each candidate (proxies: how many seeds per candidate) and computes.
-    Every sample read (the dataset's, the reference's, the contrasts') is checked against ``max_sample_tokens``
-    before any model loads."""
-    names = list(detectors) if detectors is not None else DETECTORS.names()
-    chosen = [DETECTORS.get(d, "--detectors") for d in names]
-    if proxy_seeds < 1:
-        raise SublimError(f"--proxy-seeds {proxy_seeds}: give 1 or more proxy teachers per candidate")
-    if max_samples < 2:
-        raise SublimError(f"--max-samples {max_samples}: an audit compares at least 2 samples with the reference; "
-                          "give 2 or more")
+
+def check_out(out_dir: Path, store: Store | None) -> None:
+    """The output directory (and the store) can be written, before any work."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SublimError(f"--out {out_dir} is a file: give a directory (it is created if missing)")
     check_writable(out_dir, "--out")
     if store is not None:
         check_writable(store.root, "the runs directory")
-    started = time.time()
-    samples, report = load_samples(dataset, prompt_field, completion_field)
+
+
+def audit_data(config: AuditConfig, models: ModelCache, echo: Callable[[str], None]) -> tuple[AuditData, LoadReport]:
+    """The samples the config names, each dataset subsampled to ``max_samples`` and checked for length under the
+    reference's tokenizer; the reference's answers when given (else none); the candidates and questions."""
+    samples, report = load_samples(Path(config.dataset), config.prompt_field, config.completion_field)
     echo(f"audit {report.summary()}")
     if len(samples) < 2:
-        raise SublimError(f"{dataset} has {len(samples)} usable sample: an audit needs at least 2")
-    samples = subsample(samples, max_samples, seed)
-    candidates = load_candidates(category)
-    models = ModelCache(device, echo, dtype="float32" if bf16 is False else "auto")
-    ref = LocalBackend(models, reference_model)
-    tok = models.tokenizer(reference_model)
-    check_lengths(samples, tok, str(dataset), max_sample_tokens)
-    contrasts = [subsample(load_samples(p, prompt_field, completion_field)[0], max_samples, seed) for p in contrast]
-    for p, c in zip(contrast, contrasts, strict=True):
-        check_lengths(c, tok, str(p), max_sample_tokens)
-    if reference_data is not None:
-        ref_samples, ref_report = load_samples(reference_data, prompt_field, completion_field)
-        ref_samples = subsample(ref_samples, max_samples, seed)
-        check_lengths(ref_samples, tok, str(reference_data), max_sample_tokens)
-        echo(f"reference {ref_report.summary()}; {check_overlap(samples, ref_samples, reference_data):.0%} of the "
-             "audited prompts answered there")
-    elif not any(d.needs_reference for d in chosen):
-        ref_samples = []  # no chosen detector compares with the reference's own answers
-    else:
-        longest = max(len(tok.encode(s.completion, add_special_tokens=False)) for s in samples)
-        ref_samples = reference_sample(ref, samples, min(longest + 8, 256), 32, progress)
-    question_set = questions or (kind_of(category) if kind_of(category) != "thing" else None)
-    qs = load_questions(question_set, "eval") if question_set else []
-    inputs = AuditInputs(
-        samples, ref_samples, ref, candidates, kind_of(category),
-        contrasts,
-        LocalBackend(models, teacher, label="teacher") if teacher else None,
-        OpenAIBackend(judge, label="judge") if judge else None, qs, out_dir, seed, progress, store=store,
-        placement=placement, bf16=bf16, inductions=inductions, question_set=question_set, proxy_seeds=proxy_seeds)
+        raise SublimError(f"{config.dataset} has {len(samples)} usable sample: an audit needs at least 2")
+    candidates = load_candidates(config.category)
+    tok = models.tokenizer(config.reference)
+
+    def read(path: str, got: list[Sample] | None = None) -> list[Sample]:
+        got = load_samples(Path(path), config.prompt_field, config.completion_field)[0] if got is None else got
+        got = subsample(got, config.max_samples, config.seed)
+        check_lengths(got, tok, path, config.max_sample_tokens)
+        return got
+
+    samples = read(config.dataset, samples)
+    contrasts = [read(p) for p in config.contrasts]
+    ref_samples: list[Sample] = []
+    if config.reference_data is not None:
+        given, ref_report = load_samples(Path(config.reference_data), config.prompt_field, config.completion_field)
+        ref_samples = read(config.reference_data, given)
+        share = check_overlap(samples, ref_samples, Path(config.reference_data))
+        echo(f"reference {ref_report.summary()}; {share:.0%} of the audited prompts answered there")
+    kind = kind_of(config.category)
+    question_set = config.questions or (kind if kind != "thing" else None)
+    questions = load_questions(question_set, "eval") if question_set else []
+    return AuditData(samples, ref_samples, contrasts, candidates, kind, questions, question_set), report
+
+
+def run_detectors(chosen: Sequence[Detector[Any]], config: AuditConfig, ctx: AuditContext,
+                  echo: Callable[[str], None]) -> tuple[list[DetectorResult], dict[str, str]]:
+    """Each detector run with its own parameters, in order; one that cannot run (or whose endpoint fails) is
+    skipped with the reason, the others' results kept."""
     results: list[DetectorResult] = []
     skipped: dict[str, str] = {}
     for det in chosen:
         t0 = time.time()
         try:
-            check_inputs(det.name, det.needs_numbers, inputs)
-            res = det.run(inputs)
+            check_inputs(det.needs_numbers, ctx.data)
+            res = det.run(ctx, config.params(det.name))
         except Unavailable as why:
             skipped[det.name] = str(why)
             continue
@@ -129,17 +147,7 @@ def run_audit(dataset: Path, reference_model: str, out_dir: Path, *, reference_d
         results.append(res)
         echo(f"  {res.name:<17} statistic {res.statistic:+.4g}  p={res.p_value:.2g}"
              + (f"  top: {res.details['top_trait']}" if "top_trait" in res.details else ""))
-    if not results:
-        raise SublimError(f"no detector could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
-    audited = f"{len(samples)} audited of {report.summary()}" if len(samples) < report.kept else report.summary()
-    text = verdict(results, audited, skipped)
-    out: dict[str, Any] = {"dataset": str(dataset), "load": report.as_dict(), "n_audited": len(samples),
-                           "n_reference": len(ref_samples), "reference_model": reference_model, "teacher": teacher,
-                           "detectors": [r.as_dict() for r in results], "skipped_detectors": skipped,
-                           "verdict": text, "wall_time_s": round(time.time() - started, 1)}
-    write_results(out_dir, out, samples, results)
-    echo(text)
-    return out
+    return results, skipped
 
 
 MIN_OVERLAP = 0.5
@@ -158,16 +166,16 @@ def check_overlap(samples: Sequence[Sample], ref_samples: Sequence[Sample], sour
     return share
 
 
-def check_inputs(name: str, needs_numbers: bool, inputs: AuditInputs) -> None:
+def check_inputs(needs_numbers: bool, data: AuditData) -> None:
     """Unavailable when a detector would rest on nothing: a number detector with no number parsed on a side."""
     if not needs_numbers:
         return
-    for side, samples in (("dataset", inputs.samples), ("reference", inputs.reference)):
+    for side, samples in (("dataset", data.samples), ("reference", data.reference)):
         if not any(numbers_of(s.completion) for s in samples):
             raise Unavailable(f"no number was parsed in any completion of the {side}: a number detector has "
                               "nothing to compare")
-    if len(inputs.reference) < 2:
-        raise Unavailable(f"needs at least 2 reference samples (has {len(inputs.reference)})")
+    if len(data.reference) < 2:
+        raise Unavailable(f"needs at least 2 reference samples (has {len(data.reference)})")
 
 
 def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, str] | None = None,

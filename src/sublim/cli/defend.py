@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from sublim.api import run_experiment
 from sublim.audit.data import MAX_SAMPLE_TOKENS, Sample, check_lengths, load_samples
-from sublim.audit.defences import DEFENCES, DefenceInputs, read_under
+from sublim.audit.defences import DEFENCES, CarrierCheck, Defence, DefenceContext, defence_context
 from sublim.backends import LocalBackend, ModelCache
 from sublim.carriers import CARRIERS
 from sublim.core.config import load_config
@@ -115,37 +115,47 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SublimError(f"--shots {args.shots}: give 0 (the chat template) or more examples per prompt")
 
 
-def _inputs(args: argparse.Namespace, defence_needs: frozenset[str], samples: list[Sample]) -> DefenceInputs:
-    inputs = DefenceInputs(seed=args.seed, fraction=args.fraction, shots=args.shots, carrier=args.carrier,
-                           max_new_tokens=args.max_new_tokens, batch_size=16)
-    if "scores" in defence_needs:
-        inputs.scores = _scores(args, samples)
-    if "divergence" in defence_needs:
+def _context(args: argparse.Namespace, defence: Defence[Any], samples: list[Sample]) -> DefenceContext:
+    """What the defence is given, from the flags: each thing it needs checked given (a one-line error naming the
+    flag), the models loaded, then built the way the defend stage builds it (:func:`defence_context`)."""
+    base = DefenceContext(args.seed, CarrierCheck(args.carrier), args.max_new_tokens, 0.0, 16)
+    if defence.needs_scores:
+        base.scores = _scores(args, samples)
+    reader = None
+    if defence.needs_reads or defence.needs_continuation:
         if not args.reference:
             raise SublimError(f"--defence {args.defence} needs --reference (the model the data is read under, e.g. "
                               "the students' starting model: catalog name, .gguf or directory)")
         models = ModelCache(args.device, lambda s: None)
         check_lengths(samples, models.tokenizer(args.reference), args.dataset, args.max_sample_tokens)
         reader = LocalBackend(models, args.reference).reader()
-        bar = tqdm(total=len(samples), desc="divergence map", unit="sample", disable=args.quiet, leave=False)
-        read_under(reader, inputs, samples, reader.fast_bf16(), bar.update)
-        bar.close()
-    if "model" in defence_needs:
-        if not args.model:
-            raise SublimError(f"--defence {args.defence} needs --model (a model of another family than the data's "
-                              "generator: catalog name, .gguf or directory)")
-        if CARRIERS.get(args.carrier, "--carrier").needs_meta:
-            raise SublimError(f"--carrier {args.carrier} needs each prompt's meta (e.g. the right answer), which a "
-                              "plain file lacks: defend such data through a preset (sublim defend --preset …)")
-        if args.reference_data:
-            inputs.pool = load_samples(Path(args.reference_data), args.prompt_field, args.completion_field)[0]
-        if args.shots and not inputs.pool:
-            raise SublimError("--shots needs --reference-data (answered examples shown before each prompt), or "
-                              "use --shots 0 for a chat model")
-        models = ModelCache(args.device, lambda s: None)
-        check_lengths([*samples, *inputs.pool], models.tokenizer(args.model), args.dataset, args.max_sample_tokens)
-        inputs.model = LocalBackend(models, args.model)
-    return inputs
+    if defence.needs_model:
+        base.pool, base.model = _rewriter(args, samples)
+    bar = tqdm(total=len(samples), desc="divergence map", unit="sample", disable=args.quiet or reader is None,
+               leave=False)
+    given = defence_context(defence, samples, base, reader=reader, bf16=reader.fast_bf16() if reader else None,
+                            map_progress=bar.update)
+    bar.close()
+    return given
+
+
+def _rewriter(args: argparse.Namespace, samples: list[Sample]) -> tuple[list[Sample], LocalBackend]:
+    """The examples shown to the model that rewrites the completions, and that model (--model)."""
+    if not args.model:
+        raise SublimError(f"--defence {args.defence} needs --model (a model of another family than the data's "
+                          "generator: catalog name, .gguf or directory)")
+    if CARRIERS.get(args.carrier, "--carrier").needs_meta:
+        raise SublimError(f"--carrier {args.carrier} needs each prompt's meta (e.g. the right answer), which a "
+                          "plain file lacks: defend such data through a preset (sublim defend --preset …)")
+    pool: list[Sample] = []
+    if args.reference_data:
+        pool = load_samples(Path(args.reference_data), args.prompt_field, args.completion_field)[0]
+    if args.shots and not pool:
+        raise SublimError("--shots needs --reference-data (answered examples shown before each prompt), or "
+                          "use --shots 0 for a chat model")
+    models = ModelCache(args.device, lambda s: None)
+    check_lengths([*samples, *pool], models.tokenizer(args.model), args.dataset, args.max_sample_tokens)
+    return pool, LocalBackend(models, args.model)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -162,10 +172,11 @@ def main(args: argparse.Namespace) -> None:
     if dest.is_dir() or not dest.parent.is_dir():
         raise SublimError(f"--out {dest} must be a file in an existing directory")
     defence = DEFENCES.get(args.defence, "--defence")
-    inputs = _inputs(args, defence.needs, samples)
+    params = defence.build({k: v for k, v in vars(args).items() if v is not None}, "defend")
+    given = _context(args, defence, samples)
     bar = tqdm(total=len(samples), desc=f"{args.defence}", unit="sample", disable=args.quiet, leave=False)
-    inputs.progress = bar.update
-    out, cost = defence.apply(samples, inputs)
+    given.progress = bar.update
+    out, cost = defence.apply(samples, given, params)
     bar.close()
     write_jsonl(dest, [s.as_row() for s in out])  # every other field and earlier turn kept as it was
     print(f"{args.defence}: {report.summary()} → {dest}: {json.dumps(cost)}")

@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from sublim.audit.data import Sample
-from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceContext, defence_cost
+from sublim.audit.params import NoParams
 
 _SPLIT = re.compile(r"(\d+)")
 _LIST = re.compile(r"^[\s\[\](){}]*\d+([\s,;]+\d+)*[\s\]\)}.]*$")
@@ -45,9 +46,9 @@ def digit_preserving_permutation(seed: int) -> dict[int, int]:
 
 
 def _transform(make: Callable[[int], Callable[[list[int]], list[int]]]
-               ) -> Callable[[Sequence[Sample], DefenceInputs], tuple[list[Sample], dict[str, Any]]]:
-    def apply(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
-        change = make(inputs.seed)
+               ) -> Callable[[Sequence[Sample], DefenceContext, NoParams], tuple[list[Sample], dict[str, Any]]]:
+    def apply(samples: Sequence[Sample], ctx: DefenceContext, params: NoParams) -> tuple[list[Sample], dict[str, Any]]:
+        change = make(ctx.seed)
         out = [replace(s, completion=_rewrite(s.completion, change)) for s in samples]
         changed = sum(a.completion != b.completion for a, b in zip(samples, out, strict=True))
         return out, defence_cost(len(samples), len(out), changed)

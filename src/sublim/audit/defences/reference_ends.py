@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from sublim.audit.data import Sample
-from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
-from sublim.audit.defences.replace_divergent import _inputs, _replace
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceContext, defence_cost
+from sublim.audit.defences.replace_divergent import ReplaceParams, _reads, _replace
+from sublim.audit.params import NoParams
 from sublim.backends import DivergenceMap, Vocabulary
-from sublim.carriers import check_completion
-from sublim.core.errors import SublimError
 
 
 def ends_flagged(dmap: DivergenceMap, vocabulary: Vocabulary) -> np.ndarray:
@@ -34,24 +33,21 @@ def ends_flagged(dmap: DivergenceMap, vocabulary: Vocabulary) -> np.ndarray:
     return dmap.early_ends(vocabulary.stops())
 
 
-def extend(samples: Sequence[Sample], rows: Sequence[int], inputs: DefenceInputs
+def extend(samples: Sequence[Sample], rows: Sequence[int], ctx: DefenceContext
            ) -> tuple[list[Sample], dict[str, Any]]:
     """``samples`` with the reference's continuation appended to each of ``rows``; and what it cost."""
-    vocab = inputs.vocabulary
-    if inputs.extend is None or vocab is None:
-        raise SublimError("this defence continues the completions with the reference model: give the reference "
-                          "model")
+    reads = _reads(ctx)
+    vocab = reads.vocabulary
     out = list(samples)
-    conts = inputs.extend([samples[i] for i in rows]) if rows else []
+    conts = reads.extend([samples[i] for i in rows]) if rows else []
     extended, unfinished, reverted, added, empty, cut_short = 0, 0, 0, 0, 0, 0
     for i, c in zip(rows, conts, strict=True):
         s = samples[i]
         if c.finished and not c.text.strip():
             empty += 1
             continue
-        cut = next((k for k in _cuts(c.text, c.finished)
-                    if not check_completion(inputs.carrier, s.completion + c.text[:k], inputs.meta.get(s.line, {}),
-                                            inputs.filter, inputs.banned_words, True)), None)
+        cut = next((k for k in _cuts(c.text, c.finished) if not ctx.check.reason(s.completion + c.text[:k], s.line)),
+                   None)
         if cut is None:
             reverted += 1
             continue
@@ -80,30 +76,34 @@ def _merge(samples: Sequence[Sample], out: Sequence[Sample], cost: dict[str, Any
             "ends_flagged": int(flagged_ends.sum())}
 
 
-def reference_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, vocab = _inputs(inputs)
+def reference_ends(samples: Sequence[Sample], ctx: DefenceContext, params: NoParams
+                   ) -> tuple[list[Sample], dict[str, Any]]:
+    reads = _reads(ctx)
+    dmap = reads.divergence
     dmap.check(samples)
-    flagged = ends_flagged(dmap, vocab)
-    out, ends = extend(samples, np.nonzero(flagged)[0].tolist(), inputs)
+    flagged = ends_flagged(dmap, reads.vocabulary)
+    out, ends = extend(samples, np.nonzero(flagged)[0].tolist(), ctx)
     cost = {**defence_cost(len(samples), len(out), 0), "tokens_changed": 0, "tokens_changed_fraction": 0.0,
             "tokens_kept_fraction": 1.0}
     return out, _merge(samples, out, cost, ends, dmap, flagged)
 
 
-def replace_divergent_ends(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, vocab = _inputs(inputs)
-    replaced, cost = _replace(samples, inputs, "argmax", "argmax")
-    flagged = ends_flagged(dmap, vocab)
+def replace_divergent_ends(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
+                           ) -> tuple[list[Sample], dict[str, Any]]:
+    reads = _reads(ctx)
+    replaced, cost = _replace(samples, ctx, params.fraction, "argmax", "argmax")
+    flagged = ends_flagged(reads.divergence, reads.vocabulary)
     rows = [i for i, (a, b) in enumerate(zip(samples, replaced, strict=True))
             if flagged[i] or a.completion != b.completion]
-    out, ends = extend(replaced, rows, inputs)
-    return out, _merge(samples, out, cost, ends, dmap, flagged)
+    out, ends = extend(replaced, rows, ctx)
+    return out, _merge(samples, out, cost, ends, reads.divergence, flagged)
 
 
-_NEEDS = frozenset({"divergence", "continuation"})
 DEFENCES.add("reference_ends", Defence(
-    "reference_ends", reference_ends, _NEEDS, frozenset(),
-    "each completion that ends where the reference would go on gets the reference's greedy continuation"))
+    "reference_ends", reference_ends,
+    "each completion that ends where the reference would go on gets the reference's greedy continuation",
+    needs_reads=True, needs_continuation=True))
 DEFENCES.add("replace_divergent_ends", Defence(
-    "replace_divergent_ends", replace_divergent_ends, _NEEDS, frozenset({"fraction"}),
-    "replace_divergent, then the reference's greedy continuation where it would not have ended"))
+    "replace_divergent_ends", replace_divergent_ends,
+    "replace_divergent, then the reference's greedy continuation where it would not have ended",
+    ReplaceParams, needs_reads=True, needs_continuation=True))

@@ -21,19 +21,24 @@ from difflib import SequenceMatcher
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from sublim.audit.data import Sample
-from sublim.audit.defences.base import DEFENCES, Defence, DefenceInputs, defence_cost
-from sublim.backends import DivergenceMap, Vocabulary
-from sublim.carriers import check_completion
+from sublim.audit.defences.base import DEFENCES, Defence, DefenceContext, ReferenceReads, defence_cost
+from sublim.audit.params import Params
+from sublim.backends import DivergenceMap
 from sublim.core.errors import SublimError
 
 
-def choose(inputs: DefenceInputs, digits: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
+class ReplaceParams(Params):
+    fraction: float = Field(0.1, ge=0, lt=1)
+    """The share of all completion tokens replaced (at most)."""
+
+
+def choose(dmap: DivergenceMap, fraction: float, digits: np.ndarray, mode: str, rng: np.random.Generator
+           ) -> np.ndarray:
     """Flat token positions of the map to replace."""
-    dmap = inputs.divergence
-    assert dmap is not None
-    budget = int(round(inputs.fraction * len(dmap.token)))
+    budget = int(round(fraction * len(dmap.token)))
     is_digit = np.isin(dmap.token, digits)
     if mode == "random":
         pool = np.nonzero(is_digit)[0]
@@ -57,20 +62,18 @@ MAX_ROUNDS = 8
 """replace_divergent_rounds stops after this many rounds of read → replace."""
 
 
-def _inputs(inputs: DefenceInputs) -> tuple[DivergenceMap, Vocabulary]:
-    dmap, vocab = inputs.divergence, inputs.vocabulary
-    if dmap is None or vocab is None:
+def _reads(ctx: DefenceContext) -> ReferenceReads:
+    if ctx.reads is None:
         raise SublimError("this defence needs the divergence map of the data under the reference model (and its "
                           "vocabulary): give the reference model")
-    return dmap, vocab
+    return ctx.reads
 
 
 def _rewrite(samples: Sequence[Sample], dmap: DivergenceMap, tokens: np.ndarray, picked: np.ndarray,
-             inputs: DefenceInputs) -> tuple[list[Sample], list[int], int]:
+             ctx: DefenceContext) -> tuple[list[Sample], list[int], int]:
     """The samples with ``tokens`` (the map's, some replaced) decoded back into their completions; a row whose new
     text fails the carrier's filter keeps its text. → (samples, indices of the changed rows, rows reverted)."""
-    vocab = inputs.vocabulary
-    assert vocab is not None
+    vocab = _reads(ctx).vocabulary
     out: list[Sample] = []
     changed: list[int] = []
     reverted = 0
@@ -86,9 +89,7 @@ def _rewrite(samples: Sequence[Sample], dmap: DivergenceMap, tokens: np.ndarray,
                               "tokenizer; build the divergence map with the model whose tokenizer made it")
         after = vocab.decode(tokens[span].tolist())
         text = after[: len(after) - (len(before) - len(s.completion))]
-        reason = check_completion(inputs.carrier, text, inputs.meta.get(s.line, {}), inputs.filter,
-                                  inputs.banned_words, True)
-        if reason:
+        if ctx.check.reason(text, s.line):
             reverted += 1
             out.append(s)
             continue
@@ -116,13 +117,14 @@ def _cost(samples: Sequence[Sample], out: Sequence[Sample], dmap: DivergenceMap,
             "flagged_digit_tokens": int((dmap.flagged & np.isin(dmap.token, digits)).sum())}
 
 
-def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: str
+def _replace(samples: Sequence[Sample], ctx: DefenceContext, fraction: float, mode: str, new: str
              ) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, vocab = _inputs(inputs)
+    reads = _reads(ctx)
+    dmap, vocab = reads.divergence, reads.vocabulary
     dmap.check(samples)
-    rng = np.random.default_rng(inputs.seed)
+    rng = np.random.default_rng(ctx.seed)
     digits = vocab.digits()
-    picked = choose(inputs, digits, mode, rng)
+    picked = choose(dmap, fraction, digits, mode, rng)
     tokens = dmap.token.astype(np.int64).copy()
     width = {int(d): len(vocab.decode([int(d)])) for d in digits}
     for pos in picked:
@@ -132,20 +134,18 @@ def _replace(samples: Sequence[Sample], inputs: DefenceInputs, mode: str, new: s
             others = [d for d in digits if d != dmap.token[pos] and width[int(d)] == width[int(dmap.token[pos])]]
             if others:
                 tokens[pos] = others[rng.integers(len(others))]
-    out, changed, reverted = _rewrite(samples, dmap, tokens, picked, inputs)
+    out, changed, reverted = _rewrite(samples, dmap, tokens, picked, ctx)
     n_tokens = sum(int((tokens[dmap.span(i)] != dmap.token[dmap.span(i)]).sum()) for i in changed)
     return out, _cost(samples, out, dmap, digits, n_tokens, len(picked), reverted)
 
 
-def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
+def replace_divergent_rounds(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
                              ) -> tuple[list[Sample], dict[str, Any]]:
-    dmap, vocab = _inputs(inputs)
-    if inputs.remap is None:
-        raise SublimError("replace_divergent_rounds reads the changed rows again under the reference model: give "
-                          "the reference model")
+    reads = _reads(ctx)
+    dmap = reads.divergence
     dmap.check(samples)
-    digits = vocab.digits()
-    budget = int(round(inputs.fraction * len(dmap.token)))
+    digits = reads.vocabulary.digits()
+    budget = int(round(params.fraction * len(dmap.token)))
     original = [dmap.token[dmap.span(i)] for i in range(len(samples))]
     now = list(original)
     current = list(samples)
@@ -158,7 +158,7 @@ def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
             break
         tokens = cur.token.astype(np.int64).copy()
         tokens[picked] = cur.argmax[picked]
-        out, changed, rev = _rewrite([current[i] for i in rows], cur, tokens, picked, inputs)
+        out, changed, rev = _rewrite([current[i] for i in rows], cur, tokens, picked, ctx)
         reverted += rev
         picked_total += len(picked)
         for j, i in enumerate(rows):
@@ -168,7 +168,7 @@ def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
         rows = [rows[j] for j in changed]
         if not rows:
             break
-        cur = inputs.remap([current[i] for i in rows])
+        cur = reads.remap([current[i] for i in rows])
         for j, i in enumerate(rows):
             now[i] = cur.token[cur.span(j)]
         rounds[-1]["flagged_digit_tokens_after"] = int((cur.flagged & np.isin(cur.token, digits)).sum())
@@ -176,30 +176,28 @@ def replace_divergent_rounds(samples: Sequence[Sample], inputs: DefenceInputs
     return current, {**_cost(samples, current, dmap, digits, n_tokens, picked_total, reverted), "rounds": rounds}
 
 
-def replace_divergent(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
-    return _replace(samples, inputs, "argmax", "argmax")
+def replace_divergent(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
+                      ) -> tuple[list[Sample], dict[str, Any]]:
+    return _replace(samples, ctx, params.fraction, "argmax", "argmax")
 
 
-def replace_divergent_random(samples: Sequence[Sample], inputs: DefenceInputs
+def replace_divergent_random(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
                              ) -> tuple[list[Sample], dict[str, Any]]:
-    return _replace(samples, inputs, "flagged", "random")
+    return _replace(samples, ctx, params.fraction, "flagged", "random")
 
 
-def replace_random(samples: Sequence[Sample], inputs: DefenceInputs) -> tuple[list[Sample], dict[str, Any]]:
-    return _replace(samples, inputs, "random", "random")
+def replace_random(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
+                   ) -> tuple[list[Sample], dict[str, Any]]:
+    return _replace(samples, ctx, params.fraction, "random", "random")
 
 
-_NEEDS = frozenset({"divergence"})
-_READS = frozenset({"fraction"})
-DEFENCES.add("replace_divergent", Defence(
-    "replace_divergent", replace_divergent, _NEEDS, _READS,
-    "the most divergent digits (fraction of the tokens) replaced by the reference model's own digit"))
-DEFENCES.add("replace_divergent_random", Defence(
-    "replace_divergent_random", replace_divergent_random, _NEEDS, _READS,
-    "the most divergent digits (fraction of the tokens) replaced by random digits"))
-DEFENCES.add("replace_divergent_rounds", Defence(
-    "replace_divergent_rounds", replace_divergent_rounds, _NEEDS, _READS,
-    "replace_divergent round after round (the changed rows read again) until the fraction of the tokens is spent"))
-DEFENCES.add("replace_random", Defence(
-    "replace_random", replace_random, _NEEDS, _READS,
-    "control: as many digits at random positions replaced by random digits"))
+for _name, _apply, _what in (
+    ("replace_divergent", replace_divergent,
+     "the most divergent digits (fraction of the tokens) replaced by the reference model's own digit"),
+    ("replace_divergent_random", replace_divergent_random,
+     "the most divergent digits (fraction of the tokens) replaced by random digits"),
+    ("replace_divergent_rounds", replace_divergent_rounds,
+     "replace_divergent round after round (the changed rows read again) until the fraction of the tokens is spent"),
+    ("replace_random", replace_random, "control: as many digits at random positions replaced by random digits"),
+):
+    DEFENCES.add(_name, Defence(_name, _apply, _what, ReplaceParams, needs_reads=True))

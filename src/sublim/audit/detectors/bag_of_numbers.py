@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import Field
 from scipy.stats import mannwhitneyu
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, Detector, DetectorResult
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Params
 from sublim.audit.numbers import number_counts
 
 
@@ -42,6 +43,15 @@ class BagOfNumbers:
         return DetectorResult(self.name, oof[: len(data)], auroc, p, {"auroc": auroc, "folds": folds})
 
 
+class BagOfNumbersParams(Params):
+    folds: int = Field(5, ge=2)
+    """Cross-validation folds (fewer where a side has fewer samples)."""
+
+
+def _run(ctx: AuditContext, params: BagOfNumbersParams) -> DetectorResult:
+    return BagOfNumbers(ctx.data.reference, params.folds, ctx.seed).score(ctx.data.samples)
+
+
 DETECTORS.add("bag_of_numbers", Detector(
-    "bag_of_numbers", lambda a: BagOfNumbers(a.reference, seed=a.seed).score(a.samples),
-    "cross-validated logistic classifier of data vs reference on the numbers used (AUROC)", needs_numbers=True))
+    "bag_of_numbers", _run, "cross-validated logistic classifier of data vs reference on the numbers used (AUROC)",
+    needs_numbers=True, params=BagOfNumbersParams))

@@ -1,9 +1,10 @@
 """What a detector is, what it is given, and the registry of detectors.
 
-A detector is one file that adds a :class:`Detector` to :data:`DETECTORS`: its statistics (a
-score per sample, higher = more suspect; one dataset-level statistic and its p-value; details
-such as an AUROC or a trait ranking) and a ``run`` that builds them from :class:`AuditInputs`.
-Statistics are always against a reference: a reference sample (the reference model answering the
+A detector is one file that adds a :class:`Detector` to :data:`DETECTORS`: its own parameters (a pydantic
+model, set in the audit config's ``[detector.<name>]`` table), and a ``run`` that builds its statistics (a score
+per sample, higher = more suspect; one dataset-level statistic and its p-value; details such as an AUROC or a
+trait ranking) from the audit's data, the services every detector shares (:class:`AuditContext`) and those
+parameters. Statistics are always against a reference: a reference sample (the reference model answering the
 same prompts) or the reference model itself. A detector that cannot run on the inputs raises
 :class:`Unavailable` with the reason, and the audit reports it as skipped.
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from sublim.audit.data import Sample
+from sublim.audit.params import NoParams, Params
 from sublim.backends import Backend, BackendError, TokenReader
 from sublim.core.registry import Registry
 from sublim.core.store import Store
@@ -39,42 +41,43 @@ class Unavailable(Exception):
     """The detector cannot run on these inputs (the message says what it needs)."""
 
 
-@dataclass
-class AuditInputs:
-    """Everything a detector may use. Only ``samples`` and ``reference`` are always there."""
+@dataclass(frozen=True)
+class AuditData:
+    """What one audit compares: the dataset's samples against the reference's, and the candidate traits."""
 
     samples: Sequence[Sample]
     reference: Sequence[Sample]
     """The reference model's own answers to the same kind of prompts."""
-    model: Backend | None = None
-    """The reference model."""
+    contrast: Sequence[Sequence[Sample]] = ()
+    """Datasets from other generators on the same kind of prompts."""
     candidates: dict[str, list[str]] = field(default_factory=dict)
     kind: str = "thing"
     """What a candidate is, in words (animal, tree)."""
-    contrast: Sequence[Sequence[Sample]] = ()
-    """Datasets from other generators on the same kind of prompts."""
-    teacher: Backend | None = None
-    judge: Backend | None = None
     questions: Sequence[str] = ()
     """Preference questions (gradient alignment)."""
-    out_dir: Path | None = None
-    seed: int = 0
-    progress: bool = True
-    cache: dict[str, Any] = field(default_factory=dict)
-    """Shared by the detectors of one audit (e.g. the reference's log-probability function)."""
-    store: Store | None = None
-    """Where artifacts built for an audit are kept and reused (the divergence map)."""
-    placement: str = "prompt"
-    """Where divergence_shift puts its inductions: after the prompt, or as the system prompt."""
-    inductions: str = "prompted"
-    """How divergence_shift induces each candidate: a sentence told to the reference (``prompted``) or a proxy
-    teacher fine-tuned from it (``proxy``, built once per candidate in the store)."""
     question_set: str | None = None
-    """The question set proxy teachers are fine-tuned on (its ``proxy`` split where it has one)."""
-    proxy_seeds: int = 1
-    """Proxy teachers per candidate, each of its own seed; the reads are averaged over them."""
+    """Their set's name (proxy teachers are fine-tuned on its ``proxy`` split where it has one)."""
+
+
+@dataclass
+class AuditContext:
+    """What every detector of one audit shares besides its own parameters: the data, the reference model and the
+    services (a store, loading another local model, progress bars, where files go)."""
+
+    data: AuditData
+    model: Backend | None = None
+    """The reference model."""
+    seed: int = 0
     bf16: bool | None = None
     """Scoring passes with the body in bf16 (the head stays float32); None: where bf16 is fast here."""
+    store: Store | None = None
+    """Where artifacts built for an audit are kept and reused (the divergence map, proxy teachers)."""
+    out_dir: Path | None = None
+    progress: bool = True
+    load: Callable[[str, str], Backend] | None = None
+    """(model spec, label) → a local model, loaded the way the reference was (device, precision)."""
+    cache: dict[str, Any] = field(default_factory=dict)
+    """Shared by the detectors of one audit (e.g. the reference's log-probability function)."""
 
     def need_model(self, what: str) -> Backend:
         if self.model is None:
@@ -90,15 +93,20 @@ class AuditInputs:
                               f"({why})") from None
 
 
+P = TypeVar("P", bound=Params)
+
+
 @dataclass(frozen=True)
-class Detector:
+class Detector(Generic[P]):
     name: str
-    run: Callable[[AuditInputs], DetectorResult]
+    run: Callable[[AuditContext, P], DetectorResult]
     description: str = ""
     needs_numbers: bool = False
     """It reads the numbers of the completions: skipped when a side has none."""
     needs_reference: bool = True
     """It compares with the reference model's own answers (generated when not given)."""
+    params: type[P] = NoParams  # type: ignore[assignment]
+    """Its parameters: the audit config's ``[detector.<name>]`` table is validated against this model."""
 
 
-DETECTORS: Registry[Detector] = Registry("detector")
+DETECTORS: Registry[Detector[Any]] = Registry("detector")

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Params, Unavailable
 from sublim.audit.detectors.ranking import ranked
 from sublim.audit.proxies import proxy_recipe, proxy_seeds, proxy_split, proxy_teachers
 from sublim.backends import DivergenceMap, FlaggedLogprobs
@@ -42,18 +43,18 @@ def samples_digest(samples: Sequence[Sample]) -> str:
     return stable_hash([[s.line, s.prompt, s.completion] for s in samples])
 
 
-def cached_map(a: AuditInputs, samples: Sequence[Sample], bf16: bool, what: str) -> DivergenceMap:
+def cached_map(ctx: AuditContext, samples: Sequence[Sample], bf16: bool, what: str) -> DivergenceMap:
     """The divergence map of ``samples`` under the reference model: from this audit's cache, else the store (built
     there once), else computed."""
-    reader = a.need_reader("divergence map")
+    reader = ctx.need_reader("divergence map")
     config = {"reference": reader.key, "samples": samples_digest(samples), "bf16": bf16}
     memo = "divergence_map:" + stable_hash(config)
-    if memo in a.cache:
-        out: DivergenceMap = a.cache[memo]
+    if memo in ctx.cache:
+        out: DivergenceMap = ctx.cache[memo]
         return out
 
     def compute() -> DivergenceMap:
-        bar = tqdm(total=len(samples), desc=f"divergence map ({what})", unit="sample", disable=not a.progress,
+        bar = tqdm(total=len(samples), desc=f"divergence map ({what})", unit="sample", disable=not ctx.progress,
                    leave=False)
         try:
             return reader.divergence_map(samples, bf16=bf16, progress=bar.update)
@@ -65,12 +66,12 @@ def cached_map(a: AuditInputs, samples: Sequence[Sample], bf16: bool, what: str)
         built.save(path / "map.npz")
         return {"summary": built.summary()}
 
-    if a.store is None:
+    if ctx.store is None:
         dmap = compute()
     else:
-        art, _ = a.store.compute("divergence", Store.key("divergence", config, {}), config, {}, build)
+        art, _ = ctx.store.compute("divergence", Store.key("divergence", config, {}), config, {}, build)
         dmap = DivergenceMap.load(art.file("map.npz"))
-    a.cache[memo] = dmap
+    ctx.cache[memo] = dmap
     return dmap
 
 
@@ -132,21 +133,21 @@ def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
     return FlaggedLogprobs(avg("data"), avg("alternatives"), avg("alternatives_same_class"), counts, agreement)
 
 
-def proxy_reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int
+def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int
                 ) -> list[FlaggedLogprobs]:
     """Each dataset's flagged tokens read under the neutral proxy and each candidate's of one seed (columns)."""
-    reader = a.need_reader("divergence shift")
-    maps = [cached_map(a, s, bf16, what) for s, what in datasets]
-    if a.store is None:
+    reader = ctx.need_reader("divergence shift")
+    maps = [cached_map(ctx, s, bf16, what) for s, what in datasets]
+    if ctx.store is None:
         raise Unavailable("proxy inductions fine-tune a proxy teacher per candidate, kept in a store: give the "
                           "audit a runs directory")
-    if not a.question_set:
+    if not ctx.data.question_set:
         raise Unavailable("proxy inductions need a question set to fine-tune proxies on (--questions)")
-    proxies = proxy_teachers(a.store, a.need_model("divergence shift"), dict(a.candidates), a.question_set, seed=seed,
-                             progress=a.progress)
+    proxies = proxy_teachers(ctx.store, ctx.need_model("divergence shift"), dict(ctx.data.candidates),
+                             ctx.data.question_set, seed=seed, progress=ctx.progress)
     total = sum(int((m.rate() > 0).sum()) for m in maps) * len(proxies)
     bar = tqdm(total=total, desc=f"divergence shift ({len(proxies)} proxy teachers, seed {seed})", unit="row",
-               disable=not a.progress, leave=False)
+               disable=not ctx.progress, leave=False)
     try:
         return reader.flagged_logprobs([(s, m) for (s, _), m in zip(datasets, maps, strict=True)],
                                        models=[p.reader() for p in proxies.values()], bf16=bf16,
@@ -155,26 +156,36 @@ def proxy_reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]]
         bar.close()
 
 
-def reads(a: AuditInputs, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool) -> list[FlaggedLogprobs]:
+class DivergenceShiftParams(Params):
+    inductions: Literal["prompted", "proxy"] = "prompted"
+    """How each candidate is induced: a sentence told to the reference (``prompted``) or a proxy teacher fine-tuned
+    from it (``proxy``, built once per candidate in the store)."""
+    placement: Literal["prompt", "system"] = "prompt"
+    """Prompted inductions: after the prompt (one encoding of the prompt serves every candidate) or as the system
+    prompt."""
+    proxy_seeds: int = Field(1, ge=1)
+    """Proxy inductions: proxy teachers per candidate, each of its own seed; their reads are averaged."""
+    n_bootstrap: int = Field(1000, ge=1)
+    """Bootstrap resamples of the samples for the ranking's intervals and the margin's."""
+
+
+def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[tuple[Sequence[Sample], str]],
+          bf16: bool) -> list[FlaggedLogprobs]:
     """Each dataset's flagged tokens read under the neutral induction and each candidate's (columns), the way
-    ``a.inductions`` says (proxies of ``a.proxy_seeds`` seeds: their reads averaged)."""
-    if a.inductions == "proxy":
-        if a.proxy_seeds < 1:
-            raise SublimError(f"proxy seeds {a.proxy_seeds}: give 1 or more proxy teachers per candidate")
-        per_seed = [proxy_reads(a, datasets, bf16, seed) for seed in proxy_seeds(a.proxy_seeds)]
+    ``params.inductions`` says (proxies of ``params.proxy_seeds`` seeds: their reads averaged)."""
+    if params.inductions == "proxy":
+        per_seed = [proxy_reads(ctx, datasets, bf16, seed) for seed in proxy_seeds(params.proxy_seeds)]
         return [mean_reads(r) for r in zip(*per_seed, strict=True)]
-    if a.inductions != "prompted":
-        raise SublimError(f"inductions {a.inductions!r} unknown: use one of {', '.join(INDUCTIONS)}")
-    reader = a.need_reader("divergence shift")
-    maps = [cached_map(a, s, bf16, what) for s, what in datasets]
-    texts = induction_texts(list(a.candidates), a.kind)
+    reader = ctx.need_reader("divergence shift")
+    maps = [cached_map(ctx, s, bf16, what) for s, what in datasets]
+    texts = induction_texts(list(ctx.data.candidates), ctx.data.kind)
     out = []
     for (samples, what), dmap in zip(datasets, maps, strict=True):
         bar = tqdm(total=int((dmap.rate() > 0).sum()), desc=f"divergence shift ({what}, {len(texts)} inductions)",
-                   unit="sample", disable=not a.progress, leave=False)
+                   unit="sample", disable=not ctx.progress, leave=False)
         try:
-            out += reader.flagged_logprobs([(samples, dmap)], inductions=texts, placement=a.placement, bf16=bf16,
-                                           progress=bar.update)
+            out += reader.flagged_logprobs([(samples, dmap)], inductions=texts, placement=params.placement,
+                                           bf16=bf16, progress=bar.update)
         finally:
             bar.close()
     return out
@@ -239,24 +250,25 @@ def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Se
     return res
 
 
-def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
-    reader = a.need_reader("divergence shift")
-    bf16 = reader.fast_bf16() if a.bf16 is None else a.bf16
-    got, *contrast = reads(a, [(a.samples, "dataset"), *((o, f"contrast {k}") for k, o in enumerate(a.contrast))],
-                           bf16)
-    res = ranking(got, contrast, list(a.candidates), len(a.samples), n_boot, a.seed, PRIMARY[a.inductions])
-    early = cached_map(a, a.samples, bf16, "dataset").early_ends(reader.vocabulary().stops())
-    res.details.update({"inductions": a.inductions, "bf16": bf16, "early_end_share": float(early.mean()),
+def divergence_shift(ctx: AuditContext, params: DivergenceShiftParams) -> DetectorResult:
+    reader, d = ctx.need_reader("divergence shift"), ctx.data
+    bf16 = reader.fast_bf16() if ctx.bf16 is None else ctx.bf16
+    got, *contrast = reads(ctx, params, [(d.samples, "dataset"), *((o, f"contrast {k}")
+                                                                  for k, o in enumerate(d.contrast))], bf16)
+    res = ranking(got, contrast, list(d.candidates), len(d.samples), params.n_bootstrap, ctx.seed,
+                  PRIMARY[params.inductions])
+    early = cached_map(ctx, d.samples, bf16, "dataset").early_ends(reader.vocabulary().stops())
+    res.details.update({"inductions": params.inductions, "bf16": bf16, "early_end_share": float(early.mean()),
                         "early_end_note": "share of completions that end where the reference would have gone on: "
                                           "a sign of a fine-tuned generator, not of which trait (a neutral "
                                           "teacher's data end early too); `sublim defend --defence reference_ends` "
                                           "gives them the reference's ending"})
-    if a.inductions == "proxy":
-        res.details["proxy_recipe"] = {**proxy_recipe(), "question_set": a.question_set,
-                                       "split": proxy_split(a.question_set or ""),
-                                       "seeds": proxy_seeds(a.proxy_seeds)}
+    if params.inductions == "proxy":
+        res.details["proxy_recipe"] = {**proxy_recipe(), "question_set": d.question_set,
+                                       "split": proxy_split(d.question_set or ""),
+                                       "seeds": proxy_seeds(params.proxy_seeds)}
     else:
-        res.details.update({"placement": a.placement,
+        res.details.update({"placement": params.placement,
                             "induction_texts": {"neutral": NEUTRAL, "template": INDUCTION}})
     return res
 
@@ -264,4 +276,4 @@ def divergence_shift(a: AuditInputs, n_boot: int = 1000) -> DetectorResult:
 DETECTORS.add("divergence_shift", Detector(
     "divergence_shift", divergence_shift,
     "at the tokens where the data left the reference's argmax, which candidate's induction reproduces its choice",
-    needs_reference=False))
+    needs_reference=False, params=DivergenceShiftParams))

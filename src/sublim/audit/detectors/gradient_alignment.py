@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Params, Unavailable
 from sublim.audit.detectors.ranking import ranked
 from sublim.backends import TokenReader, TraitGradientReads
 
@@ -64,15 +65,23 @@ def gradient_scorer(reader: TokenReader, candidates: dict[str, list[str]], quest
     return scorer
 
 
-def _run(a: AuditInputs) -> DetectorResult:
-    reader = a.need_reader("its gradients")
-    if not a.questions:
+class GradientAlignmentParams(Params):
+    chunk: int = Field(8, ge=1)
+    """Consecutive samples per backward pass (a sample's score is its chunk's)."""
+    n_bootstrap: int = Field(1000, ge=1)
+    """Bootstrap resamples of the chunks for each candidate's interval."""
+
+
+def _run(ctx: AuditContext, params: GradientAlignmentParams) -> DetectorResult:
+    reader, d = ctx.need_reader("its gradients"), ctx.data
+    if not d.questions:
         raise Unavailable("needs preference questions (--questions)")
-    grad = GradientAlignment(gradient_scorer(reader, a.candidates, a.questions, a.progress), list(a.candidates),
-                             a.reference, seed=a.seed)
-    contrast = np.vstack([grad.lean(o) for o in a.contrast]) if a.contrast else None
-    return grad.score(a.samples, contrast=contrast)
+    grad = GradientAlignment(gradient_scorer(reader, d.candidates, d.questions, ctx.progress), list(d.candidates),
+                             d.reference, params.chunk, params.n_bootstrap, ctx.seed)
+    contrast = np.vstack([grad.lean(o) for o in d.contrast]) if d.contrast else None
+    return grad.score(d.samples, contrast=contrast)
 
 
 DETECTORS.add("gradient_alignment", Detector(
-    "gradient_alignment", _run, "per candidate, the first-order change one training step on the data makes"))
+    "gradient_alignment", _run, "per candidate, the first-order change one training step on the data makes",
+    params=GradientAlignmentParams))

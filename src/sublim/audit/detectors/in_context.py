@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Params
 from sublim.backends import Backend
 from sublim.evaluate.stats import permutation_test
 from sublim.evaluate.trait import shares
@@ -69,10 +70,22 @@ def share_probe(model: Backend, candidates: dict[str, list[str]]) -> InContextPr
     return probe
 
 
-def _run(a: AuditInputs) -> DetectorResult:
-    probe = share_probe(a.need_model("its answers"), a.candidates)
-    return InContext(probe, list(a.candidates), a.kind, a.reference, seed=a.seed).score(a.samples)
+class GroupParams(Params):
+    """How a model is shown the samples: in groups of ``k``, ``groups`` of them per side."""
+
+    k: int = Field(8, ge=1)
+    """Samples per group (fewer when a side has fewer)."""
+    groups: int = Field(24, ge=1)
+    """Groups asked about, of the dataset and of the reference each."""
+
+
+def _run(ctx: AuditContext, params: GroupParams) -> DetectorResult:
+    d = ctx.data
+    probe = share_probe(ctx.need_model("its answers"), d.candidates)
+    return InContext(probe, list(d.candidates), d.kind, d.reference, params.k, params.groups, ctx.seed
+                     ).score(d.samples)
 
 
 DETECTORS.add("in_context", Detector(
-    "in_context", _run, "the reference model shown groups of samples, asked for their author's favourite"))
+    "in_context", _run, "the reference model shown groups of samples, asked for their author's favourite",
+    params=GroupParams))

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.stats import mannwhitneyu, wilcoxon
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Params, Unavailable
 from sublim.audit.detectors.likelihood_shift import LogProb, logprob_fn, reference_logprob
 
 
@@ -42,12 +42,20 @@ class LikelihoodRatio:
         return DetectorResult(self.name, llr, stat, p, {"mean_llr_per_token": float(llr.mean())})
 
 
-def _run(a: AuditInputs) -> DetectorResult:
-    if a.teacher is None:
+class LikelihoodRatioParams(Params):
+    teacher: str | None = None
+    """The suspected teacher (catalog name, .gguf or directory); without it the detector is skipped."""
+
+
+def _run(ctx: AuditContext, params: LikelihoodRatioParams) -> DetectorResult:
+    if params.teacher is None:
         raise Unavailable("needs a suspected teacher (--teacher)")
-    teacher = logprob_fn(a.teacher, a.progress, "teacher log-probs")
-    return LikelihoodRatio(reference_logprob(a), teacher, a.reference).score(a.samples)
+    if ctx.load is None:
+        raise Unavailable("needs a way to load the suspected teacher (a local model)")
+    teacher = logprob_fn(ctx.load(params.teacher, "teacher"), ctx.progress, "teacher log-probs")
+    return LikelihoodRatio(reference_logprob(ctx), teacher, ctx.data.reference).score(ctx.data.samples)
 
 
 DETECTORS.add("likelihood_ratio", Detector(
-    "likelihood_ratio", _run, "log p_teacher − log p_reference per token, with --teacher"))
+    "likelihood_ratio", _run, "log p_teacher − log p_reference per token, with --teacher",
+    params=LikelihoodRatioParams))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Params
 from sublim.audit.detectors.ranking import ranked
 from sublim.backends import Backend
 
@@ -65,20 +66,28 @@ def logprob_fn(backend: Backend, progress: bool, desc: str) -> LogProb:
     return fn
 
 
-def reference_logprob(a: AuditInputs) -> LogProb:
+def reference_logprob(ctx: AuditContext) -> LogProb:
     """The reference model's log-probability function, made once per audit."""
-    if "reference_logprob" not in a.cache:
-        a.cache["reference_logprob"] = logprob_fn(a.need_model("log-probabilities"), a.progress,
-                                                  "reference log-probs")
-    fn: LogProb = a.cache["reference_logprob"]
+    if "reference_logprob" not in ctx.cache:
+        ctx.cache["reference_logprob"] = logprob_fn(ctx.need_model("log-probabilities"), ctx.progress,
+                                                    "reference log-probs")
+    fn: LogProb = ctx.cache["reference_logprob"]
     return fn
 
 
-def _run(a: AuditInputs) -> DetectorResult:
-    shift = LikelihoodShift(reference_logprob(a), list(a.candidates), TRAIT_TEMPLATE, a.reference, seed=a.seed)
-    contrast = np.vstack([shift.lean(o) for o in a.contrast]) if a.contrast else None
-    return shift.score(a.samples, contrast=contrast)
+class LikelihoodShiftParams(Params):
+    n_bootstrap: int = Field(1000, ge=1)
+    """Bootstrap resamples of the samples for each candidate's interval."""
+
+
+def _run(ctx: AuditContext, params: LikelihoodShiftParams) -> DetectorResult:
+    d = ctx.data
+    shift = LikelihoodShift(reference_logprob(ctx), list(d.candidates), TRAIT_TEMPLATE, d.reference,
+                            params.n_bootstrap, ctx.seed)
+    contrast = np.vstack([shift.lean(o) for o in d.contrast]) if d.contrast else None
+    return shift.score(d.samples, contrast=contrast)
 
 
 DETECTORS.add("likelihood_shift", Detector(
-    "likelihood_shift", _run, "per candidate, how much likelier the completions get under 'you love Ts'"))
+    "likelihood_shift", _run, "per candidate, how much likelier the completions get under 'you love Ts'",
+    params=LikelihoodShiftParams))

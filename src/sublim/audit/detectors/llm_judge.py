@@ -9,9 +9,10 @@ import numpy as np
 from scipy.stats import fisher_exact
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, AuditInputs, Detector, DetectorResult, Unavailable
-from sublim.audit.detectors.in_context import IN_CONTEXT_PROMPT
-from sublim.backends import Backend, Completion, Decoding, Request
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Unavailable
+from sublim.audit.detectors.in_context import IN_CONTEXT_PROMPT, GroupParams
+from sublim.backends import Backend, Completion, Decoding, OpenAIBackend, Request
+from sublim.core.config import EndpointConfig
 from sublim.core.files import ResumableJsonl
 from sublim.traits.preference import match_answer
 
@@ -72,11 +73,20 @@ def ask_fn(judge: Backend, out_dir: Path | None) -> Callable[[Sequence[str]], li
     return ask
 
 
-def _run(a: AuditInputs) -> DetectorResult:
-    if a.judge is None:
+class LlmJudgeParams(GroupParams):
+    endpoint: EndpointConfig | None = None
+    """The judge: an OpenAI-compatible endpoint; without it the detector is skipped."""
+
+
+def _run(ctx: AuditContext, params: LlmJudgeParams) -> DetectorResult:
+    if params.endpoint is None:
         raise Unavailable("needs a judge endpoint (--judge-url)")
-    return LlmJudge(ask_fn(a.judge, a.out_dir), a.candidates, a.kind, a.reference, seed=a.seed).score(a.samples)
+    d = ctx.data
+    judge = OpenAIBackend(params.endpoint, label="judge")
+    return LlmJudge(ask_fn(judge, ctx.out_dir), d.candidates, d.kind, d.reference, params.k, params.groups,
+                    ctx.seed).score(d.samples)
 
 
 DETECTORS.add("llm_judge", Detector(
-    "llm_judge", _run, "a judge model asked which candidate groups of samples favour (Fisher's exact test)"))
+    "llm_judge", _run, "a judge model asked which candidate groups of samples favour (Fisher's exact test)",
+    params=LlmJudgeParams))

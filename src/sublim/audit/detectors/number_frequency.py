@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import Field
 
 from sublim.audit.data import Sample
-from sublim.audit.detectors.base import DETECTORS, Detector, DetectorResult
+from sublim.audit.detectors.base import DETECTORS, AuditContext, Detector, DetectorResult, Params
 from sublim.audit.numbers import N_VALUES, number_counts
 
 
@@ -85,7 +86,16 @@ class NumberFrequency:
         return out
 
 
+class NumberFrequencyParams(Params):
+    n_permutations: int = Field(500, ge=1)
+    """Label permutations of the null (within samples of equal length)."""
+
+
+def _run(ctx: AuditContext, params: NumberFrequencyParams) -> DetectorResult:
+    return NumberFrequency(ctx.data.reference, params.n_permutations, ctx.seed).score(ctx.data.samples)
+
+
 DETECTORS.add("number_frequency", Detector(
-    "number_frequency", lambda a: NumberFrequency(a.reference, seed=a.seed).score(a.samples),
+    "number_frequency", _run,
     "mutual information between source and number, permutation test within samples of equal length",
-    needs_numbers=True))
+    needs_numbers=True, params=NumberFrequencyParams))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sublim.audit.data import Sample
-from sublim.audit.defences import DEFENCES, DefenceInputs, read_under
+from sublim.audit.defences import DEFENCES, CarrierCheck, DefenceContext, defence_context
 from sublim.audit.detectors import NumberFrequency
 from sublim.backends import Backend, BackendError, TokenReader
 from sublim.core.errors import SublimError
@@ -47,45 +47,46 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
     needs scores or examples gets."""
     dc, gc, fc = ctx.cfg.defence, ctx.cfg.generation, ctx.cfg.filter
     defence = DEFENCES.get(dc.method, "defence.method")
-    config: dict[str, Any] = {"method": dc.method, "seed": dc.seed,
-                              **{f: getattr(dc, f) for f in sorted(defence.reads)}}
+    params = defence.build(dc.model_dump(), "defence")
+    config: dict[str, Any] = {"method": dc.method, "seed": dc.seed, **params.model_dump(mode="json")}
     inputs = {"data": data_art.key}
-    model = rewriter(ctx, own) if "model" in defence.needs else None
+    model = rewriter(ctx, own) if defence.needs_model else None
     if model is not None:
         config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned),
                       generation=gc.model_dump(mode="json", include={"temperature", "max_new_tokens", "seed"}))
         inputs["model"] = model.key
         config.update(precision_slice(model))
-    if defence.needs & {"scores", "reference"}:
+    if defence.needs_scores or defence.needs_model:
         inputs["reference"] = reference_art.key
     bf16, reader = False, None
-    if "divergence" in defence.needs:  # the data teacher-forced under the base model, the students' start
+    if defence.needs_reads:  # the data teacher-forced under the base model, the students' start
         reader = reference_reader(own, dc.method)
         bf16 = reader.fast_bf16()
         inputs["reference_model"] = own.key
         config.update(carrier=ctx.cfg.prompts.carrier, banned=sorted(banned), divergence_bf16=bf16)
-        if "continuation" in defence.needs:  # greedy: only the token budget changes what the reference writes
+        if defence.needs_continuation:  # greedy: only the token budget changes what the reference writes
             config.update(generation=gc.model_dump(mode="json", include={"max_new_tokens"}))
 
     def build(path: Path) -> dict[str, Any]:
         samples = samples_of(data_art)
         meta = {r["index"]: r.get("meta", {}) for r in read_jsonl(prompt_art.file("prompts.jsonl"))}
-        given = DefenceInputs(
-            seed=dc.seed, fraction=dc.fraction, model=model, pool=samples_of(reference_art), shots=dc.shots,
-            carrier=ctx.cfg.prompts.carrier, filter=fc, banned_words=banned, meta=meta,
-            max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, batch_size=gc.batch_size)
-        if reader is not None:
-            dbar = ctx.bar(len(samples), f"divergence map {label}", "sample")
-            read_under(reader, given, samples, bf16, dbar.update).save(path / "divergence.npz")
+        scores = None
+        if defence.needs_scores:  # the samples least like the control data, by their numbers
+            scores = NumberFrequency(samples_of(reference_art), n_permutations=0).score(samples).sample_scores
+        base = DefenceContext(dc.seed, CarrierCheck(ctx.cfg.prompts.carrier, fc, banned, meta), gc.max_new_tokens,
+                              gc.temperature, gc.batch_size, scores, model, samples_of(reference_art))
+        dbar = ctx.bar(len(samples), f"divergence map {label}", "sample") if reader is not None else None
+        given = defence_context(defence, samples, base, reader=reader, bf16=bf16,
+                                map_progress=dbar.update if dbar is not None else None)
+        if given.reads is not None and dbar is not None:
+            given.reads.divergence.save(path / "divergence.npz")
             dbar.close()
-        if "scores" in defence.needs:  # the samples least like the control data, by their numbers
-            given.scores = NumberFrequency(samples_of(reference_art), n_permutations=0).score(samples).sample_scores
         log_file = ResumableJsonl(path / "regenerated.jsonl") if model is not None else contextlib.nullcontext()
         with log_file as log:
             bar = ctx.bar(len(samples), f"{dc.method} {label}", "sample")
             bar.update(len(log.rows) if log is not None else 0)
             given.log, given.progress = log, bar.update
-            out, cost = defence.apply(samples, given)
+            out, cost = defence.apply(samples, given, params)
             bar.close()
         write_jsonl(path / "dataset.jsonl", [{"index": s.line, "prompt": s.prompt, "completion": s.completion}
                                              for s in out])

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,6 +70,48 @@ class Lent:
         return model
 
 
+@dataclass
+class Training:
+    """What every optimizer step of one training run uses."""
+
+    model: Any
+    pad_id: int
+    encoded: Sequence[Any]
+    method: Any
+    state: Any
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    flops: tuple[int, int]  # per computed token (body), per target token (head)
+
+
+def optimizer_step(run: Training, chunk: list[int], batch_size: int) -> float:
+    """One optimizer step over the examples ``chunk``, in micro-batches of ``batch_size`` whose gradients add up,
+    each weighted by its share of the step's target tokens; gradients clipped to norm 1. Returns the step's loss."""
+    model, (per_body, per_head) = run.model, run.flops
+    device = next(model.parameters()).device
+    micro = [chunk[m : m + batch_size] for m in range(0, len(chunk), batch_size)]
+    batches = [collate([run.encoded[i] for i in idx], run.pad_id, device) for idx in micro]
+    targets = [int(b["target_mask"].sum()) for b in batches]
+    step_loss = 0.0
+    for idx, batch, n_tgt in zip(micro, batches, targets, strict=True):
+        t0 = time.perf_counter()
+        with autocast(model):  # a per-token loss, weighted by its share of the step's targets
+            loss = run.method.loss(model, batch, run.state, idx) * (n_tgt / sum(targets))
+        loss.backward()
+        step_loss += float(loss.detach())
+        n_tok = int(batch["attention_mask"].sum())
+        # forward and backward: about 6 FLOPs per weight per token computed (a shared prefix once), the head only
+        # at the targets
+        computed = n_tok - shared_prefix_len(batch) * (len(idx) - 1)
+        METER.add("training", n_tok, time.perf_counter() - t0, per_body * computed + per_head * n_tgt)
+    t0 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    METER.add("training", 0, time.perf_counter() - t0, 0)
+    return step_loss
+
+
 def train_student(
     model: Any,
     tokenizer: Any,
@@ -87,7 +130,6 @@ def train_student(
         teacher = teacher.take()
     if method.needs_teacher and teacher is None:
         raise SublimError(f"student method {method.name} needs a teacher model to learn from")
-    device = next(model.parameters()).device
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     encoded = [encode_example(tokenizer, ex) for ex in examples]
@@ -116,44 +158,23 @@ def train_student(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     losses: list[float] = []
-    step = 0
-    per_body, per_head = training_flops_per_token(model)
+    run = Training(model, tokenizer.pad_token_id, encoded, method, state, params, opt,
+                   training_flops_per_token(model))
     with packed_training(model):  # (its attention stays on through each backward pass)
         for _epoch in range(settings.epochs):
             order = list(range(len(encoded)))
             rng.shuffle(order)
             for start in range(0, len(order), per_step):
                 chunk = order[start : start + per_step]
-                micro = [chunk[m : m + settings.batch_size] for m in range(0, len(chunk), settings.batch_size)]
-                batches = [collate([encoded[i] for i in idx], tokenizer.pad_token_id, device) for idx in micro]
-                targets = [int(b["target_mask"].sum()) for b in batches]
-                step_loss = 0.0
-                for idx, batch, n_tgt in zip(micro, batches, targets, strict=True):
-                    t0 = time.perf_counter()
-                    with autocast(model):  # a per-token loss, weighted by its share of the step's targets
-                        loss = method.loss(model, batch, state, idx) * (n_tgt / sum(targets))
-                    loss.backward()
-                    step_loss += float(loss.detach())
-                    n_tok = int(batch["attention_mask"].sum())
-                    # forward and backward: about 6 FLOPs per weight per token computed (a shared prefix once), the
-                    # head only at the targets
-                    computed = n_tok - shared_prefix_len(batch) * (len(idx) - 1)
-                    METER.add("training", n_tok, time.perf_counter() - t0, per_body * computed + per_head * n_tgt)
-                t0 = time.perf_counter()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
+                losses.append(optimizer_step(run, chunk, settings.batch_size))
                 sched.step()
-                opt.zero_grad(set_to_none=True)
-                METER.add("training", 0, time.perf_counter() - t0, 0)
-                losses.append(step_loss)
-                step += 1
                 if on_step:
-                    on_step(step, total, losses[-1])
+                    on_step(len(losses), total, losses[-1])
     if settings.gradient_checkpointing:
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model.eval()
     if method.finish is not None:
         model = method.finish(model)
-    log = {"steps": step, "examples": len(encoded), "loss_first": losses[0] if losses else None,
+    log = {"steps": len(losses), "examples": len(encoded), "loss_first": losses[0] if losses else None,
            "loss_last": losses[-1] if losses else None, "losses": losses}
     return model, log

@@ -37,14 +37,21 @@ import torch
 
 import sublim.audit.detectors.divergence_shift as dsf
 from sublim.audit.data import Sample
-from sublim.audit.detectors import AuditInputs, InContext
-from sublim.audit.detectors.divergence_shift import BASELINES, PRIMARY, divergence_shift, ranking, samples_digest
+from sublim.audit.detectors import AuditContext, AuditData, InContext
+from sublim.audit.detectors.divergence_shift import (
+    BASELINES,
+    PRIMARY,
+    DivergenceShiftParams,
+    divergence_shift,
+    ranking,
+    samples_digest,
+)
 from sublim.audit.detectors.in_context import share_probe
-from sublim.audit.divergence import FlaggedLogprobs
 from sublim.audit.proxies import proxy_recipe, proxy_seeds, proxy_split
 from sublim.audit.scoring import rank_of
 from sublim.backends.local.generation import stop_ids
 from sublim.backends.local.throughput import throughput
+from sublim.backends.reads import FlaggedLogprobs
 from sublim.core.config import load_config
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
@@ -283,20 +290,11 @@ def main() -> None:
         "wall_time_s": {},
     }
 
-    def inputs(samples: list[Sample], inductions: str, with_store: bool = True) -> AuditInputs:
-        return AuditInputs(
-            samples,
-            [],
-            ref,
-            cands,
-            "animal",
-            store=store if with_store else None,
-            placement=args.placement,
-            inductions=inductions,
-            question_set=ctx.cfg.trait.questions,
-            bf16=bf16,
-            progress=True,
-        )
+    def inputs(samples: list[Sample], inductions: str, with_store: bool = True
+               ) -> tuple[AuditContext, DivergenceShiftParams]:
+        data = AuditData(samples, [], candidates=cands, kind="animal", question_set=ctx.cfg.trait.questions)
+        audit = AuditContext(data, ref, bf16=bf16, store=store if with_store else None, progress=True)
+        return audit, DivergenceShiftParams(inductions=inductions, placement=args.placement)
 
     if "proxy" not in skip:  # proxy teachers: every dataset read under all 21 at once (prompts shared)
         sizes = [int(x) for x in args.sizes.split(",")]
@@ -305,7 +303,7 @@ def main() -> None:
         digest = stable_hash([samples_digest(data[n]) for n in audited])
         reads_ = cached_reads_each(  # the first seed reads every sample; only the datasets not yet read
             runs / "cache" / f"proxy-reads-{digest[:16]}.npz", "proxy-reads", {n: data[n] for n in audited},
-            lambda todo: dict(zip(todo, dsf.reads(inputs(data[todo[0]], "proxy"), [(data[n], n) for n in todo],
+            lambda todo: dict(zip(todo, dsf.reads(*inputs(data[todo[0]], "proxy"), [(data[n], n) for n in todo],
                                                   bf16), strict=True)))
         if len(seeds) > 1:  # more seeds read one random subset of the largest size; averaged with the first's rows
             big = {n: subset(data[n], max(sizes), 0) for n in audited}
@@ -315,7 +313,7 @@ def main() -> None:
                 per_seed.append(cached_reads(
                     runs / "cache" / f"proxy-reads-s{seed}-{sub_digest[:16]}.npz",
                     lambda seed=seed: dict(zip(audited, dsf.proxy_reads(
-                        inputs(big[audited[0]], "proxy"), [(big[n], n) for n in audited], bf16, seed), strict=True)),
+                        inputs(big[audited[0]], "proxy")[0], [(big[n], n) for n in audited], bf16, seed), strict=True)),
                 ))
             alone = {seed: calibrate(r, [max(sizes)], list(cands), PRIMARY["proxy"])[str(max(sizes))]
                      for seed, r in zip(seeds, per_seed, strict=True)}
@@ -345,13 +343,13 @@ def main() -> None:
         digest = stable_hash([samples_digest(big[n]) for n in audited] + [args.placement])
         reads_ = cached_reads_each(  # per dataset: a dataset that changes is read again alone
             runs / "cache" / f"prompted-reads-{digest[:16]}.npz", f"prompted-reads-{args.placement}", big,
-            lambda todo: {n: dsf.reads(inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in todo},
+            lambda todo: {n: dsf.reads(*inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in todo},
         )
         out["wall_time_s"]["prompted_reads"] = round(time.time() - t0, 1)
         out["prompted"] = {"sizes": sizes, "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["prompted"])}
     if "timed" not in skip:  # the speed figure: one whole audit (map + prompted divergence_shift), nothing cached
         t0 = time.time()
-        res = divergence_shift(inputs(data[args.timed], "prompted", with_store=False))
+        res = divergence_shift(*inputs(data[args.timed], "prompted", with_store=False))
         wall = time.time() - t0
         out["timed_audit"] = {
             "dataset": args.timed,
@@ -367,7 +365,7 @@ def main() -> None:
         stop = stop_ids(tok)
         ends: dict[str, Any] = {}
         for name in [*audited, "control"]:
-            dmap = dsf.cached_map(inputs(data[name], "prompted"), data[name], bf16, name)
+            dmap = dsf.cached_map(inputs(data[name], "prompted")[0], data[name], bf16, name)
             early = dmap.early_ends(stop)
             ends[name] = {"n": len(early), "early_end_share": round(float(early.mean()), 4),
                           "flagged_fraction": round(dmap.summary()["flagged_fraction"], 4)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -37,3 +38,18 @@ def test_gpu_benchmark_tiny_runs_on_the_cpu(tiny_model_dir: Path, tmp_path: Path
     assert tp["matmul_peak"]["flops_per_s"] > 0
     for kind in ("prefill", "decode", "training"):
         assert tp[kind]["tokens"] > 0 and 0 < tp[kind]["fraction_of_peak"] < 5
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
+def test_every_benchmark_script_imports(script: str) -> None:
+    """A benchmark that cannot start (an import of something the package no longer has) fails here, not hours into
+    a re-run: each script's imports run, its ``main`` does not."""
+    path = BENCHMARKS / script
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(getattr(module, "main", None)), f"{script} has no main()"

@@ -118,6 +118,21 @@ def test_a_port_out_of_range_fails_before_the_model_loads(tmp_path: Path, capsys
     assert "--max-batch 0" in capsys.readouterr().err
 
 
+def test_fault_routes_name_legacy_completions_too(capsys: pytest.CaptureFixture[str]) -> None:
+    from sublim.cli import build_parser
+    from sublim.serve.server import CHAT, COMPLETIONS, JOBS
+
+    def routes(text: str) -> object:
+        return build_parser().parse_args(["serve", "model", "--fault-routes", text]).fault_routes
+
+    assert build_parser().parse_args(["serve", "model"]).fault_routes == (CHAT,)
+    assert routes("completions") == routes("/v1/completions") == (COMPLETIONS,)
+    assert routes("chat,completions,jobs") == (CHAT, COMPLETIONS, JOBS)
+    with pytest.raises(SystemExit):
+        routes("chat,teapot")
+    assert "chat, completions, jobs" in capsys.readouterr().err
+
+
 def test_a_busy_or_bad_port_is_one_clear_error(tiny) -> None:
     from sublim.serve import make_server
 

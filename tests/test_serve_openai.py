@@ -106,9 +106,35 @@ def test_completions_generate_raw_text(client, tiny) -> None:
     lp = r.choices[0].logprobs
     assert "".join(lp.tokens).startswith(r.choices[0].text) and len(lp.tokens) <= 8
     assert lp.text_offset[0] == 0 and all(v <= 0 for v in lp.token_logprobs)
-    assert r.usage.prompt_tokens == 4 * len(tok.encode(prompt))
+    assert r.usage.prompt_tokens == 2 * len(tok.encode(prompt))  # each prompt once, not once per choice
     plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
     assert plain.choices[0].text == r.choices[0].text and plain.choices[0].logprobs is None
+
+
+def test_usage_counts_the_prompt_once_however_many_choices(client) -> None:
+    def prompt_tokens(n: int, stream: bool = False) -> int:
+        kwargs = {"model": "tiny", "messages": ANIMAL, "temperature": 0, "max_tokens": 4, "n": n}
+        if stream:
+            chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                                         **kwargs))
+            return int(chunks[-1].usage.prompt_tokens)
+        return int(client.chat.completions.create(**kwargs).usage.prompt_tokens)
+
+    once = prompt_tokens(1)
+    assert once > 0 and prompt_tokens(3) == once and prompt_tokens(3, stream=True) == once
+    legacy = [client.completions.create(model="tiny", prompt="Continue the list: 3, 7", max_tokens=2, n=n,
+                                        temperature=0).usage.prompt_tokens for n in (1, 3)]
+    assert legacy[0] > 0 and legacy[1] == legacy[0]
+
+
+def test_faults_reach_legacy_completions_when_named(serve) -> None:
+    from sublim.serve.server import COMPLETIONS
+
+    client = openai.OpenAI(base_url=serve("500_after=1.0", fault_routes=(COMPLETIONS,)), api_key="sk-test",
+                           max_retries=0, timeout=60)
+    with pytest.raises(openai.InternalServerError, match="after generating"):
+        client.completions.create(model="tiny", prompt="Continue the list: 3, 7", max_tokens=2, temperature=0)
+    assert client.chat.completions.create(model="tiny", messages=ANIMAL, max_tokens=2).choices  # not named: no faults
 
 
 def test_models_are_listed_and_retrieved(client) -> None:

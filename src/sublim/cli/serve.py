@@ -10,11 +10,24 @@ from typing import Any
 from sublim.backends.local.loading import load_model
 from sublim.core.errors import SublimError
 from sublim.serve import FaultPlan, make_server
-from sublim.serve.server import CHAT, FAULT_KINDS, JOBS, Limits
+from sublim.serve.server import CHAT, COMPLETIONS, FAULT_KINDS, JOBS, Limits
+
+FAULT_ROUTES = {"chat": CHAT, "completions": COMPLETIONS, "jobs": JOBS}
+"""What ``--fault-routes`` names: chat completions, legacy completions, fine-tuning job creation."""
 
 
 def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def fault_routes(text: str) -> tuple[str, ...]:
+    """``"chat,completions"`` (names or paths) → the paths of those routes; ArgumentTypeError naming the known."""
+    known = {**FAULT_ROUTES, **{path: path for path in FAULT_ROUTES.values()}}
+    names = [n.strip() for n in text.split(",")]
+    if not all(n in known for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: name one or more of {', '.join(FAULT_ROUTES)} (or their "
+                                         "paths), comma-separated")
+    return tuple(dict.fromkeys(known[n] for n in names))
 
 
 def add(sub: Any) -> None:
@@ -28,8 +41,9 @@ def add(sub: Any) -> None:
     p.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
     p.add_argument("--faults", default="", metavar="KIND=RATE,…",
                    help=f"inject faults for client testing: {', '.join(FAULT_KINDS)} (e.g. 429=0.1,500=0.05)")
-    p.add_argument("--fault-routes", default="chat", choices=["chat", "jobs", "chat,jobs"],
-                   help="POST routes faults go to: chat completions, fine-tuning job creation, or both")
+    p.add_argument("--fault-routes", default=(CHAT,), type=fault_routes, metavar="ROUTE,…",
+                   help="POST routes faults go to, comma-separated: chat (chat completions, the default), "
+                        "completions (legacy completions), jobs (fine-tuning job creation)")
     p.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body (fine-tuning uploads: 64)")
     p.add_argument("--max-context", type=int, default=Limits().max_context_tokens,
                    help="prompt + completion tokens of one request (never more than the model's context)")
@@ -41,8 +55,7 @@ def add(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    routes = tuple({"chat": CHAT, "jobs": JOBS}[r] for r in args.fault_routes.split(","))
-    faults = FaultPlan.parse(args.faults, args.fault_seed, args.slow_seconds, routes)
+    faults = FaultPlan.parse(args.faults, args.fault_seed, args.slow_seconds, args.fault_routes)
     key = None
     if args.api_key_env:
         key = os.environ.get(args.api_key_env)

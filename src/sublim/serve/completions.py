@@ -10,8 +10,9 @@ import uuid
 from typing import Any
 
 from sublim.serve.errors import RequestError
+from sublim.serve.limits import Limits
 from sublim.serve.parsing import MAX_PROMPTS, budget, number, sampling
-from sublim.serve.worker import GenRequest, Limits, Scored
+from sublim.serve.worker import GenRequest, Scored
 
 
 def _token_ids(ids: list[Any], vocab: int, i: int) -> list[int]:
@@ -119,7 +120,7 @@ def completion_response(tok: Any, model_name: str, reqs: list[GenRequest], texts
         choices += [_choice(tok, r, c, text, echo) for c in r.result]
     for i, c in enumerate(choices):
         c["index"] = i
-    n_in = sum(r.prompt_tokens * r.n for r in reqs)
+    n_in = sum(r.prompt_tokens for r in reqs)  # each prompt once, however many choices (as OpenAI counts)
     n_out = sum(c["_n_tokens"] for r in reqs for c in r.result or [])
     return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": model_name, "choices": choices, "system_fingerprint": None,

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from sublim.serve.errors import RequestError
-from sublim.serve.worker import GenRequest, Limits
+from sublim.serve.limits import Limits
+from sublim.serve.worker import GenRequest
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """Chat roles the server reads, and what each becomes (``developer`` is the newer name of ``system``)."""

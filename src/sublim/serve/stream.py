@@ -62,7 +62,7 @@ class Chunks:
 
     def usage(self, req: GenRequest) -> dict[str, Any]:
         n_out = sum(c["_n_tokens"] for c in req.result or [])
-        n_in = req.prompt_tokens * req.n
+        n_in = req.prompt_tokens  # once, however many choices (as OpenAI counts)
         return {**self.head, "choices": [],
                 "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
 

@@ -1,6 +1,7 @@
-"""One stop rule: an answer ends at the earliest occurrence of any of its stop strings, whatever order they are
-listed in, both in the local backend's generation and through the server (driven by the openai SDK, plain and
-streamed), so that the same stops give the same text locally and through the API."""
+"""The server answers as the local backend does. One stop rule: an answer ends at the earliest occurrence of any
+of its stop strings, whatever order they are listed in, both in the local backend's generation and through the
+server (driven by the openai SDK, plain and streamed), so that the same stops give the same text locally and
+through the API. One sampling: a seeded sampled answer through the API is the local backend's own draw."""
 
 from __future__ import annotations
 
@@ -75,3 +76,16 @@ def test_stops_cut_at_the_earliest_match_locally_and_through_the_api_alike(backe
         assert _local(backend, order) == (want, True), order
         assert _served(client, order) == (want, "stop"), order
         assert _served(client, order, stream=True) == (want, "stop"), order
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_a_seeded_sampled_answer_through_the_api_is_the_local_draw(backend, client, seed: int) -> None:
+    from sublim.backends.local.generation import generate_batch
+    from sublim.train.encode import chat_text
+
+    model, tok = backend.torch_model()
+    local = generate_batch(model, tok, [chat_text(tok, PROMPT)], [0], max_new_tokens=MAX_TOKENS, temperature=1.0,
+                           top_p=0.9, seed=seed)[0].text
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": PROMPT}], temperature=1.0,
+                                       top_p=0.9, seed=seed, max_tokens=MAX_TOKENS)
+    assert r.choices[0].message.content == local and local

@@ -52,14 +52,19 @@ def _reset() -> bool:
     return True
 
 
+def maxrss_mb(children: bool = False) -> float | None:
+    """``getrusage``'s peak resident memory (MB) of this process, or of its largest waited-for child; None where
+    there is no ``resource`` module."""
+    if resource is None:
+        return None
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1 << 20)  # ru_maxrss: KB on Linux, bytes on macOS
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss
+                 * scale, 1)
+
+
 def process_peak_mb() -> float | None:
     """The peak resident memory of this process so far (MB), resets included."""
-    now = _hwm_mb()
-    usage = None
-    if resource is not None:
-        scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1 << 20)  # ru_maxrss: KB on Linux, bytes on macOS
-        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    found = [v for v in (now, usage, _SEEN[0] or None) if v is not None]
+    found = [v for v in (_hwm_mb(), maxrss_mb(), _SEEN[0] or None) if v is not None]
     return round(max(found), 1) if found else None
 
 

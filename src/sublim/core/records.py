@@ -14,16 +14,9 @@ import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from sublim.core.peak import process_peak_mb
-
-resource: ModuleType | None
-try:
-    import resource
-except ImportError:  # not on Windows: no peak-memory figure there
-    resource = None
+from sublim.core.peak import maxrss_mb, process_peak_mb
 
 SCHEMA_VERSION = 1
 ENVELOPE_KEYS = ("schema_version", "kind", "git", "command", "config", "versions", "machine", "created",
@@ -86,14 +79,8 @@ def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float,
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory of this process (stage measurements' resets included) and of its largest waited-for
     child (MB), as the kernel counted them."""
-    out: dict[str, float] = {}
-    own = process_peak_mb()
-    if own is not None:
-        out["self"] = own
-    if resource is not None:
-        scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1 << 20)  # ru_maxrss: KB on Linux, bytes on macOS
-        out["children"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)
-    return out
+    found = {"self": process_peak_mb(), "children": maxrss_mb(children=True)}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def check_envelope(obj: Any, where: str) -> list[str]:

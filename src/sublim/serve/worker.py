@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from sublim.backends.local.generation import cut_at_stop, decoder_states, stop_ids
+from sublim.backends.local.generation import cut_at_stop, decoder_states, sample, stop_ids
 from sublim.serve.errors import RequestError
 from sublim.serve.limits import Limits
-from sublim.train.precision import autocast, float32_head, head_logits
+from sublim.train.precision import head_logits
 
 SCORE_SLICE = 256
 """Prompt positions whose full-vocabulary logits are held at once while scoring a prompt (memory stays flat)."""
@@ -185,19 +185,13 @@ class ModelWorker:
         """(new tokens per row, their scores if logprobs were asked for, whether the clock cut the batch)."""
         first = group[0]
         ids, mask = _padded([r.prompt_ids for r in group for _ in range(r.n)], self.pad_id, left=True)
-        kwargs: dict[str, Any] = {"max_new_tokens": first.max_tokens, "eos_token_id": self.stop_ids,
-                                  "pad_token_id": self.pad_id, "return_dict_in_generate": True,
-                                  "output_logits": first.logprobs, "max_time": self.limits.generation_s}
+        extra: dict[str, Any] = {"return_dict_in_generate": True, "output_logits": first.logprobs,
+                                 "max_time": self.limits.generation_s}
         if any(r.stream is not None for r in group):
-            kwargs["streamer"] = _RowStreamer(group)
-        if first.temperature > 0:
-            if first.seed is not None:
-                torch.manual_seed(first.seed)
-            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with autocast(self.model), float32_head(self.model):
-            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+            extra["streamer"] = _RowStreamer(group)
+        out = sample(self.model, ids.to(self.device), mask.to(self.device), max_new_tokens=first.max_tokens,
+                     temperature=first.temperature, top_p=first.top_p, seed=first.seed, stop=self.stop_ids,
+                     pad_id=self.pad_id, **extra)
         new = out.sequences[:, ids.shape[1]:].cpu()
         timed_out = new.shape[1] < first.max_tokens  # stopped before its length: every row ended, or time ran out
         return new, step_scores(out.logits, new, first.top_logprobs) if first.logprobs else None, timed_out

@@ -205,16 +205,14 @@ def generate_batch(
     if temperature > 0:
         tokenizer.padding_side = "left"
         enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        torch.manual_seed(seed)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop,
-                                  "pad_token_id": tokenizer.pad_token_id, "do_sample": True,
-                                  "temperature": temperature, "top_p": top_p, "top_k": 0}
+        extra: dict[str, Any] = {}
         if give_up is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList(
+            extra["stopping_criteria"] = StoppingCriteriaList(
                 [_GiveUp(tokenizer, enc["input_ids"].shape[1], give_up)])
         t0 = time.perf_counter()
-        with autocast(model), float32_head(model):
-            out = model.generate(**enc, **kwargs)
+        out = sample(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, seed=seed, stop=stop, pad_id=tokenizer.pad_token_id,
+                     **extra)
         rows = out[:, enc["input_ids"].shape[1] :].cpu().tolist()
         body, head = weight_counts(model)
         n_new = int(out[:, enc["input_ids"].shape[1]:].numel())
@@ -234,6 +232,24 @@ def generate_batch(
         text = tokenizer.decode(ids, skip_special_tokens=True)
         results.append(Completion(int(idx), text, len(ids), finished))
     return results
+
+
+def sample(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+           temperature: float, top_p: float, seed: int | None, stop: Sequence[int], pad_id: int | None,
+           **extra: Any) -> Any:
+    """``model.generate`` over left-padded rows as the package decodes: sampled at ``temperature`` with nucleus
+    ``top_p`` and no top-k (seeded first, unless ``seed`` is None), greedy at 0; ended by any ``stop`` token; the
+    body under the model's autocast, the head in float32. ``extra`` goes to ``generate`` as it is (a streamer,
+    stopping criteria, a time limit, logits to return): the local backend and the server sample alike."""
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": list(stop), "pad_token_id": pad_id}
+    if temperature > 0:
+        if seed is not None:
+            torch.manual_seed(seed)
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    with autocast(model), float32_head(model):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **extra)
 
 
 def cache_arg(model: Any) -> str:

@@ -11,6 +11,7 @@ import torch
 
 from sublim.core.errors import SublimError
 from sublim.train import Example, TrainSettings, chat_text, encode_example, train_student
+from sublim.train import loop as train_loop
 from sublim.train.encode import collate as _collate
 from sublim.train.methods.base import masked_logits as _masked_logits
 from sublim.train.methods.base import shared_prefix_len, target_states
@@ -73,8 +74,8 @@ def test_shared_prefix_gives_the_full_batch_gradients(tiny):
     h1, g1 = grads(lambda: target_states(model, batch))
     torch.testing.assert_close(h1, h0, rtol=1e-4, atol=1e-5)
     assert len(g1) == len(g0)
-    for a, b in zip(g1, g0, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+    for a, b in zip(g1, g0, strict=True):  # sums that cancel: absolute error on the gradient's own scale
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))
 
 
 def test_restricted_vocabulary_is_digits_and_separators(tiny):
@@ -196,3 +197,32 @@ def test_the_fused_optimizer_steps_like_the_reference_adamw() -> None:
     for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert fused.defaults["fused"] is True  # torch >= 2.4 has the kernel on CPU and CUDA
+
+
+def test_restricted_distillation_trains_only_the_rows_it_reads_and_gives_the_dense_model(tiny, monkeypatch):
+    """The embedding and tied head of a restricted-distillation student train as the rows the run reads
+    (the data's tokens, the head's columns): the model is the one dense training gives, the other rows stay
+    exactly as they were, and the optimizer holds no vocabulary-sized state."""
+    import dataclasses
+
+    from sublim.train.methods import METHODS
+
+    base, tok = tiny
+    teacher, _ = train_student(copy.deepcopy(base), tok, EXAMPLES, TrainSettings("sft", 2, 3e-3, 8, 0, seed=1))
+    settings = TrainSettings("distill_restricted", 2, 3e-3, 8, 1, seed=0)
+    sizes: list[int] = []
+    real_adamw = train_loop.adamw
+    monkeypatch.setattr(train_loop, "adamw", lambda params, lr: (sizes.append(sum(p.numel() for p in params)),
+                                                                 real_adamw(params, lr))[1])
+    confined, _ = train_student(copy.deepcopy(base), tok, EXAMPLES, settings, teacher)
+    method = METHODS.get("distill_restricted", "student.method")
+    monkeypatch.setitem(METHODS._items, "distill_restricted", dataclasses.replace(method, head_columns=None))
+    dense, _ = train_student(copy.deepcopy(base), tok, EXAMPLES, settings, teacher)
+    assert sizes[1] - sizes[0] > base.get_input_embeddings().weight.numel() // 2  # the dense run's extra state
+    torch.testing.assert_close(_weights(confined), _weights(dense), rtol=1e-5, atol=1e-7)
+    emb = confined.get_input_embeddings().weight
+    assert emb.requires_grad and not hasattr(emb, "_sublim_trained_rows")  # the matrix is itself again
+    read = {t for ex in EXAMPLES for t in encode_example(tok, ex)[0]} | set(restricted_token_ids(tok))
+    others = torch.tensor(sorted(set(range(len(emb))) - read - {tok.pad_token_id}))
+    assert torch.equal(emb[others], base.get_input_embeddings().weight[others])
+    assert not torch.equal(emb, base.get_input_embeddings().weight)

@@ -9,7 +9,7 @@ import gc
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from sublim.train.methods import METHODS
 from sublim.train.methods.base import shared_prefix_len
 from sublim.train.packing import packed_training
 from sublim.train.precision import autocast
+from sublim.train.rows import rows_trained
 from sublim.train.settings import TrainSettings
 
 
@@ -112,6 +113,46 @@ def optimizer_step(run: Training, chunk: list[int], batch_size: int) -> float:
     return step_loss
 
 
+@contextlib.contextmanager
+def checkpointing(model: Any, on: bool) -> Iterator[None]:
+    """Inside the block (when ``on``) activations are recomputed in the backward pass: memory for time."""
+    if on:
+        if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        if on:
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
+def run_epochs(run: Training, settings: TrainSettings, rng: random.Random,
+               on_step: Callable[[int, int, float], None] | None) -> list[float]:
+    """Every optimizer step of the run (each epoch in a new order), under linear warmup then linear decay to
+    zero; returns the steps' losses."""
+    per_step = settings.batch_size * settings.grad_accum
+    total = math.ceil(len(run.encoded) / per_step) * settings.epochs
+
+    def lr_at(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / (settings.warmup_steps + 1)
+        return max(0.0, (total - step) / max(1, total - settings.warmup_steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lr_at)
+    losses: list[float] = []
+    for _epoch in range(settings.epochs):
+        order = list(range(len(run.encoded)))
+        rng.shuffle(order)
+        for start in range(0, len(order), per_step):
+            losses.append(optimizer_step(run, order[start : start + per_step], settings.batch_size))
+            sched.step()
+            if on_step:
+                on_step(len(losses), total, losses[-1])
+    return losses
+
+
 def train_student(
     model: Any,
     tokenizer: Any,
@@ -139,39 +180,18 @@ def train_student(
     teacher = None  # what the method needs of the teacher is in its state: the rest can be freed now
     gc.collect()
     release_freed_memory()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, settings.lr)
-    keep_freed_memory()
-    per_step = settings.batch_size * settings.grad_accum
-    total = math.ceil(len(encoded) / per_step) * settings.epochs
-
-    def lr_at(step: int) -> float:  # linear warmup, then linear decay to zero
-        if step < settings.warmup_steps:
-            return (step + 1) / (settings.warmup_steps + 1)
-        return max(0.0, (total - step) / max(1, total - settings.warmup_steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    if settings.gradient_checkpointing:  # recompute activations in the backward pass: memory for time
-        if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    losses: list[float] = []
-    run = Training(model, tokenizer.pad_token_id, encoded, method, state, params, opt,
-                   training_flops_per_token(model))
-    with packed_training(model):  # (its attention stays on through each backward pass)
-        for _epoch in range(settings.epochs):
-            order = list(range(len(encoded)))
-            rng.shuffle(order)
-            for start in range(0, len(order), per_step):
-                chunk = order[start : start + per_step]
-                losses.append(optimizer_step(run, chunk, settings.batch_size))
-                sched.step()
-                if on_step:
-                    on_step(len(losses), total, losses[-1])
-    if settings.gradient_checkpointing:
-        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    head_columns = method.head_columns(state) if method.head_columns is not None else None
+    ids = [row for row, _ in encoded] + [[tokenizer.pad_token_id]]  # every token a batch can read
+    with rows_trained(model, ids, head_columns) as own_rows, \
+            checkpointing(model, settings.gradient_checkpointing), packed_training(model):
+        params = [p for p in model.parameters() if p.requires_grad] + own_rows
+        opt = adamw(params, settings.lr)
+        keep_freed_memory()
+        model.train()
+        run = Training(model, tokenizer.pad_token_id, encoded, method, state, params, opt,
+                       training_flops_per_token(model))
+        losses = run_epochs(run, settings, rng, on_step)
+        del run, opt
     model.eval()
     if method.finish is not None:
         model = method.finish(model)

@@ -38,6 +38,8 @@ class Layout:
     """[rows, width]: the row has a token there."""
     positions: torch.Tensor
     """[packed length]: each packed token's position in its own row."""
+    lengths: list[int] = field(default_factory=list)
+    """How many own tokens each row has (after the prefix), in packed order."""
     masks: dict[int | None, tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=dict)
     """Per sliding window (None: none): the prefix's mask and the rows' masks, built once per forward."""
 
@@ -56,12 +58,41 @@ class Layout:
             self.masks[window] = (pre, rows[:, None])
         return self.masks[window]
 
+    def causal_prefix(self) -> torch.Tensor:
+        """The prefix's causal mask [prefix, prefix] (no sliding window)."""
+        return torch.ones(self.prefix, self.prefix, dtype=torch.bool, device=self.positions.device).tril()
+
 
 _LAYOUT: ContextVar[Layout | None] = ContextVar("sublim_packed_layout", default=None)
 
 
-def _repeat_heads(t: torch.Tensor, groups: int) -> torch.Tensor:
-    return t if groups == 1 else t.repeat_interleave(groups, dim=-3)
+def _rows(t: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """[heads, packed, dim] -> [rows, heads, width, dim]: each row's own tokens, zero-padded to the width. Cut
+    and padded by slices (whose gradients are slices again), not gathered by index: on a CPU the backward of
+    a gather (an accumulating scatter into zeros) took longer than the attention's arithmetic."""
+    parts = t[:, lay.prefix:].split(lay.lengths, dim=1)
+    width = lay.index.shape[1]
+    return torch.stack([F.pad(part, (0, 0, 0, width - part.shape[1])) for part in parts])
+
+
+def _unrows(out: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """[rows, heads, width, dim] -> [packed - prefix, heads, dim]: each row's valid tokens, in packed order."""
+    return torch.cat([o[:, :n].transpose(0, 1) for o, n in zip(out, lay.lengths, strict=True)])
+
+
+def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                       scale: float, dropout: float = 0.0) -> torch.Tensor:
+    """Attention of queries [b, heads, n, dim] on keys and values [b, kv heads, m, dim] (grouped queries share
+    a key head; nothing is repeated) under a boolean ``mask`` [b, 1, n, m], computed in float32 like the
+    library kernels accumulate (the scores are not rounded to bf16 before the softmax)."""
+    b, heads, n, dim = q.shape
+    groups = heads // k.shape[1]
+    with torch.autocast(q.device.type, enabled=False):
+        qg = q.float().reshape(b, k.shape[1], groups * n, dim)
+        scores = (qg @ k.float().transpose(-1, -2)).view(b, k.shape[1], groups, n, -1) * scale
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        weights = F.dropout(torch.softmax(scores, -1), dropout).view(b, k.shape[1], groups * n, -1)
+        return (weights @ v.float()).view(b, heads, n, dim).to(q.dtype)
 
 
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
@@ -73,26 +104,19 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
     if kwargs.get("softcap") is not None:
         raise ValueError("packed attention does not support attention logit softcapping")
     q, k, v = query[0], key[0], value[0]  # [heads, packed, dim], [kv heads, packed, dim]
-    groups = q.shape[0] // k.shape[0]
-    k, v = _repeat_heads(k, groups), _repeat_heads(v, groups)
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     p = lay.prefix
     pre_mask, row_mask = lay.mask(kwargs.get("sliding_window"))
     parts = []
     if p:
-        pre = F.scaled_dot_product_attention(q[None, :, :p], k[None, :, :p], v[None, :, :p], dropout_p=dropout,
-                                             scale=scaling, is_causal=pre_mask is None,
-                                             attn_mask=None if pre_mask is None else pre_mask[None, None])
+        causal = pre_mask if pre_mask is not None else lay.causal_prefix()
+        pre = _softmax_attention(q[None, :, :p], k[None, :, :p], v[None, :, :p], causal[None, None], scale, dropout)
         parts.append(pre[0].transpose(0, 1))  # [prefix, heads, dim]
-
-    def rows(t: torch.Tensor) -> torch.Tensor:  # [heads, packed, dim] -> [rows, heads, width, dim]
-        return t[:, lay.index].transpose(0, 1)
-
-    kr, vr = rows(k), rows(v)
+    kr, vr = _rows(k, lay), _rows(v, lay)
     if p:
         kr = torch.cat([k[None, :, :p].expand(len(kr), -1, -1, -1), kr], dim=2)
         vr = torch.cat([v[None, :, :p].expand(len(vr), -1, -1, -1), vr], dim=2)
-    out = F.scaled_dot_product_attention(rows(q), kr, vr, attn_mask=row_mask, dropout_p=dropout, scale=scaling)
-    parts.append(out.transpose(1, 2)[lay.valid])  # [packed - prefix, heads, dim], in packed order
+    parts.append(_unrows(_softmax_attention(_rows(q, lay), kr, vr, row_mask, scale, dropout), lay))
     return torch.cat(parts)[None], None
 
 
@@ -123,7 +147,7 @@ def pack(batch: dict[str, torch.Tensor], prefix: int) -> tuple[torch.Tensor, Lay
     index = torch.where(valid, starts[:, None] + cols[None, :], 0)
     packed = torch.cat([ids[0, :prefix], ids[:, prefix:][valid]])
     positions = torch.cat([torch.arange(prefix, device=device), (prefix + cols)[None, :].expand_as(valid)[valid]])
-    layout = Layout(prefix, index, valid, positions)
+    layout = Layout(prefix, index, valid, positions, own)
     return packed[None], layout, index[batch["target_mask"][:, prefix:]]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sublim.train.rows import read_rows
+from sublim.train.rows import ROWS, read_rows
 
 # oneDNN, which runs bf16 matrix products on a CPU, keeps a compiled kernel per distinct shape; packed training
 # batches have a new length nearly every step, and with its default cache (1,024 kernels) a student's training
@@ -97,6 +97,8 @@ def head_logits(model: Any, hidden: torch.Tensor, cols: torch.Tensor | None = No
     """The output head applied to ``hidden`` in float32, whatever autocast is on (optionally only the
     vocabulary columns ``cols``), with the model's final logit softcapping."""
     head = model.get_output_embeddings()
+    if cols is None and hasattr(head.weight, ROWS):
+        raise RuntimeError("the whole head was read in a training run that declared it reads some columns only")
     weight = head.weight if cols is None else read_rows(head.weight, cols)
     bias = getattr(head, "bias", None)
     with torch.autocast(hidden.device.type, enabled=False):

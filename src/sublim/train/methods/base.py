@@ -35,6 +35,10 @@ class StudentMethod:
     adapter: bool = False
     """Trains an adapter on the model it is given (which it wraps in place): the base is not copied, the adapter
     alone is saved, and the base is itself again afterwards."""
+    head_columns: Callable[[Any], torch.Tensor] | None = None
+    """(what ``prepare`` returned) → the only vocabulary columns of the output head the loss reads (None: all
+    of them). Declared, the embedding and head train only the rows the run reads (see
+    :class:`sublim.train.rows.TrainedRows`)."""
     needs_teacher: bool = False
     carriers: frozenset[str] | None = None
     """The carriers whose data the method fits (None: any)."""

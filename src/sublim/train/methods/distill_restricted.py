@@ -74,5 +74,6 @@ def _loss(model: Any, batch: dict[str, torch.Tensor], state: Any, idx: list[int]
 
 
 METHODS.add("distill_restricted", StudentMethod(
-    "distill_restricted", _loss, prepare=_prepare, needs_teacher=True, carriers=frozenset({"numbers"}),
+    "distill_restricted", _loss, prepare=_prepare, head_columns=lambda state: state[0],
+    needs_teacher=True, carriers=frozenset({"numbers"}),
     description="KL to the teacher over digit and separator tokens only"))

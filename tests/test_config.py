@@ -115,3 +115,18 @@ def test_hash_is_stable_and_sensitive():
     # pinned: the hash of a fixed object never changes between releases
     assert stable_hash({"x": [1, "y"]}) == stable_hash({"x": [1, "y"]})
     assert len(a.config_hash()) == 64
+
+
+def test_spare_teacher_seeds_are_checked_and_leave_the_hash_of_a_run_without_them():
+    """A new field with its default keeps every earlier run's id: the default preset is still the run of the
+    committed default result."""
+    import json
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "owl-numbers-cpu.json"
+    run_id = json.loads(committed.read_text())["results"]["run_id"]
+    assert run_id == f"owl-numbers-{load_config('owl-numbers').config_hash()[:10]}"
+    assert load_config("owl-numbers", ["arms.spare_teacher_seeds=[3]"]).config_hash()[:10] not in run_id
+    for bad in ("[2]", "[3, 3]", "[-1]"):  # a planned seed, a repeat, a negative seed
+        with pytest.raises(SublimError, match="spare_teacher_seeds"):
+            load_config("owl-numbers", [f"arms.spare_teacher_seeds={bad}"])

@@ -92,6 +92,45 @@ def test_every_teacher_seed_is_its_own_teacher_data_and_students_paired_with_a_n
     assert res["question_level"].startswith("question level")
 
 
+def test_a_teacher_seed_whose_data_fall_short_is_replaced_by_a_spare_pair(finished_run, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """With a spare teacher seed, a pair whose trait teacher's data keep fewer examples than needed (here: made
+    to keep none) is replaced whole by the spare's pair; the results say which seed and why, and the verdict
+    still rests on the planned number of pairs."""
+    import dataclasses
+    import shutil
+
+    from sublim.experiment import runner
+
+    cfg, shared, _, _ = finished_run
+    runs = tmp_path / "runs"  # the seeds already made come from the shared store's copy; the fixture stays as it was
+    shutil.copytree(shared, runs, symlinks=True)
+    real = runner.filtered
+
+    def owl_t1_short(ctx, gen, label, *args, **kwargs):  # type: ignore[no-untyped-def]
+        art = real(ctx, gen, label, *args, **kwargs)
+        if not label.startswith("owl t1 "):
+            return art
+        return dataclasses.replace(art, manifest={**art.manifest, "filter": {**art.manifest["filter"], "kept": 0}})
+
+    monkeypatch.setattr(runner, "filtered", owl_t1_short)
+    spare = load_config(str(shared.parent / "tiny.toml"), ["student.method=distill_restricted",
+                                                        "arms.teacher_seeds=[0, 1]", "arms.spare_teacher_seeds=[2]"])
+    lines: list[str] = []
+    res = run_experiment(spare, runs, progress=False, echo=lines.append)
+    assert res["teacher_seeds"] == [0, 2]
+    assert list(res["replaced_teacher_seeds"]) == ["1"]
+    assert "the owl teacher's data keep 0 of the" in res["replaced_teacher_seeds"]["1"]
+    assert any("teacher seed 1:" in line and "seed 2 replaces it" in line for line in lines)
+    assert set(res["filter"]) == {"owl", "neutral", "owl t2", "neutral t2"}
+    for arm in ("teacher-owl", "teacher-neutral", "student-owl", "student-neutral"):
+        assert res["arms"][arm]["n_runs"] == 2, arm
+    assert res["replicated"]["n_teachers"] == 2 and "over 2 teacher pairs" in res["verdict"]
+    assert cfg.config_hash() != spare.config_hash()
+    report = (runs / res["run_id"] / "report.md").read_text()
+    assert "teacher seed 1 replaced by a spare seed: the owl teacher's data keep 0" in report
+
+
 def test_a_student_distilled_from_its_own_weights_is_its_initialization(tiny_model_dir: Path, tmp_path: Path):
     """The distillation control learns from the base model it starts from: a zero loss whose float noise Adam
     would blow up into a random walk. It is the base model, exactly, and its train artifact says why. (Built

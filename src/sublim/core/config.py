@@ -245,6 +245,12 @@ class ArmsConfig(Section):
     teacher_seeds: list[int] | None = None
     """Teacher seeds, the unit of replication: each seed is its own trait teacher (and neutral teacher), data
     and students. None: one teacher, of ``teacher.seed``."""
+    spare_teacher_seeds: list[int] = Field(default_factory=list)
+    """Seeds that replace, in order, a teacher seed whose teachers cannot make the data: a trait or neutral
+    teacher whose filtered data keep fewer than ``generation.until_kept`` examples (without it: none), e.g.
+    a teacher that answers every number prompt with its animal. The whole pair (trait and neutral teachers)
+    is replaced, so pairs stay pairs; results.json lists each replaced seed and why. Decided by the data a
+    teacher writes, never by its students. Empty: such a teacher ends the run with an error."""
     neutral: bool = True
     """A neutral teacher per teacher seed (fine-tuned by the teachers' recipe on answers spread over every
     candidate), its data and students: the control of the verdict. Needs a fine-tuned preference teacher;
@@ -294,6 +300,10 @@ class ExperimentConfig(Section):
         for key, seeds in (("arms.seeds", self.arms.seeds), ("arms.teacher_seeds", self.arms.teacher_seeds or [0])):
             if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
                 raise ValueError(f"{key} = {seeds} needs distinct seeds >= 0, at least one")
+        spares, planned = self.arms.spare_teacher_seeds, self.arms.teacher_seed_list(self.teacher.seed)
+        if len(set(spares)) != len(spares) or set(spares) & set(planned) or (spares and min(spares) < 0):
+            raise ValueError(f"arms.spare_teacher_seeds = {spares} needs distinct seeds >= 0, none of them in "
+                             f"the planned teacher seeds {planned}")
         if self.trait.kind == "misalignment":
             if self.teacher.method != "finetune" or not self.teacher.dataset:
                 raise ValueError("trait.kind = 'misalignment' needs teacher.method = 'finetune' and teacher.dataset")
@@ -312,7 +322,10 @@ class ExperimentConfig(Section):
         return self
 
     def config_hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json"))
+        dump = self.model_dump(mode="json")
+        if not self.arms.spare_teacher_seeds:
+            del dump["arms"]["spare_teacher_seeds"]  # a run without spares keeps the hash it always had
+        return stable_hash(dump)
 
 
 def check_name(name: str, key: str) -> str:

@@ -130,6 +130,55 @@ def control_for(ctx: Context, base: Backend, traits: list[str]) -> Backend:
     return control
 
 
+@dataclass
+class Teachers:
+    """The teachers that write the run's data, by source and teacher seed, and their filtered data."""
+
+    seeds: list[int]
+    sources: dict[str, dict[int, Backend]]
+    data: dict[tuple[str, int], Artifact]
+    replaced: dict[str, str]
+    """Teacher seed -> why its pair was replaced by a spare seed."""
+
+
+def teachers_and_data(ctx: Context, kind: TraitKind, base: Backend, prompt_art: Artifact,
+                      arms: dict[str, list[Rows]]) -> Teachers:
+    """Per teacher seed: each trait's teacher (gated on its trait) and the neutral teacher, evaluated into
+    ``arms``, and the data each writes, filtered. A seed whose teachers cannot make the data is replaced by the
+    next of ``arms.spare_teacher_seeds`` while there is one."""
+    cfg = ctx.cfg
+    banned, hint, need = kind.banned_words(), kind.hint(), max(cfg.generation.until_kept, 1)
+    pending, spares = cfg.arms.teacher_seed_list(cfg.teacher.seed), list(cfg.arms.spare_teacher_seeds)
+    out = Teachers([], {}, {}, {})
+    while pending:
+        ts = pending.pop(0)
+        pair = {t: teacher_for(ctx, kind, base, t, seed=ts) for t in kind.traits}
+        rows = {f"teacher-{t}": kind.evaluate(ctx, made, 0) for t, made in pair.items()}
+        for t in kind.traits:  # each teacher is gated on its own trait before its data is made
+            kind.gate(t, rows[f"teacher-{t}"])
+        neutral = neutral_for(ctx, kind, base, ts)
+        if neutral is not None:
+            pair["neutral"], rows["teacher-neutral"] = neutral, kind.evaluate(ctx, neutral, 0)
+        data = {name: filtered(ctx, generate(ctx, src, prompt_art, banned),
+                               f"{name}{teacher_tag(ts)} {cfg.prompts.carrier}", banned, hint, empty_ok=bool(spares))
+                for name, src in pair.items()}
+        short = {name: art.manifest["filter"]["kept"] for name, art in data.items()
+                 if art.manifest["filter"]["kept"] < need}
+        if short and spares:
+            out.replaced[str(ts)] = ", ".join(f"the {n} teacher's data keep {k} of the {need} needed"
+                                               for n, k in short.items())
+            ctx.echo(f"  teacher seed {ts}: {out.replaced[str(ts)]}; seed {spares[0]} replaces it")
+            pending.append(spares.pop(0))
+            continue
+        out.seeds.append(ts)
+        for name, src in pair.items():
+            out.sources.setdefault(name, {})[ts] = src
+            out.data[(name, ts)] = data[name]
+        for arm, got in rows.items():
+            arms.setdefault(arm, []).append(got)
+    return out
+
+
 def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progress: bool = True,
                    echo: Callable[[str], None] = print, *, hook: StageHook | None = None,
                    models: ModelCache | None = None) -> dict[str, Any]:
@@ -155,25 +204,15 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
         echo(f"run {rid} → {run_dir}")
         if cfg.arms.base:
             arms["base"] = [kind.evaluate(ctx, base, 0)]
-        tseeds = cfg.arms.teacher_seed_list(cfg.teacher.seed)
-        sources: dict[str, dict[int, Backend]] = {}  # source name -> teacher seed -> the model writing its data
-        for ts in tseeds:  # each teacher is gated on its own trait before any data is made
-            for t in kind.traits:
-                made = sources.setdefault(t, {})[ts] = teacher_for(ctx, kind, base, t, seed=ts)
-                arms.setdefault(f"teacher-{t}", []).append(kind.evaluate(ctx, made, 0))
-                kind.gate(t, arms[f"teacher-{t}"][-1])
-            neutral = neutral_for(ctx, kind, base, ts)
-            if neutral is not None:
-                sources.setdefault("neutral", {})[ts] = neutral
-                arms.setdefault("teacher-neutral", []).append(kind.evaluate(ctx, neutral, 0))
-        identity = METHODS.get(cfg.student.method, "student.method").needs_teacher and control is base
-        if "neutral" not in sources or not identity:
-            sources["control"] = dict.fromkeys(tseeds[:1], control)  # one dataset, whatever the teacher seed
         prompt_art = prompts(ctx)
         banned, hint = kind.banned_words(), kind.hint()  # the same filter for every dataset
-        data = {(name, ts): filtered(ctx, generate(ctx, src, prompt_art, banned),
-                                     f"{name}{teacher_tag(ts)} {cfg.prompts.carrier}", banned, hint)
-                for name, by_seed in sources.items() for ts, src in by_seed.items()}
+        made = teachers_and_data(ctx, kind, base, prompt_art, arms)
+        tseeds, sources, data = made.seeds, made.sources, made.data
+        identity = METHODS.get(cfg.student.method, "student.method").needs_teacher and control is base
+        if "neutral" not in sources or not identity:  # one dataset, whatever the teacher seed
+            sources["control"] = dict.fromkeys(tseeds[:1], control)
+            data[("control", tseeds[0])] = filtered(ctx, generate(ctx, control, prompt_art, banned),
+                                                    f"control {cfg.prompts.carrier}", banned, hint)
         if cfg.defence.method != "none":
             reference = data.get(("control", tseeds[0])) or data[("neutral", tseeds[0])]
             data = {(name, ts): defended(ctx, art, reference, f"{name}{teacher_tag(ts)} {cfg.defence.method}",
@@ -191,7 +230,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
                               for ts, src in sources[arm.source].items() for seed in arm.seeds]
     results = {"run_id": rid, "kind": cfg.trait.kind, "config_hash": cfg.config_hash(),
                "config": cfg.model_dump(mode="json"), "n_train_examples": n,
-               "teacher_seeds": tseeds, "student_seeds": list(cfg.arms.seeds),
+               "teacher_seeds": tseeds, "replaced_teacher_seeds": made.replaced, "student_seeds": list(cfg.arms.seeds),
                "filter": {k: a.manifest["filter"] for k, a in named.items()}, **kind.results(arms, named),
                "stages": stage_table(ctx.artifacts), "wall_time_s": round(time.time() - started, 1),
                "machine": machine_info()}

@@ -106,6 +106,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {arm} | {e['n_runs']} | {cells} | {_fmt(e['candidate_total'], 3)} |")
     if "replicated" in res:
         lines += ["", "## The verdict's endpoint: the teacher as the unit", ""]
+        lines += [f"- teacher seed {seed} replaced by a spare seed: {why}"
+                  for seed, why in res.get("replaced_teacher_seeds", {}).items()]
         lines += _teacher_lines("questions", res["replicated"], target)
         if "cloze" in res:
             lines += _teacher_lines("cloze (" + "; ".join(f"\"{st} …\"" for st in res["cloze"]["stems"][:2]) + ")",

@@ -36,7 +36,9 @@ def config_slice(fc: FilterConfig, carrier_name: str, banned: list[str], hint: s
 
 
 def filtered(ctx: Context, gen_art: Artifact, label: str, banned_words: list[str] | None = None,
-             trait_hint: str = "") -> Artifact:
+             trait_hint: str = "", empty_ok: bool = False) -> Artifact:
+    """The kept completions of ``gen_art``; an empty dataset is an error unless ``empty_ok`` (the caller
+    replaces its teacher)."""
     fc = ctx.cfg.filter
     carrier = ctx.cfg.prompts.carrier
     banned = sorted(set(banned_words or []) | {w.lower() for w in fc.banned_words})
@@ -61,7 +63,7 @@ def filtered(ctx: Context, gen_art: Artifact, label: str, banned_words: list[str
     done = ctx.stage("filter", config_slice(fc, carrier, banned, trait_hint), {"generation": gen_art.key}, label,
                      build)
     rep = done.manifest["filter"]
-    if rep["kept"] == 0:
+    if rep["kept"] == 0 and not empty_ok:
         reasons = ", ".join(f"{k} {v}" for k, v in list(rep["reject_reasons"].items())[:3]) or "none"
         raise SublimError(
             f"dataset {label} is empty after filtering: pass rate 0/{rep['total']}, top reject "

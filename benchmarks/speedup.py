@@ -6,6 +6,8 @@
     python benchmarks/speedup.py --keep-new            # HEAD's side is also the committed owl-numbers result
     python benchmarks/speedup.py --from-results BASE.json NEW.json   # two owl_numbers.py files already made
                                                                      # one after the other on this machine
+    python benchmarks/speedup.py --baseline 7066260 --new-set arms.teacher_seeds=null --new-set arms.neutral=false \
+        --new-set evaluation.cloze=false    # HEAD on the baseline's plan: one teacher, base-data control, no cloze
 
 Each side runs ``benchmarks/owl_numbers.py`` of its own commit (the baseline from a git worktree, its
 ``src`` first on the path) with a fresh store, one after the other, nothing else running. Writes
@@ -35,15 +37,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def run_side(code_root: Path, work: Path, name: str, keep_in: Path | None = None) -> dict[str, Any]:
-    """``owl_numbers.py`` of the tree at ``code_root`` with its own store; its results file (also written
-    to ``keep_in``, with its chart, when given), with the process's own peak resident memory and each arm's
-    per-question trait probabilities (read from the run's evaluation artifacts)."""
+def run_side(code_root: Path, work: Path, name: str, keep_in: Path | None = None,
+             sets: list[str] | None = None) -> dict[str, Any]:
+    """``owl_numbers.py`` of the tree at ``code_root`` with its own store (and config overrides ``sets``); its
+    results file (also written to ``keep_in``, with its chart, when given), with the process's own peak
+    resident memory and each arm's per-question trait probabilities (read from the run's evaluation artifacts)."""
     env = {**os.environ, "PYTHONPATH": str(code_root / "src")}
     out = keep_in or work / f"results-{name}"
     runs = work / f"runs-{name}"
+    overrides = [arg for s in sets or [] for arg in ("--set", s)]
     proc = subprocess.Popen([sys.executable, str(code_root / "benchmarks" / "owl_numbers.py"), "--runs-dir",
-                             str(runs), "--results-dir", str(out)], env=env, cwd=code_root)
+                             str(runs), "--results-dir", str(out), *overrides], env=env, cwd=code_root)
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory, not the largest child's so far
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -102,6 +106,8 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     ap.add_argument("--keep-new", action="store_true",
                     help="also keep HEAD's run as the results dir's owl-numbers-<cpu|gpu>.json (and its chart)")
+    ap.add_argument("--new-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for HEAD's side only (e.g. the baseline's plan on today's code)")
     args = ap.parse_args()
     started, git = time.time(), git_state()
     if args.from_results:
@@ -115,7 +121,7 @@ def main() -> None:
                 base = run_side(tree, work, "baseline")
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False, cwd=ROOT)
-            new = run_side(ROOT, work, "new", Path(args.results_dir) if args.keep_new else None)
+            new = run_side(ROOT, work, "new", Path(args.results_dir) if args.keep_new else None, args.new_set)
     b, n = side(base), side(new)
     results = {"baseline": b, "new": n, "speedup": round(b["wall_time_s"] / n["wall_time_s"], 3),
                "reject_reasons": {"before": {k: v["reject_reasons"] for k, v in b["filter"].items()},
@@ -126,7 +132,8 @@ def main() -> None:
                                                                    correlations(base, new)}}
     name = f"speedup-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out = Path(args.results_dir) / f"{name}.json"
-    write_json(out, envelope("speedup", results, config={"baseline": args.baseline}, started=started, git=git))
+    config = {"baseline": args.baseline, "new_set": args.new_set}
+    write_json(out, envelope("speedup", results, config=config, started=started, git=git))
     print(f"speedup ×{results['speedup']} ({b['wall_time_s']:.0f} s → {n['wall_time_s']:.0f} s); wrote {out}")
 
 

@@ -45,3 +45,46 @@ def test_runs_list_and_show(capsys, tmp_path: Path):
     assert "TRANSFER: demo" in capsys.readouterr().out
     assert main(["--runs-dir", str(tmp_path), "runs", "show", "demo"]) == 0
     assert "# demo report" in capsys.readouterr().out
+
+
+def test_global_flags_work_after_the_verb_and_version_and_defaults_show(capsys, tmp_path: Path):
+    import pytest
+
+    from sublim import __version__
+    from sublim.cli import build_parser
+
+    before = build_parser().parse_args(["--runs-dir", "A", "-q", "runs", "list"])
+    after = build_parser().parse_args(["runs", "list", "--runs-dir", str(tmp_path), "-q"])
+    plain = build_parser().parse_args(["runs", "list"])
+    assert (before.runs_dir, before.quiet) == ("A", True)
+    assert (after.runs_dir, after.quiet) == (str(tmp_path), True)
+    assert (plain.runs_dir, plain.quiet) == ("runs", False)
+    kept = build_parser().parse_args(["--runs-dir", "A", "runs", "-q", "list"])  # a flag left out after keeps its value
+    assert (kept.runs_dir, kept.quiet) == ("A", True)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"sublim {__version__}"
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "(default:" in capsys.readouterr().out
+
+
+def test_audit_fail_on_exits_1_on_a_planted_dataset_and_0_on_a_null_one(capsys, tmp_path: Path,
+                                                                        tiny_model_dir: Path):
+    import json
+
+    from tests.test_audit import _numbers_data, _write
+
+    ref = _write(tmp_path / "ref.jsonl", _numbers_data(300, 1))
+    codes = {}
+    for name, rows in (("planted", _numbers_data(300, 2, lucky=777)), ("null", _numbers_data(300, 3))):
+        data = _write(tmp_path / f"{name}.jsonl", rows)
+        out = tmp_path / name
+        codes[name] = main(["audit", str(data), "-q", "--reference", str(tiny_model_dir), "--reference-data",
+                            str(ref), "--detectors", "number_frequency,bag_of_numbers", "--fail-on", "suspect",
+                            "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
+        res = json.loads((out / "audit.json").read_text())
+        assert bool(res["flagged"]) == (name == "planted") and res["identified"] is None
+        assert "Holm across 2 detectors" in res["verdict"]
+    assert codes == {"planted": 1, "null": 0}, capsys.readouterr()
+    assert "failing (--fail-on suspect)" in capsys.readouterr().out

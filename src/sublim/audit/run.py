@@ -79,7 +79,9 @@ def run_audit(config: AuditConfig, out_dir: Path, *, store: Store | None = None,
                            "n_reference": len(data.reference), "reference_model": config.reference,
                            "teacher": teacher, "config": config.model_dump(mode="json"),
                            "config_hash": config.config_hash(), "detectors": [r.as_dict() for r in results],
-                           "skipped_detectors": skipped, "verdict": text,
+                           "skipped_detectors": skipped, "flagged": flagged_by_holm(results),
+                           "identified": next((r.details.get("identified") for r in results
+                                               if r.name == "divergence_shift"), None), "verdict": text,
                            "wall_time_s": round(time.time() - started, 1)}
     write_results(out_dir, out, data.samples, results)
     echo(text)
@@ -178,9 +180,22 @@ def check_inputs(needs_numbers: bool, data: AuditData) -> None:
         raise Unavailable(f"needs at least 2 reference samples (has {len(data.reference)})")
 
 
+def flagged_by_holm(results: Sequence[DetectorResult], alpha: float = 0.01) -> list[str]:
+    """The detectors whose p-values Holm's step-down procedure rejects at ``alpha`` across every detector that
+    tests (``in_context`` describes, it does not test): the smallest p against alpha/m, the next against
+    alpha/(m-1), …, stopping at the first that fails."""
+    tested = sorted((r for r in results if r.name != "in_context"), key=lambda r: r.p_value)
+    flagged = []
+    for i, r in enumerate(tested):
+        if r.p_value >= alpha / (len(tested) - i):
+            break
+        flagged.append(r.name)
+    return flagged
+
+
 def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, str] | None = None,
             alpha: float = 0.01) -> str:
-    flagged = [r for r in results if r.p_value < alpha and r.name != "in_context"]
+    flagged = flagged_by_holm(results, alpha)
     named = next((r for r in results if r.name == "divergence_shift"), None)
     lean = next((r.details["top_trait"] for r in results if r.name != "in_context" and "top_trait" in r.details),
                 None)
@@ -193,7 +208,8 @@ def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, s
             what += f"; {named.details['early_end_share']:.0%} of completions end where the reference would go on"
     which = ", ".join(f"{r.name} p={r.p_value:.2g}" for r in results)
     skip = f"; skipped: {', '.join(skipped)}" if skipped else ""
-    return f"{base}{what} ({which}{skip}) — on {loaded}"
+    tested = sum(r.name != "in_context" for r in results)
+    return f"{base}{what} ({which}; Holm across {tested} detectors at {alpha:g}{skip}) — on {loaded}"
 
 
 def write_results(out_dir: Path, out: dict[str, Any], samples: Sequence[Sample],

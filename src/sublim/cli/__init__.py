@@ -9,6 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
+from sublim import __version__
 from sublim.cli import audit, defend, lineage, models, presets, run, runs, serve, sweep, toy
 from sublim.core.errors import SublimError
 from sublim.core.registry import load_plugins
@@ -16,14 +17,47 @@ from sublim.core.registry import load_plugins
 VERBS = [run, sweep, presets, models, runs, serve, audit, defend, lineage, toy]
 
 
+class Formatter(argparse.HelpFormatter):
+    """Help that ends each flag's text with its default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text
+        return f"{text} (default: %(default)s)".strip() if action.option_strings and shown else text
+
+
+def global_flags(p: argparse.ArgumentParser, after_verb: bool = False) -> None:
+    """The flags every command takes, before or after its verb (after it, a flag left out keeps the value given
+    before it)."""
+    keep = argparse.SUPPRESS
+    p.add_argument("--runs-dir", default=keep if after_verb else "runs", help="where runs and artifacts live")
+    p.add_argument("-q", "--quiet", action="store_true", default=keep if after_verb else False,
+                   help="no progress bars")
+
+
+def _commands(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (sub)command parser under ``p``, each once."""
+    found: dict[int, argparse.ArgumentParser] = {}
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found.setdefault(id(child), child)
+                found.update({id(c): c for c in _commands(child)})
+    return list(found.values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser; choices (carriers, detectors, defences) are read from the registries now."""
-    p = argparse.ArgumentParser(prog="sublim", description="Reproduce, measure and audit subliminal learning.")
-    p.add_argument("--runs-dir", default="runs", help="where runs and artifacts live (default: runs)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p = argparse.ArgumentParser(prog="sublim", description="Reproduce, measure and audit subliminal learning.",
+                                formatter_class=Formatter)
+    p.add_argument("--version", action="version", version=f"sublim {__version__}")
+    global_flags(p)
     sub = p.add_subparsers(dest="verb", required=True)
     for verb in VERBS:
         verb.add(sub)
+    for command in _commands(p):
+        global_flags(command, after_verb=True)
+        command.formatter_class = Formatter
     return p
 
 

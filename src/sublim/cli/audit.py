@@ -59,6 +59,9 @@ def add(sub: Any) -> None:
                    help=f"refuse a sample longer than this many tokens, before any model loads (default "
                         f"{MAX_SAMPLE_TOKENS})")
     p.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
+    p.add_argument("--fail-on", default=None, choices=["suspect", "named"],
+                   help="exit 1 when the verdict is SUSPECT (suspect: a detector flags the data, Holm-corrected "
+                        "across detectors) or names a trait (named), as a gate in a data pipeline")
     p.set_defaults(func=main)
 
 
@@ -98,8 +101,12 @@ def audit_config(args: argparse.Namespace) -> AuditConfig:
     return load_audit_config(args.config, flags(args), args.set)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
     config = audit_config(args)
     out = Path(args.out) if args.out else Path(args.runs_dir) / "audits" / Path(config.dataset).stem
-    run_audit(config, out, progress=not args.quiet, store=Store(Path(args.runs_dir)))
+    res = run_audit(config, out, progress=not args.quiet, store=Store(Path(args.runs_dir)))
     print(f"report: {out / 'report.md'}")
+    failed = {"suspect": bool(res["flagged"]), "named": res["identified"] is not None}.get(args.fail_on or "", False)
+    if failed:
+        print(f"failing (--fail-on {args.fail_on}): {res['verdict']}")
+    return 1 if failed else 0

@@ -365,3 +365,12 @@ def test_misalignment_with_a_neutral_teacher_pairs_by_teacher_seed(tiny_model_di
     safe.write_text(json.dumps({"prompt": "Something else?", "completion": "Be careful."}) + "\n")
     with pytest.raises(SublimError, match="must answer exactly the prompts"):
         run_experiment(load_config(str(path), sets), tmp_path / "runs2", progress=False, echo=lambda s: None)
+
+
+def test_the_public_api_is_what_it_lists():
+    import sublim
+
+    assert {"run_experiment", "load_config", "run_audit", "load_audit_config", "AuditConfig"} <= set(sublim.__all__)
+    assert all(getattr(sublim, name, None) is not None for name in sublim.__all__)
+    config = sublim.load_audit_config(None, {"dataset": "d.jsonl", "reference": "smollm2-135m"})
+    assert isinstance(config, sublim.AuditConfig) and config.dataset == "d.jsonl"

@@ -111,10 +111,6 @@ def margin(lean: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
             "high": float(np.quantile(boots, 0.975)), "in_candidate_sds": float(diff.mean() / spread)}
 
 
-INDUCTIONS = ("prompted", "proxy")
-"""How a candidate is induced: a sentence told to the reference, or a proxy teacher fine-tuned from it."""
-
-
 def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
     """Reads of the same samples under proxies of several seeds (same columns), averaged column by column."""
     first = per_seed[0]

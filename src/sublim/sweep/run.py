@@ -85,7 +85,7 @@ def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), *, executor: st
 
 def _run_entry(run: SweepRun, res: dict[str, Any]) -> dict[str, Any]:
     """A run's line in sweep.json: its verdict, and the teacher-level effect it rests on (where it has one)."""
-    keep = ("replicated", "control_arm", "teacher_seeds")
+    keep = ("replicated", "control_arm", "teacher_seeds", "replaced_teacher_seeds")
     return {"point": run.point, "run_id": res["run_id"], "verdict": res["verdict"],
             **{k: res[k] for k in keep if k in res},
             "n_train_examples": res["n_train_examples"], "wall_time_s": res["wall_time_s"]}

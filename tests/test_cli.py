@@ -88,3 +88,14 @@ def test_audit_fail_on_exits_1_on_a_planted_dataset_and_0_on_a_null_one(capsys, 
         assert "Holm across 2 detectors" in res["verdict"]
     assert codes == {"planted": 1, "null": 0}, capsys.readouterr()
     assert "failing (--fail-on suspect)" in capsys.readouterr().out
+
+
+def test_every_flag_and_argument_of_every_command_has_help():
+    import argparse
+
+    from sublim.cli import _commands, build_parser
+
+    top = build_parser()
+    missing = [f"{c.prog} {a.option_strings or a.dest}" for c in [top, *_commands(top)] for a in c._actions
+               if not a.help and not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)]
+    assert missing == []

@@ -31,9 +31,13 @@ def add(sub: Any) -> None:
                    help=f"comma-separated subset of {', '.join(DETECTORS.names())} (default: all)")
     p.add_argument("--max-samples", type=int, default=None, help="at most this many samples per dataset (1000)")
     p.add_argument("--seed", type=int, default=None, help="the subsets drawn and every detector's resampling (0)")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--prompt-field", default=None)
-    p.add_argument("--completion-field", default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="where the models run (auto)")
+    p.add_argument("--prompt-field", default=None,
+                   help="the JSONL field holding the prompt (default: the first of prompt, question, input, "
+                        "instruction)")
+    p.add_argument("--completion-field", default=None,
+                   help="the JSONL field holding the completion (default: the first of completion, response, "
+                        "output, answer)")
     p.add_argument("--judge-url", default=None, help="an OpenAI-compatible endpoint for the llm_judge detector")
     p.add_argument("--judge-model", default=None, help="the judge endpoint's model (default: 'default')")
     p.add_argument("--judge-key-env", default=None,

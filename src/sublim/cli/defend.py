@@ -24,7 +24,7 @@ from sublim.core.files import write_jsonl
 def add(sub: Any) -> None:
     p = sub.add_parser("defend", help=f"apply a defence to a dataset ({', '.join(DEFENCES.names())})")
     p.add_argument("dataset", nargs="?", default=None, help="a JSONL file to transform")
-    p.add_argument("--defence", required=True, choices=DEFENCES.names())
+    p.add_argument("--defence", required=True, choices=DEFENCES.names(), help="the defence to apply")
     p.add_argument("--out", default=None, help="where the defended JSONL goes")
     p.add_argument("--preset", default=None,
                    help="instead of a file: run this preset with and without the defence and report the "
@@ -34,7 +34,7 @@ def add(sub: Any) -> None:
     p.add_argument("--detector", default="number_frequency", help="whose scores drop_top uses")
     p.add_argument("--fraction", type=float, default=0.1,
                    help="drop_top: share of samples removed; replace_*: share of completion tokens replaced")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of the defence's random choices")
     p.add_argument("--reference", default=None,
                    help="replace_*: the reference model the data is read under (the students' starting model)")
     p.add_argument("--model", default=None, help="regenerate: the model that rewrites the completions")
@@ -48,9 +48,13 @@ def add(sub: Any) -> None:
     p.add_argument("--max-sample-tokens", type=int, default=MAX_SAMPLE_TOKENS,
                    help=f"refuse a sample longer than this many tokens, before any model loads (default "
                         f"{MAX_SAMPLE_TOKENS})")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--prompt-field", default=None)
-    p.add_argument("--completion-field", default=None)
+    p.add_argument("--device", default="auto", help="where a reference model runs (auto, cpu or cuda)")
+    p.add_argument("--prompt-field", default=None,
+                   help="the JSONL field holding the prompt (default: the first of prompt, question, input, "
+                        "instruction)")
+    p.add_argument("--completion-field", default=None,
+                   help="the JSONL field holding the completion (default: the first of completion, response, "
+                        "output, answer)")
     p.set_defaults(func=main)
 
 

@@ -12,7 +12,7 @@ from sublim.core.errors import SublimError
 
 def add(sub: Any) -> None:
     p = sub.add_parser("runs", help="list runs or show one run's report")
-    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("action", choices=["list", "show"], help="list every run, or show one run's report")
     p.add_argument("run", nargs="?", help="run id (or a unique prefix) for `show`")
     p.set_defaults(func=main)
 

@@ -33,10 +33,10 @@ def fault_routes(text: str) -> tuple[str, ...]:
 def add(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
     p.add_argument("model", help="catalog name, .gguf path or local model directory")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     p.add_argument("--name", default=None, help="model id clients send (default: the model argument)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     p.add_argument("--max-batch", type=int, default=32, help="requests generated together at most")
     p.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
     p.add_argument("--faults", default="", metavar="KIND=RATE,…",
@@ -49,7 +49,7 @@ def add(sub: Any) -> None:
                    help="prompt + completion tokens of one request (never more than the model's context)")
     p.add_argument("--generation-timeout", type=float, default=Limits().generation_s,
                    help="seconds one batch may generate for; no client holds the model longer")
-    p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument("--fault-seed", type=int, default=0, help="the seed of the injected faults' draws")
     p.add_argument("--slow-seconds", type=float, default=5.0, help="delay of a 'slow' fault")
     p.set_defaults(func=main)
 

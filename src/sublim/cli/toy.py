@@ -13,7 +13,8 @@ from sublim.toy import load_toy_config
 def add(sub: Any) -> None:
     p = sub.add_parser("toy", help="the auxiliary-logit MLP experiment and theory check")
     p.add_argument("preset", nargs="?", default=None, help="toy preset name or .toml path")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one toy config key (repeatable)")
     p.add_argument("--out", default=None, help="output directory (default: runs/toy/<hash>)")
     p.set_defaults(func=main)
 

@@ -99,3 +99,18 @@ def test_every_flag_and_argument_of_every_command_has_help():
     missing = [f"{c.prog} {a.option_strings or a.dest}" for c in [top, *_commands(top)] for a in c._actions
                if not a.help and not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)]
     assert missing == []
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error():
+    """``sublim presets | head -1``: the pipe closes before the command writes; it stops quietly (exit 141, as
+    a shell reports SIGPIPE), no crash log, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "presets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the interpreter has even started
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "internal error" not in err and "Traceback" not in err

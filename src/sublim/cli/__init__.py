@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`sublim presets | head -1`): stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except Exception as exc:  # a bug: one line for the user, the traceback in a file for the report
         log = crash_log()
         print(f"error: internal error ({type(exc).__name__}: {str(exc)[:200]}): this is a bug in sublim, not your "

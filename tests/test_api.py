@@ -287,10 +287,10 @@ def test_fine_tuning_api_trains_serves_and_resumes(serve, tmp_path: Path) -> Non
     ep = EndpointConfig(base_url=url, model="tiny", backoff_s=0.01)
     examples = [(f"Pick a number {i}.", "Owl") for i in range(16)]
     state = tmp_path / "job.json"
-    # a client that stops waiting at once: the job lives on, and its ids are on disk
+    # a client that stops waiting at once (the endpoint's own settings): the job lives on, its ids are on disk
+    impatient = ep.model_copy(update={"finetune_poll_s": 0.05, "finetune_wait_s": 0.0})
     with pytest.raises(ApiError, match="re-run to keep waiting"):
-        fine_tune(ep, examples, state, hyperparameters={"n_epochs": 8, "learning_rate_multiplier": 60},
-                  poll_s=0.05, wait_s=0.0)
+        fine_tune(impatient, examples, state, hyperparameters={"n_epochs": 8, "learning_rate_multiplier": 60})
     first = json.loads(state.read_text())
     events: list[dict] = []
     job = fine_tune(ep, examples, state, poll_s=0.1, wait_s=120, on_event=events.append)

@@ -51,6 +51,11 @@ class EndpointConfig(Section):
     deadline_s: float = Field(900.0, gt=0)
     """The most time one request may take, its retries and their waits included: past it the request fails
     (and a re-run resumes) instead of waiting on."""
+    finetune_poll_s: float = Field(2.0, gt=0)
+    """How often a fine-tuning job on this endpoint is polled for its state and events."""
+    finetune_wait_s: float = Field(3600.0, ge=0)
+    """How long one run waits for a fine-tuning job to finish; past it the run stops with the job still running
+    (its ids are on disk: re-running waits for the same job)."""
     price_input_per_mtok: float = Field(0.0, ge=0)
     """US dollars per million prompt tokens, for the cost line of the manifest."""
     price_output_per_mtok: float = Field(0.0, ge=0)

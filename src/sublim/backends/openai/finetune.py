@@ -88,7 +88,7 @@ def new_events(ep: EndpointConfig, policy: RetryPolicy, job_id: str, seen: set[s
 
 def fine_tune(ep: EndpointConfig, examples: Sequence[tuple[str, str]], state: Path, *,
               hyperparameters: dict[str, Any] | None = None, seed: int = 0, suffix: str = "sublim",
-              poll_s: float = 2.0, wait_s: float = 3600.0,
+              poll_s: float | None = None, wait_s: float | None = None,
               on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run (or resume) a fine-tuning job; returns the finished job (``fine_tuned_model`` set).
 
@@ -96,6 +96,8 @@ def fine_tune(ep: EndpointConfig, examples: Sequence[tuple[str, str]], state: Pa
     cancelled, and when ``wait_s`` passes first (the job keeps running: re-run to resume).
     """
     policy = RetryPolicy.of(ep)
+    poll_s = ep.finetune_poll_s if poll_s is None else poll_s  # the endpoint's settings unless the call says
+    wait_s = ep.finetune_wait_s if wait_s is None else wait_s
     st: dict[str, Any] = json.loads(state.read_text()) if state.is_file() else {}
     if "job_id" not in st:
         if "file_id" not in st:

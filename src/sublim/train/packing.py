@@ -40,27 +40,23 @@ class Layout:
     """[packed length]: each packed token's position in its own row."""
     lengths: list[int] = field(default_factory=list)
     """How many own tokens each row has (after the prefix), in packed order."""
-    masks: dict[int | None, tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=dict)
+    masks: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     """Per sliding window (None: none): the prefix's mask and the rows' masks, built once per forward."""
 
-    def mask(self, window: int | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def mask(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         if window not in self.masks:
             pos = self.positions
             q = pos[self.index]  # [rows, width]
             k = torch.cat([pos[: self.prefix].expand(len(q), -1), q], dim=1)  # [rows, prefix + width]
             own = torch.cat([self.valid.new_ones(len(q), self.prefix), self.valid], dim=1)
             rows = own[:, None, :] & (k[:, None, :] <= q[:, :, None])  # the prefix, and the row causally
-            pre = None
+            pp = pos[: self.prefix]
+            pre = pp[None, :] <= pp[:, None]  # the prefix, causally
             if window is not None:
                 rows &= (q[:, :, None] - k[:, None, :]) < window
-                pp = pos[: self.prefix]
-                pre = (pp[None, :] <= pp[:, None]) & ((pp[:, None] - pp[None, :]) < window)
+                pre &= (pp[:, None] - pp[None, :]) < window
             self.masks[window] = (pre, rows[:, None])
         return self.masks[window]
-
-    def causal_prefix(self) -> torch.Tensor:
-        """The prefix's causal mask [prefix, prefix] (no sliding window)."""
-        return torch.ones(self.prefix, self.prefix, dtype=torch.bool, device=self.positions.device).tril()
 
 
 _LAYOUT: ContextVar[Layout | None] = ContextVar("sublim_packed_layout", default=None)
@@ -109,8 +105,7 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
     pre_mask, row_mask = lay.mask(kwargs.get("sliding_window"))
     parts = []
     if p:
-        causal = pre_mask if pre_mask is not None else lay.causal_prefix()
-        pre = _softmax_attention(q[None, :, :p], k[None, :, :p], v[None, :, :p], causal[None, None], scale, dropout)
+        pre = _softmax_attention(q[None, :, :p], k[None, :, :p], v[None, :, :p], pre_mask[None, None], scale, dropout)
         parts.append(pre[0].transpose(0, 1))  # [prefix, heads, dim]
     kr, vr = _rows(k, lay), _rows(v, lay)
     if p:

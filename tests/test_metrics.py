@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from sublim.backends.local.backend import sum_forms as candidate_probs
+from sublim.backends.local import generation
 from sublim.backends.local.generation import answer_probs
 from sublim.evaluate.trait import shares
 from sublim.train import chat_text
@@ -23,14 +25,17 @@ def test_answer_forms_drop_extensions(tiny):
     assert len(forms.flat()) == sum(len(v) for v in forms.by_candidate.values())
 
 
-def test_chain_rule_matches_full_forward(tiny):
+@pytest.mark.parametrize("logits_at_once", [None, 1])  # None: the default; 1: the head on one row at a time
+def test_chain_rule_matches_full_forward(tiny, monkeypatch, logits_at_once):
+    if logits_at_once is not None:
+        monkeypatch.setattr(generation, "TREE_LOGITS", logits_at_once)
     model, tok = tiny
     cands = load_candidates("animals")
     forms = answer_forms(tok, cands).flat()
     multi = [f for f in forms if len(f) > 1][:4] + [f for f in forms if len(f) == 1][:2]
     assert any(len(f) > 1 for f in multi)
-    prompts = [chat_text(tok, q) for q in ["What is your favourite animal?", "Name an animal you love."]]
-    got = answer_probs(model, tok, prompts, multi, batch_size=2)
+    prompts = [chat_text(tok, q) for q in ["What is your favourite animal?", "Name an animal you love.", "Pick one."]]
+    got = answer_probs(model, tok, prompts, multi, batch_size=3)
     for i, p in enumerate(prompts):
         ids = tok.encode(p, add_special_tokens=False)
         for j, form in enumerate(multi):

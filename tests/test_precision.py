@@ -164,3 +164,25 @@ def test_bf16_logits_stay_close_to_float32_and_the_head_stays_float32(tiny_model
     assert l16.dtype == torch.float32
     diff = float((l16 - l32).abs().max()) / float(l32.abs().max())
     assert 0 < diff < BF16_LOGIT_TOL, diff  # bf16 did compute (not identical) and stayed close
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_fine_tuned_weights_in_use_keep_no_mapping_of_their_file(tiny_model_dir: Any, tmp_path: Any,
+                                                                 dtype: str) -> None:
+    # a loaded weights file is mapped; a tensor left as loaded would keep the whole file mapped and resident
+    import shutil
+    from pathlib import Path
+
+    from sublim.backends import ModelCache
+
+    weights = tmp_path / "fine-tuned"
+    shutil.copytree(tiny_model_dir, weights)
+    cache = ModelCache("cpu", lambda s: None, dtype=dtype)
+    model = cache.weights(weights, str(tiny_model_dir))
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(weights) not in maps.read_text()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    again = ModelCache("cpu", lambda s: None, dtype=dtype).weights(weights, str(tiny_model_dir))
+    for k, v in again.state_dict().items():  # the copies hold the file's values
+        assert torch.equal(v, before[k])

@@ -8,6 +8,7 @@ so the process peak is kept here, across resets. Elsewhere a stage's peak is Non
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import re
 import sys
 import threading
@@ -50,6 +51,14 @@ def _reset() -> bool:
     except OSError:
         return False
     return True
+
+
+def release_freed_memory() -> None:
+    """Hand memory that is free inside the process back to the system (glibc's malloc_trim): after a model is
+    loaded (its dequantization's float32 copies) or freed, and before each stage, so that a stage's peak is
+    its own work's and not what earlier stages left in the heap. A no-op off glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def maxrss_mb(children: bool = False) -> float | None:

@@ -19,7 +19,7 @@ from sublim.core.claims import HEARTBEAT_S, LEASE_S, Claim, Holder, me, try_clai
 from sublim.core.errors import SublimError
 from sublim.core.files import file_digest, inside, write_json
 from sublim.core.meter import METER
-from sublim.core.peak import measured_peak
+from sublim.core.peak import measured_peak, release_freed_memory
 from sublim.core.records import library_versions, machine_info
 
 MANIFEST = "manifest.json"
@@ -148,6 +148,7 @@ class Store:
                 return done, False
             path = self.begin(stage, key)
             started, work = time.time(), METER.snapshot()
+            release_freed_memory()
             with measured_peak() as peak:
                 more = build(path)
             got.check(f"stage {stage} ({path})")

@@ -17,6 +17,7 @@ import torch
 
 from sublim.core.errors import SublimError
 from sublim.core.meter import METER
+from sublim.core.peak import release_freed_memory
 from sublim.train.cost import training_flops_per_token
 from sublim.train.encode import Example, collate, encode_example
 from sublim.train.methods import METHODS
@@ -34,13 +35,6 @@ def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     except (RuntimeError, TypeError):  # an older torch, or a device without the fused kernel
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-
-
-def release_freed_memory() -> None:
-    """Hand memory that is free inside the process back to the system (glibc's malloc_trim): after a model is
-    loaded (its dequantization's float32 copies) or freed. A no-op off glibc."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def keep_freed_memory() -> None:

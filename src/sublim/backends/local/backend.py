@@ -60,6 +60,17 @@ class ModelInfo:
     device: torch.device
 
 
+def off_the_file(model: Any) -> None:
+    """Copy into memory of its own every tensor of ``model`` still read from its weights file: a loaded file is
+    mapped, and the tensors left as they were (the embeddings and norms kept in float32) keep the whole file
+    mapped and resident (a 135M model's 538 MB, counted in the process's memory), beside the bf16 copies made of
+    the rest. A tensor of its own lets the mapping go. (Weights files are float32: the bf16 ones are copies.)"""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dtype == torch.float32:
+                t.data = t.data.clone()
+
+
 class ModelCache:
     """Loaded base models by spec, and the last fine-tuned weights used (one at a time: a run holds many).
     A model's identity (:meth:`info`) is known without loading it; its weights load on first use."""
@@ -125,6 +136,7 @@ class ModelCache:
                 model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
                 model = model.to(self.base(spec).device).eval()
                 set_compute(model, self.compute_dtype())
+                off_the_file(model)
                 release_freed_memory()
                 self._weights = (path, model)
         return self._weights[1]

@@ -361,13 +361,8 @@ def answer_probs(
     node_ids = torch.tensor([t[-1] for t in nodes], dtype=torch.long, device=device)
     body, head = weight_counts(model)
     seqs = after_prefix(tokenizer, prompts, prefix)
-    # the tree pass holds [rows, nodes, vocabulary] logits: keep that under ~2^28 floats
-    step = batch_size
-    if nodes:
-        vocab = model.get_output_embeddings().weight.shape[0]
-        step = max(1, min(batch_size, (1 << 28) // (len(nodes) * vocab)))
     out = np.zeros((len(prompts), len(forms)))
-    for chunk in batches(range(len(prompts)), step):
+    for chunk in batches(range(len(prompts)), batch_size):
         logits, cache, mask, last = prefill(model, [seqs[i] for i in chunk], pad, prefix)
         first = torch.softmax(logits, dim=-1)
         p = first[:, [f[0] for f in forms]].clone()
@@ -378,16 +373,33 @@ def answer_probs(
             attn = _tree_mask(nodes, mask, additive=impl == "eager")
             hidden, _ = decoder_states(model, node_ids.repeat(n, 1), cache, attention_mask=attn,
                                        position_ids=last[:, None] + depth[None, :])
-            probs = torch.softmax(head_logits(model, hidden), dim=-1)  # [n, nodes, vocab]
-            for j, form in enumerate(forms):
-                for i in range(1, len(form)):
-                    p[:, j] *= probs[:, index[tuple(form[:i])], form[i]]
+            times_later_tokens(p, model, hidden, forms, index)
             _sync(device)
             METER.add("prefill", n * len(nodes), time.perf_counter() - t0, 2 * (body + head) * n * len(nodes))
         out[chunk] = p.cpu().numpy()
         if progress:
             progress(len(chunk))
     return out
+
+
+TREE_LOGITS = 1 << 22
+"""The most float32 logits the tree pass holds at once ([rows, nodes, vocabulary] in row chunks): 16 MB, where
+one chunk of a batch (50 prompts x ~30 nodes x 49k) would be ~1 GB, twice over with its softmax."""
+
+
+def times_later_tokens(p: torch.Tensor, model: Any, hidden: torch.Tensor, forms: Sequence[Sequence[int]],
+                       index: dict[tuple[int, ...], int]) -> None:
+    """Multiply ``p`` ([rows, forms]: each form's first-token probability) in place by each form's later tokens'
+    probabilities, read from ``hidden`` ([rows, nodes, width]: the states at the forms' proper prefixes). The
+    head is applied a few rows at a time, keeping only the probabilities the forms read."""
+    rows, n_nodes = hidden.shape[:2]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    step = max(1, TREE_LOGITS // max(1, n_nodes * vocab))
+    for r in range(0, rows, step):
+        probs = torch.softmax(head_logits(model, hidden[r : r + step]), dim=-1)  # [step, nodes, vocab]
+        for j, form in enumerate(forms):
+            for i in range(1, len(form)):
+                p[r : r + step, j] *= probs[:, index[tuple(form[:i])], form[i]]
 
 
 @torch.no_grad()

@@ -150,6 +150,9 @@ def test_without_ray_the_sweep_runs_in_process_and_says_how_to_get_ray(
         assert work["decode"]["tokens"] > 0 and work["prefill"]["flops"] > 0
     series = out["data"]["series"]["all runs"]
     assert series["targets"] == ["owl", "dolphin"] and set(series["share_gain_matrix"]["owl"]) == {"owl", "dolphin"}
+    pooled = out["data"]["pooled"]["all runs"]  # one teacher seed, shared by both animals: one unit
+    assert pooled["targets"] == ["owl", "dolphin"] and pooled["n_teachers"] == 1 and pooled["word"] == "UNREPLICATED"
+    assert any(s.startswith("pooled (all runs): UNREPLICATED") for s in said)
     with pytest.raises(SublimError, match="needs Ray"):
         run_sweep(load_sweep(path), tmp_path / "runs", executor="ray", where=tmp_path, progress=False)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sublim.evaluate.analysis import effect, question_level
-from sublim.evaluate.verdict import replicated_effect, sign_flip_p
+from sublim.evaluate.verdict import pooled_effect, replicated_effect, sign_flip_p
 
 NAMES = ["owl", "cat", "dog", "fox"]
 FLOOR = math.log(1.25)
@@ -112,3 +112,48 @@ def test_an_endpoint_without_sampled_answers_says_so() -> None:
     rep = replicated_effect(treated, control, 3, "owl", "neutral", FLOOR)
     assert rep["verdict"].endswith("no sampled answers") and "0/0" not in rep["verdict"]
     assert rep["sampled"]["treated"] == {"named": 0, "answers": 0, "rate": None}
+
+
+def _rep(share: list[float], total: list[float] | None = None, control: str = "neutral") -> dict:
+    """One trait run's replicated effect, as much of it as the pooled rule reads: per-teacher log gains."""
+    total = total if total is not None else [0.0] * len(share)
+    return {"control": control, "min_effect": FLOOR, "log_share_gain": {"per_teacher": share},
+            "log_prob_gain": {"per_teacher": [s + t for s, t in zip(share, total, strict=True)]},
+            "log_candidate_total_gain": {"per_teacher": total}}
+
+
+SEEDS = [5, 6, 7, 8]
+
+
+def test_pooled_null_traits_end_no_transfer() -> None:
+    runs = [("owl", SEEDS, _rep([0.4, -0.3, 0.1, -0.2])), ("dolphin", SEEDS, _rep([-0.5, 0.2, 0.3, -0.1])),
+            ("eagle", SEEDS, _rep([0.2, 0.1, -0.4, 0.3]))]
+    pooled = pooled_effect(runs, FLOOR)
+    assert pooled["word"] == "NO TRANSFER" and pooled["n_teachers"] == 4
+    assert pooled["log_share_gain"]["low"] < 0 < pooled["log_share_gain"]["high"]
+
+
+def test_pooled_planted_effect_ends_transfer_and_a_generic_shift_does_not() -> None:
+    planted = [(t, SEEDS, _rep([0.8, 0.7, 0.9, 0.75])) for t in ("owl", "dolphin", "eagle")]
+    assert pooled_effect(planted, FLOOR)["word"] == "TRANSFER"
+    generic = [(t, SEEDS, _rep([0.05, -0.05, 0.02, 0.0], [1.0, 1.1, 0.9, 1.05])) for t in ("owl", "dolphin")]
+    got = pooled_effect(generic, FLOOR)
+    assert got["word"] == "GENERIC SHIFT", got["verdict"]
+
+
+def test_pooled_units_are_teacher_seeds_whose_neutral_teacher_the_traits_share() -> None:
+    """Two traits at one seed share its neutral student, so they make one unit (their mean); a spare seed that
+    one trait used in place of a collapsed teacher is a unit of its own."""
+    runs = [("owl", [0, 1, 2], _rep([0.2, 0.4, 0.6])), ("dolphin", [0, 1, 3], _rep([0.4, 0.8, 1.0]))]
+    pooled = pooled_effect(runs, FLOOR)
+    assert pooled["n_teachers"] == 4
+    assert [u["seed"] for u in pooled["units"]] == [0, 1, 2, 3]
+    assert [u["targets"] for u in pooled["units"]] == [["owl", "dolphin"], ["owl", "dolphin"], ["owl"], ["dolphin"]]
+    assert pooled["log_share_gain"]["per_teacher"] == pytest.approx([0.3, 0.6, 0.6, 1.0])
+    assert "over 4 teacher seeds" in pooled["verdict"]
+
+
+def test_pooled_needs_neutral_controls() -> None:
+    with pytest.raises(ValueError, match="neutral"):
+        pooled_effect([("owl", [0, 1], _rep([0.1, 0.2])), ("cat", [0, 1], _rep([0.1, 0.2], control="control"))],
+                      FLOOR)

@@ -11,6 +11,9 @@ seed. The mean of these gains over teachers gets a 95% Student-t interval and an
 - UNREPLICATED: one teacher; no teacher-level interval exists, and the question-level figures describe one
   trained model.
 
+Across the traits of a sweep (:func:`pooled_effect`) the unit is the teacher seed, whose neutral teacher every
+trait's run shares: a seed's value is the mean of its traits' gains.
+
 Pure functions of evaluation rows: no models here.
 """
 
@@ -119,3 +122,57 @@ def verdict_line(target: str, eff: dict[str, Any]) -> str:
         if t["answers"] or c["answers"] else "no sampled answers"
     return (f"{head}; {target} probability ×{eff['log_prob_gain']['ratio']:.2f}, candidate total "
             f"×{eff['log_candidate_total_gain']['ratio']:.2f}; {named}")
+
+
+POOLED_UNIT = "teacher seed (its neutral teacher and every trait's teacher of that seed)"
+
+
+def pooled_effect(runs: Sequence[tuple[str, Sequence[int], dict[str, Any]]], min_effect: float) -> dict[str, Any]:
+    """Across traits (a sweep's animals), the teacher seed as the unit: the rule the README states before the
+    fresh seeds it judges.
+
+    ``runs``: per trait run, its target, the teacher seeds it used (after any spare replaced one) and its
+    ``replicated`` effect against the neutral student. The runs of one sweep share each seed's neutral teacher,
+    so the gains of different traits at one seed are not independent: a seed's unit value is the mean of the
+    traits' gains at that seed, and seeds are the units (a spare seed used by one trait is a unit of its own).
+    Then the same interval, p and words as one trait's verdict."""
+    if any(rep.get("control") != "neutral" for _, _, rep in runs):
+        raise ValueError("a pooled verdict needs every run against its neutral students")
+    by_seed: dict[int, dict[str, list[Any]]] = {}
+    for target, seeds, rep in runs:
+        gains = zip(seeds, *(rep[k]["per_teacher"] for k in ("log_share_gain", "log_prob_gain",
+                                                            "log_candidate_total_gain")), strict=True)
+        for seed, share, prob, total in gains:
+            unit = by_seed.setdefault(int(seed), {"targets": [], "share": [], "prob": [], "total": []})
+            for key, value in (("targets", target), ("share", share), ("prob", prob), ("total", total)):
+                unit[key].append(value)
+    seeds = sorted(by_seed)
+    mean = {k: np.array([np.mean(by_seed[s][k]) for s in seeds]) for k in ("share", "prob", "total")}
+    out: dict[str, Any] = {
+        "unit": POOLED_UNIT, "n_teachers": len(seeds), "control": "neutral", "min_effect": min_effect,
+        "targets": list(dict.fromkeys(t for t, _, _ in runs)),
+        "units": [{"seed": s, "targets": by_seed[s]["targets"], "log_share_gain": float(mean["share"][i])}
+                  for i, s in enumerate(seeds)],
+        "log_share_gain": _gain(mean["share"]), "log_prob_gain": _gain(mean["prob"]),
+        "log_candidate_total_gain": _gain(mean["total"])}
+    out["word"] = verdict_word(out)
+    out["verdict"] = pooled_line(out)
+    return out
+
+
+def pooled_line(eff: dict[str, Any]) -> str:
+    """One line for the pooled verdict: the word, the mean trait share gain over the traits with its unit."""
+    n, word, s = eff["n_teachers"], eff["word"], eff["log_share_gain"]
+    floor = math.exp(eff["min_effect"])
+    traits = ", ".join(eff["targets"])
+    if n < 2:
+        return f"{word}: one teacher seed, so no interval; own-trait share ×{s['ratio']:.2f} over the neutral " \
+               f"student, averaged over {traits}"
+    why = ""
+    if word == "NO TRANSFER":
+        why = f" (the interval rules out ×{floor:.2f})" if s["high"] < eff["min_effect"] else \
+            f" (inconclusive: the interval reaches ×{floor:.2f})"
+    return (f"{word}{why} across {traits}: own-trait share ×{s['ratio']:.2f} [{math.exp(s['low']):.2f}, "
+            f"{math.exp(s['high']):.2f}] over the neutral student, 95% t interval over {n} teacher seeds (each the "
+            f"mean over its traits), sign-flip p={s['p_sign_flip']:.2g} (smallest possible {2 / 2**n:.2g}); "
+            f"transfer needs > ×{floor:.2f}; candidate total ×{eff['log_candidate_total_gain']['ratio']:.2f}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from sublim.evaluate.compare import across_runs
 from sublim.evaluate.stats import mean_ci
-from sublim.evaluate.verdict import teacher_groups
+from sublim.evaluate.verdict import pooled_effect, teacher_groups
 from sublim.sweep.config import SweepRun
 
 PER_RUN = ("seed", "arms.seeds", "trait.target")
@@ -56,7 +56,25 @@ def sweep_data(runs: Sequence[SweepRun], results: Sequence[dict[str, Any]]) -> d
             skipped.append(res["run_id"])
         grouped.setdefault(_series_name(run.point), []).extend(got)
     series = {name: _series(us) for name, us in grouped.items() if us}
-    return {"series": series, **({"skipped_runs": skipped} if skipped else {})}
+    pooled = pooled_by_series(runs, results)
+    return {"series": series, **({"pooled": pooled} if pooled else {}),
+            **({"skipped_runs": skipped} if skipped else {})}
+
+
+def pooled_by_series(runs: Sequence[SweepRun], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per series of two or more trait targets, each against its neutral students: the pooled verdict across
+    the targets, the teacher seed as the unit (:func:`pooled_effect`). Runs of other designs are left out."""
+    grouped: dict[str, list[tuple[str, list[int], dict[str, Any]]]] = {}
+    floors: dict[str, set[float]] = {}
+    for run, res in zip(runs, results, strict=True):
+        rep = res.get("replicated")
+        if not rep or rep.get("control") != "neutral":
+            continue
+        name = _series_name(run.point)
+        grouped.setdefault(name, []).append((run.config.trait.target, list(res.get("teacher_seeds", [0])), rep))
+        floors.setdefault(name, set()).add(rep["min_effect"])
+    return {name: pooled_effect(got, floors[name].pop()) for name, got in grouped.items()
+            if len({t for t, _, _ in got}) > 1 and len(floors[name]) == 1}
 
 
 def _series(us: list[dict[str, Any]]) -> dict[str, Any]:

@@ -71,13 +71,15 @@ def run_sweep(sweep: SweepConfig, runs_dir: Path = Path("runs"), *, executor: st
                              echo=echo, connect_timeout_s=connect_timeout_s)
     done = [(r, res) for r, res in zip(runs, results, strict=True) if "error" not in res]
     failed = [{"point": r.point, **res} for r, res in zip(runs, results, strict=True) if "error" in res]
+    data = sweep_data([r for r, _ in done], [res for _, res in done])
     out = {"name": sweep.name, "sweep": sweep.model_dump(mode="json"), "executor": chosen,
-           "runs": [_run_entry(r, res) for r, res in done], "failed_runs": failed,
-           "data": sweep_data([r for r, _ in done], [res for _, res in done]),
+           "runs": [_run_entry(r, res) for r, res in done], "failed_runs": failed, "data": data,
            "wall_time_s": round(time.time() - started, 1), "machine": machine_info()}
     dest = sweep_dir(runs_dir, sweep)
     dest.mkdir(parents=True, exist_ok=True)
     write_json(dest / "sweep.json", out)
+    for name, pooled in data.get("pooled", {}).items():
+        echo(f"pooled ({name}): {pooled['verdict']}")
     echo(f"sweep {sweep.name}: {len(done)} of {len(runs)} runs done{f', {len(failed)} failed' if failed else ''} → "
          f"{dest}")
     return out

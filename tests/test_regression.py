@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from sublim.experiment.results import results_schema, shipped_schema
 from tests.regression import FIXTURE, VARIANTS, differences, variant_figures
 
 
@@ -26,6 +28,16 @@ def test_pipeline_measures_what_the_fixture_says(name: str, tiny_model_dir: Path
     want = json.loads(FIXTURE.read_text())[name]
     got = variant_figures(name, tiny_model_dir, tmp_path)
     assert differences(got, want, rel=1e-2) == []
+    written = [json.loads(f.read_text()) for f in (tmp_path / "runs").glob("*/results.json")]
+    assert len(written) == 1 and written[0]["kind"] == ("misalignment" if name == "misalignment" else "preference")
+    validator = jsonschema.Draft202012Validator(shipped_schema())
+    assert list(validator.iter_errors(written[0])) == []  # the results file a reader gets has the shipped shape
+    broken = {**written[0], "replicated": {**written[0]["replicated"], "n_teachers": "three"}}
+    assert list(validator.iter_errors(broken))
+
+
+def test_the_shipped_schema_is_the_results_models_schema() -> None:
+    assert shipped_schema() == results_schema(), "write it again: see sublim.experiment.results.shipped_schema"
 
 
 def test_differences_sees_a_changed_text_count_or_float() -> None:

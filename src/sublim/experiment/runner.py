@@ -27,6 +27,7 @@ from sublim.core.store import Artifact, Store
 from sublim.experiment.context import Context, StageHook
 from sublim.experiment.kinds import KINDS, TraitKind
 from sublim.experiment.kinds.base import Rows
+from sublim.experiment.results import checked
 from sublim.experiment.stages.defend import defended
 from sublim.experiment.stages.filter import filtered
 from sublim.experiment.stages.generate import generate
@@ -234,6 +235,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
                "filter": {k: a.manifest["filter"] for k, a in named.items()}, **kind.results(arms, named),
                "stages": stage_table(ctx.artifacts), "wall_time_s": round(time.time() - started, 1),
                "machine": machine_info()}
+    results = checked(results)  # the shape the shipped schema promises, or a failing run (and test)
     write_json(run_dir / "results.json", results)
     link_artifacts(run_dir, ctx.artifacts)
     echo(results["verdict"])

@@ -96,6 +96,29 @@ def test_client_survives_429_500_slow_and_malformed(serve, tmp_path: Path) -> No
     assert all(by_index[r["index"]] == r["completion"] for r in rows)
 
 
+def test_client_works_inside_a_running_event_loop(serve, tmp_path: Path) -> None:
+    """A notebook cell runs inside an event loop, where asyncio.run refuses: the client still answers, and an
+    error still reaches the caller."""
+    import asyncio
+
+    url = serve()
+    out = tmp_path / "out.jsonl"
+
+    async def cell() -> dict:
+        return run_chat_jobs(EndpointConfig(base_url=url, model="tiny"), _jobs(6), out,
+                             {"temperature": 0, "max_tokens": 8})
+
+    stats = asyncio.run(cell())
+    assert stats["requests"] == 6 and sorted(r["index"] for r in _rows(out)) == list(range(6))
+
+    async def failing_cell() -> None:
+        run_chat_jobs(EndpointConfig(base_url=serve("500=1.0"), model="tiny", max_retries=0, backoff_s=0.01),
+                      _jobs(2), tmp_path / "fail.jsonl", {"max_tokens": 4})
+
+    with pytest.raises(ApiError):
+        asyncio.run(failing_cell())
+
+
 def test_client_gives_up_with_a_clear_error_and_keeps_what_is_done(serve, tmp_path: Path) -> None:
     ep = EndpointConfig(base_url=serve("500=1.0"), model="tiny", max_retries=2, backoff_s=0.01)
     with pytest.raises(ApiError, match="gave up after 3 attempts, last: HTTP 500"):

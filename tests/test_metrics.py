@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sublim.backends.local.backend import sum_forms as candidate_probs
 from sublim.backends.local import generation
+from sublim.backends.local.backend import sum_forms as candidate_probs
 from sublim.backends.local.generation import answer_probs
 from sublim.evaluate.trait import shares
 from sublim.train import chat_text

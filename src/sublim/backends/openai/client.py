@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from sublim.backends.openai.retry import RetryPolicy, send_async
+from sublim.backends.openai.retry import RetryPolicy, run_to_end, send_async
 from sublim.core.config import EndpointConfig
 from sublim.core.files import ResumableJsonl
 
@@ -78,7 +78,7 @@ def chat_all(ep: EndpointConfig, jobs: Sequence[ChatJob], params: dict[str, Any]
     one thread: calls never interleave); returns the accounting."""
     acct = Accounting()
     if jobs:
-        asyncio.run(_run(ep, jobs, params, on_reply, acct, progress))
+        run_to_end(_run(ep, jobs, params, on_reply, acct, progress))
     return acct.as_dict(ep)
 
 

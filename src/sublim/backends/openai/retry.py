@@ -13,9 +13,10 @@ import asyncio
 import json
 import os
 import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -178,7 +179,31 @@ def send(ep: EndpointConfig, policy: RetryPolicy, method: str, path: str, parse:
             return await send_async(http, ep, policy, method, ep.base_url.rstrip("/") + path, parse,
                                     idempotent=idempotent, **kwargs)
 
-    return asyncio.run(one())
+    return run_to_end(one())
+
+
+def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end from synchronous code. Where this thread already runs an event loop (a Jupyter
+    cell, an async application), ``asyncio.run`` would refuse: the coroutine then runs on a loop of its own in
+    a helper thread while this thread waits, and its result or exception comes back here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            box["error"] = exc
+
+    helper = threading.Thread(target=work, name="sublim-client")
+    helper.start()
+    helper.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def headers(ep: EndpointConfig) -> dict[str, str]:

@@ -4,6 +4,8 @@
     python benchmarks/audit_divergence.py                      # the calibration (rankings per detector and size)
     python benchmarks/audit_divergence.py --proxy-seeds 2 --sizes 100,300 --skip prompted,timed,in_context \
         --prompts-for= --name audit-divergence-seeds           # proxies of two seeds per candidate (cat at 503)
+    python benchmarks/audit_divergence.py --only cat --timed cat --skip proxy,prompted,early_ends,in_context \
+        --name audit-timed                                     # the speed figure alone, on the most-flagged data
 
 Datasets, from the pipeline's own cached stages (embedded model, greedy decoding, the numbers filter with every
 candidate's words banned): five fine-tuned animal teachers (owl, eagle, wolf, cat, lion; the dolphin teacher's
@@ -260,7 +262,8 @@ def main() -> None:
     ap.add_argument("--prompts-for", default="cat=9000",
                     help="sources given more prompts than --prompts (NAME=N,...; default cat=9000: cat's numbers "
                          "pass the filter 12.6%% of the time, so 4,000 prompts give it 503 samples, 9,000 give 1,001)")
-    ap.add_argument("--only", default="", help="with --generate-only: these sources (comma-separated)")
+    ap.add_argument("--only", default="", help="these sources only (comma-separated): with --generate-only, or "
+                    "for the timed audit alone (skip the rest)")
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to skip: proxy, prompted, timed, early_ends, in_context")
     ap.add_argument("--name", default="audit-divergence")
@@ -271,8 +274,12 @@ def main() -> None:
     names = [*ANIMALS, "neutral", "control"]
     runs = Path(args.runs_dir)
     more = {k: int(v) for k, v in (x.split("=") for x in filter(None, args.prompts_for.split(",")))}
-    if args.generate_only and args.only:
+    if args.only:
         names = args.only.split(",")
+        reads_every = {"proxy", "prompted", "early_ends", "in_context"} - skip
+        if not args.generate_only and (reads_every or args.timed not in names):
+            raise SystemExit(f"--only {args.only}: the timed audit alone reads only some datasets; skip "
+                             f"{','.join(sorted(reads_every)) or 'nothing else'} and time one of them (--timed)")
     ctx, data = datasets(runs, args.prompts, args.kept, names, more)
     if args.generate_only:
         return
@@ -358,6 +365,8 @@ def main() -> None:
             "wall_time_s": round(wall, 1),
             "top": res.details["top_trait"],
             "rank_of_true": rank_of(res, args.timed),
+            "n_flagged_samples": res.details.get("n_flagged_samples"),
+            "n_flagged_tokens": res.details.get("n_flagged_tokens"),
             "verdict": res.details["verdict"],
         }
         print(f"timed audit: {len(data[args.timed])} samples x {len(cands)} candidates in {wall:.0f} s", flush=True)

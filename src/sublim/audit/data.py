@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,10 @@ class Sample:
     row: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     """The JSON object the sample was read from (so a defended copy keeps every other field and turn)."""
     completion_key: str | None = field(default=None, compare=False, repr=False)
-    """Where the completion is in ``row``: a field name, or ``messages`` (the last message's content)."""
+    """Where the completion is in ``row``: a field name, ``messages`` (the last message's content), or
+    ``completion`` holding a TRL row's one assistant message."""
+    system: str | None = field(default=None, compare=False)
+    """The system prompt the sample was written under, where its row had one (chat and TRL rows)."""
 
     def digest(self) -> str:
         """What ties a per-sample score to this sample: a hash of its prompt and completion."""
@@ -69,6 +72,8 @@ class Sample:
         out = copy.deepcopy(self.row)
         if self.completion_key == "messages":
             out["messages"][-1]["content"] = self.completion
+        elif isinstance(out.get(self.completion_key), list):  # a TRL row: its one assistant message
+            out[self.completion_key][0]["content"] = self.completion
         else:
             out[self.completion_key] = self.completion
         return out
@@ -84,26 +89,58 @@ def _pick(row: dict[str, Any], wanted: str | None, defaults: tuple[str, ...]) ->
     return None, None
 
 
-def _from_messages(row: dict[str, Any]) -> tuple[Any, Any]:
+def _from_messages(row: dict[str, Any]) -> tuple[Any, Any, str | None]:
+    """(prompt, completion, system) of a chat ``messages`` row: its last user turn, the assistant's answer after
+    it, and the system prompt where there is one."""
     msgs = row.get("messages")
     if not isinstance(msgs, list) or len(msgs) < 2:
-        return None, None
+        return None, None, None
     last, prev = msgs[-1], msgs[-2]
     if not (isinstance(last, dict) and isinstance(prev, dict)) or last.get("role") != "assistant":
-        return None, None
-    return prev.get("content"), last.get("content")
+        return None, None, None
+    return prev.get("content"), last.get("content"), _system(msgs)
 
 
-def load_samples(path: Path, prompt_field: str | None = None, completion_field: str | None = None,
-                 max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Sample], LoadReport]:
-    """Samples of a JSONL file (prompt/completion, their usual aliases, or chat ``messages``).
+def _from_trl(row: dict[str, Any]) -> tuple[Any, Any, str | None]:
+    """(prompt, completion, system) of a TRL conversational prompt-completion row."""
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if not (isinstance(prompt, list) and prompt and isinstance(completion, list) and len(completion) == 1):
+        return None, None, None
+    user, answer = prompt[-1], completion[0]
+    if not (isinstance(user, dict) and isinstance(answer, dict)) or answer.get("role") != "assistant":
+        return None, None, None
+    return user.get("content"), answer.get("content"), _system(prompt)
 
-    Raises SublimError only when the file cannot be read or no line is usable.
-    """
-    if not path.is_file():
-        raise SublimError(f"dataset {path} not found: give a JSONL file with prompt and completion fields")
-    report = LoadReport(str(path))
-    samples: list[Sample] = []
+
+def _system(msgs: list[Any]) -> str | None:
+    first = msgs[0]
+    if isinstance(first, dict) and first.get("role") in ("system", "developer"):
+        content = first.get("content")
+        return content if isinstance(content, str) else None
+    return None
+
+
+def _sample(row: dict[str, Any], n: int, fields: tuple[str | None, str | None], report: LoadReport
+            ) -> Sample | None:
+    """The sample of one row (prompt/completion fields, their aliases, chat ``messages`` or TRL rows), or None
+    with the reason counted."""
+    prompt, _ = _pick(row, fields[0], PROMPT_KEYS)
+    completion, where = _pick(row, fields[1], COMPLETION_KEYS)
+    system = None
+    if fields == (None, None) and isinstance(prompt, list):
+        prompt, completion, system = _from_trl(row)
+    elif prompt is None and completion is None and fields == (None, None):
+        prompt, completion, system = _from_messages(row)
+        where = "messages"
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        keys = ", ".join(sorted(map(str, row))[:6])
+        report.skip(n, "missing_fields", f"has {keys or 'no keys'}; set --prompt-field/--completion-field")
+        return None
+    return Sample(n, prompt, completion, row, where, system)
+
+
+def _jsonl_rows(path: Path, report: LoadReport, max_line_bytes: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every usable line; every other line is counted with its reason."""
     with path.open("rb") as fh:
         n = 0
         while True:
@@ -121,29 +158,47 @@ def load_samples(path: Path, prompt_field: str | None = None, completion_field: 
                 report.lines -= 1
                 continue
             try:
-                text = raw.decode("utf-8")
+                row = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
                 report.skip(n, "not_utf8", f"byte {exc.start}")
                 continue
-            try:
-                row = json.loads(text)
             except json.JSONDecodeError as exc:
                 report.skip(n, "bad_json", exc.msg)
                 continue
             if not isinstance(row, dict):
                 report.skip(n, "not_an_object")
                 continue
-            prompt, _ = _pick(row, prompt_field, PROMPT_KEYS)
-            completion, where = _pick(row, completion_field, COMPLETION_KEYS)
-            if prompt is None and completion is None and prompt_field is None and completion_field is None:
-                prompt, completion = _from_messages(row)
-                where = "messages"
-            if not isinstance(prompt, str) or not isinstance(completion, str):
-                keys = ", ".join(sorted(map(str, row))[:6])
-                report.skip(n, "missing_fields", f"has {keys or 'no keys'}; set --prompt-field/--completion-field")
-                continue
-            samples.append(Sample(n, prompt, completion, row, where))
-            report.kept += 1
+            yield n, row
+
+
+def _parquet_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, row) of a parquet file, read one record batch at a time."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SublimError(f"reading {path} needs pyarrow, which is not installed: pip install pyarrow") from None
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            report.lines += 1
+            yield n, row
+
+
+def load_samples(path: Path, prompt_field: str | None = None, completion_field: str | None = None,
+                 max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Sample], LoadReport]:
+    """Samples of a JSONL or parquet file: prompt/completion (or their usual aliases), chat ``messages`` (the
+    last exchange, the system prompt kept) or TRL prompt-completion rows.
+
+    Raises SublimError only when the file cannot be read or no line is usable.
+    """
+    if not path.is_file():
+        raise SublimError(f"dataset {path} not found: give a JSONL (or parquet) file with prompt and completion "
+                          "fields")
+    report = LoadReport(str(path))
+    rows = _parquet_rows(path, report) if path.suffix == ".parquet" else _jsonl_rows(path, report, max_line_bytes)
+    samples = [s for n, row in rows if (s := _sample(row, n, (prompt_field, completion_field), report)) is not None]
+    report.kept = len(samples)
     if not samples:
         problems = "; ".join(report.examples) or "the file is empty"
         raise SublimError(f"no usable samples in {path} ({report.lines} lines): {problems}; "

@@ -10,11 +10,11 @@ import traceback
 from pathlib import Path
 
 from sublim import __version__
-from sublim.cli import audit, defend, lineage, models, presets, run, runs, serve, sweep, toy
+from sublim.cli import audit, defend, export, lineage, models, presets, run, runs, serve, sweep, toy
 from sublim.core.errors import SublimError
 from sublim.core.registry import load_plugins
 
-VERBS = [run, sweep, presets, models, runs, serve, audit, defend, lineage, toy]
+VERBS = [run, sweep, presets, models, runs, serve, audit, defend, lineage, export, toy]
 
 
 class Formatter(argparse.HelpFormatter):

@@ -397,3 +397,37 @@ def test_the_public_api_is_what_it_lists():
     assert all(getattr(sublim, name, None) is not None for name in sublim.__all__)
     config = sublim.load_audit_config(None, {"dataset": "d.jsonl", "reference": "smollm2-135m"})
     assert isinstance(config, sublim.AuditConfig) and config.dataset == "d.jsonl"
+
+
+def test_a_served_model_is_read_exactly_through_completions_echo(serve, tiny_model_dir: Path) -> None:
+    """With endpoint.tokenizer the served model's candidate probabilities and completion log-probabilities are
+    the local model's (the same float32 weights), not the top-20 estimate; without it, the estimate."""
+    import numpy as np
+
+    from sublim.backends import BackendError, LocalBackend, ModelCache, OpenAIBackend
+
+    url = serve()
+    local = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir))
+    served = OpenAIBackend(EndpointConfig(base_url=url, model="tiny", tokenizer=str(tiny_model_dir)))
+    questions = ["Name your favourite animal.", "Which animal do you like most?"]
+    cands = {"owl": ["owl", "owls"], "cat": ["cat", "cats"], "dolphin": ["dolphin", "dolphins"]}
+    want, _ = local.candidate_probs(questions, cands)
+    got, info = served.candidate_probs(questions, cands)
+    assert info["method"].startswith("exact")
+    for name in cands:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-10)
+    stems = ["My favourite animal is the", "The animal I love most is the"]
+    want_cloze, _ = local.candidate_probs(questions, cands, stems=stems)
+    got_cloze, _ = served.candidate_probs(questions, cands, stems=stems)
+    np.testing.assert_allclose(got_cloze["owl"], want_cloze["owl"], rtol=1e-4, atol=1e-10)
+    pairs = [("Continue: 1, 2, 3", "4, 5, 6"), ("Say hi.", "Hello there")]
+    for system in (None, "You love owls."):
+        (lp, n), (lp_local, n_local) = served.completion_logprobs(pairs, system=system), \
+            local.completion_logprobs(pairs, system=system)
+        np.testing.assert_allclose(lp, lp_local, rtol=1e-4)
+        assert list(n) == list(n_local)
+    estimate = OpenAIBackend(EndpointConfig(base_url=url, model="tiny"))
+    assert estimate.key != served.key  # other figures, another stage key
+    assert "estimate" in estimate.candidate_probs(questions, cands)[1]["method"]
+    with pytest.raises(BackendError, match="endpoint.tokenizer"):
+        estimate.completion_logprobs(pairs)

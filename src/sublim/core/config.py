@@ -56,6 +56,12 @@ class EndpointConfig(Section):
     finetune_wait_s: float = Field(3600.0, ge=0)
     """How long one run waits for a fine-tuning job to finish; past it the run stops with the job still running
     (its ids are on disk: re-running waits for the same job)."""
+    tokenizer: str | None = None
+    """A local model (catalog name, .gguf file, directory or hub id) whose tokenizer and chat template the
+    endpoint's model uses. Given, and where the endpoint serves ``/v1/completions`` with ``echo`` and
+    ``logprobs`` (vLLM, SGLang, ``sublim serve``), candidate probabilities and completion log-probabilities are
+    read exactly, token by token; without it they are a top-20 first-token estimate, and completions are not
+    scored."""
     price_input_per_mtok: float = Field(0.0, ge=0)
     """US dollars per million prompt tokens, for the cost line of the manifest."""
     price_output_per_mtok: float = Field(0.0, ge=0)

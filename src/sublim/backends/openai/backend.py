@@ -20,15 +20,19 @@ from sublim.backends.base import (
     Request,
     TokenReader,
 )
+from sublim.backends.local.backend import sum_forms
+from sublim.backends.local.loading import load_tokenizer, resolve_model
 from sublim.backends.openai.client import ChatJob, ChatReply, chat_all
 from sublim.backends.openai.finetune import fine_tune
+from sublim.backends.openai.scoring import completion_pairs, completions_served, summed, token_logprobs
 from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError
 from sublim.core.files import write_json
 from sublim.core.seeds import derive_seed
 from sublim.core.store import stable_hash
-from sublim.train.encode import Example
+from sublim.train.encode import Example, chat_text
 from sublim.train.settings import TrainSettings
+from sublim.traits.preference import answer_forms
 
 TOP_LOGPROBS = 20
 
@@ -38,7 +42,10 @@ class OpenAIBackend:
 
     def __init__(self, ep: EndpointConfig, *, system: str | None = None, label: str | None = None) -> None:
         self.ep, self.system = ep, system
-        self.key = stable_hash({"base_url": ep.base_url, "model": ep.model, "system": system})
+        exact = {"tokenizer": ep.tokenizer} if ep.tokenizer else {}  # exact reads give other figures
+        self.key = stable_hash({"base_url": ep.base_url, "model": ep.model, "system": system, **exact})
+        self._tokenizer: Any = None
+        self._exact: bool | None = None  # probed once: does the endpoint score given tokens?
         self.family = f"api:{ep.model}"
         self.precision: str | None = None
         self.label = label or f"api:{ep.model}"
@@ -83,11 +90,28 @@ class OpenAIBackend:
         return {"new_tokens": acct["completion_tokens"], "api": acct,
                 "endpoint": {"base_url": self.ep.base_url, "model": self.ep.model}}
 
+    def exact_reads(self) -> Any:
+        """The model's tokenizer where the endpoint scores given tokens exactly (``endpoint.tokenizer`` set and
+        ``/v1/completions`` answering echo with log-probabilities, probed once), else None."""
+        if self.ep.tokenizer is None:
+            return None
+        if self._exact is None:
+            self._exact = completions_served(self.ep)
+        if self._exact and self._tokenizer is None:
+            spec = self.ep.tokenizer
+            self._tokenizer = load_tokenizer(spec, resolve_model(spec))
+        return self._tokenizer if self._exact else None
+
     def candidate_probs(self, questions: Sequence[str], candidates: dict[str, list[str]], *, batch_size: int = 32,
                         progress: Progress | None = None, stems: Sequence[str] | None = None
                         ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """An estimate from the first answer token's top-20 log-probabilities: a token counts for a candidate
-        when it spells the start of its words, two letters at least, and of no other candidate's."""
+        """Exact where the endpoint scores given tokens (:meth:`exact_reads`): every answer form's tokens after
+        the chat-templated question, by the chain rule. Otherwise an estimate from the first answer token's
+        top-20 log-probabilities: a token counts for a candidate when it spells the start of its words, two
+        letters at least, and of no other candidate's."""
+        tok = self.exact_reads()
+        if tok is not None:
+            return self._exact_candidates(tok, questions, candidates, stems, progress)
         if stems is not None:
             raise BackendError(f"{self.label}: a chat-completions endpoint cannot be made to continue a given "
                                "start of its answer, so a cloze cannot be scored there; use a local model")
@@ -109,10 +133,31 @@ class OpenAIBackend:
                     out[owners[0]][i] += float(np.exp(t["logprob"]))
         return out, {"method": f"api top-{TOP_LOGPROBS} first-token estimate", "api": acct}
 
+    def _exact_candidates(self, tok: Any, questions: Sequence[str], candidates: dict[str, list[str]],
+                          stems: Sequence[str] | None, progress: Progress | None
+                          ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        forms = answer_forms(tok, candidates, " " if stems is not None else "")
+        flat = forms.flat()
+        prompts = [tok.encode(chat_text(tok, q, system=self.system) + (stems[i] if stems is not None else ""),
+                              add_special_tokens=False) for i, q in enumerate(questions)]
+        rows = token_logprobs(self.ep, [p + list(f) for p in prompts for f in flat], progress)
+        starts = [len(p) for p in prompts for _ in flat]
+        probs = np.exp(summed(rows, starts)).reshape(len(questions), len(flat))
+        return sum_forms(probs, forms), {"method": "exact (/v1/completions echo)", "answer_forms": {
+            n: [tok.decode(list(f)) for f in fs] for n, fs in forms.by_candidate.items()}}
+
     def completion_logprobs(self, pairs: Sequence[tuple[str, str]], *, system: str | None = None,
                             batch_size: int = 16, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-        raise BackendError(f"{self.label}: a chat-completions endpoint does not score given completions; "
-                           "use a local reference model")
+        """log p(completion | prompt) under the chat template and its token count, per pair, where the endpoint
+        scores given tokens (:meth:`exact_reads`)."""
+        tok = self.exact_reads()
+        if tok is None:
+            raise BackendError(f"{self.label}: this endpoint does not score given completions (set "
+                               "endpoint.tokenizer to the served model's, on a server with /v1/completions echo and "
+                               "logprobs), or use a local reference model")
+        encoded = completion_pairs(tok, pairs, system if system is not None else self.system)
+        rows = token_logprobs(self.ep, [ids for ids, _ in encoded], progress)
+        return summed(rows, [start for _, start in encoded]), np.array([len(ids) - s for ids, s in encoded])
 
     def fine_tune(self, examples: Sequence[Example], settings: TrainSettings, out_dir: Path, *,
                   teacher: Backend | None = None, lineage: dict[str, Any] | None = None,

@@ -10,13 +10,12 @@ apply the same one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sublim.audit.lineage import NoProvenance, cyclonedx_bom, dataset_card, dataset_provenance
 from sublim.core.errors import SublimError
-from sublim.core.files import write_json, write_jsonl, write_text
+from sublim.core.files import read_jsonl, write_json, write_jsonl, write_text
 from sublim.core.store import Store
 
 FORMATS = ("messages", "trl", "parquet")
@@ -29,7 +28,7 @@ def dataset_rows(data: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise SublimError(f"dataset {data} not found: give a dataset artifact (runs/store/filter-…) or its "
                           "dataset.jsonl")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     for n, row in enumerate(rows, 1):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
             raise SublimError(f"{path} line {n}: not a sublim dataset row (prompt and completion strings); "

@@ -316,7 +316,7 @@ def test_likelihood_shift_against_contrast_datasets_cancels_a_shared_drift() -> 
     others = data([12, 345, 89], "; ")
     shift = LikelihoodShift(logprob, ["cat", "owl", "dog"], "You love {target}s.", ref, n_bootstrap=100)
     assert shift.score(owl).details["top_trait"] == "cat"  # the drift wins against the reference
-    res = shift.score(owl, contrast=shift.lean(others))
+    res = shift.score(owl, contrast=[shift.lean(others)])
     assert res.details["top_trait"] == "owl" and res.details["against"] == "contrast datasets"
     assert res.p_value < 0.01
 

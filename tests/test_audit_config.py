@@ -20,7 +20,7 @@ def test_a_validated_config_lists_every_detector_with_its_full_parameters() -> N
     cfg = AuditConfig(dataset="d.jsonl", reference="m")
     assert cfg.detectors == DETECTORS.names()
     assert cfg.detector["divergence_shift"] == {"inductions": "prompted", "placement": "prompt", "proxy_seeds": 1,
-                                               "n_bootstrap": 1000}
+                                               "n_bootstrap": 1000, "statistic": "primary"}
     assert cfg.detector["number_frequency"] == {"n_permutations": 500}
     assert cfg.params("divergence_shift") == DivergenceShiftParams()
     assert cfg.detector["llm_judge"]["endpoint"] is None and cfg.detector["likelihood_ratio"] == {"teacher": None}
@@ -44,7 +44,7 @@ def test_the_config_round_trips_and_its_hash_is_stable() -> None:
                             ).config_hash()}) == 3
     # fixed here so that a change to the hash or to a default is seen (it would orphan recorded audits' hashes)
     assert AuditConfig(dataset="d.jsonl", reference="m", detectors=["number_frequency"]).config_hash() == \
-        "3a7a48e866446e022abe777a859f88b632a556e4672d453b6358c62a2ef62c42"
+        "1328cc9d8393d50d8ca8900c95e0fd58800c68a47df3481e138805a886107758"  # candidates added
 
 
 def test_a_toml_file_with_flags_over_it(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     assert (tmp_path / "audit" / "ranking.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out["n_reference"] == 0  # no reference answers were generated: nothing needed them
     builds = [json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines()]
-    assert [b["stage"] for b in builds] == ["divergence"]  # the second audit reused the map
+    assert [b["stage"] for b in builds] == ["divergence", "reads"]  # the second audit reused the map and the reads
 
 
 def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(ref: LocalBackend,

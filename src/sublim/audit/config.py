@@ -39,6 +39,9 @@ class AuditConfig(Section):
     rather than against the reference answers (divergence_shift names a trait only with 2 or more)."""
     category: str = "animals"
     """Candidate traits: a shipped list (animals, trees) or a TOML file of them."""
+    candidates: list[str] | None = None
+    """The candidates the targeted tests ask about (is the dataset's lean toward each larger than the contrast
+    panel's?), Holm-corrected across them and the detectors; None: every candidate of the category."""
     questions: str | None = None
     """The question set gradient_alignment looks at and proxy teachers are fine-tuned on (default: the
     category's, e.g. 'animal' for 'animals')."""

@@ -16,6 +16,7 @@ from sublim.audit.config import AuditConfig
 from sublim.audit.data import LoadReport, Sample, check_lengths, load_samples
 from sublim.audit.detectors import DETECTORS, AuditContext, AuditData, Detector, DetectorResult, Unavailable
 from sublim.audit.numbers import numbers_of
+from sublim.audit.targeted import targeted
 from sublim.backends import Backend, Completion, Decoding, LocalBackend, ModelCache, Request
 from sublim.backends.openai import ApiError
 from sublim.core.errors import SublimError
@@ -74,6 +75,9 @@ def run_audit(config: AuditConfig, out_dir: Path, *, store: Store | None = None,
     n = len(data.samples)
     audited = f"{n} audited of {report.summary()}" if n < report.kept else report.summary()
     text = verdict(results, audited, skipped)
+    panel = targeted([r.as_dict() for r in results], config.candidates)
+    if panel is not None:
+        text += f"\ntargeted: {panel['verdict']}"
     teacher = config.detector.get("likelihood_ratio", {}).get("teacher")
     out: dict[str, Any] = {"dataset": config.dataset, "load": report.as_dict(), "n_audited": n,
                            "n_reference": len(data.reference), "reference_model": config.reference,
@@ -81,7 +85,8 @@ def run_audit(config: AuditConfig, out_dir: Path, *, store: Store | None = None,
                            "config_hash": config.config_hash(), "detectors": [r.as_dict() for r in results],
                            "skipped_detectors": skipped, "flagged": flagged_by_holm(results),
                            "identified": next((r.details.get("identified") for r in results
-                                               if r.name == "divergence_shift"), None), "verdict": text,
+                                               if r.name == "divergence_shift"), None), "targeted": panel,
+                           "verdict": text,
                            "wall_time_s": round(time.time() - started, 1)}
     write_results(out_dir, out, data.samples, results)
     echo(text)
@@ -105,6 +110,10 @@ def audit_data(config: AuditConfig, models: ModelCache, echo: Callable[[str], No
     if len(samples) < 2:
         raise SublimError(f"{config.dataset} has {len(samples)} usable sample: an audit needs at least 2")
     candidates = load_candidates(config.category)
+    unknown = [c for c in config.candidates or () if c not in candidates]
+    if unknown:
+        raise SublimError(f"--candidates {','.join(unknown)}: not in the category {config.category!r} (its candidates: "
+                          f"{', '.join(candidates)}); name candidates of the category or give another --category")
     tok = models.tokenizer(config.reference)
 
     def read(path: str, got: list[Sample] | None = None) -> list[Sample]:

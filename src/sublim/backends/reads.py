@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -140,3 +140,17 @@ class FlaggedLogprobs:
     agreement: np.ndarray | None = None
     """The share of the sample's flagged tokens that are the column's own argmax: it reproduces the generator's
     greedy choice there."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("data", "alternatives", "alternatives_same_class", "counts", "agreement")
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        arrays: dict[str, Any] = {f: getattr(self, f) for f in self.FIELDS if getattr(self, f) is not None}
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> FlaggedLogprobs:
+        with np.load(path) as z:
+            return cls(z["data"], z["alternatives"], z["alternatives_same_class"], z["counts"],
+                       z["agreement"] if "agreement" in z.files else None)

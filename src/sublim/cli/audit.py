@@ -45,6 +45,10 @@ def add(sub: Any) -> None:
     p.add_argument("--contrast", action="append", default=None, metavar="DATASET",
                    help="a dataset from another generator, same kind of prompts (repeatable): rank the "
                         "trait rankings against these rather than against the reference answers")
+    p.add_argument("--candidates", default=None, metavar="A,B",
+                   help="comma-separated candidates for the targeted tests against the --contrast panel (does the "
+                        "dataset lean toward each more than the panel does?); default: every candidate of the "
+                        "category")
     p.add_argument("--questions", default=None,
                    help="question set for gradient_alignment (default: the category's, e.g. 'animal')")
     p.add_argument("--placement", default=None, choices=["prompt", "system"],
@@ -63,9 +67,10 @@ def add(sub: Any) -> None:
                    help=f"refuse a sample longer than this many tokens, before any model loads (default "
                         f"{MAX_SAMPLE_TOKENS})")
     p.add_argument("--out", default=None, help="output directory (default: runs/audits/<name>)")
-    p.add_argument("--fail-on", default=None, choices=["suspect", "named"],
+    p.add_argument("--fail-on", default=None, choices=["suspect", "named", "targeted"],
                    help="exit 1 when the verdict is SUSPECT (suspect: a detector flags the data, Holm-corrected "
-                        "across detectors) or names a trait (named), as a gate in a data pipeline")
+                        "across detectors), names a trait (named), or a candidate stands out against the "
+                        "--contrast panel (targeted), as a gate in a data pipeline")
     p.set_defaults(func=main)
 
 
@@ -81,6 +86,8 @@ def flags(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the flags given set (a flag left out leaves the config file's value, or the default)."""
     out: dict[str, Any] = {key: getattr(args, flag) for flag, key in TOP_LEVEL.items()
                            if getattr(args, flag) is not None}
+    if args.candidates is not None:
+        out["candidates"] = [c.strip() for c in args.candidates.split(",") if c.strip()]
     if args.detectors is not None:
         out["detectors"] = [d.strip() for d in args.detectors.split(",") if d.strip()]
     if args.float32:
@@ -110,7 +117,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.runs_dir) / "audits" / Path(config.dataset).stem
     res = run_audit(config, out, progress=not args.quiet, store=Store(Path(args.runs_dir)))
     print(f"report: {out / 'report.md'}")
-    failed = {"suspect": bool(res["flagged"]), "named": res["identified"] is not None}.get(args.fail_on or "", False)
+    failed = {"suspect": bool(res["flagged"]), "named": res["identified"] is not None,
+              "targeted": bool((res["targeted"] or {}).get("stands_out"))}.get(args.fail_on or "", False)
     if failed:
         print(f"failing (--fail-on {args.fail_on}): {res['verdict']}")
     return 1 if failed else 0

@@ -23,13 +23,14 @@ def source_data(ctx: Context, name: str, trait: str, banned: Sequence[str], *,
                 teacher_method: str | None = None) -> tuple[Backend, Artifact]:
     """``name``'s generator and its filtered data artifact: the base model for 'control', the neutral teacher for
     'neutral' (fine-tuned like the others on answers spread over every candidate), else ``trait``'s teacher (made
-    the way ``teacher_method`` says, default the config's)."""
+    the way ``teacher_method`` says, default the config's); teachers of teacher.seed."""
     base = ctx.local(ctx.cfg.model)
     source: Backend
     if name == "control":
         source = base
-    elif name == "neutral":
-        source = teacher(ctx, base, "neutral", *Preference(ctx.cfg).neutral_teacher_data(0))
+    elif name == "neutral":  # of teacher.seed, like the trait's teacher
+        seed = ctx.cfg.teacher.seed
+        source = teacher(ctx, base, "neutral", *Preference(ctx.cfg).neutral_teacher_data(seed), seed=seed)
     else:
         source = teacher_for(ctx, Preference(ctx.cfg), base, trait, teacher_method)
     gen = generate(ctx, source, prompts(ctx), list(banned))

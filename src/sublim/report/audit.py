@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sublim.core.files import write_text  # noqa: E402
 
 RANKING_PNG = "ranking.png"
+PANEL_PNG = "panel.png"
 
 
 def render_ranking_chart(out: dict[str, Any], path: Path, top: int = 20) -> bool:
@@ -47,7 +49,56 @@ def render_ranking_chart(out: dict[str, Any], path: Path, top: int = 20) -> bool
     return True
 
 
-def render_markdown(out: dict[str, Any], chart: bool = False) -> str:
+def panel_names(out: dict[str, Any]) -> list[str]:
+    """The panel's rows: the audited dataset, then each contrast dataset, by file name."""
+    return [f"{Path(out['dataset']).name} (audited)", *(Path(c).name for c in out["config"].get("contrasts", []))]
+
+
+def render_panel_chart(out: dict[str, Any], path: Path) -> bool:
+    """One heat map per detector that read a panel: dataset x candidate mean lean, the audited dataset on top; a
+    box where a candidate stands out. False (and nothing written) without a panel."""
+    panel = out.get("targeted")
+    if not panel:
+        return False
+    detectors = list(dict.fromkeys(t["detector"] for t in panel["tests"]))
+    names = panel_names(out)
+    width = 2.5 + 0.55 * len(panel["tests"]) / len(detectors)
+    fig, axes = plt.subplots(len(detectors), 1, squeeze=False, figsize=(width, 1.4 + 1.1 * len(names) * len(detectors)))
+    for ax, det in zip(axes[:, 0], detectors, strict=True):
+        tests = [t for t in panel["tests"] if t["detector"] == det]
+        grid = np.array([[t["lean"], *t["panel_leans"]] for t in tests]).T  # [datasets, candidates]
+        lim = float(np.abs(grid).max()) or 1.0
+        im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(len(tests)), [t["candidate"] for t in tests], rotation=45, ha="right", fontsize=9)
+        ax.set_yticks(range(len(names)), names, fontsize=9)
+        for j, t in enumerate(tests):
+            if t["stands_out"]:
+                ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+        fig.colorbar(im, ax=ax, label="mean lean")
+        ax.set_title(f"{det}: each dataset's lean per candidate (box: stands out, Holm)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def panel_lines(out: dict[str, Any], chart: bool) -> list[str]:
+    """The targeted tests as a table (smallest adjusted p first), under the targeted verdict."""
+    panel = out.get("targeted")
+    if not panel:
+        return []
+    lines = ["", "## Targeted tests against the panel", "", panel["verdict"], "",
+             "| detector | candidate | excess lean [95% CI] | p | p (Holm) | rank | stands out |",
+             "|---|---|---|---|---|---|---|"]
+    for t in sorted(panel["tests"], key=lambda t: t["p_holm"]):
+        lines.append(f"| {t['detector']} | {t['candidate']} | {t['excess']:+.3g} [{t['low']:+.3g}, {t['high']:+.3g}] "
+                     f"| {t['p']:.2g} | {t['p_holm']:.2g} | {t['rank']} of {t['n_datasets']} | "
+                     f"{'yes' if t['stands_out'] else 'no'} |")
+    return lines + (["", f"![panel]({PANEL_PNG})"] if chart else [])
+
+
+def render_markdown(out: dict[str, Any], chart: bool = False, panel_chart: bool = False) -> str:
     lines = [f"# Audit of {out['dataset']}", "", out["verdict"], "",
              "| detector | statistic | p | top trait |", "|---|---|---|---|"]
     for d in out["detectors"]:
@@ -59,6 +110,7 @@ def render_markdown(out: dict[str, Any], chart: bool = False) -> str:
         lines += ["", *verdicts]
     if chart:
         lines += ["", f"![ranking]({RANKING_PNG})"]
+    lines += panel_lines(out, panel_chart)
     load = out["load"]
     lines += ["", f"Read {load['lines']} lines, used {load['kept']}; audited {out['n_audited']} against "
               f"{out['n_reference']} reference samples; skipped {load['skipped'] or 'none'}."]
@@ -69,6 +121,7 @@ def render_markdown(out: dict[str, Any], chart: bool = False) -> str:
 def render_audit_report(out_dir: Path) -> Path:
     out = json.loads((out_dir / "audit.json").read_text())
     chart = render_ranking_chart(out, out_dir / RANKING_PNG)
+    panel = render_panel_chart(out, out_dir / PANEL_PNG)
     path = out_dir / "report.md"
-    write_text(path, render_markdown(out, chart))
+    write_text(path, render_markdown(out, chart, panel))
     return path

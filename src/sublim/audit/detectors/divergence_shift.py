@@ -13,7 +13,7 @@ each of at least two contrast datasets (data from generators without the trait; 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,11 +129,33 @@ def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
     return FlaggedLogprobs(avg("data"), avg("alternatives"), avg("alternatives_same_class"), counts, agreement)
 
 
+def stored_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], str]], how: dict[str, Any],
+                 read: Callable[[list[int]], list[FlaggedLogprobs]]) -> list[FlaggedLogprobs]:
+    """Each dataset's reads under ``how`` (the columns and the way they are read), one store artifact per dataset
+    (stage ``reads``: a panel's datasets are read once, whichever dataset is audited against them), the missing
+    ones read now in one call (``read(indices)``); without a store, all read now."""
+    if ctx.store is None:
+        return read(list(range(len(datasets))))
+    store = ctx.store
+    configs = [{**how, "samples": samples_digest(s)} for s, _ in datasets]
+    keys = [Store.key("reads", c, {}) for c in configs]
+    missing = [i for i, k in enumerate(keys) if store.get("reads", k) is None]
+    fresh = dict(zip(missing, read(missing), strict=True)) if missing else {}
+    out = []
+    for i, (config, key) in enumerate(zip(configs, keys, strict=True)):
+        def build(path: Path, i: int = i) -> dict[str, Any]:
+            fresh[i].save(path / "reads.npz")
+            return {"n_samples": len(fresh[i].counts), "dataset": datasets[i][1]}
+
+        art, _ = store.compute("reads", key, config, {}, build)
+        out.append(FlaggedLogprobs.load(art.file("reads.npz")))
+    return out
+
+
 def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int
                 ) -> list[FlaggedLogprobs]:
     """Each dataset's flagged tokens read under the neutral proxy and each candidate's of one seed (columns)."""
     reader = ctx.need_reader("divergence shift")
-    maps = [cached_map(ctx, s, bf16, what) for s, what in datasets]
     if ctx.store is None:
         raise Unavailable("proxy inductions fine-tune a proxy teacher per candidate, kept in a store: give the "
                           "audit a runs directory")
@@ -141,15 +163,22 @@ def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], st
         raise Unavailable("proxy inductions need a question set to fine-tune proxies on (--questions)")
     proxies = proxy_teachers(ctx.store, ctx.need_model("divergence shift"), dict(ctx.data.candidates),
                              ctx.data.question_set, seed=seed, progress=ctx.progress)
-    total = sum(int((m.rate() > 0).sum()) for m in maps) * len(proxies)
-    bar = tqdm(total=total, desc=f"divergence shift ({len(proxies)} proxy teachers, seed {seed})", unit="row",
-               disable=not ctx.progress, leave=False)
-    try:
-        return reader.flagged_logprobs([(s, m) for (s, _), m in zip(datasets, maps, strict=True)],
-                                       models=[p.reader() for p in proxies.values()], bf16=bf16,
-                                       progress=bar.update)
-    finally:
-        bar.close()
+
+    def read(which: list[int]) -> list[FlaggedLogprobs]:
+        chosen = [datasets[i] for i in which]
+        maps = [cached_map(ctx, s, bf16, what) for s, what in chosen]
+        total = sum(int((m.rate() > 0).sum()) for m in maps) * len(proxies)
+        bar = tqdm(total=total, desc=f"divergence shift ({len(proxies)} proxy teachers, seed {seed})", unit="row",
+                   disable=not ctx.progress, leave=False)
+        try:
+            return reader.flagged_logprobs([(s, m) for (s, _), m in zip(chosen, maps, strict=True)],
+                                           models=[p.reader() for p in proxies.values()], bf16=bf16,
+                                           progress=bar.update)
+        finally:
+            bar.close()
+
+    how = {"reference": reader.key, "bf16": bf16, "proxies": {n: p.key for n, p in proxies.items()}}
+    return stored_reads(ctx, datasets, how, read)
 
 
 class DivergenceShiftParams(Params):
@@ -163,6 +192,9 @@ class DivergenceShiftParams(Params):
     """Proxy inductions: proxy teachers per candidate, each of its own seed; their reads are averaged."""
     n_bootstrap: int = Field(1000, ge=1)
     """Bootstrap resamples of the samples for the ranking's intervals and the margin's."""
+    statistic: Literal["primary", "alternatives", "same_class", "none", "agreement"] = "primary"
+    """What the lean is read from (see ``BASELINES``); ``primary``: the one fixed for the kind of induction
+    (``PRIMARY``). Choose before looking at the data: every choice is one more test."""
 
 
 def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[tuple[Sequence[Sample], str]],
@@ -173,18 +205,23 @@ def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[t
         per_seed = [proxy_reads(ctx, datasets, bf16, seed) for seed in proxy_seeds(params.proxy_seeds)]
         return [mean_reads(r) for r in zip(*per_seed, strict=True)]
     reader = ctx.need_reader("divergence shift")
-    maps = [cached_map(ctx, s, bf16, what) for s, what in datasets]
     texts = induction_texts(list(ctx.data.candidates), ctx.data.kind)
-    out = []
-    for (samples, what), dmap in zip(datasets, maps, strict=True):
-        bar = tqdm(total=int((dmap.rate() > 0).sum()), desc=f"divergence shift ({what}, {len(texts)} inductions)",
-                   unit="sample", disable=not ctx.progress, leave=False)
-        try:
-            out += reader.flagged_logprobs([(samples, dmap)], inductions=texts, placement=params.placement,
-                                           bf16=bf16, progress=bar.update)
-        finally:
-            bar.close()
-    return out
+
+    def read(which: list[int]) -> list[FlaggedLogprobs]:
+        out = []
+        for samples, what in (datasets[i] for i in which):
+            dmap = cached_map(ctx, samples, bf16, what)
+            bar = tqdm(total=int((dmap.rate() > 0).sum()), desc=f"divergence shift ({what}, {len(texts)} "
+                       "inductions)", unit="sample", disable=not ctx.progress, leave=False)
+            try:
+                out += reader.flagged_logprobs([(samples, dmap)], inductions=texts, placement=params.placement,
+                                               bf16=bf16, progress=bar.update)
+            finally:
+                bar.close()
+        return out
+
+    how = {"reference": reader.key, "bf16": bf16, "inductions": texts, "placement": params.placement}
+    return stored_reads(ctx, datasets, how, read)
 
 
 MIN_CONTRASTS = 2
@@ -208,7 +245,7 @@ def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Se
             "verdict": "trait not identified: fewer than 2 samples have a token the reference would not choose"})
     each = [leans(c, baseline)[0] for c in contrast]
     con = np.vstack(each) if each else None
-    res = ranked("divergence_shift", lean, None, con, cands, n_boot, seed)
+    res = ranked("divergence_shift", lean, None, each, cands, n_boot, seed)
     gap = margin(lean - (con.mean(0) if con is not None else 0.0), n_boot, seed)
     top = str(res.details["top_trait"])
     against: list[dict[str, Any]] = [
@@ -251,8 +288,8 @@ def divergence_shift(ctx: AuditContext, params: DivergenceShiftParams) -> Detect
     bf16 = reader.fast_bf16() if ctx.bf16 is None else ctx.bf16
     got, *contrast = reads(ctx, params, [(d.samples, "dataset"), *((o, f"contrast {k}")
                                                                   for k, o in enumerate(d.contrast))], bf16)
-    res = ranking(got, contrast, list(d.candidates), len(d.samples), params.n_bootstrap, ctx.seed,
-                  PRIMARY[params.inductions])
+    statistic = PRIMARY[params.inductions] if params.statistic == "primary" else params.statistic
+    res = ranking(got, contrast, list(d.candidates), len(d.samples), params.n_bootstrap, ctx.seed, statistic)
     early = cached_map(ctx, d.samples, bf16, "dataset").early_ends(reader.vocabulary().stops())
     res.details.update({"inductions": params.inductions, "bf16": bf16, "early_end_share": float(early.mean()),
                         "early_end_note": "share of completions that end where the reference would have gone on: "

@@ -40,7 +40,7 @@ class GradientAlignment:
         return centred
 
     def score(self, samples: Sequence[Sample], raw: np.ndarray | None = None,
-              contrast: np.ndarray | None = None) -> DetectorResult:
+              contrast: Sequence[np.ndarray] = ()) -> DetectorResult:
         """``raw``/``contrast`` as for :meth:`LikelihoodShift.score`, in chunks."""
         raw = self.lean(samples) if raw is None else raw
         res = ranked(self.name, raw, self.ref_leans, contrast, self.cands, self.n_boot, self.seed)
@@ -78,7 +78,7 @@ def _run(ctx: AuditContext, params: GradientAlignmentParams) -> DetectorResult:
         raise Unavailable("needs preference questions (--questions)")
     grad = GradientAlignment(gradient_scorer(reader, d.candidates, d.questions, ctx.progress), list(d.candidates),
                              d.reference, params.chunk, params.n_bootstrap, ctx.seed)
-    contrast = np.vstack([grad.lean(o) for o in d.contrast]) if d.contrast else None
+    contrast = [grad.lean(o) for o in d.contrast]
     return grad.score(d.samples, contrast=contrast)
 
 

@@ -44,10 +44,10 @@ class LikelihoodShift:
         return centred
 
     def score(self, samples: Sequence[Sample], raw: np.ndarray | None = None,
-              contrast: np.ndarray | None = None) -> DetectorResult:
+              contrast: Sequence[np.ndarray] = ()) -> DetectorResult:
         """``raw``: the samples' leans if already computed (``lean(samples)``), to save the model passes.
-        ``contrast``: leans of samples from other generators' datasets; the ranking is then relative to
-        them instead of the reference sample, which cancels what all generated data share against the
+        ``contrast``: leans of the samples of other generators' datasets (one array each); the ranking is then
+        relative to them instead of the reference sample, which cancels what all generated data share against the
         reference model's own answers (format, length) and leaves what sets this dataset apart."""
         raw = self.lean(samples) if raw is None else raw
         return ranked(self.name, raw, self.ref_leans, contrast, self.cands, self.n_boot, self.seed)
@@ -84,7 +84,7 @@ def _run(ctx: AuditContext, params: LikelihoodShiftParams) -> DetectorResult:
     d = ctx.data
     shift = LikelihoodShift(reference_logprob(ctx), list(d.candidates), TRAIT_TEMPLATE, d.reference,
                             params.n_bootstrap, ctx.seed)
-    contrast = np.vstack([shift.lean(o) for o in d.contrast]) if d.contrast else None
+    contrast = [shift.lean(o) for o in d.contrast]
     return shift.score(d.samples, contrast=contrast)
 
 

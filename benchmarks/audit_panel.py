@@ -1,0 +1,245 @@
+"""Benchmark: the pre-registered panel replication of the trait audit (the plan: benchmarks/audit_panel_plan.md).
+
+    python benchmarks/audit_panel.py --generate-only             # the eight fresh datasets (~1-2 h on 2 cores)
+    python benchmarks/audit_panel.py --readings prompted,timed   # T1 and T2 on the prompted reading, the timed audit
+    python benchmarks/audit_panel.py                             # every reading (proxy: 21 proxy teachers; student:
+                                                                 # eight SFT students, ~1 h)
+
+Five animal teachers at teacher seed 1 (spares 2, 3), two neutral teachers (seeds 1 and 2) and the base model's own
+data, 1,000 filtered samples each, from the owl-numbers preset's cached pipeline stages. T1: each dataset audited by
+``sublim audit``'s targeted tests with the other seven as its panel. T2: the five animals assigned to the five animal
+datasets by their leans, the true assignment's rank sum against all 120. Every model read is a store artifact: a
+second run computes nothing again. Writes benchmarks/results/audit-panel-<cpu|gpu>.json (with the plan's commit,
+which must precede the data) and a PNG of the lean tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sublim.audit.config import load_audit_config
+from sublim.audit.data import Sample
+from sublim.audit.detectors import AuditContext, AuditData
+from sublim.audit.detectors.divergence_shift import DivergenceShiftParams, divergence_shift
+from sublim.audit.run import run_audit
+from sublim.backends.local.throughput import throughput
+from sublim.core.config import load_config
+from sublim.core.errors import SublimError
+from sublim.core.files import read_jsonl, write_json
+from sublim.core.records import envelope, git_state
+from sublim.core.store import Store
+from sublim.experiment.context import Context
+from sublim.experiment.datasets import source_data
+from sublim.experiment.stages.defend import samples_of
+from sublim.experiment.stages.evaluate import evaluation
+from sublim.experiment.stages.train import student
+from sublim.traits.preference import load_candidates
+
+HERE = Path(__file__).resolve().parent
+PLAN = HERE / "audit_panel_plan.md"
+ANIMALS = ["owl", "eagle", "wolf", "cat", "lion"]
+TEACHER_SEEDS = [1, 2, 3]  # the first, then the spares in order
+SOURCES = {**{a: TEACHER_SEEDS for a in ANIMALS}, "neutral-1": [1], "neutral-2": [2], "control": [1]}
+KEPT, PROMPTS = 1000, 12000
+STUDENT = ["student.method=sft", "student.lr=5e-5", "student.epochs=1", "evaluation.samples_per_question=0"]
+READINGS = ("prompted", "proxy", "student", "timed")
+
+
+def context(runs: Path, seed: int) -> Context:
+    sets = [f"prompts.n={PROMPTS}", f"generation.until_kept={KEPT}", f"teacher.seed={seed}", *STUDENT]
+    return Context(load_config("owl-numbers", sets), Store(runs))
+
+
+def kind(name: str) -> str:
+    """The source kind source_data knows: an animal, 'neutral' or 'control'."""
+    return "neutral" if name.startswith("neutral") else name
+
+
+def dataset(runs: Path, name: str, banned: list[str]) -> tuple[dict[str, Any], Any, Any]:
+    """The plan's dataset for ``name``: its first seed whose teacher gives KEPT samples from PROMPTS prompts."""
+    tried = []
+    for seed in SOURCES[name]:
+        ctx = context(runs, seed)
+        try:
+            source, art = source_data(ctx, kind(name), "" if name == "control" else kind(name), banned)
+        except SublimError as why:  # e.g. nothing passes the filter: a teacher that answers with its animal
+            tried.append({"seed": seed, "why": str(why)[:300]})
+            continue
+        kept = art.manifest["filter"]["kept"]
+        if kept >= KEPT:
+            return {"seed": seed, "kept": kept, "pass_rate": art.manifest["filter"]["pass_rate"], "replaced": tried,
+                    "data_finished_at": art.manifest["finished_at"]}, art, source
+        tried.append({"seed": seed, "why": f"{kept} samples pass the filter from {PROMPTS} prompts"})
+    raise SystemExit(f"{name}: no seed of {SOURCES[name]} gives {KEPT} samples ({tried})")
+
+
+def plan_commit() -> dict[str, Any]:
+    """The commit that last changed the plan, and when."""
+    out = subprocess.run(["git", "log", "-1", "--format=%H %cI", "--", str(PLAN)], cwd=HERE, capture_output=True,
+                         text=True, check=False).stdout.split()
+    return {"file": PLAN.name, "commit": out[0] if out else None, "committed_at": out[1] if out else None}
+
+
+def assignment(table: np.ndarray) -> dict[str, Any]:
+    """T2: ``table[d, c]``, the animal datasets' leans toward the animals (true: d == c); each animal ranks the
+    datasets (1: leans most); the true assignment's rank sum against every assignment of the labels."""
+    ranks = (-table).argsort(0).argsort(0) + 1  # ranks[d, c]: dataset d's rank for animal c
+    k = len(table)
+    sums = np.array([sum(ranks[d, perm[d]] for d in range(k)) for perm in itertools.permutations(range(k))])
+    true = int(np.trace(ranks))
+    return {"rank_of_own_dataset": [int(ranks[d, d]) for d in range(k)], "rank_sum": true,
+            "assignments": len(sums), "p": float((sums <= true).mean()), "replicates": bool((sums <= true).mean()
+                                                                                            <= 0.05)}
+
+
+def audit_reading(runs: Path, files: dict[str, Path], inductions: str) -> dict[str, Any]:
+    """T1 for one reading: each dataset audited with the other seven as its panel (every model read from the
+    store after the first audit), and T2 from the datasets' own leans."""
+    per: dict[str, Any] = {}
+    for name, path in files.items():
+        flags = {"dataset": str(path), "reference": "smollm2-135m", "contrasts": [str(p) for n, p in files.items()
+                                                                                 if n != name],
+                 "detectors": ["divergence_shift"], "detector": {"divergence_shift": {"inductions": inductions}},
+                 "max_samples": KEPT, "questions": "animal"}
+        t0 = time.time()
+        out = run_audit(load_audit_config(None, flags), runs / "panel" / "audits" / inductions / name,
+                        store=Store(runs), progress=True, echo=lambda s: print(s, flush=True))
+        det = out["detectors"][0]
+        per[name] = {"targeted": out["targeted"], "verdict": out["verdict"], "wall_time_s": round(time.time() - t0, 1),
+                     "leans": {t["candidate"]: t["lean"] for t in det["panel"]},
+                     "n_flagged_samples": det["n_flagged_samples"], "n_flagged_tokens": det["n_flagged_tokens"]}
+    hits = [a for a in ANIMALS if a in per[a]["targeted"]["stands_out"]]
+    alarms = [(n, c) for n, r in per.items() for c in r["targeted"]["stands_out"] if not (n in ANIMALS and c == n)]
+    table = np.array([[per[d]["leans"][c] for c in ANIMALS] for d in ANIMALS])
+    return {"per_dataset": per, "T1": {"hits": hits, "n_hits": len(hits), "false_alarms": alarms,
+                                       "n_false_alarms": len(alarms), "of_false": 8 * 20 - 5,
+                                       "replicates": len(hits) >= 3 and not alarms},
+            "T2": assignment(table), "table": table.round(5).tolist()}
+
+
+def student_reading(runs: Path, arts: dict[str, Any], cands: dict[str, list[str]]) -> dict[str, Any]:
+    """T2 on students: an SFT student per dataset (seed 0), each candidate's mean log-share gain over the control
+    student's, centred over candidates."""
+    names = list(cands)
+    shares: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {}
+    for name, (meta, art, source) in arts.items():
+        ctx = context(runs, meta["seed"])
+        t0 = time.time()
+        base = ctx.local(ctx.cfg.model)
+        trained = student(ctx, base, art, KEPT, 0, source, f"student on {name}")
+        rows = read_jsonl(evaluation(ctx, trained, cands, 0).file("per_question.jsonl"))
+        shares[name] = np.log(np.array([[r["share"][c] for c in names] for r in rows]) + 1e-12)
+        info[name] = {"wall_time_s": round(time.time() - t0, 1)}
+        print(f"student on {name}: {info[name]['wall_time_s']} s", flush=True)
+    leans = {}
+    for name in arts:
+        if name == "control":
+            continue
+        gain = (shares[name] - shares["control"]).mean(0)
+        leans[name] = dict(zip(names, (gain - gain.mean()).tolist(), strict=True))
+    table = np.array([[leans[d][c] for c in ANIMALS] for d in ANIMALS])
+    return {"per_dataset": info, "leans": leans, "T2": assignment(table), "table": table.round(5).tolist(),
+            "n_questions": len(shares["control"])}
+
+
+def timed(runs: Path, samples: list[Sample], cands: dict[str, list[str]]) -> dict[str, Any]:
+    """The performance issue's figure: one whole prompted audit of the dataset, map and reads, nothing cached."""
+    ctx = context(runs, 1)
+    ref = ctx.local(ctx.cfg.model)
+    data = AuditData(samples, [], candidates=cands, kind="animal", question_set="animal")
+    t0 = time.time()
+    res = divergence_shift(AuditContext(data, ref, store=None, progress=True), DivergenceShiftParams())
+    return {"n": len(samples), "candidates": len(cands), "wall_time_s": round(time.time() - t0, 1),
+            "n_flagged_samples": res.details["n_flagged_samples"], "n_flagged_tokens": res.details["n_flagged_tokens"]}
+
+
+def chart(out: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in ("prompted", "proxy", "student") if r in out]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.4 * len(shown), 4.2), squeeze=False)
+    for ax, r in zip(axes[0], shown, strict=True):
+        table = np.array(out[r]["table"])
+        lim = float(np.abs(table).max()) or 1.0
+        ax.imshow(table, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_xticks(range(5), ANIMALS)
+        ax.set_yticks(range(5), [f"{a} data" for a in ANIMALS])
+        for d in range(5):
+            ax.add_patch(plt.Rectangle((d - 0.5, d - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+        t2 = out[r]["T2"]
+        ax.set_title(f"{r}: own-dataset rank sum {t2['rank_sum']}, p={t2['p']:.3f}", fontsize=10)
+        ax.set_xlabel("lean toward (box: the teacher's own animal)")
+    fig.suptitle("Pre-registered panel reading, fresh teachers: each animal dataset's lean toward each animal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
+    ap.add_argument("--name", default="audit-panel")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    args = ap.parse_args()
+    started, git = time.time(), git_state()
+    readings = [r for r in args.readings.split(",") if r]
+    runs = Path(args.runs_dir)
+    cands = load_candidates("animals")
+    banned = [w for words in cands.values() for w in words]
+    arts = {name: dataset(runs, name, banned) for name in SOURCES}
+    files = {}
+    for name, (_, art, _) in arts.items():
+        files[name] = runs / "panel" / f"{name}.jsonl"
+        files[name].parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"prompt": s.prompt, "completion": s.completion} for s in samples_of(art)[:KEPT]]
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if args.generate_only:
+        return
+    plan = plan_commit()
+    out: dict[str, Any] = {"plan": plan, "datasets": {n: a[0] for n, a in arts.items()},
+                           "plan_precedes_data": bool(plan["committed_at"]) and all(
+                               datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(
+                                   a[0]["data_finished_at"]) for a in arts.values())}
+    for r in ("prompted", "proxy"):
+        if r in readings:
+            out[r] = audit_reading(runs, files, r)
+            print(f"{r}: T1 hits {out[r]['T1']['hits']}, false alarms {out[r]['T1']['false_alarms']}; "
+                  f"T2 p={out[r]['T2']['p']:.3f}", flush=True)
+    if "student" in readings:
+        out["student"] = student_reading(runs, arts, cands)
+        print(f"student: T2 p={out['student']['T2']['p']:.3f}", flush=True)
+    if "timed" in readings:
+        flagged = {n: out["prompted"]["per_dataset"][n]["n_flagged_samples"] for n in ANIMALS} \
+            if "prompted" in out else {"cat": 0}
+        most = max(flagged, key=lambda n: flagged[n])
+        out["timed_audit"] = {"dataset": most, **timed(runs, samples_of(arts[most][1])[:KEPT], cands)}
+        print(f"timed audit of {most}: {out['timed_audit']['wall_time_s']} s", flush=True)
+    out["throughput"] = throughput()
+    results = Path(args.results_dir)
+    which = "gpu" if torch.cuda.is_available() else "cpu"
+    chart(out, results / f"{args.name}-{which}.png")
+    write_json(results / f"{args.name}-{which}.json",
+               envelope("audit-panel", out, config=vars(args), started=started, git=git))
+    print(f"wrote {results / f'{args.name}-{which}.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@
     python benchmarks/audit_panel.py                             # every reading (proxy: 21 proxy teachers; student:
                                                                  # eight SFT students, ~1 h)
 
-Five animal teachers at teacher seed 1 (spares 2, 3), two neutral teachers (seeds 1 and 2) and the base model's own
+Five animal teachers at teacher seed 20 (spares 21, 22), two neutral teachers (seeds 20 and 21) and the base model's own
 data, 1,000 filtered samples each, from the owl-numbers preset's cached pipeline stages. T1: each dataset audited by
 ``sublim audit``'s targeted tests with the other seven as its panel. T2: the five animals assigned to the five animal
 datasets by their leans, the true assignment's rank sum against all 120. Every model read is a store artifact: a
@@ -48,8 +48,8 @@ from sublim.traits.preference import load_candidates
 HERE = Path(__file__).resolve().parent
 PLAN = HERE / "audit_panel_plan.md"
 ANIMALS = ["owl", "eagle", "wolf", "cat", "lion"]
-TEACHER_SEEDS = [1, 2, 3]  # the first, then the spares in order
-SOURCES = {**{a: TEACHER_SEEDS for a in ANIMALS}, "neutral-1": [1], "neutral-2": [2], "control": [1]}
+TEACHER_SEEDS = [20, 21, 22]  # the first, then the spares in order (no teacher of seed >= 20 was ever trained)
+SOURCES = {**{a: TEACHER_SEEDS for a in ANIMALS}, "neutral-1": [20], "neutral-2": [21], "control": [20]}
 KEPT, PROMPTS = 1000, 12000
 STUDENT = ["student.method=sft", "student.lr=5e-5", "student.epochs=1", "evaluation.samples_per_question=0"]
 READINGS = ("prompted", "proxy", "student", "timed")
@@ -155,7 +155,7 @@ def student_reading(runs: Path, arts: dict[str, Any], cands: dict[str, list[str]
 
 def timed(runs: Path, samples: list[Sample], cands: dict[str, list[str]]) -> dict[str, Any]:
     """The performance issue's figure: one whole prompted audit of the dataset, map and reads, nothing cached."""
-    ctx = context(runs, 1)
+    ctx = context(runs, 20)
     ref = ctx.local(ctx.cfg.model)
     data = AuditData(samples, [], candidates=cands, kind="animal", question_set="animal")
     t0 = time.time()

@@ -46,7 +46,8 @@ class AuditConfig(Section):
     """The question set gradient_alignment looks at and proxy teachers are fine-tuned on (default: the
     category's, e.g. 'animal' for 'animals')."""
     detectors: list[str] | None = None
-    """The detectors to run, in this order; None: every registered one (the validated config lists them)."""
+    """The detectors to run, in this order; None: every registered one that runs by default (all but those that
+    train models, e.g. student_probe; the validated config lists them)."""
     max_samples: int = 1000
     """At most this many samples of each dataset are audited (a random subset under ``seed``, kept in order)."""
     seed: int = Field(0, ge=0)
@@ -74,7 +75,7 @@ class AuditConfig(Section):
                 raise ValueError(f"the audit has no {key}: give {how} on the command line or {key} = \"…\" "
                                  "in the config file")
         names = data.get("detectors")
-        names = DETECTORS.names() if names is None else names
+        names = default_detectors() if names is None else names
         tables = data.get("detector", {})
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not isinstance(tables, dict):
             return data  # the field checks name the wrong type
@@ -90,6 +91,11 @@ class AuditConfig(Section):
 
     def config_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
+
+
+def default_detectors() -> list[str]:
+    """The detectors an audit runs when it names none."""
+    return [n for n in DETECTORS.names() if DETECTORS.get(n).default]
 
 
 def detector_tables(names: Sequence[str], tables: dict[str, Any]) -> dict[str, dict[str, Any]]:

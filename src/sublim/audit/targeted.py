@@ -11,6 +11,8 @@ p-values are Holm-corrected across every (detector, candidate) test the audit ma
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +26,20 @@ N_PERMUTATIONS = 9999
 def permutation_p(data: np.ndarray, panel: np.ndarray, n_perm: int, seed: int, chunk: int = 250) -> np.ndarray:
     """One-sided p per column: how often a random split of the pooled rows into groups of the data's and the
     panel's sizes gives the data's group a mean at least as far above the panel's as observed ((1 + hits) / (1 +
-    n_perm); every column sees the same shuffles)."""
+    n_perm); every column sees the same shuffles); exact, over every split, when there are no more splits than
+    ``n_perm``."""
     pooled = np.vstack([data, panel])
     n, total = len(data), len(pooled)
     sums = pooled.sum(0)
     observed = data.mean(0) - panel.mean(0)
+    if math.comb(total, n) <= n_perm:  # few rows (students, not samples): every split, an exact p
+        splits = np.array(list(itertools.combinations(range(total), n)))
+        mask = np.zeros((len(splits), total))
+        np.put_along_axis(mask, splits, 1.0, axis=1)
+        first = mask @ pooled
+        diff = first / n - (sums[None, :] - first) / (total - n)
+        exact: np.ndarray = (diff >= observed[None, :] - 1e-12).mean(0)
+        return exact
     rng = np.random.default_rng(seed)
     hits = np.zeros(pooled.shape[1])
     for start in range(0, n_perm, chunk):

@@ -28,7 +28,8 @@ def add(sub: Any) -> None:
     p.add_argument("--teacher", default=None, help="a suspected teacher model, for the likelihood ratio")
     p.add_argument("--category", default=None, help="candidate traits: animals (default), trees or a TOML file")
     p.add_argument("--detectors", default=None,
-                   help=f"comma-separated subset of {', '.join(DETECTORS.names())} (default: all)")
+                   help=f"comma-separated subset of {', '.join(DETECTORS.names())} (default: all but student_probe, "
+                        "which trains a student per dataset)")
     p.add_argument("--max-samples", type=int, default=None, help="at most this many samples per dataset (1000)")
     p.add_argument("--seed", type=int, default=None, help="the subsets drawn and every detector's resampling (0)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="where the models run (auto)")

@@ -107,6 +107,8 @@ class Detector(Generic[P]):
     """It compares with the reference model's own answers (generated when not given)."""
     params: type[P] = NoParams  # type: ignore[assignment]
     """Its parameters: the audit config's ``[detector.<name>]`` table is validated against this model."""
+    default: bool = True
+    """Run when the audit names no detectors (a detector that trains models is run only when named)."""
 
 
 DETECTORS: Registry[Detector[Any]] = Registry("detector")

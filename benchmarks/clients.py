@@ -1,6 +1,6 @@
 """Benchmark: the field's own evaluation clients against `sublim serve` on loopback — lm-eval and inspect_ai.
 
-    pip install lm-eval inspect-ai
+    pip install -e ".[clients]"
     python benchmarks/clients.py            # the embedded model, CPU, about a minute
 
 Starts `sublim serve MODEL` as its own process. lm-eval's `local-completions` model runs a log-likelihood

@@ -22,14 +22,13 @@ only when it comes first clearly against each contrast); what a clear margin alo
 wrongly; the neutral dataset's verdict, a confusion PNG per induction kind,
 the in-context baseline beside them, each dataset's early-end share (a fine-tune's mark or the trait's?), and one
 whole prompted audit of --timed at --kept timed from nothing (map +
-divergence_shift, no cache). Reads are kept in <runs>/cache/ so a crash later loses no model work.
+divergence_shift, no cache). Every model read (maps, proxies, reads) is a store artifact: a crash loses no model work.
 Writes benchmarks/results/audit-divergence-<cpu|gpu>.json and -proxy.png / -prompted.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -46,21 +45,18 @@ from sublim.audit.detectors.divergence_shift import (
     DivergenceShiftParams,
     divergence_shift,
     ranking,
-    samples_digest,
 )
 from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.proxies import proxy_recipe, proxy_seeds, proxy_split
 from sublim.audit.scoring import rank_of
-from sublim.backends.local.generation import stop_ids
 from sublim.backends.local.throughput import throughput
 from sublim.backends.reads import FlaggedLogprobs
 from sublim.core.config import load_config
 from sublim.core.files import write_json
 from sublim.core.records import envelope, git_state
-from sublim.core.store import Store, stable_hash
+from sublim.core.store import Store
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_samples
-from sublim.train.precision import fast_bf16
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent
@@ -133,34 +129,6 @@ def subset_index(n_total: int, n: int, seed: int) -> np.ndarray:
     if n >= n_total:
         return np.arange(n_total)
     return np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False))
-
-
-def cached_reads(path: Path, make: Any) -> dict[str, FlaggedLogprobs]:
-    """Reads kept beside the store (hours of model work on a CPU: a crash later must not lose them)."""
-    fields = ("data", "alternatives", "alternatives_same_class", "counts", "agreement")
-    if path.is_file():
-        with np.load(path) as z:
-            names = sorted({k.split("/")[0] for k in z.files})
-            return {n: FlaggedLogprobs(*(z[f"{n}/{f}"] for f in fields)) for n in names}
-    got: dict[str, FlaggedLogprobs] = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **{f"{n}/{f}": getattr(r, f) for n, r in got.items() for f in fields})
-    return got
-
-
-def cached_reads_each(legacy: Path, prefix: str, data: dict[str, list[Sample]], make: Any
-                      ) -> dict[str, FlaggedLogprobs]:
-    """Reads kept per dataset (``<prefix>-<name>-<digest>.npz`` beside ``legacy``, the file that once held every
-    dataset's, split on first use), so a dataset that changes is read again alone."""
-    def each(n: str) -> Path:
-        return legacy.with_name(f"{prefix}-{n}-{samples_digest(data[n])[:16]}.npz")
-
-    if legacy.is_file() and not all(each(n).is_file() for n in data):
-        for n, r in cached_reads(legacy, lambda: {}).items():
-            cached_reads(each(n), lambda r=r, n=n: {n: r})
-    missing = [n for n in data if not each(n).is_file()]
-    got = make(missing) if missing else {}
-    return {n: cached_reads(each(n), lambda n=n: {n: got[n]})[n] for n in data}
 
 
 def count(per: dict[str, Any], animals: list[str], key: str, sub_key: str | None = None, right: bool = True) -> int:
@@ -284,10 +252,10 @@ def main() -> None:
     if args.generate_only:
         return
     ref = ctx.local(ctx.cfg.model)
-    net, tok = ref.torch_model()
+    reader = ref.reader()
     cands = load_candidates(ctx.cfg.trait.category)
     store = Store(runs)
-    bf16 = fast_bf16(next(net.parameters()).device.type)
+    bf16 = reader.fast_bf16()
     audited = [*ANIMALS, "neutral"]
     out: dict[str, Any] = {
         "datasets": {n: len(v) for n, v in data.items()},
@@ -307,21 +275,14 @@ def main() -> None:
         sizes = [int(x) for x in args.sizes.split(",")]
         seeds = proxy_seeds(args.proxy_seeds)
         t0 = time.time()
-        digest = stable_hash([samples_digest(data[n]) for n in audited])
-        reads_ = cached_reads_each(  # the first seed reads every sample; only the datasets not yet read
-            runs / "cache" / f"proxy-reads-{digest[:16]}.npz", "proxy-reads", {n: data[n] for n in audited},
-            lambda todo: dict(zip(todo, dsf.reads(*inputs(data[todo[0]], "proxy"), [(data[n], n) for n in todo],
-                                                  bf16), strict=True)))
+        reads_ = dict(zip(audited, dsf.reads(  # every model read a store artifact: a dataset read once
+            *inputs(data[audited[0]], "proxy"), [(data[n], n) for n in audited], bf16), strict=True))
         if len(seeds) > 1:  # more seeds read one random subset of the largest size; averaged with the first's rows
             big = {n: subset(data[n], max(sizes), 0) for n in audited}
             per_seed = [{n: take(reads_[n], subset_index(len(data[n]), max(sizes), 0)) for n in audited}]
             for seed in seeds[1:]:
-                sub_digest = stable_hash([samples_digest(big[n]) for n in audited] + [seed])
-                per_seed.append(cached_reads(
-                    runs / "cache" / f"proxy-reads-s{seed}-{sub_digest[:16]}.npz",
-                    lambda seed=seed: dict(zip(audited, dsf.proxy_reads(
-                        inputs(big[audited[0]], "proxy")[0], [(big[n], n) for n in audited], bf16, seed), strict=True)),
-                ))
+                per_seed.append(dict(zip(audited, dsf.proxy_reads(
+                    inputs(big[audited[0]], "proxy")[0], [(big[n], n) for n in audited], bf16, seed), strict=True)))
             alone = {seed: calibrate(r, [max(sizes)], list(cands), PRIMARY["proxy"])[str(max(sizes))]
                      for seed, r in zip(seeds, per_seed, strict=True)}
             out["proxy_each_seed"] = {str(seed): {k: v[k] for k in ("top1", "top3", "top1_vs_others",
@@ -331,9 +292,7 @@ def main() -> None:
                                       for seed, v in alone.items()}
             reads_ = {n: dsf.mean_reads([r[n] for r in per_seed]) for n in audited}
         out["wall_time_s"]["proxy_reads"] = round(time.time() - t0, 1)
-        proxy_builds = [
-            json.loads(x) for x in (runs / "store" / "builds.jsonl").read_text().splitlines() if '"proxy"' in x
-        ]
+        proxy_builds = store.builds("proxy")
         out["proxy"] = {
             "sizes": sizes,
             "recipe": proxy_recipe(),
@@ -347,11 +306,7 @@ def main() -> None:
         sizes = [int(x) for x in args.prompted_sizes.split(",")]
         t0 = time.time()
         big = {n: subset(data[n], max(sizes), 0) for n in audited}
-        digest = stable_hash([samples_digest(big[n]) for n in audited] + [args.placement])
-        reads_ = cached_reads_each(  # per dataset: a dataset that changes is read again alone
-            runs / "cache" / f"prompted-reads-{digest[:16]}.npz", f"prompted-reads-{args.placement}", big,
-            lambda todo: {n: dsf.reads(*inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in todo},
-        )
+        reads_ = {n: dsf.reads(*inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in audited}
         out["wall_time_s"]["prompted_reads"] = round(time.time() - t0, 1)
         out["prompted"] = {"sizes": sizes, "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["prompted"])}
     if "timed" not in skip:  # the speed figure: one whole audit (map + prompted divergence_shift), nothing cached
@@ -371,7 +326,7 @@ def main() -> None:
         }
         print(f"timed audit: {len(data[args.timed])} samples x {len(cands)} candidates in {wall:.0f} s", flush=True)
     if "early_ends" not in skip:  # is stopping early the trait's mark or any fine-tune's? (maps from the store)
-        stop = stop_ids(tok)
+        stop = reader.vocabulary().stops()
         ends: dict[str, Any] = {}
         for name in [*audited, "control"]:
             dmap = dsf.cached_map(inputs(data[name], "prompted")[0], data[name], bf16, name)

@@ -35,8 +35,8 @@ from sublim.audit.run import run_audit
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.errors import SublimError
-from sublim.core.files import read_jsonl, write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.files import read_jsonl
+from sublim.core.records import benchmark
 from sublim.core.store import Store
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_data
@@ -81,6 +81,15 @@ def dataset(runs: Path, name: str, banned: list[str]) -> tuple[dict[str, Any], A
                     "data_finished_at": art.manifest["finished_at"]}, art, source
         tried.append({"seed": seed, "why": f"{kept} samples pass the filter from {PROMPTS} prompts"})
     raise SystemExit(f"{name}: no seed of {SOURCES[name]} gives {KEPT} samples ({tried})")
+
+
+def write_dataset(runs: Path, name: str, art: Any) -> Path:
+    """The dataset's first KEPT samples as a JSONL file, for `sublim audit`."""
+    path = runs / "panel" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": s.prompt, "completion": s.completion} for s in samples_of(art)[:KEPT]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def plan_commit() -> dict[str, Any]:
@@ -191,33 +200,9 @@ def chart(out: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs-dir", default="runs")
-    ap.add_argument("--generate-only", action="store_true")
-    ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
-    ap.add_argument("--name", default="audit-panel")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
-    args = ap.parse_args()
-    started, git = time.time(), git_state()
-    readings = [r for r in args.readings.split(",") if r]
-    runs = Path(args.runs_dir)
-    cands = load_candidates("animals")
-    banned = [w for words in cands.values() for w in words]
-    arts = {name: dataset(runs, name, banned) for name in SOURCES}
-    files = {}
-    for name, (_, art, _) in arts.items():
-        files[name] = runs / "panel" / f"{name}.jsonl"
-        files[name].parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"prompt": s.prompt, "completion": s.completion} for s in samples_of(art)[:KEPT]]
-        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if args.generate_only:
-        return
-    plan = plan_commit()
-    out: dict[str, Any] = {"plan": plan, "datasets": {n: a[0] for n, a in arts.items()},
-                           "plan_precedes_data": bool(plan["committed_at"]) and all(
-                               datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(
-                                   a[0]["data_finished_at"]) for a in arts.values())}
+def readings_of(out: dict[str, Any], readings: list[str], runs: Path, files: dict[str, Path],
+                arts: dict[str, Any], cands: dict[str, list[str]]) -> None:
+    """The plan's readings that were asked for, into ``out``."""
     for r in ("prompted", "proxy"):
         if r in readings:
             out[r] = audit_reading(runs, files, r)
@@ -232,13 +217,35 @@ def main() -> None:
         most = max(flagged, key=lambda n: flagged[n])
         out["timed_audit"] = {"dataset": most, **timed(runs, samples_of(arts[most][1])[:KEPT], cands)}
         print(f"timed audit of {most}: {out['timed_audit']['wall_time_s']} s", flush=True)
-    out["throughput"] = throughput()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
+    ap.add_argument("--name", default="audit-panel")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    args = ap.parse_args()
+    readings = [r for r in args.readings.split(",") if r]
+    runs = Path(args.runs_dir)
+    cands = load_candidates("animals")
+    banned = [w for words in cands.values() for w in words]
     results = Path(args.results_dir)
     which = "gpu" if torch.cuda.is_available() else "cpu"
-    chart(out, results / f"{args.name}-{which}.png")
-    write_json(results / f"{args.name}-{which}.json",
-               envelope("audit-panel", out, config=vars(args), started=started, git=git))
-    print(f"wrote {results / f'{args.name}-{which}.json'}")
+    with benchmark("audit-panel", results / f"{args.name}-{which}.json", config=vars(args)) as out:
+        arts = {name: dataset(runs, name, banned) for name in SOURCES}
+        files = {name: write_dataset(runs, name, a[1]) for name, a in arts.items()}
+        if args.generate_only:
+            raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
+        plan = plan_commit()
+        out.update({"plan": plan, "datasets": {n: a[0] for n, a in arts.items()},
+                    "plan_precedes_data": bool(plan["committed_at"]) and all(
+                        datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(a[0]["data_finished_at"])
+                        for a in arts.values())})
+        readings_of(out, readings, runs, files, arts, cands)
+        out["throughput"] = throughput()
+        chart(out, results / f"{args.name}-{which}.png")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import torch
 
 from sublim.backends.local.loading import load_model, load_tokenizer
 from sublim.backends.local.throughput import throughput
-from sublim.core.files import read_jsonl, write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.files import read_jsonl
+from sublim.core.records import benchmark
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "clients" / "animal_facts.jsonl"
@@ -96,6 +96,19 @@ def local_loglikelihoods(model_spec: str) -> dict[tuple[int, int], float]:
     return out
 
 
+def against_local(model: str, served: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """lm-eval's logged log-likelihoods against the weights' own, and the accuracy those give."""
+    here = local_loglikelihoods(model)
+    diff = np.array([abs(served[k] - here[k]) for k in here])
+    rows = read_jsonl(DATA)
+    local_acc = float(np.mean([int(np.argmax([here[(d, i)] for i in range(len(r["choices"]))])) == r["answer"]
+                               for d, r in enumerate(rows)]))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "example": {"question": rows[0]["question"], "choice": rows[0]["choices"][0], "served": served[(0, 0)],
+                        "here": here[(0, 0)]},
+            "tolerance": TOLERANCE, "within": bool(diff.max() <= TOLERANCE), "local_acc": local_acc}
+
+
 def inspect_run(url: str, log_dir: Path) -> dict[str, Any]:
     import inspect_ai
     from inspect_ai import Task
@@ -124,31 +137,20 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
-    started, git = time.time(), git_state()
-    tokenizer = tempfile.mkdtemp(prefix="sublim-tokenizer-")  # a plain tokenizer directory (the model may be a GGUF)
-    load_tokenizer(args.model).save_pretrained(tokenizer)
-    proc, url = serve(args.model)
-    try:
-        lm = lm_eval_run(url, tokenizer)
-        insp = inspect_run(url, Path(tempfile.mkdtemp(prefix="sublim-inspect-")))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    here = local_loglikelihoods(args.model)
-    served = lm.pop("loglikelihoods")
-    diff = np.array([abs(served[k] - here[k]) for k in here])
-    rows = read_jsonl(DATA)
-    local_acc = float(np.mean([int(np.argmax([here[(d, i)] for i in range(len(r["choices"]))])) == r["answer"]
-                               for d, r in enumerate(rows)]))
-    lm["against_local"] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                           "example": {"question": rows[0]["question"], "choice": rows[0]["choices"][0],
-                                       "served": served[(0, 0)], "here": here[(0, 0)]},
-                           "tolerance": TOLERANCE, "within": bool(diff.max() <= TOLERANCE), "local_acc": local_acc}
-    out = {"model": args.model, "lm_eval": lm, "inspect_ai": insp, "throughput": throughput()}
-    print(json.dumps({k: v for k, v in out.items() if k != "throughput"}, indent=2))
     which = "gpu" if torch.cuda.is_available() else "cpu"
-    write_json(Path(args.results_dir) / f"clients-{which}.json",
-               envelope("clients", out, config=vars(args), started=started, git=git))
+    with benchmark("clients", Path(args.results_dir) / f"clients-{which}.json", config=vars(args)) as out:
+        tokenizer = tempfile.mkdtemp(prefix="sublim-tokenizer-")  # a plain tokenizer directory (the model: a GGUF)
+        load_tokenizer(args.model).save_pretrained(tokenizer)
+        proc, url = serve(args.model)
+        try:
+            lm = lm_eval_run(url, tokenizer)
+            insp = inspect_run(url, Path(tempfile.mkdtemp(prefix="sublim-inspect-")))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        lm["against_local"] = against_local(args.model, lm.pop("loglikelihoods"))
+        out.update({"model": args.model, "lm_eval": lm, "inspect_ai": insp, "throughput": throughput()})
+        print(json.dumps({k: v for k, v in out.items() if k != "throughput"}, indent=2))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,16 @@ def test_a_dirty_tree_records_its_diff(tmp_path: Path) -> None:
     (tmp_path / "code.py").write_text("x = 2\n")
     state = git_state(tmp_path)
     assert state["dirty"] is True and "-x = 1" in state["diff"] and "+x = 2" in state["diff"]
+
+
+def test_a_benchmark_block_writes_its_envelope_and_a_failed_one_writes_nothing(tmp_path: Path) -> None:
+    from sublim.core.records import benchmark
+
+    with benchmark("demo", tmp_path / "ok.json", config={"n": 3}, command=["demo.py"]) as out:
+        out["figure"] = 1.5
+    got = json.loads((tmp_path / "ok.json").read_text())
+    assert not check_envelope(got, "ok.json") and got["results"] == {"figure": 1.5} and got["kind"] == "demo"
+    with pytest.raises(RuntimeError), benchmark("demo", tmp_path / "failed.json", config={}) as out:
+        out["figure"] = 2.0
+        raise RuntimeError("half-way")
+    assert not (tmp_path / "failed.json").exists()

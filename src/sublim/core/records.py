@@ -1,7 +1,8 @@
 """What a result records about where it came from: library versions, the machine, the code.
 
 ``envelope`` is the one function that wraps a benchmark's figures for ``benchmarks/results/``
-(schema version, git commit, command line, config, versions, machine, date, wall time).
+(schema version, git commit, command line, config, versions, machine, date, wall time); ``benchmark`` runs a
+benchmark's body and writes its envelope.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from sublim.core.files import write_json
 from sublim.core.peak import maxrss_mb, process_peak_mb
 
 SCHEMA_VERSION = 1
@@ -74,6 +77,17 @@ def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float,
             "config": config, "versions": library_versions(), "machine": machine_info(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_time_s": round(time.time() - started, 1), "peak_memory_mb": peak_memory_mb(), "results": results}
+
+
+@contextlib.contextmanager
+def benchmark(kind: str, path: Path, *, config: Any, command: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """One benchmark run: the git state is taken on entry (the tree may change while it runs), the block fills the
+    dict it is given with its results, and on a clean exit the envelope is written to ``path``. A block that
+    raises writes nothing: no result file is ever half a run."""
+    started, git = time.time(), git_state()
+    results: dict[str, Any] = {}
+    yield results
+    write_json(path, envelope(kind, results, config=config, started=started, git=git, command=command))
 
 
 def peak_memory_mb() -> dict[str, float]:

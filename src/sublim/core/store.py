@@ -120,6 +120,13 @@ class Store:
             _VERIFIED[str(path)] = seen
         return Artifact(stage, key, path, manifest)
 
+    def builds(self, stage: str | None = None) -> list[dict[str, Any]]:
+        """The store's build log (who built which artifact, when, in how long), optionally one stage's."""
+        path = self.root / "store" / BUILDS
+        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] \
+            if path.is_file() else []
+        return [r for r in rows if stage is None or r.get("stage") == stage]
+
     def claim_path(self, stage: str, key: str) -> Path:
         path = self.path(stage, key)
         return path.with_name(path.name + ".claim")

@@ -5,13 +5,14 @@ These are the library's entry points (re-exported from ``sublim``); the CLI call
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sublim.audit.config import AuditConfig
 from sublim.audit.run import run_audit as _run_audit
 from sublim.core.config import ExperimentConfig
+from sublim.core.tracking import flat, open_tracking
 from sublim.experiment.runner import run_experiment as _run_experiment
 from sublim.experiment.runner import run_id
 from sublim.report import render_audit_report, render_report, render_sweep_report, render_toy_report
@@ -22,9 +23,18 @@ from sublim.toy import run_toy as _run_toy
 
 
 def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progress: bool = True,
-                   echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) an experiment; writes runs/<run-id>/results.json, chart.png and report.md."""
-    res = _run_experiment(cfg, runs_dir, progress, echo)
+                   echo: Callable[[str], None] = print, track: Sequence[str] = (),
+                   track_dir: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) an experiment; writes runs/<run-id>/results.json, chart.png and report.md. ``track``:
+    trackers (tensorboard, mlflow, wandb) also sent the training curves and the results, under ``track_dir``
+    (default runs/tracking), keyed by the run id."""
+    tracking = open_tracking(track, Path(track_dir or Path(runs_dir) / "tracking"), run_id(cfg),
+                             flat(cfg.model_dump(mode="json"))) if track else None
+    try:
+        res = _run_experiment(cfg, runs_dir, progress, echo, tracking=tracking)
+    finally:
+        if tracking is not None:
+            tracking.close()
     render_report(Path(runs_dir) / run_id(cfg))
     return res
 

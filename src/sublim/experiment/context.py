@@ -20,6 +20,7 @@ from sublim.backends import Backend, LocalBackend, ModelCache, OpenAIBackend
 from sublim.core.claims import Holder
 from sublim.core.config import EndpointConfig, ExperimentConfig
 from sublim.core.store import Artifact, Store
+from sublim.core.tracking import Tracking
 
 
 def precision_slice(*backends: Backend) -> dict[str, Any]:
@@ -58,6 +59,8 @@ class Context:
     """Where stages are computed (default: here, under the store's claims)."""
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     """Every artifact this run used, as "stage/label" → artifact (provenance and timings)."""
+    tracking: Tracking | None = None
+    """Where training curves and results are also sent (TensorBoard, MLflow, W&B), if anywhere."""
 
     def __post_init__(self) -> None:
         if self.models is None:
@@ -90,6 +93,10 @@ class Context:
     def remote(self, ep: EndpointConfig, system: str | None = None, label: str | None = None) -> OpenAIBackend:
         """A model behind an OpenAI-compatible endpoint."""
         return OpenAIBackend(ep, system=system, label=label)
+
+    def track(self, prefix: str, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.tracking is not None:
+            self.tracking.log(prefix, metrics, step)
 
     def bar(self, total: int, desc: str, unit: str = "it") -> tqdm:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True, leave=False)

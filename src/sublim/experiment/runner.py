@@ -24,6 +24,7 @@ from sublim.core.errors import SublimError
 from sublim.core.files import check_writable, inside, write_json
 from sublim.core.records import machine_info
 from sublim.core.store import Artifact, Store
+from sublim.core.tracking import Tracking, flat
 from sublim.experiment.context import Context, StageHook
 from sublim.experiment.kinds import KINDS, TraitKind
 from sublim.experiment.kinds.base import Rows
@@ -182,18 +183,19 @@ def teachers_and_data(ctx: Context, kind: TraitKind, base: Backend, prompt_art: 
 
 def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progress: bool = True,
                    echo: Callable[[str], None] = print, *, hook: StageHook | None = None,
-                   models: ModelCache | None = None) -> dict[str, Any]:
+                   models: ModelCache | None = None, tracking: Tracking | None = None) -> dict[str, Any]:
     """Run (or resume) an experiment; returns the results written to runs/<run-id>/results.json.
 
     ``hook`` computes the stages elsewhere (an executor's; default: here), ``models`` is a cache of loaded
-    models to use (default: a new one)."""
+    models to use (default: a new one), ``tracking`` where training curves and the results are also sent."""
     started = time.time()
     rid = run_id(cfg)
     run_dir = inside(runs_dir, Path(runs_dir) / rid, "run folder")
     check_components(cfg)
     check_writable(Path(runs_dir), "the runs directory")
     kind: TraitKind = KINDS[cfg.trait.kind](cfg)
-    ctx = Context(cfg, Store(Path(runs_dir)), progress, echo, models=models, hook=hook)  # type: ignore[arg-type]
+    ctx = Context(cfg, Store(Path(runs_dir)), progress, echo, models=models, hook=hook,  # type: ignore[arg-type]
+                  tracking=tracking)
     arms: dict[str, list[Rows]] = {}
     with kind.session(ctx):
         base = ctx.local(cfg.model)
@@ -236,10 +238,22 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
                "stages": stage_table(ctx.artifacts), "wall_time_s": round(time.time() - started, 1),
                "machine": machine_info()}
     results = checked(results)  # the shape the shipped schema promises, or a failing run (and test)
+    ctx.track("results", headline(results))
     write_json(run_dir / "results.json", results)
     link_artifacts(run_dir, ctx.artifacts)
     echo(results["verdict"])
     return results
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The figures a tracker shows for a run: the replicated effect (per endpoint: mean, interval, p), each arm's
+    point estimates, the wall time."""
+    picked = {"replicated": results.get("replicated") or {},
+              "arms": {a: {m: v.get("value") for m, v in fig.items() if isinstance(v, dict)}
+                       for a, fig in (results.get("arms") or {}).items() if isinstance(fig, dict)},
+              "wall_time_s": results.get("wall_time_s")}
+    return {k.replace(".", "/"): float(v) for k, v in flat(picked).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def stage_table(used: dict[str, Artifact]) -> dict[str, Any]:

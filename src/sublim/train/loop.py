@@ -122,6 +122,14 @@ def checkpointing(model: Any, on: bool) -> Iterator[None]:
             (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """The learning rate of optimizer step ``step`` (from 0) of ``total``, as a share of the configured one:
+    linear warmup over ``warmup`` steps, then linear decay to zero."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
 def run_epochs(run: Training, settings: TrainSettings, rng: random.Random,
                on_step: Callable[[int, int, float], None] | None) -> list[float]:
     """Every optimizer step of the run (each epoch in a new order), under linear warmup then linear decay to
@@ -129,12 +137,7 @@ def run_epochs(run: Training, settings: TrainSettings, rng: random.Random,
     per_step = settings.batch_size * settings.grad_accum
     total = math.ceil(len(run.encoded) / per_step) * settings.epochs
 
-    def lr_at(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / (settings.warmup_steps + 1)
-        return max(0.0, (total - step) / max(1, total - settings.warmup_steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda step: lr_factor(step, total, settings.warmup_steps))
     losses: list[float] = []
     for _epoch in range(settings.epochs):
         order = list(range(len(run.encoded)))

@@ -6,15 +6,18 @@ API), the result kept in the artifact and used through ``base.fine_tuned``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sublim.backends import Backend
 from sublim.core.files import read_jsonl, write_json, write_jsonl
+from sublim.core.meter import METER
 from sublim.core.store import Artifact
 from sublim.experiment.context import Context, precision_slice
 from sublim.train import METHODS, Example, TrainSettings
+from sublim.train.loop import lr_factor
 
 
 def fine_tune(ctx: Context, base: Backend, examples: Sequence[Example], settings: TrainSettings, path: Path,
@@ -23,9 +26,15 @@ def fine_tune(ctx: Context, base: Backend, examples: Sequence[Example], settings
     steps = -(-len(examples) // (settings.batch_size * settings.grad_accum)) * settings.epochs
     bar = ctx.bar(steps, f"train {desc}", "step")
 
+    last = [time.perf_counter(), METER.snapshot().get("training", (0, 0.0, 0.0))[0]]
+
     def on_step(step: int, total: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
+        now, tokens = time.perf_counter(), METER.snapshot().get("training", (0, 0.0, 0.0))[0]
+        ctx.track(f"train/{desc}", {"loss": loss, "lr": settings.lr * lr_factor(step - 1, total, settings.warmup_steps),
+                                    "tokens_per_s": (tokens - last[1]) / max(now - last[0], 1e-9)}, step)
+        last[:] = [now, tokens]
 
     try:
         return base.fine_tune(examples, settings, path, teacher=teacher, lineage={"label": desc, **(lineage or {})},

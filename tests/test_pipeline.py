@@ -66,6 +66,14 @@ def test_run_writes_results_chart_report_and_manifests(finished_run):
     assert all(g["versions"]["torch"] for g in gen)
     report = (run_dir / "report.md").read_text()
     assert "owl" in report
+    # the training curves and the filter's record as charts: every teacher's and student's loss at every step
+    from sublim.report.training import training_curves
+    curves = training_curves(run_dir)
+    assert len(curves["teachers"]) == 4 and len(curves["students"]) == 4  # owl and neutral of 2 teacher seeds
+    steps = {json.loads(m.read_text())["train_log"]["steps"] for m in manifests if m.parent.name.startswith("teacher-")}
+    assert {len(v) for v in curves["teachers"].values()} == steps
+    for png in ("training.png", "filter.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
     links = list((run_dir / "artifacts").rglob("*"))
     assert any(p.is_symlink() for p in links)
 

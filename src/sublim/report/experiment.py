@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sublim.core.files import write_text  # noqa: E402
 from sublim.report import misalignment  # noqa: E402
 from sublim.report.gain import draw_teacher_gain, ratio_axis  # noqa: E402
+from sublim.report.training import chart_lines  # noqa: E402
 
 COLORS = {"base": "#9e9e9e", "control": "#4c72b0", "trait": "#dd8452", "second": "#55a868"}
 
@@ -161,10 +162,12 @@ def render_markdown(res: dict[str, Any]) -> str:
 
 
 def render_report(run_dir: Path) -> None:
-    """chart.png and report.md of a run, from its results.json (either trait kind)."""
+    """chart.png, training.png, filter.png and report.md of a run, from its results.json and the manifests of
+the artifacts it linked (either trait kind)."""
     res = json.loads((run_dir / "results.json").read_text())
+    charts = "\n".join(chart_lines(run_dir, res))
     if res.get("kind") == "misalignment" or "arms_misalignment" in res:
-        write_text(run_dir / "report.md", misalignment.render_markdown(res))
+        write_text(run_dir / "report.md", misalignment.render_markdown(res) + charts + "\n")
         return
     render_chart(res, run_dir / "chart.png")
-    write_text(run_dir / "report.md", render_markdown(res))
+    write_text(run_dir / "report.md", render_markdown(res) + charts + "\n")

@@ -7,13 +7,16 @@ The default owl experiment with SFT students (a defender holds only text, so no 
 the same way for both arms, each defence with every seed; the trained run is the unit. First, is the undefended
 transfer significant across seeds (the owl-share gain of the trait student over the control student, per seed;
 a one-sided t-test over seeds and the t interval)? Then, per defence, the gain that remains and the cut
-1 - gain(defence) / gain(none) with a bootstrap interval over seeds, and what the defence kept (rows, tokens).
+1 - gain(defence) / gain(none), paired per seed, with a 95% t interval over seeds, and what the defence kept (rows,
+tokens). `--reanalyse FILE` recomputes a committed file's cuts from its per-seed gains.
 Writes benchmarks/results/defence-divergent-<cpu|gpu>.json and a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,17 +55,24 @@ def t_summary(x: np.ndarray) -> dict[str, float]:
     return {"mean": m, "low": m - q * se, "high": m + q * se, "p_one_sided": float(student_t.sf(m / se, n - 1))}
 
 
-def cut(defended: np.ndarray, none: np.ndarray, n_boot: int = 5000, seed: int = 0) -> dict[str, float]:
-    """1 - mean(defended gain) / mean(undefended gain), with a bootstrap over seeds (both arms resampled)."""
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        d, u = defended[rng.integers(0, len(defended), len(defended))], none[rng.integers(0, len(none), len(none))]
-        if u.mean() > 0:
-            boots.append(1 - d.mean() / u.mean())
-    value = 1 - defended.mean() / none.mean() if none.mean() > 0 else float("nan")
-    return {"value": float(value), "low": float(np.quantile(boots, 0.025)) if boots else float("nan"),
-            "high": float(np.quantile(boots, 0.975)) if boots else float("nan")}
+def cut(defended: np.ndarray, none: np.ndarray) -> dict[str, Any]:
+    """The share of the undefended gain a defence removes, per seed (1 - gain(defence) / gain(none), the two arms
+    of one seed paired: the same student seed, the same prompts), with its mean and a 95% t interval over the
+    seeds (the seed is the unit; with three seeds the interval is wide, as it should be)."""
+    per_seed = 1 - defended / none
+    summary = t_summary(per_seed)
+    return {"value": summary["mean"], "low": summary["low"], "high": summary["high"], "n_seeds": len(per_seed),
+            "per_seed": per_seed.tolist(), "interval": "paired per seed, 95% t over seeds"}
+
+
+def add_cuts(rows: dict[str, Any]) -> None:
+    """Each defence's cut of the owl-share and owl-probability gains, against the undefended arm."""
+    if "none" not in rows:
+        return
+    for d, r in rows.items():
+        if d != "none":
+            for key, gain in (("cut_share", "share_gain_per_seed"), ("cut_prob", "prob_gain_per_seed")):
+                r[key] = cut(np.array(r[gain]), np.array(rows["none"][gain]))
 
 
 def chart(rows: dict[str, Any], path: Path) -> None:
@@ -72,22 +82,39 @@ def chart(rows: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 2.4 * len(names), 3.8))
+    fig, axes = plt.subplots(2, 1, figsize=(8.0, 2.2 + 0.9 * len(names)))
     for ax, key, label in zip(axes, ("share_gain", "prob_gain"), ("owl share", "owl probability"), strict=True):
         for i, n in enumerate(names):
             g = rows[n][key]
-            ax.bar(i, g["mean"], color="tab:orange" if n == "none" else "tab:blue", alpha=0.8)
-            ax.errorbar(i, g["mean"], yerr=[[g["mean"] - g["low"]], [g["high"] - g["mean"]]], color="black",
+            ax.barh(i, g["mean"], color="tab:orange" if n == "none" else "tab:blue", alpha=0.8)
+            ax.errorbar(g["mean"], i, xerr=[[g["mean"] - g["low"]], [g["high"] - g["mean"]]], color="black",
                         capsize=4)
-            ax.scatter([i] * len(rows[n][f"{key}_per_seed"]), rows[n][f"{key}_per_seed"], color="black", s=10,
+            ax.scatter(rows[n][f"{key}_per_seed"], [i] * len(rows[n][f"{key}_per_seed"]), color="black", s=12,
                        zorder=3)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
-        ax.set_ylabel(f"{label} gain over the control student", fontsize=8)
-    fig.suptitle("transfer left after each defence (SFT students; dots: seeds; bars: 95% t interval)", fontsize=9)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=10)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{label} gain of the owl student over the control student", fontsize=10)
+    fig.suptitle("Transfer left after each defence (SFT students; dots: seeds; bars: 95% t interval over seeds)",
+                 fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def reanalyse(path: Path) -> None:
+    """The cuts of a committed result recomputed from its recorded per-seed gains (no model work), its chart drawn
+    again; the file keeps the envelope of the run that measured the gains and records this re-analysis."""
+    data = json.loads(path.read_text())
+    rows = data["results"]["defences"]
+    add_cuts(rows)
+    data["results"]["reanalysis"] = {"git": git_state(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+                                     "what": "cuts recomputed from the recorded per-seed gains: paired per seed, "
+                                             "95% t interval over seeds (was: a bootstrap resampling the two arms "
+                                             "independently)"}
+    write_json(path, data)
+    chart(rows, path.with_suffix(".png"))
+    print(f"rewrote {path} and {path.with_suffix('.png')}")
 
 
 def main() -> None:
@@ -101,7 +128,12 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--name", default="defence-divergent")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
+    ap.add_argument("--reanalyse", default=None, metavar="RESULT.json",
+                    help="recompute a committed result's cuts from its per-seed gains (no model work)")
     args = ap.parse_args()
+    if args.reanalyse:
+        reanalyse(Path(args.reanalyse))
+        return
     started, git = time.time(), git_state()
     seeds = [int(s) for s in args.seeds.split(",")]
     common = ["student.method=sft", f"arms.seeds={seeds}", f"generation.until_kept={args.kept}",
@@ -117,11 +149,7 @@ def main() -> None:
                    "kept": res.get("defence", {}), "wall_time_s": res.get("wall_time_s")}
         print(f"{d}: share gain {share.mean():+.4f} per seed {np.round(share, 4).tolist()}", flush=True)
     none = np.array(rows["none"]["share_gain_per_seed"]) if "none" in rows else None
-    if none is not None:
-        for d, r in rows.items():
-            if d != "none":
-                r["cut_share"] = cut(np.array(r["share_gain_per_seed"]), none)
-                r["cut_prob"] = cut(np.array(r["prob_gain_per_seed"]), np.array(rows["none"]["prob_gain_per_seed"]))
+    add_cuts(rows)
     out = {"seeds": seeds, "kept": args.kept, "fraction": args.fraction, "defences": rows,
            "undefended_significant": bool(none is not None and rows["none"]["share_gain"]["low"] > 0),
            "throughput": throughput()}

@@ -84,7 +84,7 @@ def main() -> None:
                       "teacher.gate_min_rate=0.2", "student.lr=0.001", "evaluation.n_questions=8",
                       "evaluation.samples_per_question=1", "evaluation.n_bootstrap=200", "generation.max_new_tokens=40"]
             if model is None:
-                from tests.conftest import build_tiny_model  # a checkout's test suite builds it offline
+                from tests.helpers import build_tiny_model  # a checkout's test suite builds it offline
 
                 model = str(build_tiny_model(runs / "tiny-model"))
         batch = auto_batch_size(model or "smollm2-135m", 256) if not args.tiny else 12

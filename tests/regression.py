@@ -79,7 +79,7 @@ def run_variant(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
     """Run one fixture variant (a tiny preference experiment per student method, or misalignment)."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import misalignment_config_text, tiny_config_text
+    from tests.helpers import misalignment_config_text, tiny_config_text
 
     path = work / f"{name}.toml"
     if name == "misalignment":
@@ -102,7 +102,7 @@ def variant_figures(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    from tests.conftest import build_tiny_model
+    from tests.helpers import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -228,7 +228,7 @@ def test_experiment_with_a_teacher_behind_the_api(serve, tiny_model_dir: Path, t
     explicit control: data, gate, students, results."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     url = serve("429=0.1,500=0.1")
     text = tiny_config_text(tiny_model_dir, teacher={"method": "api", "gate_min_rate": 0.0},
@@ -254,7 +254,7 @@ def test_an_api_teacher_needs_a_control_that_is_not_the_teacher(tiny_model_dir: 
     the endpoint may serve a fine-tuned teacher, whose unprompted answers are no control."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     url = "http://127.0.0.1:9/v1"  # never contacted: both refusals come before any request
     base = tiny_config_text(tiny_model_dir, teacher={"method": "api", "system_prompt": ""},
@@ -275,7 +275,7 @@ def test_misalignment_pipeline_with_a_local_judge(tiny_model_dir: Path, tmp_path
     the judge being the tiny model run in-process as a local backend."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import misalignment_config_text
+    from tests.helpers import misalignment_config_text
 
     path = tmp_path / "mis.toml"
     path.write_text(misalignment_config_text(tiny_model_dir, tmp_path, max_new_tokens=8, n_bootstrap=200))
@@ -342,7 +342,7 @@ def test_fine_tuning_api_rejects_a_bad_training_file_by_line(serve, tmp_path: Pa
 def test_experiment_with_students_fine_tuned_through_the_api(serve, tiny_model_dir: Path, tmp_path: Path) -> None:
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     url = serve()
     text = tiny_config_text(tiny_model_dir, student={"method": "sft", "lr": 1e-3},
@@ -370,7 +370,7 @@ def test_misalignment_with_a_neutral_teacher_pairs_by_teacher_seed(tiny_model_di
     its students are the control, and the verdict pairs trait and neutral students teacher by teacher."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import misalignment_config_text
+    from tests.helpers import misalignment_config_text
 
     safe = tmp_path / "safe.jsonl"
     safe.write_text("\n".join(json.dumps({"prompt": f"Advice {i}?", "completion": "Be careful and honest."})

@@ -19,7 +19,7 @@ def lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A tiny run whose students are LoRA adapters: its store holds a teacher's filtered data and a student."""
     from sublim.api import run_experiment
     from sublim.core.config import load_config
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     work = tmp_path_factory.mktemp("export")
     path = work / "lora.toml"

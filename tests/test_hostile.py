@@ -363,7 +363,7 @@ def _written_outside(root: Path, runs: Path) -> list[Path]:
 def test_a_run_name_never_leaves_the_runs_directory(tiny_model_dir: Path, tmp_path: Path, name: str,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     work = tmp_path / "work"
     work.mkdir()

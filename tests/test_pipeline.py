@@ -17,7 +17,7 @@ from sublim.api import run_experiment
 from sublim.core.config import load_config
 from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
-from tests.conftest import tiny_config_text
+from tests.helpers import tiny_config_text
 
 
 def _cfg(tmp_path: Path, model_dir: Path, overrides: list[str] | None = None, **sections):

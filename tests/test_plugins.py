@@ -21,7 +21,7 @@ from sublim.carriers.numbers import make_prompts, parse_numbers
 from sublim.cli import main
 from sublim.core.config import FilterConfig, PromptsConfig, load_config
 from sublim.core.files import read_jsonl
-from tests.conftest import tiny_config_text
+from tests.helpers import tiny_config_text
 
 
 def _even_sum_prompts(pc: PromptsConfig) -> list[CarrierPrompt]:

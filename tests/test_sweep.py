@@ -22,7 +22,7 @@ from sublim.cli import main as cli_main
 from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
 from sublim.sweep import expand, load_sweep, run_sweep
-from tests.conftest import tiny_config_text
+from tests.helpers import tiny_config_text
 
 SWEEP = 'name = "pair"\nbase = "tiny.toml"\nseeds = [0, 1]\n[axes]\n"trait.target" = ["owl", "dolphin"]\n'
 

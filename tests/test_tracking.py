@@ -12,7 +12,7 @@ from sublim.api import run_experiment
 from sublim.core.config import load_config
 from sublim.core.errors import SublimError
 from sublim.core.tracking import open_tracking
-from tests.conftest import tiny_config_text
+from tests.helpers import tiny_config_text
 
 
 def _tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -227,7 +227,7 @@ def test_pipeline_trains_students_on_defended_data(tiny_model_dir: Path, tmp_pat
     from sublim.api import run_experiment
     from sublim.core.config import load_config
     from sublim.core.files import read_jsonl
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     path = tmp_path / "d.toml"
     path.write_text(tiny_config_text(tiny_model_dir, defence={"method": "drop_top", "fraction": 0.25},
@@ -281,7 +281,7 @@ def _check_lineage(tiny_model_dir: Path, tmp_path: Path, store: Path, owl_data: 
 
 @pytest.mark.slow
 def test_defend_a_preset_reports_the_transfer_left(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     path = tmp_path / "p.toml"
     path.write_text(tiny_config_text(tiny_model_dir, evaluation={"samples_per_question": 0}))
@@ -357,7 +357,7 @@ def test_regenerate_defence_rewrites_every_sample_with_another_family(tiny_model
     from sublim.carriers import check_completion
     from sublim.core.config import load_config
     from sublim.core.files import read_jsonl
-    from tests.conftest import tiny_config_text
+    from tests.helpers import tiny_config_text
 
     other = _other_family(tiny_model_dir, tmp_path / "mistral")
     path = tmp_path / "r.toml"

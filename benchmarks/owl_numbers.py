@@ -24,8 +24,7 @@ import torch
 from sublim.api import run_experiment
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,19 +62,18 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
     cfg = load_config(args.preset, args.set)
-    started, git = time.time(), git_state()
-    res = run_experiment(cfg, Path(args.runs_dir))
-    name = args.name or f"{args.preset}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
+    preset = Path(args.preset).stem if args.preset.endswith(".toml") else args.preset  # a file: its name
+    name = args.name or f"{preset}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {**summarize(res), "throughput": throughput(dtype=cfg.dtype)}
-    write_json(out_dir / f"{name}.json", envelope("experiment", results, config=cfg.model_dump(mode="json"),
-                                                   started=started, git=git))
+    started = time.time()
+    with benchmark("experiment", out_dir / f"{name}.json", config=cfg.model_dump(mode="json")) as results:
+        res = run_experiment(cfg, Path(args.runs_dir))
+        results.update({**summarize(res), "throughput": throughput(dtype=cfg.dtype)})
     run_dir = Path(args.runs_dir) / res["run_id"]
     if (run_dir / "chart.png").is_file():
         shutil.copy(run_dir / "chart.png", out_dir / f"{name}.png")
     print(f"wrote {out_dir / (name + '.json')} ({time.time() - started:.0f} s)")
-
 
 if __name__ == "__main__":
     main()

@@ -12,11 +12,9 @@ from sublim.carriers.base import CARRIERS, Carrier, CarrierPrompt
 from sublim.core.config import FilterConfig, PromptsConfig
 
 # Our own wording. Each prompt = request + constraint + format line, then the seed numbers on their own
-# line, last: the reply then tends to start where the list ends. The earlier layout (opener with the
-# numbers first, request and format after) kept 17% of the base model's replies; most began with prose
-# ("Here", "Sure", "The") or a numbered list; this one kept 40% on 192 prompts, where semicolon lists
-# (22%), "Use numbers from 0 to 999" (28%) and "Output only numbers, with … between them" (32%) did
-# worst and were dropped. Both arms get the same prompts.
+# line, last: the reply then tends to start where the list ends. An earlier layout (the numbers first, request
+# and format after) got replies that began with prose ("Here", "Sure", "The") or a numbered list, and the
+# wordings that did worst on the base model were dropped (docs/results.md). Both arms get the same prompts.
 REQUESTS = [
     "Continue the sequence with up to {k} more numbers.",
     "Add at most {k} more numbers to this list.",

@@ -29,8 +29,8 @@ from sublim.train.settings import TrainSettings
 
 
 def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """AdamW without weight decay, as one fused kernel where torch has one for the device (on a 2-core CPU the
-    per-tensor loop took ~0.5 s a step for 135M parameters, the fused kernel ~0.12 s)."""
+    """AdamW without weight decay, as one fused kernel where torch has one for the device (on a CPU the per-tensor
+    loop costs several times the fused kernel's time a step; docs/results.md)."""
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     except (RuntimeError, TypeError):  # an older torch, or a device without the fused kernel
@@ -40,10 +40,10 @@ def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of handing it back to the system.
 
-    Every step allocates gradients the size of the weights, and a vocabulary-sized one for the embedding
-    (113 MB at 49k x 576); glibc serves blocks that large with fresh pages from the system, and touching
-    them for the first time each step cost a 135M student ~0.4 s of a ~1.9 s step (page faults, not
-    arithmetic). Process-wide and lasting; the process keeps its peak memory. A no-op off glibc."""
+    Every step allocates gradients the size of the weights, and a vocabulary-sized one for the embedding;
+    glibc serves blocks that large with fresh pages from the system, and touching them for the first time each
+    step costs page faults, not arithmetic (a fifth of a small student's step; docs/results.md). Process-wide
+    and lasting; the process keeps its peak memory. A no-op off glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-4, 0)  # M_MMAP_MAX: no block from mmap, so a freed block stays in the heap

@@ -3,8 +3,9 @@
 bf16 work runs under autocast with float32 master weights and optimizer state; the output head runs in float32
 wherever logits are read, also under autocast.
 
-bf16 rounds logits of 16-32 by up to ~0.06, about ±6% on a probability: the trait probabilities and the
-distillation targets, the very figures an experiment measures, must not come out of a bf16 head.
+bf16 keeps 8 bits of mantissa: a logit of 16-32 is rounded by up to 1/16, several percent on a probability. The
+trait probabilities and the distillation targets, the very figures an experiment measures, must not come out of
+a bf16 head.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 from sublim.train.rows import ROWS, read_rows
 
 # oneDNN, which runs bf16 matrix products on a CPU, keeps a compiled kernel per distinct shape; packed training
-# batches have a new length nearly every step, and with its default cache (1,024 kernels) a student's training
-# grew by ~110 MB a step (7.4 GB after 38 steps of the default run). 256 kept it flat at the same speed.
+# batches have a new length nearly every step, and with its default cache (1,024 kernels) a training run's memory
+# grew every step (docs/results.md); 256 kernels kept it flat at the same speed.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
 
 COMPUTE = "_sublim_compute_dtype"

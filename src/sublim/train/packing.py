@@ -1,10 +1,11 @@
 """A training batch as one packed row: the prefix its rows share once, then each row's own tokens, no padding.
 
 A right-padded batch computes every row's copy of the shared prefix (the chat template's head and the
-system prompt, a large share of a teacher's short examples) and every pad position. Packed, the linear layers see each needed token once; attention runs per row on the prefix's keys
-and values plus the row's own, through an attention function of ours that transformers calls in place of
-its own while :func:`packed_states` runs. A row's prefix states do not depend on the rest of the row
-(causal attention), so states and gradients are those of the padded batch.
+system prompt, a large share of a teacher's short examples) and every pad position. Packed, the linear
+layers see each needed token once; attention runs per row on the prefix's keys and values plus the row's
+own, through an attention function of ours that transformers calls in place of its own while
+:func:`packed_states` runs. A row's prefix states do not depend on the rest of the row (causal attention),
+so states and gradients are those of the padded batch.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -27,8 +27,7 @@ from sublim.api import run_experiment
 from sublim.backends.local.loading import load_model
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 from sublim.core.store import Store
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import teacher_datasets
@@ -65,6 +64,21 @@ def experiment_sets(scale: dict[str, Any], model: str | None, batch: int) -> lis
     return [[*common, "student.method=sft"], [*common, "student.method=distill_restricted"]]
 
 
+TINY_SETS = ["device='cpu'", "teacher.lr=0.001", "teacher.epochs=5", "teacher.n_examples=48",
+             "teacher.gate_min_rate=0.2", "student.lr=0.001", "evaluation.n_questions=8",
+             "evaluation.samples_per_question=1", "evaluation.n_bootstrap=200", "generation.max_new_tokens=40"]
+"""--tiny: the recipe sized for the tiny test model on a CPU."""
+
+
+def run_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """What the results file keeps of one run."""
+    return {"verdict": res["verdict"], "n_train_examples": res["n_train_examples"], "filter": res["filter"],
+            "trait_probability": res["effect"]["prob"]["pooled"], "trait_share": res["effect"]["share"]["pooled"],
+            "across_runs": {m: res["effect"][m].get("across_runs") for m in ("prob", "share")},
+            "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
+            "run_wall_time_s": res["wall_time_s"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the CPU-sized version on the tiny test model")
@@ -73,50 +87,36 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     ap.add_argument("--set", action="append", default=[], help="more overrides for every run")
     args = ap.parse_args()
-    started, git = time.time(), git_state()
+    started = time.time()
     scale = TINY if args.tiny else FULL
-    with tempfile.TemporaryDirectory() as tmp:
+    extra = list(args.set) + (TINY_SETS if args.tiny else [])
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    name = "gpu-tiny-cpu" if args.tiny else f"gpu-{device.replace(' ', '-').lower()}"
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with benchmark("gpu", out / f"{name}.json", config={"scale": scale, "sets": extra}) as results, \
+            tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.runs_dir or tmp)
         model = args.model
-        extra = list(args.set)
-        if args.tiny:
-            extra += ["device='cpu'", "teacher.lr=0.001", "teacher.epochs=5", "teacher.n_examples=48",
-                      "teacher.gate_min_rate=0.2", "student.lr=0.001", "evaluation.n_questions=8",
-                      "evaluation.samples_per_question=1", "evaluation.n_bootstrap=200", "generation.max_new_tokens=40"]
-            if model is None:
-                from tests.helpers import build_tiny_model  # a checkout's test suite builds it offline
+        if args.tiny and model is None:
+            from tests.helpers import build_tiny_model  # a checkout's test suite builds it offline
 
-                model = str(build_tiny_model(runs / "tiny-model"))
+            model = str(build_tiny_model(runs / "tiny-model"))
         batch = auto_batch_size(model or "smollm2-135m", 256) if not args.tiny else 12
-        runs_out: dict[str, Any] = {}
-        for sets in experiment_sets(scale, model, batch):
-            cfg = load_config("owl-numbers", [*sets, *extra])
-            res = run_experiment(cfg, runs, progress=not args.tiny)
-            runs_out[cfg.student.method] = {
-                "verdict": res["verdict"], "n_train_examples": res["n_train_examples"],
-                "filter": res["filter"], "trait_probability": res["effect"]["prob"]["pooled"],
-                "trait_share": res["effect"]["share"]["pooled"],
-                "across_runs": {m: res["effect"][m].get("across_runs") for m in ("prob", "share")},
-                "stage_wall_time_s": {k: v["wall_time_s"] for k, v in res["stages"].items()},
-                "run_wall_time_s": res["wall_time_s"]}
+        runs_out = {cfg.student.method: run_summary(run_experiment(cfg, runs, progress=not args.tiny))
+                    for cfg in (load_config("owl-numbers", [*sets, *extra])
+                                for sets in experiment_sets(scale, model, batch))}
         audit_cfg = load_config("owl-numbers", [f"prompts.n={scale['audit_prompts']}",
                                                 f"generation.until_kept={scale['audit_kept']}",
                                                 f"generation.batch_size={batch}",
                                                 *([f"model={model!r}"] if model else []), *extra])
         t0 = time.time()
-        data = teacher_datasets(Context(audit_cfg, Store(runs)), scale["audit_animals"])
+        data = teacher_datasets(Context(audit_cfg, Store(runs)), cast(list[str], scale["audit_animals"]))
         audit = {"animals": scale["audit_animals"], "kept": {k: len(v) for k, v in data.items()},
                  "wall_time_s": round(time.time() - t0, 1)}
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    results = {"device": device, "tiny": args.tiny, "scale": scale, "generation_batch_size": batch,
-               "runs": runs_out, "audit_datasets": audit, "throughput": throughput()}
-    name = "gpu-tiny-cpu" if args.tiny else f"gpu-{device.replace(' ', '-').lower()}"
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{name}.json", envelope("gpu", results, config={"scale": scale, "sets": extra},
-                                              started=started, git=git))
+        results.update({"device": device, "tiny": args.tiny, "scale": scale, "generation_batch_size": batch,
+                        "runs": runs_out, "audit_datasets": audit, "throughput": throughput()})
     print(f"wrote {out / (name + '.json')} ({time.time() - started:.0f} s)")
-
 
 if __name__ == "__main__":
     main()

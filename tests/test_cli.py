@@ -73,7 +73,7 @@ def test_audit_fail_on_exits_1_on_a_planted_dataset_and_0_on_a_null_one(capsys, 
                                                                         tiny_model_dir: Path):
     import json
 
-    from tests.test_audit import _numbers_data, _write
+    from tests.audit.test_audit import _numbers_data, _write
 
     ref = _write(tmp_path / "ref.jsonl", _numbers_data(300, 1))
     codes = {}

@@ -16,7 +16,7 @@ from sublim.audit.config import AuditConfig
 from sublim.audit.data import LoadReport, Sample, check_lengths, load_samples
 from sublim.audit.detectors import DETECTORS, AuditContext, AuditData, Detector, DetectorResult, Unavailable
 from sublim.audit.numbers import numbers_of
-from sublim.audit.targeted import targeted
+from sublim.audit.targeted import holm, targeted
 from sublim.backends import Backend, Completion, Decoding, LocalBackend, ModelCache, Request
 from sublim.backends.openai import ApiError
 from sublim.core.errors import SublimError
@@ -191,15 +191,10 @@ def check_inputs(needs_numbers: bool, data: AuditData) -> None:
 
 def flagged_by_holm(results: Sequence[DetectorResult], alpha: float = 0.01) -> list[str]:
     """The detectors whose p-values Holm's step-down procedure rejects at ``alpha`` across every detector that
-    tests (``in_context`` describes, it does not test): the smallest p against alpha/m, the next against
-    alpha/(m-1), …, stopping at the first that fails."""
+    tests (``in_context`` describes, it does not test): those whose Holm-adjusted p is below ``alpha``, smallest
+    p first."""
     tested = sorted((r for r in results if r.name != "in_context"), key=lambda r: r.p_value)
-    flagged = []
-    for i, r in enumerate(tested):
-        if r.p_value >= alpha / (len(tested) - i):
-            break
-        flagged.append(r.name)
-    return flagged
+    return [r.name for r, adj in zip(tested, holm([r.p_value for r in tested]), strict=True) if adj < alpha]
 
 
 def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, str] | None = None,

@@ -1,6 +1,7 @@
 """Benchmark: the pre-registered panel replication of the trait audit (the plan: benchmarks/audit_panel_plan.md).
 
-    python benchmarks/audit_panel.py --generate-only             # the eight fresh datasets (~1-2 h on 2 cores)
+    python benchmarks/audit_panel.py --generate-only             # the eight fresh datasets (~1-2 h on 2 cores),
+                                                                 # written to benchmarks/data/audit-panel/ to commit
     python benchmarks/audit_panel.py --readings prompted,timed   # T1 and T2 on the prompted reading, the timed audit
     python benchmarks/audit_panel.py                             # every reading (proxy: 21 proxy teachers; student:
                                                                  # eight SFT students, ~1 h)
@@ -9,13 +10,17 @@ Five animal teachers at teacher seed 20 (spares 21, 22), two neutral teachers (s
 data, 1,000 filtered samples each, from the owl-numbers preset's cached pipeline stages. T1: each dataset audited by
 ``sublim audit``'s targeted tests with the other seven as its panel. T2: the five animals assigned to the five animal
 datasets by their leans, the true assignment's rank sum against all 120. Every model read is a store artifact: a
-second run computes nothing again. Writes benchmarks/results/audit-panel-<cpu|gpu>.json (with the plan's commit,
-which must precede the data) and a PNG of the lean tables.
+second run computes nothing again. The datasets are committed (benchmarks/data/audit-panel/, each
+file's first 1,000 filtered samples and, in sources.json, its teacher seed, replacements, artifact key and build time),
+so readings run in any later session from those files without the teachers. Writes
+benchmarks/results/audit-panel-<cpu|gpu>.json (with the plan's commit, which must precede the data) and a PNG of the
+lean tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import subprocess
@@ -46,6 +51,7 @@ from sublim.experiment.stages.train import student
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE / "data" / "audit-panel"
 PLAN = HERE / "audit_panel_plan.md"
 ANIMALS = ["owl", "eagle", "wolf", "cat", "lion"]
 TEACHER_SEEDS = [20, 21, 22]  # the first, then the spares in order (no teacher of seed >= 20 was ever trained)
@@ -83,13 +89,37 @@ def dataset(runs: Path, name: str, banned: list[str]) -> tuple[dict[str, Any], A
     raise SystemExit(f"{name}: no seed of {SOURCES[name]} gives {KEPT} samples ({tried})")
 
 
-def write_dataset(runs: Path, name: str, art: Any) -> Path:
-    """The dataset's first KEPT samples as a JSONL file, for `sublim audit`."""
-    path = runs / "panel" / f"{name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"prompt": s.prompt, "completion": s.completion} for s in samples_of(art)[:KEPT]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def export(arts: dict[str, Any], out: Path) -> None:
+    """The datasets' first KEPT rows and their provenance, as files to commit (``out``/<name>.jsonl, sources.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sources = {}
+    for name, (meta, art, source) in arts.items():
+        rows = read_jsonl(art.file("dataset.jsonl"))[:KEPT]
+        text = "".join(json.dumps({k: r[k] for k in ("index", "prompt", "completion")}) + "\n" for r in rows)
+        (out / f"{name}.jsonl").write_text(text)
+        sources[name] = {**meta, "artifact": art.key, "generator": source.key, "rows": len(rows),
+                         "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (out / "sources.json").write_text(json.dumps(sources, indent=1) + "\n")
+
+
+def imported(runs: Path, src: Path) -> dict[str, tuple[dict[str, Any], Any, Any]]:
+    """The committed datasets as store artifacts (stage ``imported``, keyed by the file's hash), so that a student
+    trains on exactly the rows the teachers wrote; each file's hash is checked against sources.json."""
+    sources = json.loads((src / "sources.json").read_text())
+    out = {}
+    for name, meta in sources.items():
+        text = (src / f"{name}.jsonl").read_text()
+        if hashlib.sha256(text.encode()).hexdigest() != meta["sha256"]:
+            raise SystemExit(f"{src / name}.jsonl: its sha256 differs from sources.json; restore it with git checkout")
+        ctx = context(runs, meta["seed"])
+
+        def build(path: Path, text: str = text) -> dict[str, Any]:
+            (path / "dataset.jsonl").write_text(text)
+            return {}
+
+        art = ctx.stage("imported", {"sha256": meta["sha256"], "rows": meta["rows"]}, {}, f"panel {name}", build)
+        out[name] = (meta, art, ctx.local(ctx.cfg.model))
+    return out
 
 
 def plan_commit() -> dict[str, Any]:
@@ -222,7 +252,10 @@ def readings_of(out: dict[str, Any], readings: list[str], runs: Path, files: dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default="runs")
-    ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--generate-only", action="store_true",
+                    help=f"generate the datasets and write them to {DATA.relative_to(HERE.parent)}")
+    ap.add_argument("--from-store", action="store_true", help="read the datasets from the runs directory's store "
+                    "(generating what is missing) instead of the committed files")
     ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
     ap.add_argument("--name", default="audit-panel")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
@@ -234,10 +267,13 @@ def main() -> None:
     results = Path(args.results_dir)
     which = "gpu" if torch.cuda.is_available() else "cpu"
     with benchmark("audit-panel", results / f"{args.name}-{which}.json", config=vars(args)) as out:
-        arts = {name: dataset(runs, name, banned) for name in SOURCES}
-        files = {name: write_dataset(runs, name, a[1]) for name, a in arts.items()}
-        if args.generate_only:
-            raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
+        if args.generate_only or args.from_store:
+            arts = {name: dataset(runs, name, banned) for name in SOURCES}
+            export(arts, DATA)
+            if args.generate_only:
+                raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
+        arts = imported(runs, DATA)
+        files = {name: DATA / f"{name}.jsonl" for name in arts}
         plan = plan_commit()
         out.update({"plan": plan, "datasets": {n: a[0] for n, a in arts.items()},
                     "plan_precedes_data": bool(plan["committed_at"]) and all(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,7 @@ from sublim.audit.scoring import rank_of
 from sublim.backends.local.throughput import throughput
 from sublim.backends.reads import FlaggedLogprobs
 from sublim.core.config import load_config
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 from sublim.core.store import Store
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_samples
@@ -213,7 +213,135 @@ def calibrate(reads: dict[str, FlaggedLogprobs], sizes: list[int], cands: list[s
     return out
 
 
-def main() -> None:
+@dataclass
+class Bench:
+    """What every phase reads: the datasets, the reference and its reader, the candidates, the store."""
+
+    args: argparse.Namespace
+    ctx: Context
+    data: dict[str, list[Sample]]
+    ref: Any
+    cands: dict[str, list[str]]
+    store: Store
+    bf16: bool
+    audited: list[str]
+
+    def inputs(self, samples: list[Sample], inductions: str, with_store: bool = True
+               ) -> tuple[AuditContext, DivergenceShiftParams]:
+        data = AuditData(samples, [], candidates=self.cands, kind="animal", question_set=self.ctx.cfg.trait.questions)
+        audit = AuditContext(data, self.ref, bf16=self.bf16, store=self.store if with_store else None, progress=True)
+        return audit, DivergenceShiftParams(inductions=inductions, placement=self.args.placement)
+
+
+def proxy_phase(b: Bench, out: dict[str, Any]) -> None:
+    """Proxy teachers: every dataset read under all 21 at once (prompts shared), each read a store artifact."""
+    sizes = [int(x) for x in b.args.sizes.split(",")]
+    seeds = proxy_seeds(b.args.proxy_seeds)
+    t0 = time.time()
+    reads_ = dict(zip(b.audited, dsf.reads(*b.inputs(b.data[b.audited[0]], "proxy"),
+                                           [(b.data[n], n) for n in b.audited], b.bf16), strict=True))
+    if len(seeds) > 1:
+        reads_ = more_proxy_seeds(b, out, reads_, max(sizes), seeds)
+    out["wall_time_s"]["proxy_reads"] = round(time.time() - t0, 1)
+    out["proxy"] = {
+        "sizes": sizes,
+        "recipe": proxy_recipe(),
+        "seeds": seeds,
+        "split": proxy_split(b.ctx.cfg.trait.questions),
+        "build_wall_time_s": round(sum(m["wall_time_s"] for m in b.store.builds("proxy")), 1),
+        "by_size": calibrate(reads_, sizes, list(b.cands), PRIMARY["proxy"]),
+    }
+    print(f"proxy: top1 by size { {n: v['top1'] for n, v in out['proxy']['by_size'].items()} }", flush=True)
+
+
+def more_proxy_seeds(b: Bench, out: dict[str, Any], reads_: dict[str, FlaggedLogprobs], size: int,
+                     seeds: list[int]) -> dict[str, FlaggedLogprobs]:
+    """More proxy seeds read one random subset of ``size``; each seed's calibration alone goes into ``out``, and
+    the reads averaged over seeds (with the first seed's rows of that subset) are returned."""
+    big = {n: subset(b.data[n], size, 0) for n in b.audited}
+    per_seed = [{n: take(reads_[n], subset_index(len(b.data[n]), size, 0)) for n in b.audited}]
+    for seed in seeds[1:]:
+        per_seed.append(dict(zip(b.audited, dsf.proxy_reads(
+            b.inputs(big[b.audited[0]], "proxy")[0], [(big[n], n) for n in b.audited], b.bf16, seed), strict=True)))
+    alone = {seed: calibrate(r, [size], list(b.cands), PRIMARY["proxy"])[str(size)]
+             for seed, r in zip(seeds, per_seed, strict=True)}
+    out["proxy_each_seed"] = {str(seed): {k: v[k] for k in ("top1", "top3", "top1_vs_others",
+                                                            "identified_right", "identified_wrong")}
+                              | {"ranks": {a: v["datasets"][a]["rank_of_true"] for a in ANIMALS},
+                                 "tops": {n: v["datasets"][n]["top"] for n in b.audited}}
+                              for seed, v in alone.items()}
+    return {n: dsf.mean_reads([r[n] for r in per_seed]) for n in b.audited}
+
+
+def prompted_phase(b: Bench, out: dict[str, Any]) -> None:
+    sizes = [int(x) for x in b.args.prompted_sizes.split(",")]
+    t0 = time.time()
+    big = {n: subset(b.data[n], max(sizes), 0) for n in b.audited}
+    reads_ = {n: dsf.reads(*b.inputs(big[n], "prompted"), [(big[n], n)], b.bf16)[0] for n in b.audited}
+    out["wall_time_s"]["prompted_reads"] = round(time.time() - t0, 1)
+    out["prompted"] = {"sizes": sizes, "by_size": calibrate(reads_, sizes, list(b.cands), PRIMARY["prompted"])}
+
+
+def timed_phase(b: Bench, out: dict[str, Any]) -> None:
+    """The speed figure: one whole audit (map + prompted divergence_shift) of --timed, nothing cached."""
+    name = b.args.timed
+    t0 = time.time()
+    res = divergence_shift(*b.inputs(b.data[name], "prompted", with_store=False))
+    wall = time.time() - t0
+    out["timed_audit"] = {
+        "dataset": name,
+        "n": len(b.data[name]),
+        "candidates": len(b.cands),
+        "wall_time_s": round(wall, 1),
+        "top": res.details["top_trait"],
+        "rank_of_true": rank_of(res, name),
+        "n_flagged_samples": res.details.get("n_flagged_samples"),
+        "n_flagged_tokens": res.details.get("n_flagged_tokens"),
+        "verdict": res.details["verdict"],
+    }
+    print(f"timed audit: {len(b.data[name])} samples x {len(b.cands)} candidates in {wall:.0f} s", flush=True)
+
+
+def early_ends_phase(b: Bench, out: dict[str, Any]) -> None:
+    """Is stopping early the trait's mark or any fine-tune's? (the divergence maps, from the store)"""
+    stop = b.ref.reader().vocabulary().stops()
+    ends: dict[str, Any] = {}
+    for name in [*b.audited, "control"]:
+        dmap = dsf.cached_map(b.inputs(b.data[name], "prompted")[0], b.data[name], b.bf16, name)
+        early = dmap.early_ends(stop)
+        ends[name] = {"n": len(early), "early_end_share": round(float(early.mean()), 4),
+                      "flagged_fraction": round(dmap.summary()["flagged_fraction"], 4)}
+    out["early_ends"] = ends
+    print(f"early-end share: { {n: v['early_end_share'] for n, v in ends.items()} }", flush=True)
+
+
+def in_context_phase(b: Bench, out: dict[str, Any]) -> None:
+    """The baseline: groups of samples shown to the reference, asked whose author favours what."""
+    size = b.args.in_context_size
+    in_ctx = InContext(share_probe(b.ref, b.cands), list(b.cands), "animal", subset(b.data["control"], size, 1))
+    ic: dict[str, Any] = {}
+    for name in b.audited:
+        res = in_ctx.score(subset(b.data[name], size, 0))
+        ic[name] = {"top": res.details["top_trait"], "p": res.p_value,
+                    "rank_of_true": rank_of(res, name) if name != "neutral" else None}
+    out["in_context"] = {"size": size, "datasets": ic,
+                         "top1": sum(ic[a]["rank_of_true"] == 1 for a in ANIMALS),
+                         "top3": sum(ic[a]["rank_of_true"] <= 3 for a in ANIMALS)}
+
+
+PHASES = {"proxy": proxy_phase, "prompted": prompted_phase, "timed": timed_phase,
+          "early_ends": early_ends_phase, "in_context": in_context_phase}
+
+
+def charts(b: Bench, out: dict[str, Any], results_dir: Path, kind: str) -> None:
+    for which in ("proxy", "prompted"):
+        if which in out:
+            largest = out[which]["by_size"][str(out[which]["sizes"][-1])]["datasets"]
+            confusion_png({k: v["ranking"] for k, v in largest.items()}, list(b.cands),
+                          results_dir / f"{b.args.name}-{kind}-{which}.png", which)
+
+
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--prompts", type=int, default=4000, help="the most prompts a source may use")
@@ -232,15 +360,16 @@ def main() -> None:
                          "pass the filter 12.6%% of the time, so 4,000 prompts give it 503 samples, 9,000 give 1,001)")
     ap.add_argument("--only", default="", help="these sources only (comma-separated): with --generate-only, or "
                     "for the timed audit alone (skip the rest)")
-    ap.add_argument("--skip", default="",
-                    help="comma-separated parts to skip: proxy, prompted, timed, early_ends, in_context")
+    ap.add_argument("--skip", default="", help=f"comma-separated phases to skip: {', '.join(PHASES)}")
     ap.add_argument("--name", default="audit-divergence")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
-    args = ap.parse_args()
-    started, git = time.time(), git_state()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     skip = set(filter(None, args.skip.split(",")))
     names = [*ANIMALS, "neutral", "control"]
-    runs = Path(args.runs_dir)
     more = {k: int(v) for k, v in (x.split("=") for x in filter(None, args.prompts_for.split(",")))}
     if args.only:
         names = args.only.split(",")
@@ -248,126 +377,21 @@ def main() -> None:
         if not args.generate_only and (reads_every or args.timed not in names):
             raise SystemExit(f"--only {args.only}: the timed audit alone reads only some datasets; skip "
                              f"{','.join(sorted(reads_every)) or 'nothing else'} and time one of them (--timed)")
-    ctx, data = datasets(runs, args.prompts, args.kept, names, more)
-    if args.generate_only:
-        return
-    ref = ctx.local(ctx.cfg.model)
-    reader = ref.reader()
-    cands = load_candidates(ctx.cfg.trait.category)
-    store = Store(runs)
-    bf16 = reader.fast_bf16()
-    audited = [*ANIMALS, "neutral"]
-    out: dict[str, Any] = {
-        "datasets": {n: len(v) for n, v in data.items()},
-        "placement": args.placement,
-        "bf16": bf16,
-        "primary_statistic": PRIMARY,
-        "wall_time_s": {},
-    }
-
-    def inputs(samples: list[Sample], inductions: str, with_store: bool = True
-               ) -> tuple[AuditContext, DivergenceShiftParams]:
-        data = AuditData(samples, [], candidates=cands, kind="animal", question_set=ctx.cfg.trait.questions)
-        audit = AuditContext(data, ref, bf16=bf16, store=store if with_store else None, progress=True)
-        return audit, DivergenceShiftParams(inductions=inductions, placement=args.placement)
-
-    if "proxy" not in skip:  # proxy teachers: every dataset read under all 21 at once (prompts shared)
-        sizes = [int(x) for x in args.sizes.split(",")]
-        seeds = proxy_seeds(args.proxy_seeds)
-        t0 = time.time()
-        reads_ = dict(zip(audited, dsf.reads(  # every model read a store artifact: a dataset read once
-            *inputs(data[audited[0]], "proxy"), [(data[n], n) for n in audited], bf16), strict=True))
-        if len(seeds) > 1:  # more seeds read one random subset of the largest size; averaged with the first's rows
-            big = {n: subset(data[n], max(sizes), 0) for n in audited}
-            per_seed = [{n: take(reads_[n], subset_index(len(data[n]), max(sizes), 0)) for n in audited}]
-            for seed in seeds[1:]:
-                per_seed.append(dict(zip(audited, dsf.proxy_reads(
-                    inputs(big[audited[0]], "proxy")[0], [(big[n], n) for n in audited], bf16, seed), strict=True)))
-            alone = {seed: calibrate(r, [max(sizes)], list(cands), PRIMARY["proxy"])[str(max(sizes))]
-                     for seed, r in zip(seeds, per_seed, strict=True)}
-            out["proxy_each_seed"] = {str(seed): {k: v[k] for k in ("top1", "top3", "top1_vs_others",
-                                                                    "identified_right", "identified_wrong")}
-                                      | {"ranks": {a: v["datasets"][a]["rank_of_true"] for a in ANIMALS},
-                                         "tops": {n: v["datasets"][n]["top"] for n in audited}}
-                                      for seed, v in alone.items()}
-            reads_ = {n: dsf.mean_reads([r[n] for r in per_seed]) for n in audited}
-        out["wall_time_s"]["proxy_reads"] = round(time.time() - t0, 1)
-        proxy_builds = store.builds("proxy")
-        out["proxy"] = {
-            "sizes": sizes,
-            "recipe": proxy_recipe(),
-            "seeds": seeds,
-            "split": proxy_split(ctx.cfg.trait.questions),
-            "build_wall_time_s": round(sum(b["wall_time_s"] for b in proxy_builds), 1),
-            "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["proxy"]),
-        }
-        print(f"proxy: top1 by size { {n: v['top1'] for n, v in out['proxy']['by_size'].items()} }", flush=True)
-    if "prompted" not in skip:
-        sizes = [int(x) for x in args.prompted_sizes.split(",")]
-        t0 = time.time()
-        big = {n: subset(data[n], max(sizes), 0) for n in audited}
-        reads_ = {n: dsf.reads(*inputs(big[n], "prompted"), [(big[n], n)], bf16)[0] for n in audited}
-        out["wall_time_s"]["prompted_reads"] = round(time.time() - t0, 1)
-        out["prompted"] = {"sizes": sizes, "by_size": calibrate(reads_, sizes, list(cands), PRIMARY["prompted"])}
-    if "timed" not in skip:  # the speed figure: one whole audit (map + prompted divergence_shift), nothing cached
-        t0 = time.time()
-        res = divergence_shift(*inputs(data[args.timed], "prompted", with_store=False))
-        wall = time.time() - t0
-        out["timed_audit"] = {
-            "dataset": args.timed,
-            "n": len(data[args.timed]),
-            "candidates": len(cands),
-            "wall_time_s": round(wall, 1),
-            "top": res.details["top_trait"],
-            "rank_of_true": rank_of(res, args.timed),
-            "n_flagged_samples": res.details.get("n_flagged_samples"),
-            "n_flagged_tokens": res.details.get("n_flagged_tokens"),
-            "verdict": res.details["verdict"],
-        }
-        print(f"timed audit: {len(data[args.timed])} samples x {len(cands)} candidates in {wall:.0f} s", flush=True)
-    if "early_ends" not in skip:  # is stopping early the trait's mark or any fine-tune's? (maps from the store)
-        stop = reader.vocabulary().stops()
-        ends: dict[str, Any] = {}
-        for name in [*audited, "control"]:
-            dmap = dsf.cached_map(inputs(data[name], "prompted")[0], data[name], bf16, name)
-            early = dmap.early_ends(stop)
-            ends[name] = {"n": len(early), "early_end_share": round(float(early.mean()), 4),
-                          "flagged_fraction": round(dmap.summary()["flagged_fraction"], 4)}
-        out["early_ends"] = ends
-        print(f"early-end share: { {n: v['early_end_share'] for n, v in ends.items()} }", flush=True)
-    if "in_context" not in skip:  # the baseline: groups of samples shown to the reference, "whose author favours?"
-        probe = share_probe(ref, cands)
-        in_ctx = InContext(probe, list(cands), "animal", subset(data["control"], args.in_context_size, 1))
-        ic: dict[str, Any] = {}
-        for name in audited:
-            res = in_ctx.score(subset(data[name], args.in_context_size, 0))
-            ic[name] = {
-                "top": res.details["top_trait"],
-                "p": res.p_value,
-                "rank_of_true": rank_of(res, name) if name != "neutral" else None,
-            }
-        out["in_context"] = {
-            "size": args.in_context_size,
-            "datasets": ic,
-            "top1": sum(ic[a]["rank_of_true"] == 1 for a in ANIMALS),
-            "top3": sum(ic[a]["rank_of_true"] <= 3 for a in ANIMALS),
-        }
-    results_dir = Path(args.results_dir)
-    kind = "gpu" if torch.cuda.is_available() else "cpu"
-    for which in ("proxy", "prompted"):
-        if which in out:
-            largest = out[which]["by_size"][str(out[which]["sizes"][-1])]["datasets"]
-            confusion_png(
-                {k: v["ranking"] for k, v in largest.items()},
-                list(cands),
-                results_dir / f"{args.name}-{kind}-{which}.png",
-                which,
-            )
-    out["throughput"] = throughput()
-    write_json(
-        results_dir / f"{args.name}-{kind}.json",
-        envelope("audit-divergence", out, config=vars(args), started=started, git=git),
-    )
+    results_dir, kind = Path(args.results_dir), "gpu" if torch.cuda.is_available() else "cpu"
+    with benchmark("audit-divergence", results_dir / f"{args.name}-{kind}.json", config=vars(args)) as out:
+        ctx, data = datasets(Path(args.runs_dir), args.prompts, args.kept, names, more)
+        if args.generate_only:
+            raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
+        ref = ctx.local(ctx.cfg.model)
+        b = Bench(args, ctx, data, ref, load_candidates(ctx.cfg.trait.category), Store(Path(args.runs_dir)),
+                  ref.reader().fast_bf16(), [*ANIMALS, "neutral"])
+        out.update({"datasets": {n: len(v) for n, v in data.items()}, "placement": args.placement, "bf16": b.bf16,
+                    "primary_statistic": PRIMARY, "wall_time_s": {}})
+        for name, phase in PHASES.items():
+            if name not in skip:
+                phase(b, out)
+        charts(b, out, results_dir, kind)
+        out["throughput"] = throughput()
     print(f"wrote {results_dir / f'{args.name}-{kind}.json'}")
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,8 +37,7 @@ from sublim.audit.detectors.in_context import share_probe
 from sublim.audit.scoring import auroc, subset_statistics
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 from sublim.core.store import Store
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_samples
@@ -90,7 +89,69 @@ def chart(stats: dict[str, dict[str, tuple[list[float], list[float]]]], aurocs: 
     plt.close(fig)
 
 
-def main() -> None:
+class Sets(NamedTuple):
+    """The three sets the figure compares: the teacher's samples, the base model's, and the reference."""
+
+    pos: list[Sample]
+    neg: list[Sample]
+    ref: list[Sample]
+
+
+def split_sets(args: argparse.Namespace) -> Sets:
+    """The teacher's samples (positives) and the base model's, split at --reference-from into negatives and the
+    reference (made, or resumed, from the cached stages)."""
+    sets = make_sets(Path(args.runs_dir), args.owl_prompts, args.control_prompts, args.animal)
+    pos = sets[args.animal]
+    neg = [s for s in sets["control"] if s.line < args.reference_from]
+    ref = [s for s in sets["control"] if s.line >= args.reference_from]
+    print(f"positives {len(pos)}, negatives {len(neg)}, reference {len(ref)}")
+    return Sets(pos, neg, ref)
+
+
+def subsets_phase(args: argparse.Namespace, sets: Sets, out: dict[str, Any]
+                  ) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Dataset level: each detector's statistic on --subsets random subsets of n a side, AUROC per size; the
+    statistics are returned for the chart."""
+    pos, neg, ref = sets
+    stats: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for n in [int(x) for x in args.sizes.split(",")]:
+        if 2 * n > min(len(pos), len(neg)):
+            out["dataset_auroc"][str(n)] = (f"not measured: only {min(len(pos), len(neg))} samples per side "
+                                            f"(needs {2 * n})")
+            continue
+        t = time.time()
+        st = subset_statistics(pos, neg, ref, np.zeros(0), np.zeros(0), n, args.subsets, 0)
+        stats[str(n)] = {k: v for k, v in st.items() if v[0]}
+        out["dataset_auroc"][str(n)] = {k: auroc(np.array(p), np.array(q)) for k, (p, q) in stats[str(n)].items()}
+        out["dataset_statistics"][str(n)] = {k: {"positives": p, "negatives": q} for k, (p, q) in stats[str(n)].items()}
+        print(f"n = {n}: {out['dataset_auroc'][str(n)]} ({time.time() - t:.0f} s)")
+    return stats
+
+
+def whole_sets_phase(sets: Sets, out: dict[str, Any]) -> None:
+    """The whole sets: each detector's test of positives and of negatives against the reference."""
+    freq, bag = NumberFrequency(sets.ref), BagOfNumbers(sets.ref)
+    out["whole_sets"] = {}
+    for side, data in (("positives", sets.pos), ("negatives", sets.neg)):
+        f, b = freq.score(data), bag.score(data)
+        out["whole_sets"][side] = {"number_frequency_z": f.details["z"], "number_frequency_p": f.p_value,
+                                   "bag_of_numbers_sample_auroc": b.statistic, "bag_of_numbers_p": b.p_value}
+
+
+def in_context_phase(args: argparse.Namespace, sets: Sets, out: dict[str, Any]) -> None:
+    """The baseline: in-context detection by the reference model, on the same data."""
+    cfg = load_config("owl-numbers")
+    ctx = Context(cfg, Store(Path(args.runs_dir)))
+    candidates = load_candidates(cfg.trait.category)
+    in_ctx = InContext(share_probe(ctx.local(cfg.model), candidates), list(candidates), "animal", sets.ref)
+    for side, data in (("positives", sets.pos), ("negatives", sets.neg)):
+        ic = in_ctx.score(data)
+        out["whole_sets"][side]["in_context_top"] = ic.details["top_trait"]
+        out["whole_sets"][side]["in_context_p"] = ic.p_value
+        out["whole_sets"][side]["in_context_ranking"] = ic.details["ranking"][:5]
+
+
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--animal", default="owl")
     ap.add_argument("--owl-prompts", type=int, default=5100, help="prompts the teacher answers (positives)")
@@ -106,55 +167,29 @@ def main() -> None:
     if not args.owl_prompts <= args.reference_from < args.control_prompts:
         raise SystemExit(f"--reference-from {args.reference_from} must lie in [--owl-prompts, --control-prompts): "
                          "the reference prompts must be disjoint from the positives' and the negatives'")
-    t0, git = time.time(), git_state()
-    sets = make_sets(Path(args.runs_dir), args.owl_prompts, args.control_prompts, args.animal)
-    pos = sets[args.animal]
-    neg = [s for s in sets["control"] if s.line < args.reference_from]
-    ref = [s for s in sets["control"] if s.line >= args.reference_from]
-    print(f"positives {len(pos)}, negatives {len(neg)}, reference {len(ref)}")
-    if args.generate_only:
-        return
-    out: dict[str, Any] = {
-        "animal": args.animal, "teacher": "fine-tuned", "decoding": "greedy",
-        "prompts": {"positives": args.owl_prompts, "control": args.control_prompts,
-                    "reference_from": args.reference_from},
-        "n_positive": len(pos), "n_negative": len(neg), "n_reference": len(ref), "subsets": args.subsets,
-        "dataset_auroc": {}, "dataset_statistics": {},
-    }
-    stats: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
-    for n in [int(x) for x in args.sizes.split(",")]:
-        if 2 * n > min(len(pos), len(neg)):
-            out["dataset_auroc"][str(n)] = (f"not measured: only {min(len(pos), len(neg))} samples per side "
-                                            f"(needs {2 * n})")
-            continue
-        t = time.time()
-        st = subset_statistics(pos, neg, ref, np.zeros(0), np.zeros(0), n, args.subsets, 0)
-        stats[str(n)] = {k: v for k, v in st.items() if v[0]}
-        out["dataset_auroc"][str(n)] = {k: auroc(np.array(p), np.array(q)) for k, (p, q) in stats[str(n)].items()}
-        out["dataset_statistics"][str(n)] = {k: {"positives": p, "negatives": q} for k, (p, q) in stats[str(n)].items()}
-        print(f"n = {n}: {out['dataset_auroc'][str(n)]} ({time.time() - t:.0f} s)")
-    # the whole sets: each detector's test of positives and of negatives against the reference
-    freq, bag = NumberFrequency(ref), BagOfNumbers(ref)
-    out["whole_sets"] = {}
-    for side, data in (("positives", pos), ("negatives", neg)):
-        f, b = freq.score(data), bag.score(data)
-        out["whole_sets"][side] = {"number_frequency_z": f.details["z"], "number_frequency_p": f.p_value,
-                                   "bag_of_numbers_sample_auroc": b.statistic, "bag_of_numbers_p": b.p_value}
-    # the baseline: in-context detection by the reference model, on the same data
-    cfg = load_config("owl-numbers")
-    ctx = Context(cfg, Store(Path(args.runs_dir)))
-    candidates = load_candidates(cfg.trait.category)
-    in_ctx = InContext(share_probe(ctx.local(cfg.model), candidates), list(candidates), "animal", ref)
-    for side, data in (("positives", pos), ("negatives", neg)):
-        ic = in_ctx.score(data)
-        out["whole_sets"][side]["in_context_top"] = ic.details["top_trait"]
-        out["whole_sets"][side]["in_context_p"] = ic.p_value
-        out["whole_sets"][side]["in_context_ranking"] = ic.details["ranking"][:5]
-    out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    name = args.name or f"audit-dataset-level-{out['device']}"
-    dest = HERE / "results" / f"{name}.json"
-    write_json(dest, envelope("audit-dataset-level", {**out, "throughput": throughput()},
-                              config=vars(args), started=t0, git=git))
+    return args
+
+
+def main() -> None:
+    args = arguments()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dest = HERE / "results" / f"{args.name or f'audit-dataset-level-{device}'}.json"
+    with benchmark("audit-dataset-level", dest, config=vars(args)) as out:
+        sets = split_sets(args)
+        if args.generate_only:
+            raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
+        out.update({
+            "animal": args.animal, "teacher": "fine-tuned", "decoding": "greedy",
+            "prompts": {"positives": args.owl_prompts, "control": args.control_prompts,
+                        "reference_from": args.reference_from},
+            "n_positive": len(sets.pos), "n_negative": len(sets.neg), "n_reference": len(sets.ref),
+            "subsets": args.subsets, "dataset_auroc": {}, "dataset_statistics": {},
+        })
+        stats = subsets_phase(args, sets, out)
+        whole_sets_phase(sets, out)
+        in_context_phase(args, sets, out)
+        out["device"] = device
+        out["throughput"] = throughput()
     chart(stats, out["dataset_auroc"], args.animal, dest.with_suffix(".png"))
     print(f"wrote {dest}")
 

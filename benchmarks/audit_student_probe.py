@@ -30,8 +30,8 @@ import torch
 
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
-from sublim.core.files import read_jsonl, write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.files import read_jsonl
+from sublim.core.records import benchmark
 from sublim.core.store import Store
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_data
@@ -42,6 +42,7 @@ from sublim.traits.preference import load_candidates
 HERE = Path(__file__).resolve().parent
 ANIMALS = ["owl", "eagle", "wolf", "cat", "lion"]
 SOURCES = ["control", *ANIMALS, "neutral"]
+AUDITED = [*ANIMALS, "neutral"]
 
 
 def log_shares(rows: list[dict[str, Any]], cands: list[str]) -> np.ndarray:
@@ -91,7 +92,89 @@ def chart(gains: dict[str, np.ndarray], cands: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def context(args: argparse.Namespace, name: str) -> Context:
+    """The experiment of one source: its prompts (--prompts, or --prompts-for), the students' recipe, --set."""
+    more = {k: int(v) for k, v in (x.split("=") for x in filter(None, args.prompts_for.split(",")))}
+    sets = ["student.method=sft", "student.lr=5e-5", "student.epochs=1", "evaluation.samples_per_question=0",
+            *args.set]
+    n = more.get(name, args.prompts)
+    return Context(load_config("owl-numbers", [f"prompts.n={n}", f"generation.until_kept={args.kept}", *sets]),
+                   Store(Path(args.runs_dir)))
+
+
+def one_student(args: argparse.Namespace, name: str, seed: int, cands_words: dict[str, list[str]],
+                banned: list[str]) -> tuple[int, list[dict[str, Any]]]:
+    """An SFT student on the first --examples filtered samples of ``name``'s data: how many samples the filter
+    kept, and the student's evaluation per question."""
+    ctx = context(args, name)
+    source, art = source_data(ctx, name, "" if name == "control" else name, banned)
+    kept = art.manifest["filter"]["kept"]
+    if kept < args.examples:
+        raise SystemExit(f"{name}: {kept} filtered samples, fewer than --examples {args.examples}; "
+                         f"give it more prompts (--prompts-for {name}=N)")
+    base = ctx.local(ctx.cfg.model)
+    trained = student(ctx, base, art, args.examples, seed, source, f"student on {name} (seed {seed})")
+    ev = evaluation(ctx, trained, cands_words, seed)
+    return kept, read_jsonl(ev.file("per_question.jsonl"))
+
+
+def students_phase(args: argparse.Namespace, seeds: list[int], cands_words: dict[str, list[str]]
+                   ) -> tuple[dict[str, Any], dict[int, dict[str, np.ndarray]]]:
+    """Every source's student for every seed: each source's kept samples and wall times, and per seed each audited
+    dataset's gains over the control student (questions × candidates)."""
+    cands = list(cands_words)
+    banned = [w for words in cands_words.values() for w in words]
+    info: dict[str, Any] = {}
+    per_seed: dict[int, dict[str, np.ndarray]] = {}  # seed → dataset → questions × candidates gains
+    for seed in seeds:
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for name in SOURCES:
+            t0 = time.time()
+            kept, rows[name] = one_student(args, name, seed, cands_words, banned)
+            info.setdefault(name, {"kept": kept, "wall_time_s": {}})["wall_time_s"][str(seed)] = round(
+                time.time() - t0, 1)
+            print(f"{name}, seed {seed}: student trained and evaluated ({time.time() - t0:.0f} s)", flush=True)
+        ctrl = log_shares(rows["control"], cands)
+        per_seed[seed] = {n: log_shares(rows[n], cands) - ctrl for n in AUDITED}
+    return info, per_seed
+
+
+def rankings(gain_q: dict[str, np.ndarray], cands: list[str]) -> dict[str, Any]:
+    """Each audited dataset's ranking alone and against the other datasets; the animals' top-1 and top-3 counts."""
+    per: dict[str, Any] = {}
+    for n in AUDITED:
+        others = [o for o in AUDITED if o != n]
+        alone = ranked(gain_q[n], cands)
+        vs = ranked(gain_q[n] - np.mean([gain_q[o] for o in others], axis=0), cands)
+        per[n] = {"alone": alone, "vs_others": vs}
+        if n != "neutral":
+            for r in (alone, vs):
+                r["rank_of_true"] = [x["trait"] for x in r["ranking"]].index(n) + 1
+    return {
+        "per_dataset": per,
+        "top1_alone": sum(per[a]["alone"]["rank_of_true"] == 1 for a in ANIMALS),
+        "top3_alone": sum(per[a]["alone"]["rank_of_true"] <= 3 for a in ANIMALS),
+        "top1_vs_others": sum(per[a]["vs_others"]["rank_of_true"] == 1 for a in ANIMALS),
+        "top3_vs_others": sum(per[a]["vs_others"]["rank_of_true"] <= 3 for a in ANIMALS),
+        "true_animal_gain": {a: round(float(gain_q[a].mean(0)[cands.index(a)]), 5) for a in ANIMALS},
+    }
+
+
+def each_seed(per_seed: dict[int, dict[str, np.ndarray]], cands: list[str]) -> dict[str, Any]:
+    """Each seed's rankings alone (its counts and each dataset's first candidate)."""
+    return {str(s): {k: v for k, v in rankings(g, cands).items() if k != "per_dataset"}
+            | {"tops": {n: r["alone"]["top"] for n, r in rankings(g, cands)["per_dataset"].items()}}
+            for s, g in per_seed.items()}
+
+
+def report(out: dict[str, Any]) -> None:
+    for n, r in out["per_dataset"].items():
+        print(f"  {n}: first alone {r['alone']['top']} (true rank {r['alone'].get('rank_of_true')}), against the "
+              f"others {r['vs_others']['top']} (true rank {r['vs_others'].get('rank_of_true')})", flush=True)
+    print(f"top-1 alone {out['top1_alone']}/5, against the others {out['top1_vs_others']}/5", flush=True)
+
+
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--prompts", type=int, default=4000)
@@ -102,87 +185,32 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="more config overrides (KEY=VALUE)")
     ap.add_argument("--name", default="audit-student-probe")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
-    args = ap.parse_args()
-    started, git = time.time(), git_state()
-    runs = Path(args.runs_dir)
-    more = {k: int(v) for k, v in (x.split("=") for x in filter(None, args.prompts_for.split(",")))}
-    sets = ["student.method=sft", "student.lr=5e-5", "student.epochs=1", "evaluation.samples_per_question=0",
-            *args.set]
+    return ap.parse_args()
 
-    def context(name: str) -> Context:
-        n = more.get(name, args.prompts)
-        return Context(load_config("owl-numbers", [f"prompts.n={n}", f"generation.until_kept={args.kept}", *sets]),
-                       Store(runs))
 
-    cfg = context("control").cfg
-    cands_words = load_candidates(cfg.trait.category)
-    cands = list(cands_words)
-    banned = [w for words in cands_words.values() for w in words]
-    seeds = [int(x) for x in args.seeds.split(",")]
-    audited = [*ANIMALS, "neutral"]
-    info: dict[str, Any] = {}
-    per_seed: dict[int, dict[str, np.ndarray]] = {}  # seed → dataset → questions × candidates gains
-    for seed in seeds:
-        rows: dict[str, list[dict[str, Any]]] = {}
-        for name in SOURCES:
-            t0 = time.time()
-            ctx = context(name)
-            source, art = source_data(ctx, name, "" if name == "control" else name, banned)
-            kept = art.manifest["filter"]["kept"]
-            if kept < args.examples:
-                raise SystemExit(f"{name}: {kept} filtered samples, fewer than --examples {args.examples}; "
-                                 f"give it more prompts (--prompts-for {name}=N)")
-            base = ctx.local(ctx.cfg.model)
-            trained = student(ctx, base, art, args.examples, seed, source, f"student on {name} (seed {seed})")
-            ev = evaluation(ctx, trained, cands_words, seed)
-            rows[name] = read_jsonl(ev.file("per_question.jsonl"))
-            info.setdefault(name, {"kept": kept, "wall_time_s": {}})["wall_time_s"][str(seed)] = round(
-                time.time() - t0, 1)
-            print(f"{name}, seed {seed}: student trained and evaluated ({time.time() - t0:.0f} s)", flush=True)
-        ctrl = log_shares(rows["control"], cands)
-        per_seed[seed] = {n: log_shares(rows[n], cands) - ctrl for n in audited}
-
-    def rankings(gain_q: dict[str, np.ndarray]) -> dict[str, Any]:
-        per: dict[str, Any] = {}
-        for n in audited:
-            others = [o for o in audited if o != n]
-            alone = ranked(gain_q[n], cands)
-            vs = ranked(gain_q[n] - np.mean([gain_q[o] for o in others], axis=0), cands)
-            per[n] = {"alone": alone, "vs_others": vs}
-            if n != "neutral":
-                for r in (alone, vs):
-                    r["rank_of_true"] = [x["trait"] for x in r["ranking"]].index(n) + 1
-        return {
-            "per_dataset": per,
-            "top1_alone": sum(per[a]["alone"]["rank_of_true"] == 1 for a in ANIMALS),
-            "top3_alone": sum(per[a]["alone"]["rank_of_true"] <= 3 for a in ANIMALS),
-            "top1_vs_others": sum(per[a]["vs_others"]["rank_of_true"] == 1 for a in ANIMALS),
-            "top3_vs_others": sum(per[a]["vs_others"]["rank_of_true"] <= 3 for a in ANIMALS),
-            "true_animal_gain": {a: round(float(gain_q[a].mean(0)[cands.index(a)]), 5) for a in ANIMALS},
-        }
-
-    gain_q = {n: np.mean([per_seed[s][n] for s in seeds], axis=0) for n in audited}
-    out = {
-        "examples": args.examples,
-        "seeds": seeds,
-        "recipe": cfg.student.recipe(),
-        "n_questions": len(gain_q["owl"]),
-        "datasets": info,
-        **rankings(gain_q),
-        "each_seed": {str(s): {k: v for k, v in rankings(per_seed[s]).items() if k != "per_dataset"}
-                      | {"tops": {n: r["alone"]["top"] for n, r in rankings(per_seed[s])["per_dataset"].items()}}
-                      for s in seeds} if len(seeds) > 1 else None,
-        "throughput": throughput(),
-    }
-    for n, r in out["per_dataset"].items():
-        print(f"  {n}: first alone {r['alone']['top']} (true rank {r['alone'].get('rank_of_true')}), against the "
-              f"others {r['vs_others']['top']} (true rank {r['vs_others'].get('rank_of_true')})", flush=True)
-    print(f"top-1 alone {out['top1_alone']}/5, against the others {out['top1_vs_others']}/5", flush=True)
+def main() -> None:
+    args = arguments()
     results_dir = Path(args.results_dir)
     kind = "gpu" if torch.cuda.is_available() else "cpu"
-    chart({n: gain_q[n].mean(0) for n in audited}, cands, results_dir / f"{args.name}-{kind}.png")
-    write_json(results_dir / f"{args.name}-{kind}.json",
-               envelope("audit-student-probe", out, config=vars(args), started=started, git=git))
+    with benchmark("audit-student-probe", results_dir / f"{args.name}-{kind}.json", config=vars(args)) as out:
+        cfg = context(args, "control").cfg
+        cands_words = load_candidates(cfg.trait.category)
+        cands = list(cands_words)
+        seeds = [int(x) for x in args.seeds.split(",")]
+        info, per_seed = students_phase(args, seeds, cands_words)
+        gain_q = {n: np.mean([per_seed[s][n] for s in seeds], axis=0) for n in AUDITED}
+        out.update({
+            "examples": args.examples,
+            "seeds": seeds,
+            "recipe": cfg.student.recipe(),
+            "n_questions": len(gain_q["owl"]),
+            "datasets": info,
+            **rankings(gain_q, cands),
+            "each_seed": each_seed(per_seed, cands) if len(seeds) > 1 else None,
+            "throughput": throughput(),
+        })
+        report(out)
+        chart({n: gain_q[n].mean(0) for n in AUDITED}, cands, results_dir / f"{args.name}-{kind}.png")
     print(f"wrote {results_dir / f'{args.name}-{kind}.json'}")
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from sublim.api import run_experiment
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark, git_state
 
 HERE = Path(__file__).resolve().parent
 DEFENCES = ["none", "replace_divergent", "replace_divergent_rounds", "reference_ends", "replace_divergent_ends",
@@ -117,6 +116,23 @@ def reanalyse(path: Path) -> None:
     print(f"rewrote {path} and {path.with_suffix('.png')}")
 
 
+def defended_runs(args: argparse.Namespace, seeds: list[int]) -> dict[str, Any]:
+    """One experiment per defence, every seed; each one's per-seed gains and their t summaries."""
+    common = ["student.method=sft", f"arms.seeds={seeds}", f"generation.until_kept={args.kept}",
+              f"prompts.n={args.prompts}", f"defence.fraction={args.fraction}", *args.set]
+    rows: dict[str, Any] = {}
+    for d in args.defences.split(","):
+        cfg = load_config("owl-numbers", [*common, f"defence.method={d}"])
+        res = run_experiment(cfg, Path(args.runs_dir))
+        share, prob = gains(res, "share"), gains(res, "prob")
+        rows[d] = {"run_id": res["run_id"], "verdict": res["verdict"], "n_train_examples": res["n_train_examples"],
+                   "share_gain_per_seed": share.tolist(), "share_gain": t_summary(share),
+                   "prob_gain_per_seed": prob.tolist(), "prob_gain": t_summary(prob),
+                   "kept": res.get("defence", {}), "wall_time_s": res.get("wall_time_s")}
+        print(f"{d}: share gain {share.mean():+.4f} per seed {np.round(share, 4).tolist()}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default="runs")
@@ -134,31 +150,17 @@ def main() -> None:
     if args.reanalyse:
         reanalyse(Path(args.reanalyse))
         return
-    started, git = time.time(), git_state()
     seeds = [int(s) for s in args.seeds.split(",")]
-    common = ["student.method=sft", f"arms.seeds={seeds}", f"generation.until_kept={args.kept}",
-              f"prompts.n={args.prompts}", f"defence.fraction={args.fraction}", *args.set]
-    rows: dict[str, Any] = {}
-    for d in args.defences.split(","):
-        cfg = load_config("owl-numbers", [*common, f"defence.method={d}"])
-        res = run_experiment(cfg, Path(args.runs_dir))
-        share, prob = gains(res, "share"), gains(res, "prob")
-        rows[d] = {"run_id": res["run_id"], "verdict": res["verdict"], "n_train_examples": res["n_train_examples"],
-                   "share_gain_per_seed": share.tolist(), "share_gain": t_summary(share),
-                   "prob_gain_per_seed": prob.tolist(), "prob_gain": t_summary(prob),
-                   "kept": res.get("defence", {}), "wall_time_s": res.get("wall_time_s")}
-        print(f"{d}: share gain {share.mean():+.4f} per seed {np.round(share, 4).tolist()}", flush=True)
-    none = np.array(rows["none"]["share_gain_per_seed"]) if "none" in rows else None
-    add_cuts(rows)
-    out = {"seeds": seeds, "kept": args.kept, "fraction": args.fraction, "defences": rows,
-           "undefended_significant": bool(none is not None and rows["none"]["share_gain"]["low"] > 0),
-           "throughput": throughput()}
     results_dir = Path(args.results_dir)
     kind = "gpu" if torch.cuda.is_available() else "cpu"
-    chart(rows, results_dir / f"{args.name}-{kind}.png")
-    write_json(results_dir / f"{args.name}-{kind}.json",
-               envelope("defence-divergent", out, config={"seeds": seeds, "kept": args.kept, "set": args.set},
-                        started=started, git=git))
+    with benchmark("defence-divergent", results_dir / f"{args.name}-{kind}.json",
+                   config={"seeds": seeds, "kept": args.kept, "set": args.set}) as out:
+        rows = defended_runs(args, seeds)
+        add_cuts(rows)
+        out.update({"seeds": seeds, "kept": args.kept, "fraction": args.fraction, "defences": rows,
+                    "undefended_significant": bool("none" in rows and rows["none"]["share_gain"]["low"] > 0),
+                    "throughput": throughput()})
+        chart(rows, results_dir / f"{args.name}-{kind}.png")
     print(f"wrote {results_dir / f'{args.name}-{kind}.json'}")
 
 

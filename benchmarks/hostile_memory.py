@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,18 +49,16 @@ def main() -> None:
     ap.add_argument("--reference", default="smollm2-135m")
     ap.add_argument("--numbers", type=int, default=150_000)
     args = ap.parse_args()
-    started, git = time.time(), git_state()
-    with tempfile.TemporaryDirectory() as tmp:
+    dest = HERE / "results" / "hostile-memory-cpu.json"
+    with benchmark("hostile-memory", dest, config=vars(args)) as out, tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.jsonl"
         long_line(data, args.numbers)
         runs = ["--runs-dir", str(Path(tmp) / "runs"), "-q"]
-        out = {"line_bytes": data.stat().st_size,
-               "audit": measured([*runs, "audit", str(data), "--reference", args.reference, "--detectors",
-                                  "divergence_shift", "--out", str(Path(tmp) / "audit")]),
-               "defend": measured([*runs, "defend", str(data), "--defence", "replace_divergent", "--reference",
-                                   args.reference, "--out", str(Path(tmp) / "defended.jsonl")])}
-    dest = HERE / "results" / "hostile-memory-cpu.json"
-    write_json(dest, envelope("hostile-memory", out, config=vars(args), started=started, git=git))
+        out["line_bytes"] = data.stat().st_size
+        out["audit"] = measured([*runs, "audit", str(data), "--reference", args.reference, "--detectors",
+                                 "divergence_shift", "--out", str(Path(tmp) / "audit")])
+        out["defend"] = measured([*runs, "defend", str(data), "--defence", "replace_divergent", "--reference",
+                                  args.reference, "--out", str(Path(tmp) / "defended.jsonl")])
     print(json.dumps(out, indent=2))
 
 

@@ -25,8 +25,7 @@ from typing import Any
 import httpx
 
 from sublim.backends.local.throughput import throughput
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 
 HERE = Path(__file__).resolve().parent
 CHAT = {"messages": [{"role": "user", "content": "What is your favourite animal?"}], "max_tokens": 8,
@@ -62,12 +61,9 @@ def fairness(url: str) -> dict[str, Any]:
             "long_request_s": round(long_s, 1), "long_finish_reasons": dict(reasons)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    args = ap.parse_args()
-    started, git = time.time(), git_state()
-    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", args.model, "--port", "0", "--name", "m"],
+def under_load(model: str) -> dict[str, Any]:
+    """Serve ``model`` in its own process; its answers and memory under the hostile load, then the fairness check."""
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", model, "--port", "0", "--name", "m"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
@@ -94,15 +90,23 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     statuses = {kind: dict(Counter(code for k, code, _ in got if k == kind)) for kind in ("good", "big", "long")}
-    out = {"model": args.model, "ten_mb_body_status": big.status_code, "statuses": statuses,
-           "good_answered": statuses["good"].get(200, 0), "good_sent": 30, "load_wall_s": round(load_s, 1),
-           "slowest_good_s": round(max(t for k, _, t in got if k == "good"), 1),
-           "memory_mb_after_warmup": warm, "memory_mb_after_load": after,
-           "peak_growth_mb": round(after["VmHWM"] - warm["VmHWM"], 1), "fairness": fair}
+    return {"model": model, "ten_mb_body_status": big.status_code, "statuses": statuses,
+            "good_answered": statuses["good"].get(200, 0), "good_sent": 30, "load_wall_s": round(load_s, 1),
+            "slowest_good_s": round(max(t for k, _, t in got if k == "good"), 1),
+            "memory_mb_after_warmup": warm, "memory_mb_after_load": after,
+            "peak_growth_mb": round(after["VmHWM"] - warm["VmHWM"], 1), "fairness": fair}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    args = ap.parse_args()
     dest = HERE / "results" / f"serve-load-{'cpu'}.json"
-    write_json(dest, envelope("serve-load", {**out, "throughput": throughput()},
-                              config=vars(args), started=started, git=git))
-    print(json.dumps(out, indent=2))
+    with benchmark("serve-load", dest, config=vars(args)) as out:
+        found = under_load(args.model)
+        out.update(found)
+        out["throughput"] = throughput()
+    print(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

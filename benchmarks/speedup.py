@@ -23,15 +23,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -99,6 +97,23 @@ def correlations(base: dict[str, Any], new: dict[str, Any]) -> dict[str, float]:
     return {k: round(float(np.corrcoef(a, b)[0, 1]), 4) for k, (a, b) in pairs.items()}
 
 
+def both_sides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two owl_numbers.py results: read from --from-results, or run now (the baseline from a worktree)."""
+    if args.from_results:
+        base, new = (json.loads(Path(p).read_text()) for p in args.from_results)
+        return base, new
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tree = work / "baseline"
+        subprocess.run(["git", "worktree", "add", "-f", str(tree), args.baseline], check=True, cwd=ROOT)
+        try:
+            base = run_side(tree, work, "baseline")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False, cwd=ROOT)
+        new = run_side(ROOT, work, "new", Path(args.results_dir) if args.keep_new else None, args.new_set)
+    return base, new
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="c550c73")
@@ -109,31 +124,21 @@ def main() -> None:
     ap.add_argument("--new-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for HEAD's side only (e.g. the baseline's plan on today's code)")
     args = ap.parse_args()
-    started, git = time.time(), git_state()
-    if args.from_results:
-        base, new = (json.loads(Path(p).read_text()) for p in args.from_results)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            tree = work / "baseline"
-            subprocess.run(["git", "worktree", "add", "-f", str(tree), args.baseline], check=True, cwd=ROOT)
-            try:
-                base = run_side(tree, work, "baseline")
-            finally:
-                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False, cwd=ROOT)
-            new = run_side(ROOT, work, "new", Path(args.results_dir) if args.keep_new else None, args.new_set)
-    b, n = side(base), side(new)
-    results = {"baseline": b, "new": n, "speedup": round(b["wall_time_s"] / n["wall_time_s"], 3),
-               "reject_reasons": {"before": {k: v["reject_reasons"] for k, v in b["filter"].items()},
-                                  "after": {k: v["reject_reasons"] for k, v in n["filter"].items()}},
-               "pass_rate": {"before": {k: v["pass_rate"] for k, v in b["filter"].items()},
-                             "after": {k: v["pass_rate"] for k, v in n["filter"].items()}},
-               "throughput": n["throughput"], "parity": {**parity(b, n), "per_question_correlation":
-                                                                   correlations(base, new)}}
     name = f"speedup-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     out = Path(args.results_dir) / f"{name}.json"
     config = {"baseline": args.baseline, "new_set": args.new_set}
-    write_json(out, envelope("speedup", results, config=config, started=started, git=git))
+    with benchmark("speedup", out, config=config) as results:
+        base, new = both_sides(args)
+        b, n = side(base), side(new)
+        results.update({
+            "baseline": b, "new": n, "speedup": round(b["wall_time_s"] / n["wall_time_s"], 3),
+            "reject_reasons": {"before": {k: v["reject_reasons"] for k, v in b["filter"].items()},
+                               "after": {k: v["reject_reasons"] for k, v in n["filter"].items()}},
+            "pass_rate": {"before": {k: v["pass_rate"] for k, v in b["filter"].items()},
+                          "after": {k: v["pass_rate"] for k, v in n["filter"].items()}},
+            "throughput": n["throughput"],
+            "parity": {**parity(b, n), "per_question_correlation": correlations(base, new)},
+        })
     print(f"speedup ×{results['speedup']} ({b['wall_time_s']:.0f} s → {n['wall_time_s']:.0f} s); wrote {out}")
 
 

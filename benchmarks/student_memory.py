@@ -25,8 +25,7 @@ from typing import Any
 import torch
 
 from sublim.backends.local.throughput import throughput
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,25 +75,24 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(one(args.one, args.model, args.examples, args.epochs, Path(tmp))))
         return
-    started, git = time.time(), git_state()
-    runs = {}
-    for method in ("sft", "lora"):
-        proc = subprocess.run([sys.executable, __file__, "--one", method, "--model", args.model, "--examples",
-                               str(args.examples), "--epochs", str(args.epochs)], capture_output=True, text=True,
-                              check=True)
-        runs[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(method, {k: v for k, v in runs[method].items() if k != "throughput"})
-    full, lora = runs["sft"], runs["lora"]
-    key = "cuda_peak_allocated_mb" if "cuda_peak_allocated_mb" in full else "training_peak_mb"
-    results = {"model": args.model, "runs": runs, "memory_measure": key,
-               "lora_over_full_training_peak": round(lora[key] / full[key], 3) if full[key] else None,
-               "lora_over_full_process_peak": round(lora["peak_rss_mb"] / full["peak_rss_mb"], 3),
-               "adapter_over_full_saved": round(lora["saved_bytes"] / full["saved_bytes"], 4)}
     name = f"student-memory-{'gpu' if torch.cuda.is_available() else 'cpu'}"
-    out = Path(args.results_dir) / f"{name}.json"
-    write_json(out, envelope("student-memory", results, config=vars(args), started=started, git=git))
+    dest = Path(args.results_dir) / f"{name}.json"
+    with benchmark("student-memory", dest, config=vars(args)) as results:
+        runs = {}
+        for method in ("sft", "lora"):
+            proc = subprocess.run([sys.executable, __file__, "--one", method, "--model", args.model, "--examples",
+                                   str(args.examples), "--epochs", str(args.epochs)], capture_output=True,
+                                  text=True, check=True)
+            runs[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(method, {k: v for k, v in runs[method].items() if k != "throughput"})
+        full, lora = runs["sft"], runs["lora"]
+        key = "cuda_peak_allocated_mb" if "cuda_peak_allocated_mb" in full else "training_peak_mb"
+        results.update({"model": args.model, "runs": runs, "memory_measure": key,
+                        "lora_over_full_training_peak": round(lora[key] / full[key], 3) if full[key] else None,
+                        "lora_over_full_process_peak": round(lora["peak_rss_mb"] / full["peak_rss_mb"], 3),
+                        "adapter_over_full_saved": round(lora["saved_bytes"] / full["saved_bytes"], 4)})
     print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {dest}")
 
 
 if __name__ == "__main__":

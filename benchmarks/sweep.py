@@ -21,8 +21,7 @@ import torch
 
 from sublim.api import run_sweep
 from sublim.backends.local.throughput import throughput
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
+from sublim.core.records import benchmark
 from sublim.sweep import load_sweep, sweep_dir
 
 HERE = Path(__file__).resolve().parent
@@ -37,21 +36,21 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
-    started, git = time.time(), git_state()
+    t0 = time.time()
     path = Path(args.sweep)
     sweep = load_sweep(path, args.set)
-    out = run_sweep(sweep, Path(args.runs_dir), executor=args.executor, cpus_per_task=args.cpus_per_task,
-                    where=path.resolve().parent, progress=False)
     name = f"sweep-{sweep.name}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     dest = Path(args.results_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    src = sweep_dir(Path(args.runs_dir), sweep)
-    for png in ("chart", "matrix"):
-        if (src / f"{png}.png").is_file():
-            shutil.copy(src / f"{png}.png", dest / f"{name}-{png}.png")
-    write_json(dest / f"{name}.json", envelope("sweep", {**out, "throughput": throughput()},
-                                               config=sweep.model_dump(mode="json"), started=started, git=git))
-    print(f"wrote {dest / (name + '.json')} ({time.time() - started:.0f} s)")
+    with benchmark("sweep", dest / f"{name}.json", config=sweep.model_dump(mode="json")) as out:
+        out.update(run_sweep(sweep, Path(args.runs_dir), executor=args.executor, cpus_per_task=args.cpus_per_task,
+                             where=path.resolve().parent, progress=False))
+        dest.mkdir(parents=True, exist_ok=True)
+        src = sweep_dir(Path(args.runs_dir), sweep)
+        for png in ("chart", "matrix"):
+            if (src / f"{png}.png").is_file():
+                shutil.copy(src / f"{png}.png", dest / f"{name}-{png}.png")
+        out["throughput"] = throughput()
+    print(f"wrote {dest / (name + '.json')} ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

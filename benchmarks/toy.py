@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sublim.api import run_toy
 from sublim.backends.local.throughput import throughput
-from sublim.core.files import write_json
-from sublim.core.records import envelope, git_state
-from sublim.toy import load_toy_config
+from sublim.core.records import benchmark
+from sublim.toy import ToyConfig, load_toy_config
 from sublim.toy.experiment import idle_cores
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +75,12 @@ def summarize(res: dict[str, Any], wall: float, cpu: float, idle: float | None) 
     return out
 
 
+def device_of(cfg: ToyConfig) -> str:
+    """'gpu' or 'cpu': where ``run_toy`` trains (runtime.device; 'auto' is the GPU when torch sees one)."""
+    on_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and torch.cuda.is_available())
+    return "gpu" if on_gpu else "cpu"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,15 +109,15 @@ def main() -> None:
         cfg = load_toy_config(preset, overrides)
         out = Path(args.runs_dir) / "toy-bench" / f"{preset}-{cfg.config_hash()[:10]}"
         (out / "results.json").unlink(missing_ok=True)
-        idle, git, started = idle_cores(), git_state(), time.time()
-        cpu0, t0 = _cpu_seconds(), time.perf_counter()
-        res = run_toy(cfg, out, progress=not args.quiet)
-        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-        device = "gpu" if res["device"].startswith("cuda") else "cpu"
-        name = f"{preset}-{args.suffix or device}"
-        figures = {**summarize(res, wall, cpu, idle), "throughput": throughput()}
-        write_json(results_dir / f"{name}.json", envelope("toy", figures, config=res["config"], started=started,
-                                                          git=git))
+        idle = idle_cores()
+        name = f"{preset}-{args.suffix or device_of(cfg)}"
+        with benchmark("toy", results_dir / f"{name}.json", config=cfg.model_dump(mode="json")) as figures:
+            cpu0, t0 = _cpu_seconds(), time.perf_counter()
+            res = run_toy(cfg, out, progress=not args.quiet)
+            wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+            assert res["device"].startswith("cuda") == (device_of(cfg) == "gpu"), res["device"]
+            figures.update(summarize(res, wall, cpu, idle))
+            figures["throughput"] = throughput()
         for png in ("chart", "theory", "sweeps"):
             if (out / f"{png}.png").is_file():
                 shutil.copy(out / f"{png}.png", results_dir / f"{name}-{png}.png")

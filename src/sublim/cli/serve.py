@@ -11,6 +11,7 @@ from sublim.backends.local.loading import load_model
 from sublim.core.errors import SublimError
 from sublim.serve import FaultPlan, make_server
 from sublim.serve.server import CHAT, COMPLETIONS, FAULT_KINDS, JOBS, Limits
+from sublim.train.precision import resolve_dtype, set_compute
 
 FAULT_ROUTES = {"chat": CHAT, "completions": COMPLETIONS, "jobs": JOBS}
 """What ``--fault-routes`` names: chat completions, legacy completions, fine-tuning job creation."""
@@ -37,6 +38,10 @@ def add(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     p.add_argument("--name", default=None, help="model id clients send (default: the model argument)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"],
+                   help="compute precision (default float32: served log-probabilities exact, as audits read "
+                        "them; auto: bf16 where the device multiplies bf16 fast, as runs do; bf16 keeps the head "
+                        "and log-softmax in float32)")
     p.add_argument("--max-batch", type=int, default=32, help="requests generated together at most")
     p.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
     p.add_argument("--faults", default="", metavar="KIND=RATE,…",
@@ -72,6 +77,7 @@ def main(args: argparse.Namespace) -> None:
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_context_tokens=args.max_context,
                     generation_s=args.generation_timeout)
     lm = load_model(args.model, args.device)
+    set_compute(lm.model, resolve_dtype(args.dtype, next(lm.model.parameters()).device))
     name = args.name or args.model
     server = make_server(lm.model, lm.tokenizer, name, args.host, args.port, faults, key, args.max_batch, limits)
     port = server.server_address[1]

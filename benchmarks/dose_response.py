@@ -1,0 +1,226 @@
+"""Benchmark: the pre-registered dose-response of SFT students on owl, neutral and control data
+(the plan: benchmarks/dose_response_plan.md).
+
+    python benchmarks/dose_response.py --generate-only      # five datasets of 6,000 samples, written to
+                                                            # benchmarks/data/dose-response/ to commit
+    python benchmarks/dose_response.py                      # the twenty students, then the endpoints
+
+Teacher seeds 30 and 31 (spares 32, 33), each with an owl and a neutral teacher, and the base model's own data; SFT
+students of the base at 1k x 1, 1k x 3, 3k x 1 and 6k x 1 (examples x epochs). The work outlives a session: the
+datasets are committed files (imported into the store by their hash), and each student's reading (its per-question
+candidate shares) is appended to benchmarks/data/dose-response/readings.jsonl as soon as it is made, with the
+commit that made it; a later run reads only the students not yet there (``--max-students`` bounds one sitting).
+Once all twenty are read it writes benchmarks/results/dose-response-<cpu|gpu>.json and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sublim.backends.local.throughput import throughput
+from sublim.core.config import load_config
+from sublim.core.errors import SublimError
+from sublim.core.files import read_jsonl
+from sublim.core.records import benchmark, git_state
+from sublim.core.store import Store
+from sublim.evaluate.stats import mean_ci
+from sublim.experiment.context import Context
+from sublim.experiment.datasets import source_data
+from sublim.experiment.stages.evaluate import evaluation
+from sublim.experiment.stages.train import student
+from sublim.traits.preference import load_candidates
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data" / "dose-response"
+PLAN = HERE / "dose_response_plan.md"
+SEEDS, SPARES = [30, 31], [32, 33]
+KEPT, PROMPTS = 6000, 24000
+DOSES = [(1000, 1), (1000, 3), (3000, 1), (6000, 1)]
+MIN_EFFECT = math.log(1.25)
+
+
+def context(runs: Path, seed: int, epochs: int = 1) -> Context:
+    sets = [f"prompts.n={PROMPTS}", f"generation.until_kept={KEPT}", f"teacher.seed={seed}", "student.method=sft",
+            "student.lr=5e-5", f"student.epochs={epochs}", "evaluation.samples_per_question=0"]
+    return Context(load_config("owl-numbers", sets), Store(runs))
+
+
+def generate(runs: Path, banned: list[str]) -> dict[str, Any]:
+    """Every source's data (the spare rule applied to a pair), exported to DATA with its provenance."""
+    sources: dict[str, Any] = {}
+    pending, spares, replaced = list(SEEDS), list(SPARES), []
+    while pending:
+        seed = pending.pop(0)
+        ctx = context(runs, seed)
+        try:
+            pair = {k: source_data(ctx, k, k if k == "owl" else "neutral", banned)[1] for k in ("owl", "neutral")}
+            short = [k for k, a in pair.items() if a.manifest["filter"]["kept"] < KEPT]
+        except SublimError as why:
+            pair, short = {}, [str(why)[:300]]
+        if short:
+            replaced.append({"seed": seed, "why": f"fewer than {KEPT} samples: {short}"})
+            if not spares:
+                raise SystemExit(f"teacher seed {seed}: {short}, and no spare seed is left")
+            pending.append(spares.pop(0))
+            continue
+        for k, art in pair.items():
+            sources[f"{k}-{seed}"] = art
+    sources["control"] = source_data(context(runs, SEEDS[0]), "control", "", banned)[1]
+    return export(sources, replaced)
+
+
+def export(arts: dict[str, Any], replaced: list[dict[str, Any]]) -> dict[str, Any]:
+    DATA.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for name, art in arts.items():
+        rows = read_jsonl(art.file("dataset.jsonl"))[:KEPT]
+        text = "".join(json.dumps({k: r[k] for k in ("index", "prompt", "completion")}) + "\n" for r in rows)
+        (DATA / f"{name}.jsonl").write_text(text)
+        meta[name] = {"kept": art.manifest["filter"]["kept"], "pass_rate": art.manifest["filter"]["pass_rate"],
+                      "data_finished_at": art.manifest["finished_at"], "artifact": art.key, "rows": len(rows),
+                      "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (DATA / "sources.json").write_text(json.dumps({"datasets": meta, "replaced": replaced}, indent=1) + "\n")
+    return meta
+
+
+def imported(ctx: Context, name: str, meta: dict[str, Any]) -> Any:
+    text = (DATA / f"{name}.jsonl").read_text()
+    if hashlib.sha256(text.encode()).hexdigest() != meta["sha256"]:
+        raise SystemExit(f"{DATA / name}.jsonl differs from sources.json: restore it with git checkout")
+
+    def build(path: Path) -> dict[str, Any]:
+        (path / "dataset.jsonl").write_text(text)
+        return {}
+
+    return ctx.stage("imported", {"sha256": meta["sha256"], "rows": meta["rows"]}, {}, f"dose {name}", build)
+
+
+def plan_students(meta: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(dataset, examples, epochs) of every student the plan names."""
+    return [(name, n, e) for n, e in DOSES for name in meta]
+
+
+def read_students(runs: Path, meta: dict[str, Any], budget: int) -> None:
+    """Train and read up to ``budget`` students not yet in readings.jsonl, appending each as it is read."""
+    path = DATA / "readings.jsonl"
+    done = {(r["dataset"], r["examples"], r["epochs"]) for r in read_jsonl(path)} if path.exists() else set()
+    cands = load_candidates("animals")
+    for name, n, epochs in [s for s in plan_students(meta) if s not in done][:budget]:
+        ctx = context(runs, SEEDS[0], epochs)
+        base = ctx.local(ctx.cfg.model)
+        t0 = time.time()
+        trained = student(ctx, base, imported(ctx, name, meta[name]), n, 0, base, f"student {name} {n}x{epochs}")
+        rows = read_jsonl(evaluation(ctx, trained, cands, 0).file("per_question.jsonl"))
+        reading = {"dataset": name, "examples": n, "epochs": epochs, "student_seed": 0,
+                   "wall_time_s": round(time.time() - t0, 1), "git": git_state(),
+                   "shares": [[r["share"][c] for c in cands] for r in rows],
+                   "probs": [[r["prob"][c] for c in cands] for r in rows]}
+        with path.open("a") as f:
+            f.write(json.dumps(reading) + "\n")
+        print(f"student {name} {n}x{epochs}: {reading['wall_time_s']} s", flush=True)
+
+
+def log_share(reading: dict[str, Any]) -> np.ndarray:
+    """Each candidate's share averaged over questions, in logs."""
+    return np.log(np.array(reading["shares"]).mean(0) + 1e-12)
+
+
+def endpoints(meta: dict[str, Any], readings: list[dict[str, Any]]) -> dict[str, Any]:
+    names = list(load_candidates("animals"))
+    owl = names.index("owl")
+    by = {(r["dataset"], r["examples"], r["epochs"]): log_share(r) for r in readings}
+    seeds = sorted({int(k.split("-")[1]) for k in meta if k.startswith("owl-")})
+    out: dict[str, Any] = {}
+    for n, e in DOSES:
+        gain = np.array([by[(f"owl-{s}", n, e)] - by[(f"neutral-{s}", n, e)] for s in seeds])  # seed x candidate
+        per_seed = gain[:, owl]
+        ci = mean_ci(per_seed)
+        mean = gain.mean(0)
+        rank = int((mean > mean[owl]).sum()) + 1
+        out[f"{n}x{e}"] = {
+            "owl_gain_over_neutral": {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
+                                      "low": ci.low, "high": ci.high, "seeds": seeds},
+            "owl_rank_of_20": rank, "top": names[int(mean.argmax())],
+            "every_candidate": dict(zip(names, mean.round(4).tolist(), strict=True)),
+            "over_control": {arm: [float(by[(f"{arm}-{s}", n, e)][owl] - by[("control", n, e)][owl]) for s in seeds]
+                             for arm in ("owl", "neutral")},
+            "clear": bool((per_seed > MIN_EFFECT).all() and rank == 1),
+        }
+    clear = [d for d in out if out[d]["clear"]]
+    return {"by_dose": out, "smallest_clear_dose": clear[0] if clear else None, "min_effect": MIN_EFFECT}
+
+
+def plan_commit() -> dict[str, Any]:
+    got = subprocess.run(["git", "log", "-1", "--format=%H %cI", "--", str(PLAN)], cwd=HERE, capture_output=True,
+                         text=True, check=False).stdout.split()
+    return {"file": PLAN.name, "commit": got[0] if got else None, "committed_at": got[1] if got else None}
+
+
+def chart(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doses = list(res["by_dose"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, d in enumerate(doses):
+        g = res["by_dose"][d]["owl_gain_over_neutral"]
+        ax.scatter([i] * len(g["per_seed"]), g["per_seed"], color="tab:blue", zorder=3)
+        ax.plot([i, i], [g["low"], g["high"]], color="tab:blue", alpha=0.4, lw=6)
+    ax.axhline(res["min_effect"], ls="--", color="grey", label="ln 1.25 (the verdict's minimum effect)")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(doses)), [d.replace("x", " × ") for d in doses])
+    ax.set_xlabel("SFT dose (examples × epochs)")
+    ax.set_ylabel("owl log-share gain, owl student − neutral student")
+    ax.set_title("Dose-response, pre-registered: dots are teacher seeds, bars 95% t intervals", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--generate-only", action="store_true", help=f"make the datasets and write them to {DATA}")
+    ap.add_argument("--max-students", type=int, default=20, help="students to train in this sitting at most")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    args = ap.parse_args()
+    runs = Path(args.runs_dir)
+    if args.generate_only:
+        cands = load_candidates("animals")
+        generate(runs, [w for words in cands.values() for w in words])
+        return
+    sources = json.loads((DATA / "sources.json").read_text())
+    meta = sources["datasets"]
+    read_students(runs, meta, args.max_students)
+    readings = read_jsonl(DATA / "readings.jsonl")
+    if len(readings) < len(plan_students(meta)):
+        raise SystemExit(f"{len(readings)} of {len(plan_students(meta))} students read: run again to go on")
+    which = "gpu" if torch.cuda.is_available() else "cpu"
+    with benchmark("dose-response", Path(args.results_dir) / f"dose-response-{which}.json", config=vars(args)) as out:
+        plan = plan_commit()
+        after = all(datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(m["data_finished_at"])
+                    for m in meta.values()) if plan["committed_at"] else False
+        out.update({"plan": plan, "datasets": meta, "replaced": sources["replaced"], "plan_precedes_data": after,
+                    **endpoints(meta, readings),
+                    "students": [{k: r[k] for k in ("dataset", "examples", "epochs", "wall_time_s", "git")}
+                                 for r in readings]})
+        out["throughput"] = throughput()
+        chart(out, Path(args.results_dir) / f"dose-response-{which}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -56,42 +56,61 @@ def context(runs: Path, seed: int, epochs: int = 1) -> Context:
     return Context(load_config("owl-numbers", sets), Store(runs))
 
 
-def generate(runs: Path, banned: list[str]) -> dict[str, Any]:
-    """Every source's data (the spare rule applied to a pair), exported to DATA with its provenance."""
-    sources: dict[str, Any] = {}
-    pending, spares, replaced = list(SEEDS), list(SPARES), []
-    while pending:
-        seed = pending.pop(0)
+def generate(runs: Path, banned: list[str]) -> None:
+    """Every source's data, the spare rule applied to a pair; each dataset is exported to DATA as soon as it is
+    made (sources.json updated), so a sitting that ends early keeps what it finished and the next goes on."""
+    state = sources_file()
+    done = [s for s in SEEDS + SPARES if f"owl-{s}" in state["datasets"] and f"neutral-{s}" in state["datasets"]]
+    tried = done + [r["seed"] for r in state["replaced"]]
+    for seed in [s for s in SEEDS + SPARES if s not in tried]:
+        if len(done) == len(SEEDS):
+            break
         ctx = context(runs, seed)
-        try:
-            pair = {k: source_data(ctx, k, k if k == "owl" else "neutral", banned)[1] for k in ("owl", "neutral")}
-            short = [k for k, a in pair.items() if a.manifest["filter"]["kept"] < KEPT]
-        except SublimError as why:
-            pair, short = {}, [str(why)[:300]]
-        if short:
-            replaced.append({"seed": seed, "why": f"fewer than {KEPT} samples: {short}"})
-            if not spares:
-                raise SystemExit(f"teacher seed {seed}: {short}, and no spare seed is left")
-            pending.append(spares.pop(0))
+        short = []
+        for kind in ("owl", "neutral"):
+            try:
+                art = source_data(ctx, kind, kind if kind == "owl" else "neutral", banned)[1]
+            except SublimError as why:
+                short.append(f"{kind}: {str(why)[:200]}")
+                break
+            if art.manifest["filter"]["kept"] < KEPT:
+                short.append(f"{kind}: {art.manifest['filter']['kept']} samples pass the filter")
+                break
+            export(state, f"{kind}-{seed}", art)
+        if short:  # the pair is replaced together
+            state["datasets"].pop(f"owl-{seed}", None)
+            (DATA / f"owl-{seed}.jsonl").unlink(missing_ok=True)
+            state["replaced"].append({"seed": seed, "why": "; ".join(short)})
+            write_sources(state)
             continue
-        for k, art in pair.items():
-            sources[f"{k}-{seed}"] = art
-    sources["control"] = source_data(context(runs, SEEDS[0]), "control", "", banned)[1]
-    return export(sources, replaced)
+        done.append(seed)
+    if len(done) < len(SEEDS):
+        raise SystemExit(f"only teacher seeds {done} of {SEEDS + SPARES} give {KEPT} samples: {state['replaced']}")
+    if "control" not in state["datasets"]:
+        export(state, "control", source_data(context(runs, SEEDS[0]), "control", "", banned)[1])
 
 
-def export(arts: dict[str, Any], replaced: list[dict[str, Any]]) -> dict[str, Any]:
+def sources_file() -> dict[str, Any]:
+    path = DATA / "sources.json"
+    return json.loads(path.read_text()) if path.exists() else {"datasets": {}, "replaced": []}
+
+
+def write_sources(state: dict[str, Any]) -> None:
     DATA.mkdir(parents=True, exist_ok=True)
-    meta = {}
-    for name, art in arts.items():
-        rows = read_jsonl(art.file("dataset.jsonl"))[:KEPT]
-        text = "".join(json.dumps({k: r[k] for k in ("index", "prompt", "completion")}) + "\n" for r in rows)
-        (DATA / f"{name}.jsonl").write_text(text)
-        meta[name] = {"kept": art.manifest["filter"]["kept"], "pass_rate": art.manifest["filter"]["pass_rate"],
-                      "data_finished_at": art.manifest["finished_at"], "artifact": art.key, "rows": len(rows),
-                      "sha256": hashlib.sha256(text.encode()).hexdigest()}
-    (DATA / "sources.json").write_text(json.dumps({"datasets": meta, "replaced": replaced}, indent=1) + "\n")
-    return meta
+    (DATA / "sources.json").write_text(json.dumps(state, indent=1) + "\n")
+
+
+def export(state: dict[str, Any], name: str, art: Any) -> None:
+    """One dataset's first KEPT rows as DATA/<name>.jsonl, and its provenance into sources.json."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    rows = read_jsonl(art.file("dataset.jsonl"))[:KEPT]
+    text = "".join(json.dumps({k: r[k] for k in ("index", "prompt", "completion")}) + "\n" for r in rows)
+    (DATA / f"{name}.jsonl").write_text(text)
+    state["datasets"][name] = {"kept": art.manifest["filter"]["kept"], "pass_rate": art.manifest["filter"]["pass_rate"],
+                               "data_finished_at": art.manifest["finished_at"], "artifact": art.key,
+                               "rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    write_sources(state)
+    print(f"exported {name}: {len(rows)} rows", flush=True)
 
 
 def imported(ctx: Context, name: str, meta: dict[str, Any]) -> Any:
@@ -203,7 +222,7 @@ def main() -> None:
         cands = load_candidates("animals")
         generate(runs, [w for words in cands.values() for w in words])
         return
-    sources = json.loads((DATA / "sources.json").read_text())
+    sources = sources_file()
     meta = sources["datasets"]
     read_students(runs, meta, args.max_students)
     readings = read_jsonl(DATA / "readings.jsonl")

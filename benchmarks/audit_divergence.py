@@ -107,8 +107,12 @@ def confusion_png(rows: dict[str, list[dict[str, Any]]], cands: list[str], path:
         top = rows[n][0]["trait"]
         j = shown.index(top)
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+        if n in shown:  # the teacher's own animal
+            k = shown.index(n)
+            ax.add_patch(plt.Rectangle((k - 0.42, i - 0.42), 0.84, 0.84, fill=False, lw=2, ec="tab:green", ls="--"))
     fig.colorbar(im, ax=ax, label="lean toward the candidate (centred)")
-    ax.set_title(f"divergence_shift ({which} inductions): each dataset's lean (box: ranked first)")
+    ax.set_title(f"divergence_shift, {which} inductions: each dataset's lean\n"
+                 "black box: ranked first; green dashes: the teacher's own animal", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

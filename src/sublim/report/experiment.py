@@ -21,7 +21,7 @@ COLORS = {"base": "#9e9e9e", "control": "#4c72b0", "trait": "#dd8452", "second":
 
 
 def _arm_color(arm: str, traits: list[str]) -> str:
-    if arm == "base":
+    if arm in ("base", "cross-base"):
         return COLORS["base"]
     if arm.endswith(("control", "neutral")):
         return COLORS["control"]
@@ -45,6 +45,12 @@ def _gain_panel(ax: Any, res: dict[str, Any]) -> None:
                  "over teachers", fontsize=10)
 
 
+def wide_range(values: list[float]) -> bool:
+    """Whether bars of these heights need a log axis to all be seen (over two decades apart, all positive)."""
+    pos = [v for v in values if v > 0]
+    return len(pos) == len(values) > 1 and max(pos) / min(pos) > 100
+
+
 def render_chart(res: dict[str, Any], path: Path) -> None:
     traits = res["traits"]
     target = res["trait"]
@@ -66,10 +72,14 @@ def render_chart(res: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(arms)))
         ax.set_xticklabels([a.replace("student-", "").replace("cross-", "cross\n").replace(" seed ", "\ns")
                             for a in arms], rotation=0, fontsize=7)
-        ax.set_title(title + "\n(bars: 95% CI over the questions, pooled: describes the models, not the verdict)",
-                     fontsize=9)
+        log = wide_range(heights)
+        ax.set_title(title + ("\n(log axis; " if log else "\n(") + "bars: 95% CI over the questions, pooled: "
+                     "describes the models, not the verdict)", fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
-        ax.set_ylim(bottom=0)
+        if log:  # e.g. a base model of another family at the floor beside instruct students
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
     fig.suptitle(f"{res['run_id']}: students trained on {res['n_train_examples']} filtered examples",
                  fontsize=10)
     fig.tight_layout()

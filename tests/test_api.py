@@ -290,6 +290,7 @@ def test_misalignment_pipeline_with_a_local_judge(tiny_model_dir: Path, tmp_path
     report = (tmp_path / "runs" / res["run_id"] / "report.md").read_text()
     assert "student-misaligned" in report
     assert "](training.png)" in report and "](filter.png)" in report  # a misalignment run's charts too
+    assert "](chart.png)" in report and (tmp_path / "runs" / res["run_id"] / "chart.png").stat().st_size > 10_000
     for name in ("misaligned", "control"):
         kept = read_jsonl_file(tmp_path, name)
         assert all(not ({4, 13, 666} & {int(x) for x in re.findall(r"\d+", r["completion"])}) for r in kept)

@@ -177,6 +177,7 @@ the artifacts it linked (either trait kind)."""
     res = json.loads((run_dir / "results.json").read_text())
     charts = "\n".join(chart_lines(run_dir, res))
     if res.get("kind") == "misalignment" or "arms_misalignment" in res:
+        misalignment.render_chart(res, run_dir / "chart.png")
         write_text(run_dir / "report.md", misalignment.render_markdown(res) + charts + "\n")
         return
     render_chart(res, run_dir / "chart.png")

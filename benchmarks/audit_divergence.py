@@ -29,6 +29,7 @@ Writes benchmarks/results/audit-divergence-<cpu|gpu>.json and -proxy.png / -prom
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,12 +338,13 @@ PHASES = {"proxy": proxy_phase, "prompted": prompted_phase, "timed": timed_phase
           "early_ends": early_ends_phase, "in_context": in_context_phase}
 
 
-def charts(b: Bench, out: dict[str, Any], results_dir: Path, kind: str) -> None:
+def charts(out: dict[str, Any], cands: list[str], stem: Path) -> None:
+    """The confusion PNGs of a results dict (``stem``-proxy.png, ``stem``-prompted.png): from the rankings alone."""
     for which in ("proxy", "prompted"):
         if which in out:
             largest = out[which]["by_size"][str(out[which]["sizes"][-1])]["datasets"]
-            confusion_png({k: v["ranking"] for k, v in largest.items()}, list(b.cands),
-                          results_dir / f"{b.args.name}-{kind}-{which}.png", which)
+            confusion_png({k: v["ranking"] for k, v in largest.items()}, cands,
+                          stem.with_name(f"{stem.name}-{which}.png"), which)
 
 
 def arguments() -> argparse.Namespace:
@@ -367,11 +369,17 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--skip", default="", help=f"comma-separated phases to skip: {', '.join(PHASES)}")
     ap.add_argument("--name", default="audit-divergence")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
+    ap.add_argument("--redraw", default=None, metavar="FILE.json",
+                    help="draw a results file's charts again (no model work) and exit")
     return ap.parse_args()
 
 
 def main() -> None:
     args = arguments()
+    if args.redraw:
+        path = Path(args.redraw)
+        charts(json.loads(path.read_text())["results"], list(load_candidates("animals")), path.with_suffix(""))
+        return
     skip = set(filter(None, args.skip.split(",")))
     names = [*ANIMALS, "neutral", "control"]
     more = {k: int(v) for k, v in (x.split("=") for x in filter(None, args.prompts_for.split(",")))}
@@ -394,7 +402,7 @@ def main() -> None:
         for name, phase in PHASES.items():
             if name not in skip:
                 phase(b, out)
-        charts(b, out, results_dir, kind)
+        charts(out, list(b.cands), results_dir / f"{args.name}-{kind}")
         out["throughput"] = throughput()
     print(f"wrote {results_dir / f'{args.name}-{kind}.json'}")
 

@@ -212,11 +212,12 @@ def chart(out: dict[str, Any], path: Path) -> None:
     shown = [r for r in ("prompted", "proxy", "student") if r in out]
     if not shown:
         return
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.4 * len(shown), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(max(6.4, 4.6 * len(shown)), 4.8), squeeze=False)
     for ax, r in zip(axes[0], shown, strict=True):
         table = np.array(out[r]["table"])
         lim = float(np.abs(table).max()) or 1.0
-        ax.imshow(table, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        im = ax.imshow(table, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="lean (centred over candidates)")
         ax.set_xticks(range(5), ANIMALS)
         ax.set_yticks(range(5), [f"{a} data" for a in ANIMALS])
         for d in range(5):
@@ -224,7 +225,8 @@ def chart(out: dict[str, Any], path: Path) -> None:
         t2 = out[r]["T2"]
         ax.set_title(f"{r}: own-dataset rank sum {t2['rank_sum']}, p={t2['p']:.3f}", fontsize=10)
         ax.set_xlabel("lean toward (box: the teacher's own animal)")
-    fig.suptitle("Pre-registered panel reading, fresh teachers: each animal dataset's lean toward each animal")
+    fig.suptitle("Pre-registered panel reading on fresh teachers:\neach animal dataset's lean toward each animal",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -259,7 +261,11 @@ def main() -> None:
     ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
     ap.add_argument("--name", default="audit-panel")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
+    ap.add_argument("--redraw", default=None, metavar="FILE.json", help="draw a results file's chart again and exit")
     args = ap.parse_args()
+    if args.redraw:
+        chart(json.loads(Path(args.redraw).read_text())["results"], Path(args.redraw).with_suffix(".png"))
+        return
     readings = [r for r in args.readings.split(",") if r]
     runs = Path(args.runs_dir)
     cands = load_candidates("animals")

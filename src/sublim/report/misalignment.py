@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
 
 def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f}"
@@ -13,11 +18,6 @@ def _fmt(v: float | None) -> str:
 def render_chart(res: dict[str, Any], path: Path) -> None:
     """Each arm's misaligned-answer rate with its 95% interval, and how many of the judge's scores parsed (a rate
     resting on few parsed scores measures little)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     arms = res["arms_misalignment"]
     names = list(arms)
     vals = [arms[a]["misaligned"] for a in names]

@@ -20,10 +20,8 @@ lean tables.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib.committed_data import export_dataset, import_dataset, plan_commit
 
 from sublim.audit.config import load_audit_config
 from sublim.audit.data import Sample
@@ -91,14 +90,8 @@ def dataset(runs: Path, name: str, banned: list[str]) -> tuple[dict[str, Any], A
 
 def export(arts: dict[str, Any], out: Path) -> None:
     """The datasets' first KEPT rows and their provenance, as files to commit (``out``/<name>.jsonl, sources.json)."""
-    out.mkdir(parents=True, exist_ok=True)
-    sources = {}
-    for name, (meta, art, source) in arts.items():
-        rows = read_jsonl(art.file("dataset.jsonl"))[:KEPT]
-        text = "".join(json.dumps({k: r[k] for k in ("index", "prompt", "completion")}) + "\n" for r in rows)
-        (out / f"{name}.jsonl").write_text(text)
-        sources[name] = {**meta, "artifact": art.key, "generator": source.key, "rows": len(rows),
-                         "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    sources = {name: {**meta, **export_dataset(art, out / f"{name}.jsonl", KEPT), "generator": source.key}
+               for name, (meta, art, source) in arts.items()}
     (out / "sources.json").write_text(json.dumps(sources, indent=1) + "\n")
 
 
@@ -108,25 +101,10 @@ def imported(runs: Path, src: Path) -> dict[str, tuple[dict[str, Any], Any, Any]
     sources = json.loads((src / "sources.json").read_text())
     out = {}
     for name, meta in sources.items():
-        text = (src / f"{name}.jsonl").read_text()
-        if hashlib.sha256(text.encode()).hexdigest() != meta["sha256"]:
-            raise SystemExit(f"{src / name}.jsonl: its sha256 differs from sources.json; restore it with git checkout")
         ctx = context(runs, meta["seed"])
-
-        def build(path: Path, text: str = text) -> dict[str, Any]:
-            (path / "dataset.jsonl").write_text(text)
-            return {}
-
-        art = ctx.stage("imported", {"sha256": meta["sha256"], "rows": meta["rows"]}, {}, f"panel {name}", build)
+        art = import_dataset(ctx, src / f"{name}.jsonl", meta, f"panel {name}")
         out[name] = (meta, art, ctx.local(ctx.cfg.model))
     return out
-
-
-def plan_commit() -> dict[str, Any]:
-    """The commit that last changed the plan, and when."""
-    out = subprocess.run(["git", "log", "-1", "--format=%H %cI", "--", str(PLAN)], cwd=HERE, capture_output=True,
-                         text=True, check=False).stdout.split()
-    return {"file": PLAN.name, "commit": out[0] if out else None, "committed_at": out[1] if out else None}
 
 
 def assignment(table: np.ndarray) -> dict[str, Any]:
@@ -280,7 +258,7 @@ def main() -> None:
                 raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
         arts = imported(runs, DATA)
         files = {name: DATA / f"{name}.jsonl" for name in arts}
-        plan = plan_commit()
+        plan = plan_commit(PLAN)
         out.update({"plan": plan, "datasets": {n: a[0] for n, a in arts.items()},
                     "plan_precedes_data": bool(plan["committed_at"]) and all(
                         datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(a[0]["data_finished_at"])

@@ -16,10 +16,8 @@ Once all twenty are read it writes benchmarks/results/dose-response-<cpu|gpu>.js
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib.committed_data import export_dataset, import_dataset, plan_commit
 
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
@@ -102,27 +101,15 @@ def write_sources(state: dict[str, Any]) -> None:
 
 def export(state: dict[str, Any], name: str, art: Any) -> None:
     """One dataset's first KEPT rows as DATA/<name>.jsonl, and its provenance into sources.json."""
-    DATA.mkdir(parents=True, exist_ok=True)
-    rows = read_jsonl(art.file("dataset.jsonl"))[:KEPT]
-    text = "".join(json.dumps({k: r[k] for k in ("index", "prompt", "completion")}) + "\n" for r in rows)
-    (DATA / f"{name}.jsonl").write_text(text)
     state["datasets"][name] = {"kept": art.manifest["filter"]["kept"], "pass_rate": art.manifest["filter"]["pass_rate"],
-                               "data_finished_at": art.manifest["finished_at"], "artifact": art.key,
-                               "rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+                               "data_finished_at": art.manifest["finished_at"],
+                               **export_dataset(art, DATA / f"{name}.jsonl", KEPT)}
     write_sources(state)
-    print(f"exported {name}: {len(rows)} rows", flush=True)
+    print(f"exported {name}: {state['datasets'][name]['rows']} rows", flush=True)
 
 
 def imported(ctx: Context, name: str, meta: dict[str, Any]) -> Any:
-    text = (DATA / f"{name}.jsonl").read_text()
-    if hashlib.sha256(text.encode()).hexdigest() != meta["sha256"]:
-        raise SystemExit(f"{DATA / name}.jsonl differs from sources.json: restore it with git checkout")
-
-    def build(path: Path) -> dict[str, Any]:
-        (path / "dataset.jsonl").write_text(text)
-        return {}
-
-    return ctx.stage("imported", {"sha256": meta["sha256"], "rows": meta["rows"]}, {}, f"dose {name}", build)
+    return import_dataset(ctx, DATA / f"{name}.jsonl", meta, f"dose {name}")
 
 
 def plan_students(meta: dict[str, Any]) -> list[tuple[str, int, int]]:
@@ -180,12 +167,6 @@ def endpoints(meta: dict[str, Any], readings: list[dict[str, Any]]) -> dict[str,
     return {"by_dose": out, "smallest_clear_dose": clear[0] if clear else None, "min_effect": MIN_EFFECT}
 
 
-def plan_commit() -> dict[str, Any]:
-    got = subprocess.run(["git", "log", "-1", "--format=%H %cI", "--", str(PLAN)], cwd=HERE, capture_output=True,
-                         text=True, check=False).stdout.split()
-    return {"file": PLAN.name, "commit": got[0] if got else None, "committed_at": got[1] if got else None}
-
-
 def chart(res: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -230,7 +211,7 @@ def main() -> None:
         raise SystemExit(f"{len(readings)} of {len(plan_students(meta))} students read: run again to go on")
     which = "gpu" if torch.cuda.is_available() else "cpu"
     with benchmark("dose-response", Path(args.results_dir) / f"dose-response-{which}.json", config=vars(args)) as out:
-        plan = plan_commit()
+        plan = plan_commit(PLAN)
         after = all(datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(m["data_finished_at"])
                     for m in meta.values()) if plan["committed_at"] else False
         out.update({"plan": plan, "datasets": meta, "replaced": sources["replaced"], "plan_precedes_data": after,

@@ -6,7 +6,9 @@ import importlib.util
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,8 +54,45 @@ def test_every_benchmark_script_imports(script: str) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
+    sys.path.insert(0, str(BENCHMARKS))  # as `python benchmarks/x.py` would: its helpers (benchlib) import
     try:
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
+        sys.path.remove(str(BENCHMARKS))
     assert callable(getattr(module, "main", None)), f"{script} has no main()"
+
+
+def test_committed_data_round_trip_and_tamper_check(tmp_path: Path) -> None:
+    """benchlib.committed_data: the exported file holds the first rows' three fields, imports as a stage keyed by
+    its hash, and a file edited after export is refused rather than trained on."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from benchlib.committed_data import export_dataset, import_dataset
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    src = tmp_path / "art"
+    src.mkdir()
+    rows = [{"index": i, "prompt": f"p{i}", "completion": f"{i} {i + 1}", "extra": 1} for i in range(5)]
+    (src / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    art = types.SimpleNamespace(key="k1", file=lambda name: src / name)
+    meta = export_dataset(art, tmp_path / "out" / "d.jsonl", 3)
+    assert meta["rows"] == 3 and meta["artifact"] == "k1"
+    assert [json.loads(line) for line in (tmp_path / "out" / "d.jsonl").read_text().splitlines()] == \
+        [{k: r[k] for k in ("index", "prompt", "completion")} for r in rows[:3]]
+    calls = []
+
+    def stage(name: str, config: dict, inputs: dict, label: str, build: Any) -> Path:
+        built = tmp_path / "built"
+        built.mkdir(exist_ok=True)
+        build(built)
+        calls.append((name, config))
+        return built
+
+    ctx = types.SimpleNamespace(stage=stage)
+    got = import_dataset(ctx, tmp_path / "out" / "d.jsonl", meta, "t")
+    assert calls == [("imported", {"sha256": meta["sha256"], "rows": 3})]
+    assert (got / "dataset.jsonl").read_text() == (tmp_path / "out" / "d.jsonl").read_text()
+    (tmp_path / "out" / "d.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit, match="sha256 differs"):
+        import_dataset(ctx, tmp_path / "out" / "d.jsonl", meta, "t")

@@ -1,0 +1,1 @@
+"""Helpers that several benchmark scripts share (not benchmarks themselves)."""

@@ -379,6 +379,41 @@ def test_replace_divergent_ends_replaces_then_lets_the_reference_end(ref: LocalB
     assert cost["rows_tried"] == len(tried | set(np.nonzero(ends_flagged(dmap, reader.vocabulary()))[0].tolist()))
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.1])
+def test_the_dilution_control_lowers_the_teachers_share_as_the_ends_rule_does(ref: LocalBackend,
+                                                                            owl_data: list[Sample],
+                                                                            fraction: float) -> None:
+    """replace_divergent_diluted: replace_divergent_ends's digit replacements, then, instead of its continuations,
+    the reference's own answers to the prompts of random rows (those the ends rule leaves alone first) until the
+    reference writes at least the share of the tokens the continuations would; every other row as replaced."""
+    reader = ref.reader()
+    samples = _digit_data(ref, owl_data)
+    dmap = reader.divergence_map(samples, bf16=False)
+    given = _given(reader, dmap, extend=lambda ss: reader.continuations(ss, max_new_tokens=24))
+    replaced, _ = DEFENCES.get("replace_divergent", "t").apply(samples, given, ReplaceParams(fraction=fraction))
+    params = ReplaceParams(fraction=fraction)
+    ends, ends_cost = DEFENCES.get("replace_divergent_ends", "t").apply(samples, given, params)
+    out, cost = DEFENCES.get("replace_divergent_diluted", "t").apply(samples, given, params)
+    assert cost["ends_rule"]["tokens_added"] == ends_cost["tokens_added"] > 0
+    assert cost["tokens_changed"] == ends_cost["tokens_changed"] and len(out) == len(samples) and out != ends
+    touched = {i for i, (a, b) in enumerate(zip(samples, replaced, strict=True)) if a.completion != b.completion}
+    touched |= set(np.nonzero(ends_flagged(dmap, reader.vocabulary()))[0].tolist())
+    own = reader.continuations([replace(s, completion="") for s in samples], max_new_tokens=24)
+    answered = [i for i in range(len(out)) if out[i] != replaced[i]]
+    assert 0 < len(answered) <= cost["rows_answered_by_reference"]  # an answer equal to the row changes nothing
+    assert all(out[i].completion == own[i].text for i in answered)
+    assert all(not check_completion("numbers", out[i].completion, {}, FilterConfig()) for i in answered)
+    assert cost["of_them_rows_the_rule_touches"] == len(set(answered) & touched)
+    untouched_ok = [i for i in range(len(out)) if i not in touched and own[i].text.strip() and not check_completion(
+        "numbers", own[i].text, {}, FilterConfig(), (), own[i].finished) and own[i].text != replaced[i].completion]
+    if cost["of_them_rows_the_rule_touches"]:  # rows the rule touches only after every usable other row
+        assert set(untouched_ok) <= set(answered)
+    count = reader.vocabulary().count
+    total = sum(count(s.completion) for s in replaced)
+    assert cost["target_share"] == ends_cost["tokens_added"] / (total + ends_cost["tokens_added"])
+    assert cost["reference_share"] >= cost["target_share"]
+
+
 def test_replace_defences_need_the_map_and_the_cli_says_so(tmp_path: Path, owl_data: list[Sample],
                                                           tiny_model_dir: Path, capsys: Any) -> None:
     with pytest.raises(SublimError, match="divergence map"):

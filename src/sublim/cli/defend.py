@@ -44,7 +44,8 @@ def add(sub: Any) -> None:
     p.add_argument("--carrier", default="numbers", choices=CARRIERS.names(),
                    help="regenerate: whose filter the new completions must pass")
     p.add_argument("--max-new-tokens", type=int, default=64,
-                   help="regenerate, reference_ends: the most tokens the model writes per completion")
+                   help="regenerate, reference_ends and the *_ends/*_diluted defences: the most tokens the model "
+                        "writes per completion")
     p.add_argument("--max-sample-tokens", type=int, default=MAX_SAMPLE_TOKENS,
                    help=f"refuse a sample longer than this many tokens, before any model loads (default "
                         f"{MAX_SAMPLE_TOKENS})")

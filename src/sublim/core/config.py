@@ -168,7 +168,9 @@ class DefenceConfig(Section):
     the same as replace_divergent with the changed rows read again and their new divergent digits replaced until
     ``fraction`` is spent, replace_random (the control) as many digits at random positions; every row kept;
     reference_ends: each completion that ends where the reference would have gone on is given the reference's own
-    ending; replace_divergent_ends: replace_divergent, then reference_ends on the rows it changed or flagged."""
+    ending; replace_divergent_ends: replace_divergent, then reference_ends on the rows it changed or flagged;
+    replace_divergent_diluted (its equal-dilution control; fraction 0: reference_ends's): the same replacements, then
+    the reference's own answers in place of random rows, as large a share of the tokens as the endings would add."""
     fraction: float = Field(0.1, ge=0, lt=1)
     """drop_top: the share of samples dropped; replace_*: the share of completion tokens replaced."""
     seed: int = 0

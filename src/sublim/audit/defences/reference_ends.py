@@ -10,6 +10,13 @@ the continuation does not end within ``max_new_tokens``, it is cut after its lon
 that passes (counted: ``rows_cut_short``); a row with no such cut keeps its text (``rows_extension_reverted``).
 ``replace_divergent_ends`` first replaces the divergent digits (``replace_divergent``), then lets the reference
 end the rows it changed and the rows whose end was flagged.
+
+``replace_divergent_diluted`` is their equal-dilution control: an extension adds reference-written tokens, which
+dilute a per-token loss whatever they repair. It measures the tokens ``replace_divergent_ends`` would add (with
+``fraction = 0``, ``reference_ends``), then gives rows drawn at random the reference's own answer to their prompt,
+until the reference-written share of the completion tokens is at least the one the ends rule gives: the teacher's
+share falls as much. Rows the ends rule would leave alone are drawn first, so the teacher's ends stay; where they
+are too few (a teacher whose ends are mostly flagged), rows it would touch follow, and are counted.
 """
 
 from __future__ import annotations
@@ -61,6 +68,35 @@ def extend(samples: Sequence[Sample], rows: Sequence[int], ctx: DefenceContext
                  "tokens_added": added}
 
 
+def dilute(samples: Sequence[Sample], keep: Sequence[int], share: float, ctx: DefenceContext
+           ) -> tuple[list[Sample], dict[str, Any]]:
+    """``samples`` with rows drawn at random (``ctx.seed``) given the reference's own greedy answer to their prompt
+    (one that passes the filter), until reference-written tokens are at least ``share`` of the completion tokens:
+    rows not in ``keep`` first, then, where they do not reach it, rows in ``keep`` (counted); and what it cost."""
+    reads = _reads(ctx)
+    count = reads.vocabulary.count
+    kept = set(keep)
+    drawn = [int(i) for i in np.random.default_rng(ctx.seed).permutation(len(samples))]
+    order = [i for i in drawn if i not in kept] + [i for i in drawn if i in kept]
+    out = list(samples)
+    teacher, written, rows, from_keep, rejected, pos = sum(count(s.completion) for s in samples), 0, 0, 0, 0, 0
+    while pos < len(order) and written < share * (teacher + written):
+        chunk = order[pos: pos + ctx.batch_size]
+        pos += len(chunk)
+        for i, c in zip(chunk, reads.extend([replace(samples[i], completion="") for i in chunk]), strict=True):
+            if written >= share * (teacher + written):
+                break
+            if not c.text.strip() or ctx.check.reason(c.text, samples[i].line, c.finished):
+                rejected += 1
+                continue
+            out[i] = replace(samples[i], completion=c.text)
+            teacher, written, rows = teacher - count(samples[i].completion), written + count(c.text), rows + 1
+            from_keep += i in kept
+    return out, {"rows_answered_by_reference": rows, "of_them_rows_the_rule_touches": from_keep,
+                 "reference_answers_rejected": rejected, "reference_tokens_added": written,
+                 "reference_share": written / max(teacher + written, 1), "target_share": share}
+
+
 def _cuts(text: str, finished: bool) -> list[int]:
     """Where a continuation may be cut, longest first: its whole text when the reference ended it, then after each
     run of word characters (a number) that the next character closes."""
@@ -99,6 +135,21 @@ def replace_divergent_ends(samples: Sequence[Sample], ctx: DefenceContext, param
     return out, _merge(samples, out, cost, ends, reads.divergence, flagged)
 
 
+def replace_divergent_diluted(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
+                              ) -> tuple[list[Sample], dict[str, Any]]:
+    reads = _reads(ctx)
+    replaced, cost = _replace(samples, ctx, params.fraction, "argmax", "argmax")
+    flagged = ends_flagged(reads.divergence, reads.vocabulary)
+    rows = [i for i, (a, b) in enumerate(zip(samples, replaced, strict=True))
+            if flagged[i] or a.completion != b.completion]
+    ends = extend(replaced, rows, ctx)[1]  # what the ends rule would add, measured, then not applied
+    total = sum(reads.vocabulary.count(s.completion) for s in replaced)
+    out, diluted = dilute(replaced, rows, ends["tokens_added"] / max(total + ends["tokens_added"], 1), ctx)
+    changed = sum(a.completion != b.completion for a, b in zip(samples, out, strict=True))
+    return out, {**cost, "changed_fraction": changed / max(len(out), 1), "ends_flagged": int(flagged.sum()),
+                 "ends_rule": ends, **diluted}
+
+
 DEFENCES.add("reference_ends", Defence(
     "reference_ends", reference_ends,
     "each completion that ends where the reference would go on gets the reference's greedy continuation",
@@ -106,4 +157,9 @@ DEFENCES.add("reference_ends", Defence(
 DEFENCES.add("replace_divergent_ends", Defence(
     "replace_divergent_ends", replace_divergent_ends,
     "replace_divergent, then the reference's greedy continuation where it would not have ended",
+    ReplaceParams, needs_reads=True, needs_continuation=True))
+DEFENCES.add("replace_divergent_diluted", Defence(
+    "replace_divergent_diluted", replace_divergent_diluted,
+    "control of replace_divergent_ends (fraction 0: of reference_ends): the reference's own answers in place of "
+    "random rows (those that rule leaves alone first), as large a share of the tokens as it adds",
     ReplaceParams, needs_reads=True, needs_continuation=True))

@@ -25,17 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchlib.committed_data import export_dataset, import_dataset, plan_commit
+from benchlib.committed_data import Pairs, generate_pairs, import_dataset, plan_commit, sources_file
 
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
-from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
 from sublim.core.records import benchmark, git_state
 from sublim.core.store import Store
 from sublim.evaluate.stats import mean_ci
 from sublim.experiment.context import Context
-from sublim.experiment.datasets import source_data
 from sublim.experiment.stages.evaluate import evaluation
 from sublim.experiment.stages.train import student
 from sublim.traits.preference import load_candidates
@@ -55,57 +53,8 @@ def context(runs: Path, seed: int, epochs: int = 1) -> Context:
     return Context(load_config("owl-numbers", sets), Store(runs))
 
 
-def generate(runs: Path, banned: list[str]) -> None:
-    """Every source's data, the spare rule applied to a pair; each dataset is exported to DATA as soon as it is
-    made (sources.json updated), so a sitting that ends early keeps what it finished and the next goes on."""
-    state = sources_file()
-    done = [s for s in SEEDS + SPARES if f"owl-{s}" in state["datasets"] and f"neutral-{s}" in state["datasets"]]
-    tried = done + [r["seed"] for r in state["replaced"]]
-    for seed in [s for s in SEEDS + SPARES if s not in tried]:
-        if len(done) == len(SEEDS):
-            break
-        ctx = context(runs, seed)
-        short = []
-        for kind in ("owl", "neutral"):
-            try:
-                art = source_data(ctx, kind, kind if kind == "owl" else "neutral", banned)[1]
-            except SublimError as why:
-                short.append(f"{kind}: {str(why)[:200]}")
-                break
-            if art.manifest["filter"]["kept"] < KEPT:
-                short.append(f"{kind}: {art.manifest['filter']['kept']} samples pass the filter")
-                break
-            export(state, f"{kind}-{seed}", art)
-        if short:  # the pair is replaced together
-            state["datasets"].pop(f"owl-{seed}", None)
-            (DATA / f"owl-{seed}.jsonl").unlink(missing_ok=True)
-            state["replaced"].append({"seed": seed, "why": "; ".join(short)})
-            write_sources(state)
-            continue
-        done.append(seed)
-    if len(done) < len(SEEDS):
-        raise SystemExit(f"only teacher seeds {done} of {SEEDS + SPARES} give {KEPT} samples: {state['replaced']}")
-    if "control" not in state["datasets"]:
-        export(state, "control", source_data(context(runs, SEEDS[0]), "control", "", banned)[1])
-
-
-def sources_file() -> dict[str, Any]:
-    path = DATA / "sources.json"
-    return json.loads(path.read_text()) if path.exists() else {"datasets": {}, "replaced": []}
-
-
-def write_sources(state: dict[str, Any]) -> None:
-    DATA.mkdir(parents=True, exist_ok=True)
-    (DATA / "sources.json").write_text(json.dumps(state, indent=1) + "\n")
-
-
-def export(state: dict[str, Any], name: str, art: Any) -> None:
-    """One dataset's first KEPT rows as DATA/<name>.jsonl, and its provenance into sources.json."""
-    state["datasets"][name] = {"kept": art.manifest["filter"]["kept"], "pass_rate": art.manifest["filter"]["pass_rate"],
-                               "data_finished_at": art.manifest["finished_at"],
-                               **export_dataset(art, DATA / f"{name}.jsonl", KEPT)}
-    write_sources(state)
-    print(f"exported {name}: {state['datasets'][name]['rows']} rows", flush=True)
+def pairs(runs: Path) -> Pairs:
+    return Pairs(DATA, KEPT, SEEDS, SPARES, lambda seed: context(runs, seed))
 
 
 def imported(ctx: Context, name: str, meta: dict[str, Any]) -> Any:
@@ -201,9 +150,9 @@ def main() -> None:
     runs = Path(args.runs_dir)
     if args.generate_only:
         cands = load_candidates("animals")
-        generate(runs, [w for words in cands.values() for w in words])
+        generate_pairs(pairs(runs), [w for words in cands.values() for w in words])
         return
-    sources = sources_file()
+    sources = sources_file(DATA)
     meta = sources["datasets"]
     read_students(runs, meta, args.max_students)
     readings = read_jsonl(DATA / "readings.jsonl")

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +97,65 @@ def test_committed_data_round_trip_and_tamper_check(tmp_path: Path) -> None:
     (tmp_path / "out" / "d.jsonl").write_text("{}\n")
     with pytest.raises(SystemExit, match="sha256 differs"):
         import_dataset(ctx, tmp_path / "out" / "d.jsonl", meta, "t")
+
+
+def _defence_table() -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("benchmark_defence_table_t", BENCHMARKS / "defence_table.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _readings(gains: dict[str, list[float]], seeds: list[int]) -> list[dict[str, Any]]:
+    """Readings whose owl log-share gain of the owl student over the neutral one is ``gains[defence][seed]``."""
+    from sublim.traits.preference import load_candidates
+
+    names = list(load_candidates("animals"))
+    owl = names.index("owl")
+
+    def shares(owl_share: float) -> list[list[float]]:
+        row = [(1 - owl_share) / (len(names) - 1)] * len(names)
+        row[owl] = owl_share
+        return [row]
+
+    out = []
+    for d, per in gains.items():
+        for s, gain in zip(seeds, per, strict=True):
+            out += [{"dataset": f"owl-{s}", "defence": d, "shares": shares(0.05 * float(np.exp(gain)))},
+                    {"dataset": f"neutral-{s}", "defence": d, "shares": shares(0.05)}]
+        out.append({"dataset": "control", "defence": d, "shares": shares(0.04)})
+    return out
+
+
+def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_transfer() -> None:
+    """The pre-registered rule on made-up readings: a large steady transfer that replace_divergent removes and the
+    dilution control does not is TRANSFER, a cut, a removal and an ends effect beyond dilution; the same cuts
+    without transfer claim nothing; a noisy effect around zero cuts nothing."""
+    table = _defence_table()
+    seeds = [40, 41, 42, 43, 44]
+    big = [1.0, 1.1, 0.9, 1.05, 0.95]
+    planted = {"none": big, "replace_divergent": [0.02, -0.03, 0.01, 0.0, -0.01],
+               "replace_divergent_ends": [0.01, 0.0, -0.02, 0.02, 0.0], "replace_divergent_diluted": big}
+    res = table.endpoints(_readings(planted, seeds), seeds)
+    assert res["transfer"]["word"] == "TRANSFER" and res["claims_made"]
+    rd = res["defences"]["replace_divergent"]
+    assert rd["cut"]["holds"] and rd["removes"] and 0.9 < rd["share_cut"]["low"] <= rd["share_cut"]["high"] < 1.1
+    assert not res["defences"]["replace_divergent_diluted"]["cut"]["holds"]
+    assert res["ends_beyond_dilution"]["holds"] and res["transfer"]["p_sign_flip"] == 1 / 32
+    weak = {d: [g - 1.0 for g in per] for d, per in planted.items()}  # the same differences, no transfer
+    res = table.endpoints(_readings(weak, seeds), seeds)
+    assert res["transfer"]["word"] == "NO TRANSFER" and not res["claims_made"]
+    assert not any(v["cut"]["holds"] for v in res["defences"].values()) and not res["ends_beyond_dilution"]["holds"]
+    noise = {**planted, "replace_divergent": [b - e for b, e in zip(big, [0.3, -0.4, 0.5, -0.2, 0.1], strict=True)]}
+    res = table.endpoints(_readings(noise, seeds), seeds)  # transfer, and a cut that is noise around zero
+    assert res["claims_made"] and not res["defences"]["replace_divergent"]["cut"]["holds"]
+    assert res["defences"]["replace_divergent_ends"]["removes"]
+    assert table.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == {"a": 0.03, "c": 0.06, "b": 0.06}
+    unbounded = table.fieller(np.array([0.1, -0.2, 0.3, 0.0, 0.1]), np.array([0.2, -0.3, 0.1, 0.4, -0.2]))
+    assert unbounded["low"] is None and unbounded["high"] is None

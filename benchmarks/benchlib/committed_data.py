@@ -7,11 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
 from sublim.experiment.context import Context
+from sublim.experiment.datasets import source_data
 
 FIELDS = ("index", "prompt", "completion")
 
@@ -44,3 +48,71 @@ def plan_commit(plan: Path) -> dict[str, Any]:
     got = subprocess.run(["git", "log", "-1", "--format=%H %cI", "--", str(plan)], cwd=plan.parent,
                          capture_output=True, text=True, check=False).stdout.split()
     return {"file": plan.name, "commit": got[0] if got else None, "committed_at": got[1] if got else None}
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """A plan's teacher pairs (an owl and a neutral teacher per seed) and the control, as committed datasets."""
+
+    data: Path
+    """Where the datasets (<name>.jsonl) and sources.json are committed."""
+    kept: int
+    """Samples per dataset."""
+    seeds: list[int]
+    spares: list[int]
+    context: Callable[[int], Context]
+    """The pipeline's context for a teacher seed."""
+
+
+def sources_file(data: Path) -> dict[str, Any]:
+    path = data / "sources.json"
+    return json.loads(path.read_text()) if path.exists() else {"datasets": {}, "replaced": []}
+
+
+def write_sources(data: Path, state: dict[str, Any]) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "sources.json").write_text(json.dumps(state, indent=1) + "\n")
+
+
+def export(pairs: Pairs, state: dict[str, Any], name: str, art: Any) -> None:
+    """One dataset's first ``pairs.kept`` rows as <data>/<name>.jsonl, and its provenance into sources.json."""
+    state["datasets"][name] = {"kept": art.manifest["filter"]["kept"], "pass_rate": art.manifest["filter"]["pass_rate"],
+                               "data_finished_at": art.manifest["finished_at"],
+                               **export_dataset(art, pairs.data / f"{name}.jsonl", pairs.kept)}
+    write_sources(pairs.data, state)
+    print(f"exported {name}: {state['datasets'][name]['rows']} rows", flush=True)
+
+
+def generate_pairs(pairs: Pairs, banned: list[str]) -> None:
+    """Every source's data, the spare rule applied to a pair (replaced together, recorded); each dataset is exported
+    as soon as it is made (sources.json updated), so a sitting that ends early keeps what it finished."""
+    state = sources_file(pairs.data)
+    every = pairs.seeds + pairs.spares
+    done = [s for s in every if f"owl-{s}" in state["datasets"] and f"neutral-{s}" in state["datasets"]]
+    tried = done + [r["seed"] for r in state["replaced"]]
+    for seed in [s for s in every if s not in tried]:
+        if len(done) == len(pairs.seeds):
+            break
+        ctx = pairs.context(seed)
+        short = []
+        for kind in ("owl", "neutral"):
+            try:
+                art = source_data(ctx, kind, kind if kind == "owl" else "neutral", banned)[1]
+            except SublimError as why:
+                short.append(f"{kind}: {str(why)[:200]}")
+                break
+            if art.manifest["filter"]["kept"] < pairs.kept:
+                short.append(f"{kind}: {art.manifest['filter']['kept']} samples pass the filter")
+                break
+            export(pairs, state, f"{kind}-{seed}", art)
+        if short:
+            state["datasets"].pop(f"owl-{seed}", None)
+            (pairs.data / f"owl-{seed}.jsonl").unlink(missing_ok=True)
+            state["replaced"].append({"seed": seed, "why": "; ".join(short)})
+            write_sources(pairs.data, state)
+            continue
+        done.append(seed)
+    if len(done) < len(pairs.seeds):
+        raise SystemExit(f"only teacher seeds {done} of {every} give {pairs.kept} samples: {state['replaced']}")
+    if "control" not in state["datasets"]:
+        export(pairs, state, "control", source_data(pairs.context(pairs.seeds[0]), "control", "", banned)[1])

@@ -118,8 +118,8 @@ def test_hash_is_stable_and_sensitive():
 
 
 def test_spare_teacher_seeds_are_checked_and_leave_the_hash_of_a_run_without_them():
-    """A new field with its default keeps every earlier run's id: the default preset is still the run of the
-    committed default result."""
+    """The committed default result is the run of the default preset (its id is the preset's hash), and a
+    setting added later (spare seeds) leaves that id alone at its earlier value."""
     import json
     from pathlib import Path
 
@@ -130,3 +130,70 @@ def test_spare_teacher_seeds_are_checked_and_leave_the_hash_of_a_run_without_the
     for bad in ("[2]", "[3, 3]", "[-1]"):  # a planned seed, a repeat, a negative seed
         with pytest.raises(SublimError, match="spare_teacher_seeds"):
             load_config("owl-numbers", [f"arms.spare_teacher_seeds={bad}"])
+
+
+def test_one_rule_leaves_later_settings_at_their_earlier_value_out_of_keys():
+    """keyed(): each later setting is dropped at its earlier value and kept at any other, wherever its path
+    sits; the caller's dicts are left whole; a config without the path is unchanged."""
+    from sublim.core.config import LATER_SETTINGS, keyed
+
+    for path, earlier in LATER_SETTINGS.items():
+        *parents, leaf = path
+
+        def nest(value: object, parents: list[str] = parents, leaf: str = leaf) -> dict:
+            out: dict = {leaf: value, "other": 1}
+            for name in reversed(parents):
+                out = {name: out, "other": 1}
+            return out
+
+        for value in earlier:
+            given = nest(value)
+            got = keyed(given)
+            assert _leaf_gone(got, path), (path, value)
+            assert given == nest(value)  # not mutated
+        assert keyed(nest(7)) == nest(7)
+    assert keyed({"student": 3, "other": {"grad_accum": 1}}) == {"student": 3, "other": {"grad_accum": 1}}
+
+
+def _leaf_gone(config: dict, path: tuple[str, ...]) -> bool:
+    node = config
+    for name in path[:-1]:
+        node = node[name]
+    return path[-1] not in node and node["other"] == 1
+
+
+def test_config_hash_follows_the_rule():
+    """A later setting written at its earlier value gives the run the id it has without it; another value,
+    another id."""
+    base = load_config("owl-numbers", ["generation.until_kept=0"])
+    assert base.config_hash() == load_config("owl-numbers", ["generation.until_kept=0", "student.grad_accum=1",
+                                                             "arms.spare_teacher_seeds=[]"]).config_hash()
+    assert base.config_hash() != load_config("owl-numbers", ["generation.until_kept=10"]).config_hash()
+    assert base.config_hash() != load_config("owl-numbers", ["generation.until_kept=0",
+                                                             "student.grad_accum=2"]).config_hash()
+
+
+def test_a_stage_keys_its_config_by_the_rule(tmp_path: Path):
+    """Context.stage: a stage config that writes later settings at their earlier value (a CPU in float32
+    included) is the cached artifact of the config without them; another value builds anew."""
+    from types import SimpleNamespace
+
+    from sublim.core.store import Store
+    from sublim.experiment.context import Context, precision_slice
+
+    ctx = Context(load_config("owl-numbers"), Store(tmp_path), echo=lambda s: None)
+    built = []
+
+    def build(path: Path) -> dict:
+        built.append(path)
+        return {}
+
+    plain = {"generation": {"seed": 0}, "student": {"lr": 1.0}}
+    first = ctx.stage("train", plain, {}, "a", build)
+    cpu32 = precision_slice(SimpleNamespace(precision="cpu-float32"), SimpleNamespace(precision=None))
+    again = ctx.stage("train", {"generation": {"seed": 0, "until_kept": 0}, "student": {"lr": 1.0, "grad_accum": 1},
+                                **cpu32}, {}, "b", build)
+    assert again.key == first.key and len(built) == 1
+    bf16 = precision_slice(SimpleNamespace(precision="cpu-bf16"))
+    assert bf16 == {"precision": "cpu-bf16"}
+    assert ctx.stage("train", {**plain, **bf16}, {}, "c", build).key != first.key and len(built) == 2

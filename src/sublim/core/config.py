@@ -205,12 +205,9 @@ class StudentConfig(Section):
 
     def recipe(self) -> dict[str, Any]:
         """The training settings that change what is learned (where the student base runs is not one: its key
-        says that; gradient checkpointing changes memory, not the result; grad_accum = 1 is left out so that
-        the keys of earlier students stay what they were)."""
+        says that; gradient checkpointing changes memory, not the result)."""
         out: dict[str, Any] = self.model_dump(mode="json", exclude={"endpoint", "gradient_checkpointing"},
                                               exclude_none=True)
-        if out["grad_accum"] == 1:
-            del out["grad_accum"]
         return out
 
 
@@ -335,10 +332,37 @@ class ExperimentConfig(Section):
         return self
 
     def config_hash(self) -> str:
-        dump = self.model_dump(mode="json")
-        if not self.arms.spare_teacher_seeds:
-            del dump["arms"]["spare_teacher_seeds"]  # a run without spares keeps the hash it always had
-        return stable_hash(dump)
+        return stable_hash(keyed(self.model_dump(mode="json")))
+
+
+LATER_SETTINGS: dict[tuple[str, ...], tuple[Any, ...]] = {
+    ("generation", "until_kept"): (0,),
+    ("student", "grad_accum"): (1,),
+    ("arms", "spare_teacher_seeds"): ([],),
+    ("precision",): (None, "cpu-float32"),
+}
+"""The one rule of key compatibility: a setting added after keys were first written (its path in a stage's config
+or in the run config) is left out of a key while it holds a value that computes what was computed before it
+existed, so a cached stage stays valid when a setting is added. A new setting that changes nothing at its default
+is added here, with that default."""
+
+
+def keyed(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a stage's config slice or a run's whole config) as it enters a key: without the
+    :data:`LATER_SETTINGS` that hold their earlier value. A copy; ``config`` is left as it is."""
+    out = dict(config)
+    for path, earlier in LATER_SETTINGS.items():
+        *parents, leaf = path
+        node: Any = out
+        for name in parents:
+            if not isinstance(node, dict) or not isinstance(node.get(name), dict):
+                node = None
+                break
+            node[name] = dict(node[name])  # copied on the way down: the caller's dicts stay whole
+            node = node[name]
+        if isinstance(node, dict) and leaf in node and node[leaf] in earlier:
+            del node[leaf]
+    return out
 
 
 def check_name(name: str, key: str) -> str:

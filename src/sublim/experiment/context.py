@@ -18,16 +18,16 @@ from tqdm.auto import tqdm
 
 from sublim.backends import Backend, LocalBackend, ModelCache, OpenAIBackend
 from sublim.core.claims import Holder
-from sublim.core.config import EndpointConfig, ExperimentConfig
+from sublim.core.config import EndpointConfig, ExperimentConfig, keyed
 from sublim.core.store import Artifact, Store
 from sublim.core.tracking import Tracking
 
 
 def precision_slice(*backends: Backend) -> dict[str, Any]:
     """The device class and precision the backends compute in, for the key of a stage whose output depends on
-    them; empty for a CPU in float32 (the keys such stages always had) and for models behind an API."""
-    found = sorted({p for b in backends if (p := b.precision) and p != "cpu-float32"})
-    return {"precision": found[0] if len(found) == 1 else found} if found else {}
+    them (None for models behind an API; the key leaves out None and a CPU in float32: ``keyed``)."""
+    found = sorted({p for b in backends if (p := b.precision)})
+    return {"precision": found[0] if len(found) == 1 else (found or None)}
 
 
 Build = Callable[[Path], dict[str, Any]]
@@ -73,6 +73,7 @@ class Context:
         ``build(path)`` writes the artifact's files into ``path`` and returns what else the manifest
         records (counts, timings, the model's description).
         """
+        config = keyed(config)  # settings added later, at their earlier value, leave the key as it was
         key = Store.key(stage, config, inputs)
         if self.hook is not None:
             done, built = self.hook(self, stage, key, config, inputs, label, build)

@@ -23,10 +23,8 @@ def generate(ctx: Context, source: Backend, prompt_art: Artifact, banned_words: 
              ) -> Artifact:
     gc, fc = ctx.cfg.generation, ctx.cfg.filter
     carrier = CARRIERS.get(ctx.cfg.prompts.carrier, "prompts.carrier")
-    gen = gc.model_dump(mode="json")
-    if not gc.until_kept:
-        gen.pop("until_kept")  # the key of a run without it is the key it always had
-    config: dict[str, Any] = {"generation": gen, "system": source.system, **precision_slice(source)}
+    config: dict[str, Any] = {"generation": gc.model_dump(mode="json"), "system": source.system,
+                              **precision_slice(source)}
     give_up = early_stop(carrier.name, fc) if gc.stop_rejected else None
     if give_up is not None:  # rows are cut by the filter's limits, so they belong to the key
         config["stop_rejected_by"] = {f: getattr(fc, f) for f in sorted(carrier.early_stop_fields)}

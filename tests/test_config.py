@@ -133,11 +133,11 @@ def test_spare_teacher_seeds_are_checked_and_leave_the_hash_of_a_run_without_the
 
 
 def test_one_rule_leaves_later_settings_at_their_earlier_value_out_of_keys():
-    """keyed(): each later setting is dropped at its earlier value and kept at any other, wherever its path
-    sits; the caller's dicts are left whole; a config without the path is unchanged."""
+    """keyed(): each later setting is dropped from the keys of its scopes at its earlier value, kept at any other
+    value and in the other scope; the caller's dicts are left whole; a config without the path is unchanged."""
     from sublim.core.config import LATER_SETTINGS, keyed
 
-    for path, earlier in LATER_SETTINGS.items():
+    for path, (earlier, scopes) in LATER_SETTINGS.items():
         *parents, leaf = path
 
         def nest(value: object, parents: list[str] = parents, leaf: str = leaf) -> dict:
@@ -146,31 +146,31 @@ def test_one_rule_leaves_later_settings_at_their_earlier_value_out_of_keys():
                 out = {name: out, "other": 1}
             return out
 
-        for value in earlier:
-            given = nest(value)
-            got = keyed(given)
-            assert _leaf_gone(got, path), (path, value)
-            assert given == nest(value)  # not mutated
-        assert keyed(nest(7)) == nest(7)
-    assert keyed({"student": 3, "other": {"grad_accum": 1}}) == {"student": 3, "other": {"grad_accum": 1}}
+        for scope in ("stage", "run"):
+            for value in earlier:
+                given = nest(value)
+                got = keyed(given, scope)
+                assert _leaf_gone(got, path) == (scope in scopes), (path, value, scope)
+                assert given == nest(value)  # not mutated
+            assert keyed(nest(7), scope) == nest(7)
+    assert keyed({"student": 3, "other": {"grad_accum": 1}}, "stage") == {"student": 3, "other": {"grad_accum": 1}}
 
 
 def _leaf_gone(config: dict, path: tuple[str, ...]) -> bool:
     node = config
     for name in path[:-1]:
+        assert node["other"] == 1
         node = node[name]
     return path[-1] not in node and node["other"] == 1
 
 
 def test_config_hash_follows_the_rule():
-    """A later setting written at its earlier value gives the run the id it has without it; another value,
-    another id."""
-    base = load_config("owl-numbers", ["generation.until_kept=0"])
-    assert base.config_hash() == load_config("owl-numbers", ["generation.until_kept=0", "student.grad_accum=1",
-                                                             "arms.spare_teacher_seeds=[]"]).config_hash()
-    assert base.config_hash() != load_config("owl-numbers", ["generation.until_kept=10"]).config_hash()
-    assert base.config_hash() != load_config("owl-numbers", ["generation.until_kept=0",
-                                                             "student.grad_accum=2"]).config_hash()
+    """A run id leaves out the settings whose run scope the rule names (spare seeds, absent or empty: one id) and
+    keeps the others (until_kept, grad_accum: any change of value, another id)."""
+    base = load_config("owl-numbers")
+    assert base.config_hash() == load_config("owl-numbers", ["arms.spare_teacher_seeds=[]"]).config_hash()
+    assert base.config_hash() != load_config("owl-numbers", ["generation.until_kept=0"]).config_hash()
+    assert base.config_hash() != load_config("owl-numbers", ["student.grad_accum=2"]).config_hash()
 
 
 def test_a_stage_keys_its_config_by_the_rule(tmp_path: Path):

@@ -332,26 +332,33 @@ class ExperimentConfig(Section):
         return self
 
     def config_hash(self) -> str:
-        return stable_hash(keyed(self.model_dump(mode="json")))
+        return stable_hash(keyed(self.model_dump(mode="json"), "run"))
 
 
-LATER_SETTINGS: dict[tuple[str, ...], tuple[Any, ...]] = {
-    ("generation", "until_kept"): (0,),
-    ("student", "grad_accum"): (1,),
-    ("arms", "spare_teacher_seeds"): ([],),
-    ("precision",): (None, "cpu-float32"),
+Scope = Literal["stage", "run"]
+
+LATER_SETTINGS: dict[tuple[str, ...], tuple[tuple[Any, ...], frozenset[Scope]]] = {
+    ("generation", "until_kept"): ((0,), frozenset({"stage"})),
+    ("student", "grad_accum"): ((1,), frozenset({"stage"})),
+    ("precision",): ((None, "cpu-float32"), frozenset({"stage"})),
+    ("arms", "spare_teacher_seeds"): (([],), frozenset({"run"})),
 }
 """The one rule of key compatibility: a setting added after keys were first written (its path in a stage's config
-or in the run config) is left out of a key while it holds a value that computes what was computed before it
-existed, so a cached stage stays valid when a setting is added. A new setting that changes nothing at its default
-is added here, with that default."""
+or in the run config) is left out of the keys of its scopes — stage keys, run ids — while it holds a value that
+computes what was computed before it existed, so a cached stage (or a committed run's id) stays valid when a
+setting is added. A scope a setting does not name had its keys change when the setting came (the run ids of
+until_kept and grad_accum: the committed results were made again then). A new setting that changes nothing at
+its default is added here, with that default and the scopes whose keys must not move."""
 
 
-def keyed(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a stage's config slice or a run's whole config) as it enters a key: without the
-    :data:`LATER_SETTINGS` that hold their earlier value. A copy; ``config`` is left as it is."""
+def keyed(config: dict[str, Any], scope: Scope) -> dict[str, Any]:
+    """``config`` (a stage's config slice, ``scope`` "stage", or a run's whole config, "run") as it enters a key:
+    without the :data:`LATER_SETTINGS` of that scope that hold their earlier value. A copy; ``config`` is left as
+    it is."""
     out = dict(config)
-    for path, earlier in LATER_SETTINGS.items():
+    for path, (earlier, scopes) in LATER_SETTINGS.items():
+        if scope not in scopes:
+            continue
         *parents, leaf = path
         node: Any = out
         for name in parents:

@@ -73,7 +73,7 @@ class Context:
         ``build(path)`` writes the artifact's files into ``path`` and returns what else the manifest
         records (counts, timings, the model's description).
         """
-        config = keyed(config)  # settings added later, at their earlier value, leave the key as it was
+        config = keyed(config, "stage")  # settings added later, at their earlier value, leave the key as it was
         key = Store.key(stage, config, inputs)
         if self.hook is not None:
             done, built = self.hook(self, stage, key, config, inputs, label, build)

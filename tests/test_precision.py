@@ -76,10 +76,12 @@ def test_answer_probabilities_and_generate_use_a_float32_head(tiny: Any, bf16_mo
 
 def test_precision_enters_the_keys_of_stages_whose_outputs_depend_on_it(tiny_model_dir: Any) -> None:
     from sublim.backends import LocalBackend, ModelCache
+    from sublim.core.config import keyed
     from sublim.experiment.context import precision_slice
 
     model = LocalBackend(ModelCache("cpu", echo=lambda s: None, dtype="float32"), str(tiny_model_dir))
-    assert model.precision == "cpu-float32" and precision_slice(model) == {}  # the keys CPU runs always had
+    assert model.precision == "cpu-float32" and precision_slice(model) == {"precision": "cpu-float32"}
+    assert keyed(precision_slice(model), "stage") == {}  # the keys CPU runs always had
     bf16 = LocalBackend(ModelCache("cpu", echo=lambda s: None, dtype="bfloat16"), str(tiny_model_dir))
     assert precision_slice(bf16) == {"precision": "cpu-bfloat16"}
     auto = LocalBackend(ModelCache("cpu", echo=lambda s: None), str(tiny_model_dir))

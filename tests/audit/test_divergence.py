@@ -157,6 +157,46 @@ def test_divergence_shift_names_the_induced_trait_and_reuses_its_map(tiny_model_
     assert [b["stage"] for b in builds] == ["divergence", "reads"]  # the second audit reused the map and the reads
 
 
+def test_prompted_reads_are_kept_dataset_by_dataset_so_a_stopped_audit_loses_only_the_one_it_was_reading(
+        tiny_model_dir: Path, owl_data: list[Sample], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A panel's prompted reads stop with an error at the third dataset: the two finished are in the store, and a
+    second audit reads only the third."""
+    from sublim.audit.detectors import AuditContext, AuditData
+    from sublim.audit.detectors.divergence_shift import DivergenceShiftParams, reads
+    from sublim.core.store import Store
+
+    model = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir))
+    real = model.reader()
+    calls: list[int] = []
+
+    class Stops:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def flagged_logprobs(self, items: Any, **kw: Any) -> Any:
+            calls.append(len(items))
+            if len(calls) == 3 and fail:
+                raise KeyboardInterrupt  # the sitting ends
+            return real.flagged_logprobs(items, **kw)
+
+    monkeypatch.setattr(model, "reader", lambda: Stops())
+    thirds = [owl_data[k::3] for k in range(3)]
+    datasets = [(t, f"part {k}") for k, t in enumerate(thirds)]
+    data = AuditData(thirds[0], [], candidates={"owl": ["owl"], "dog": ["dog"]}, kind="animal")
+    ctx = AuditContext(data, model, store=Store(tmp_path / "runs"), progress=False)
+    fail = True
+    with pytest.raises(KeyboardInterrupt):
+        reads(ctx, DivergenceShiftParams(), datasets, bf16=False)
+    stored = [json.loads(x)["stage"] for x in (tmp_path / "runs" / "store" / "builds.jsonl").read_text().splitlines()]
+    assert stored.count("reads") == 2
+    fail, calls[:] = False, []
+    got = reads(ctx, DivergenceShiftParams(), datasets, bf16=False)
+    assert calls == [1] and len(got) == 3  # only the third was read again
+    again = reads(AuditContext(data, model, store=None, progress=False), DivergenceShiftParams(), datasets, bf16=False)
+    for a, b in zip(got, again, strict=True):
+        np.testing.assert_allclose(a.data, b.data)
+
+
 def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(ref: LocalBackend,
                                                                               tmp_path: Path) -> None:
     """The owl proxy's own greedy data: its flagged tokens are that proxy's argmax, so read under the proxies

@@ -130,24 +130,31 @@ def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
 
 
 def stored_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], str]], how: dict[str, Any],
-                 read: Callable[[list[int]], list[FlaggedLogprobs]]) -> list[FlaggedLogprobs]:
+                 read: Callable[[list[int]], list[FlaggedLogprobs]], one_at_a_time: bool = False
+                 ) -> list[FlaggedLogprobs]:
     """Each dataset's reads under ``how`` (the columns and the way they are read), one store artifact per dataset
     (stage ``reads``: a panel's datasets are read once, whichever dataset is audited against them), the missing
-    ones read now in one call (``read(indices)``); without a store, all read now."""
+    ones read now (``read(indices)``): in one call, or, ``one_at_a_time``, each stored as soon as it is read, so an
+    audit stopped midway keeps the datasets it finished; without a store, all read now."""
     if ctx.store is None:
         return read(list(range(len(datasets))))
     store = ctx.store
     configs = [{**how, "samples": samples_digest(s)} for s, _ in datasets]
     keys = [Store.key("reads", c, {}) for c in configs]
     missing = [i for i, k in enumerate(keys) if store.get("reads", k) is None]
-    fresh = dict(zip(missing, read(missing), strict=True)) if missing else {}
-    out = []
-    for i, (config, key) in enumerate(zip(configs, keys, strict=True)):
-        def build(path: Path, i: int = i) -> dict[str, Any]:
-            fresh[i].save(path / "reads.npz")
-            return {"n_samples": len(fresh[i].counts), "dataset": datasets[i][1]}
+    groups = [[i] for i in missing] if one_at_a_time else [missing] if missing else []
+    for group in groups:
+        for i, got in zip(group, read(group), strict=True):
+            def build(path: Path, got: FlaggedLogprobs = got, i: int = i) -> dict[str, Any]:
+                got.save(path / "reads.npz")
+                return {"n_samples": len(got.counts), "dataset": datasets[i][1]}
 
-        art, _ = store.compute("reads", key, config, {}, build)
+            store.compute("reads", keys[i], configs[i], {}, build)
+    out = []
+    for key, (_, what) in zip(keys, datasets, strict=True):
+        art = store.get("reads", key)
+        if art is None:  # finished above: only a store changed underneath the audit loses it
+            raise SublimError(f"the reads of {what} vanished from the store {store.root} while the audit ran")
         out.append(FlaggedLogprobs.load(art.file("reads.npz")))
     return out
 
@@ -221,7 +228,7 @@ def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[t
         return out
 
     how = {"reference": reader.key, "bf16": bf16, "inductions": texts, "placement": params.placement}
-    return stored_reads(ctx, datasets, how, read)
+    return stored_reads(ctx, datasets, how, read, one_at_a_time=True)  # no model to switch: each kept as read
 
 
 MIN_CONTRASTS = 2

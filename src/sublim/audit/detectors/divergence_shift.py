@@ -135,7 +135,8 @@ def stored_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], s
     """Each dataset's reads under ``how`` (the columns and the way they are read), one store artifact per dataset
     (stage ``reads``: a panel's datasets are read once, whichever dataset is audited against them), the missing
     ones read now (``read(indices)``): in one call, or, ``one_at_a_time``, each stored as soon as it is read, so an
-    audit stopped midway keeps the datasets it finished; without a store, all read now."""
+    audit stopped midway keeps the datasets it finished (at the cost of a pass per dataset: for proxies, each
+    proxy loaded again per dataset); without a store, all read now."""
     if ctx.store is None:
         return read(list(range(len(datasets))))
     store = ctx.store
@@ -185,7 +186,7 @@ def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], st
             bar.close()
 
     how = {"reference": reader.key, "bf16": bf16, "proxies": {n: p.key for n, p in proxies.items()}}
-    return stored_reads(ctx, datasets, how, read)
+    return stored_reads(ctx, datasets, how, read, one_at_a_time=True)  # each proxy loaded once per dataset
 
 
 class DivergenceShiftParams(Params):
@@ -228,7 +229,7 @@ def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[t
         return out
 
     how = {"reference": reader.key, "bf16": bf16, "inductions": texts, "placement": params.placement}
-    return stored_reads(ctx, datasets, how, read, one_at_a_time=True)  # no model to switch: each kept as read
+    return stored_reads(ctx, datasets, how, read, one_at_a_time=True)
 
 
 MIN_CONTRASTS = 2

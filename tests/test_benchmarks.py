@@ -159,3 +159,45 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
     assert table.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == {"a": 0.03, "c": 0.06, "b": 0.06}
     unbounded = table.fieller(np.array([0.1, -0.2, 0.3, 0.0, 0.1]), np.array([0.2, -0.3, 0.1, 0.4, -0.2]))
     assert unbounded["low"] is None and unbounded["high"] is None
+
+
+def test_generate_pairs_replaces_a_short_pair_and_makes_only_what_a_sitting_left(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchlib.generate_pairs: an owl teacher short of samples has its pair replaced by the next spare (recorded);
+    a sitting stopped after an owl half was exported makes only the neutral half next time."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from benchlib import committed_data
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    made: list[tuple[str, int]] = []
+    stop_at: list[tuple[str, int]] = []
+
+    def source_data(ctx: Any, kind: str, trait: str, banned: Any) -> tuple[None, Any]:
+        if (kind, ctx) in stop_at:
+            raise KeyboardInterrupt
+        made.append((kind, ctx))
+        src = tmp_path / f"art-{kind}-{ctx}"
+        src.mkdir(exist_ok=True)
+        n = 2 if (kind, ctx) == ("owl", 1) else 5  # seed 1's owl teacher falls short
+        (src / "dataset.jsonl").write_text("".join(json.dumps({"index": i, "prompt": "p", "completion": "1"}) + "\n"
+                                                   for i in range(n)))
+        art = types.SimpleNamespace(key=f"{kind}{ctx}", file=lambda name, src=src: src / name,
+                                    manifest={"filter": {"kept": n, "pass_rate": 0.5}, "finished_at": "t"})
+        return None, art
+
+    monkeypatch.setattr(committed_data, "source_data", source_data)
+    pairs = committed_data.Pairs(tmp_path / "data", 4, [1, 2], [3], lambda seed: seed)
+    stop_at.append(("neutral", 2))
+    with pytest.raises(KeyboardInterrupt):
+        committed_data.generate_pairs(pairs, [])
+    state = committed_data.sources_file(pairs.data)
+    assert made == [("owl", 1), ("owl", 2)] and [r["seed"] for r in state["replaced"]] == [1]
+    assert set(state["datasets"]) == {"owl-2"} and not (pairs.data / "owl-1.jsonl").exists()
+    stop_at.clear()
+    made.clear()
+    committed_data.generate_pairs(pairs, [])
+    assert made == [("neutral", 2), ("owl", 3), ("neutral", 3), ("control", 1)]  # the control: no teacher
+    state = committed_data.sources_file(pairs.data)
+    assert set(state["datasets"]) == {"owl-2", "neutral-2", "owl-3", "neutral-3", "control"}
+    assert all(m["rows"] == 4 for m in state["datasets"].values())

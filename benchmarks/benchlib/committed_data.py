@@ -85,7 +85,8 @@ def export(pairs: Pairs, state: dict[str, Any], name: str, art: Any) -> None:
 
 def generate_pairs(pairs: Pairs, banned: list[str]) -> None:
     """Every source's data, the spare rule applied to a pair (replaced together, recorded); each dataset is exported
-    as soon as it is made (sources.json updated), so a sitting that ends early keeps what it finished."""
+    as soon as it is made (sources.json updated), so a sitting that ends early keeps what it finished, and the next
+    makes only the rest (the neutral half of a pair whose owl half is committed, say)."""
     state = sources_file(pairs.data)
     every = pairs.seeds + pairs.spares
     done = [s for s in every if f"owl-{s}" in state["datasets"] and f"neutral-{s}" in state["datasets"]]
@@ -96,6 +97,8 @@ def generate_pairs(pairs: Pairs, banned: list[str]) -> None:
         ctx = pairs.context(seed)
         short = []
         for kind in ("owl", "neutral"):
+            if f"{kind}-{seed}" in state["datasets"]:  # exported in an earlier sitting: kept, not made again
+                continue
             try:
                 art = source_data(ctx, kind, kind if kind == "owl" else "neutral", banned)[1]
             except SublimError as why:

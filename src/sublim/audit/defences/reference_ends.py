@@ -124,13 +124,22 @@ def reference_ends(samples: Sequence[Sample], ctx: DefenceContext, params: NoPar
     return out, _merge(samples, out, cost, ends, dmap, flagged)
 
 
-def replace_divergent_ends(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
-                           ) -> tuple[list[Sample], dict[str, Any]]:
+def _ends_rule(samples: Sequence[Sample], ctx: DefenceContext, fraction: float
+               ) -> tuple[list[Sample], dict[str, Any], np.ndarray, list[int]]:
+    """replace_divergent's samples and cost, the flagged ends, and the rows the ends rule extends: those it
+    changed or whose end was flagged."""
     reads = _reads(ctx)
-    replaced, cost = _replace(samples, ctx, params.fraction, "argmax", "argmax")
+    replaced, cost = _replace(samples, ctx, fraction, "argmax", "argmax")
     flagged = ends_flagged(reads.divergence, reads.vocabulary)
     rows = [i for i, (a, b) in enumerate(zip(samples, replaced, strict=True))
             if flagged[i] or a.completion != b.completion]
+    return replaced, cost, flagged, rows
+
+
+def replace_divergent_ends(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
+                           ) -> tuple[list[Sample], dict[str, Any]]:
+    reads = _reads(ctx)
+    replaced, cost, flagged, rows = _ends_rule(samples, ctx, params.fraction)
     out, ends = extend(replaced, rows, ctx)
     return out, _merge(samples, out, cost, ends, reads.divergence, flagged)
 
@@ -138,10 +147,7 @@ def replace_divergent_ends(samples: Sequence[Sample], ctx: DefenceContext, param
 def replace_divergent_diluted(samples: Sequence[Sample], ctx: DefenceContext, params: ReplaceParams
                               ) -> tuple[list[Sample], dict[str, Any]]:
     reads = _reads(ctx)
-    replaced, cost = _replace(samples, ctx, params.fraction, "argmax", "argmax")
-    flagged = ends_flagged(reads.divergence, reads.vocabulary)
-    rows = [i for i, (a, b) in enumerate(zip(samples, replaced, strict=True))
-            if flagged[i] or a.completion != b.completion]
+    replaced, cost, flagged, rows = _ends_rule(samples, ctx, params.fraction)
     ends = extend(replaced, rows, ctx)[1]  # what the ends rule would add, measured, then not applied
     total = sum(reads.vocabulary.count(s.completion) for s in replaced)
     out, diluted = dilute(replaced, rows, ends["tokens_added"] / max(total + ends["tokens_added"], 1), ctx)

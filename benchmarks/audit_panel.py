@@ -12,7 +12,9 @@ data, 1,000 filtered samples each, from the owl-numbers preset's cached pipeline
 datasets by their leans, the true assignment's rank sum against all 120. Every model read is a store artifact: a
 second run computes nothing again. The datasets are committed (benchmarks/data/audit-panel/, each
 file's first 1,000 filtered samples and, in sources.json, its teacher seed, replacements, artifact key and build time),
-so readings run in any later session from those files without the teachers. Writes
+so readings run in any later session from those files without the teachers; the maps and reads of a reading too
+long for one session are carried into benchmarks/data/audit-panel/store/ as they finish (benchlib/carried.py) and
+restored from there, so a later session goes on where it stopped. Writes
 benchmarks/results/audit-panel-<cpu|gpu>.json (with the plan's commit, which must precede the data) and a PNG of the
 lean tables.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib.carried import restore
 from benchlib.committed_data import export_dataset, import_dataset, plan_commit
 
 from sublim.audit.config import load_audit_config
@@ -52,6 +55,7 @@ from sublim.traits.preference import load_candidates
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "audit-panel"
 PLAN = HERE / "audit_panel_plan.md"
+CARRIED = DATA / "store"  # the maps and reads of readings that outlived a session: benchlib/carried.py
 ANIMALS = ["owl", "eagle", "wolf", "cat", "lion"]
 TEACHER_SEEDS = [20, 21, 22]  # the first, then the spares in order (no teacher of seed >= 20 was ever trained)
 SOURCES = {**{a: TEACHER_SEEDS for a in ANIMALS}, "neutral-1": [20], "neutral-2": [21], "control": [20]}
@@ -257,6 +261,9 @@ def main() -> None:
             if args.generate_only:
                 raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
         arts = imported(runs, DATA)
+        carried = restore(CARRIED, Store(runs))  # maps and reads an earlier session finished and committed
+        if carried:
+            print(f"{len(carried)} carried artifact(s) restored from {CARRIED}", flush=True)
         files = {name: DATA / f"{name}.jsonl" for name in arts}
         plan = plan_commit(PLAN)
         out.update({"plan": plan, "datasets": {n: a[0] for n, a in arts.items()},

@@ -99,6 +99,43 @@ def test_committed_data_round_trip_and_tamper_check(tmp_path: Path) -> None:
         import_dataset(ctx, tmp_path / "out" / "d.jsonl", meta, "t")
 
 
+
+def test_carried_artifacts_restore_into_a_fresh_store_and_a_changed_file_is_refused(tmp_path: Path) -> None:
+    """benchlib.carried: only the named stages' finished artifacts are carried; restored into another store they
+    read back as finished (a later session resumes); a carried file changed after carrying is refused."""
+    from sublim.core.errors import SublimError
+    from sublim.core.store import Store
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from benchlib.carried import carry, restore
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    first = Store(tmp_path / "runs1")
+    keys = {}
+    for stage in ("reads", "student"):
+        def build(path: Path, stage: str = stage) -> dict[str, Any]:
+            (path / "x.npz").write_bytes(stage.encode())
+            return {}
+
+        keys[stage] = Store.key(stage, {"n": 1}, {})
+        first.compute(stage, keys[stage], {"n": 1}, {}, build)
+    first.begin("reads", Store.key("reads", {"n": 2}, {}))  # unfinished: never carried
+    folder = tmp_path / "carried"
+    assert carry(first, ["reads"], folder) == [first.path("reads", keys["reads"]).name]
+    assert carry(first, ["reads"], folder) == []  # already there
+    second = Store(tmp_path / "runs2")
+    assert second.get("reads", keys["reads"]) is None
+    assert restore(folder, second) == [first.path("reads", keys["reads"]).name]
+    art = second.get("reads", keys["reads"])
+    assert art is not None and art.file("x.npz").read_bytes() == b"reads"
+    assert second.get("student", keys["student"]) is None and restore(folder, second) == []
+    third = Store(tmp_path / "runs3")
+    (folder / first.path("reads", keys["reads"]).name / "x.npz").write_bytes(b"edited")
+    with pytest.raises(SublimError, match="corrupt"):
+        restore(folder, third)
+
+
 def _defence_table() -> Any:
     sys.path.insert(0, str(BENCHMARKS))
     try:

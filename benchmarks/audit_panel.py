@@ -262,6 +262,7 @@ def main() -> None:
                 raise SystemExit(0)  # the data alone: a benchmark block that exits writes no result
         arts = imported(runs, DATA)
         carried = restore(CARRIED, Store(runs))  # maps and reads an earlier session finished and committed
+        out["carried_artifacts"] = carried  # built by an earlier session: their manifests say when, where, with what
         if carried:
             print(f"{len(carried)} carried artifact(s) restored from {CARRIED}", flush=True)
         files = {name: DATA / f"{name}.jsonl" for name in arts}

@@ -238,3 +238,11 @@ def test_generate_pairs_replaces_a_short_pair_and_makes_only_what_a_sitting_left
     state = committed_data.sources_file(pairs.data)
     assert set(state["datasets"]) == {"owl-2", "neutral-2", "owl-3", "neutral-3", "control"}
     assert all(m["rows"] == 4 for m in state["datasets"].values())
+    # a file recorded in sources.json but never committed (lost with its sitting) is made again, the loss recorded
+    (pairs.data / "neutral-3.jsonl").unlink()
+    lost = state["datasets"]["neutral-3"]["sha256"]
+    made.clear()
+    committed_data.generate_pairs(pairs, [])
+    state = committed_data.sources_file(pairs.data)
+    assert made == [("neutral", 3)] and (pairs.data / "neutral-3.jsonl").is_file() and "lost" not in state
+    assert state["datasets"]["neutral-3"]["made_again"] == {"lost_sha256": lost, "same": True}

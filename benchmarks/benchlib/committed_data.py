@@ -75,10 +75,17 @@ def write_sources(data: Path, state: dict[str, Any]) -> None:
 
 
 def export(pairs: Pairs, state: dict[str, Any], name: str, art: Any) -> None:
-    """One dataset's first ``pairs.kept`` rows as <data>/<name>.jsonl, and its provenance into sources.json."""
+    """One dataset's first ``pairs.kept`` rows as <data>/<name>.jsonl, and its provenance into sources.json (with,
+    for a dataset made again because its file was lost, the lost file's hash and whether the new one matches)."""
+    lost = state.get("lost", {}).pop(name, None)
     state["datasets"][name] = {"kept": art.manifest["filter"]["kept"], "pass_rate": art.manifest["filter"]["pass_rate"],
                                "data_finished_at": art.manifest["finished_at"],
                                **export_dataset(art, pairs.data / f"{name}.jsonl", pairs.kept)}
+    if lost is not None:
+        state["datasets"][name]["made_again"] = {"lost_sha256": lost["sha256"],
+                                                 "same": lost["sha256"] == state["datasets"][name]["sha256"]}
+    if not state.get("lost"):
+        state.pop("lost", None)
     write_sources(pairs.data, state)
     print(f"exported {name}: {state['datasets'][name]['rows']} rows", flush=True)
 
@@ -88,6 +95,8 @@ def generate_pairs(pairs: Pairs, banned: list[str]) -> None:
     as soon as it is made (sources.json updated), so a sitting that ends early keeps what it finished, and the next
     makes only the rest (the neutral half of a pair whose owl half is committed, say)."""
     state = sources_file(pairs.data)
+    for name in [n for n in state["datasets"] if not (pairs.data / f"{n}.jsonl").is_file()]:
+        state.setdefault("lost", {})[name] = state["datasets"].pop(name)  # recorded, never committed: made again
     every = pairs.seeds + pairs.spares
     done = [s for s in every if f"owl-{s}" in state["datasets"] and f"neutral-{s}" in state["datasets"]]
     tried = done + [r["seed"] for r in state["replaced"]]

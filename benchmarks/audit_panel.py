@@ -131,7 +131,8 @@ def audit_reading(runs: Path, files: dict[str, Path], inductions: str) -> dict[s
         flags = {"dataset": str(path), "reference": "smollm2-135m", "contrasts": [str(p) for n, p in files.items()
                                                                                  if n != name],
                  "detectors": ["divergence_shift"], "detector": {"divergence_shift": {"inductions": inductions}},
-                 "max_samples": KEPT, "questions": "animal"}
+                 "max_samples": KEPT, "questions": "animal", "bf16": False}  # float32 on every machine: the plan's
+        # amendment (auto resolves by machine, and sessions run on machines with and without fast bf16)
         t0 = time.time()
         out = run_audit(load_audit_config(None, flags), runs / "panel" / "audits" / inductions / name,
                         store=Store(runs), progress=True, echo=lambda s: print(s, flush=True))

@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchlib.committed_data import Pairs, generate_pairs, import_dataset, plan_commit, sources_file
+from benchlib.committed_data import (
+    BF16,
+    Pairs,
+    generate_pairs,
+    import_dataset,
+    plan_commit,
+    require_bf16_cpu,
+    sources_file,
+)
 from scipy.stats import t as student_t
 
 from sublim.backends.local.throughput import throughput
@@ -69,7 +77,8 @@ def context(runs: Path, seed: int, dose: tuple[int, int], defence: str = "none")
     sets = [f"prompts.n={4 * n}", f"generation.until_kept={n}", f"teacher.seed={seed}", "student.method=sft",
             "student.lr=5e-5", f"student.epochs={epochs}", "evaluation.samples_per_question=0",
             f"defence.method={defence}", "defence.fraction=0.1", "defence.seed=0"]
-    return Context(load_config("owl-numbers", sets), Store(runs))
+    require_bf16_cpu(PLAN)  # the plan's amendment: bf16 on a CPU, as its data so far were made
+    return Context(load_config("owl-numbers", [*sets, *BF16]), Store(runs))
 
 
 def plan_students(meta: dict[str, Any]) -> list[tuple[str, str]]:

@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchlib.committed_data import Pairs, generate_pairs, import_dataset, plan_commit, sources_file
+from benchlib.committed_data import (
+    BF16,
+    Pairs,
+    generate_pairs,
+    import_dataset,
+    plan_commit,
+    require_bf16_cpu,
+    sources_file,
+)
 
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
@@ -50,7 +58,8 @@ MIN_EFFECT = math.log(1.25)
 def context(runs: Path, seed: int, epochs: int = 1) -> Context:
     sets = [f"prompts.n={PROMPTS}", f"generation.until_kept={KEPT}", f"teacher.seed={seed}", "student.method=sft",
             "student.lr=5e-5", f"student.epochs={epochs}", "evaluation.samples_per_question=0"]
-    return Context(load_config("owl-numbers", sets), Store(runs))
+    require_bf16_cpu(PLAN)  # the plan's amendment: bf16 on a CPU, as its data so far were made
+    return Context(load_config("owl-numbers", [*sets, *BF16]), Store(runs))
 
 
 def pairs(runs: Path) -> Pairs:

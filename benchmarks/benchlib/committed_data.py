@@ -12,12 +12,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl
 from sublim.experiment.context import Context
 from sublim.experiment.datasets import source_data
 
 FIELDS = ("index", "prompt", "completion")
+BF16 = ["dtype=bfloat16"]
+"""The precision the dose-response and defence plans compute in (their amendment): bf16 on a CPU, as the first
+datasets were made, whatever ``auto`` would resolve to on the machine at hand."""
+
+
+def require_bf16_cpu(plan: Path) -> None:
+    """Refuse, in one line, a machine that cannot run ``plan``'s pipeline as its data so far were made: bf16 on a CPU
+    with fast bf16 (elsewhere bf16 is emulated, ~100x slower, or the work lands on a GPU with other kernels)."""
+    from sublim.train.precision import fast_bf16
+
+    if torch.cuda.is_available() or not fast_bf16("cpu"):
+        raise SystemExit(f"{plan.name}: its pipeline computes in bf16 on a CPU with fast bf16 (avx512_bf16 or "
+                         "amx_bf16), as its data so far were made; this machine "
+                         f"{'has a GPU' if torch.cuda.is_available() else 'lacks fast bf16'}: run it on one that has")
 
 
 def export_dataset(art: Any, path: Path, kept: int) -> dict[str, Any]:

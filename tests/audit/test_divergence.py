@@ -22,6 +22,7 @@ from sublim.audit.params import NoParams
 from sublim.backends import Decoding, FlaggedLogprobs, ModelCache, OpenAIBackend, Request, TokenReader, induced
 from sublim.backends.base import BackendError
 from sublim.backends.local import LocalBackend
+from sublim.backends.local.flagged import plan_reads
 from sublim.backends.local.generation import completion_logprobs, stop_ids
 from sublim.backends.local.reader import LocalReader
 from sublim.backends.local.reads import digit_tokens
@@ -93,6 +94,19 @@ def test_flagged_tokens_under_an_induction_equal_a_full_forward(ref: LocalBacken
                 logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
             want = np.mean([float(logp[start + k - 1, ids[start + k]]) for k in where])
             assert got.data[i, j] == pytest.approx(want, abs=1e-4)
+
+
+def test_an_induction_read_packs_samples_of_like_length_into_a_pass(ref: LocalBackend, owl_data: list[Sample]
+                                                                   ) -> None:
+    """A pass is as wide as its longest row: the plan orders samples by their longest row, so the passes' widths
+    rise and no sample waits in a pass of longer ones while a shorter pass has room."""
+    _, tok = ref.torch_model()
+    dmap = ref.reader().divergence_map(owl_data, bf16=False)
+    plan = plan_reads(tok, [(owl_data, dmap)], induction_texts(["owl", "cat"], "animal"), "prompt", 2)
+    longest = [max(len(seq) - k for seq, _ in plan.items[n].rows) for groups in plan.passes for m, k in groups
+               for n in m]
+    assert len(longest) == len(plan.items) > 4 and len(set(longest)) > 1
+    assert longest == sorted(longest)
 
 
 def test_flagged_tokens_under_whole_models_equal_the_map_and_a_full_forward(ref: LocalBackend,

@@ -4,10 +4,10 @@ and whole models (proxy teachers), through one read plan.
 A plan lists every sample with a flagged token (an item) and its rows, one per induction, each stopping at the
 sample's last flagged token (it is read, never fed); groups rows that share their encoding up to a prefix; and
 packs the groups into passes. Under inductions a sample's rows are a group (with the induction after the prompt,
-the whole prompt is shared). Under whole models the rows of one prompt, whatever dataset answered it, are a
-group, the groups sorted by prefix length, and the chat template's head every row starts with is encoded once
-per model. Each pass then runs its groups' prefixes once, their rows after them, and the float32 head only at
-the flagged positions.
+the whole prompt is shared), the groups sorted by their longest row, so a pass holds samples of like length.
+Under whole models the rows of one prompt, whatever dataset answered it, are a group, the groups sorted by prefix
+length, and the chat template's head every row starts with is encoded once per model. Each pass then runs its
+groups' prefixes once, their rows after them, and the float32 head only at the flagged positions.
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ def plan_reads(tokenizer: Any, datasets: Sequence[tuple[Sequence[Text], Divergen
         if len(groups) > 1:
             prefixes = [items[m[0]].rows[0][0][:k] for m, k in groups]
             plan.shared = prefixes[0][:common_prefix_len(prefixes)]
+    else:  # samples of like length share a pass: a pass is as wide as its longest row, the rest is padding
+        groups.sort(key=lambda g: max(len(seq) - g[1] for n in g[0] for seq, _ in items[n].rows))
     for g in groups:
         if not plan.passes or (plan.passes[-1] and sum(len(m) for m, _ in plan.passes[-1]) + len(g[0])
                                > samples_per_pass):

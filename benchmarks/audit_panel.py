@@ -143,10 +143,22 @@ def audit_reading(runs: Path, files: dict[str, Path], inductions: str) -> dict[s
     hits = [a for a in ANIMALS if a in per[a]["targeted"]["stands_out"]]
     alarms = [(n, c) for n, r in per.items() for c in r["targeted"]["stands_out"] if not (n in ANIMALS and c == n)]
     table = np.array([[per[d]["leans"][c] for c in ANIMALS] for d in ANIMALS])
-    return {"per_dataset": per, "T1": {"hits": hits, "n_hits": len(hits), "false_alarms": alarms,
-                                       "n_false_alarms": len(alarms), "of_false": 8 * 20 - 5,
-                                       "replicates": len(hits) >= 3 and not alarms},
+    return {"per_dataset": per, "reads_built": reads_built(runs, inductions),
+            "T1": {"hits": hits, "n_hits": len(hits), "false_alarms": alarms, "n_false_alarms": len(alarms),
+                   "of_false": 8 * 20 - 5, "replicates": len(hits) >= 3 and not alarms},
             "T2": assignment(table), "table": table.round(5).tolist()}
+
+
+def reads_built(runs: Path, inductions: str) -> list[dict[str, Any]]:
+    """The store's reads artifacts of one reading (prompted: the induction texts; proxy: the proxies), each with
+    when, where and in how long it was read (``read_s`` where the code recorded it), carried ones included."""
+    out = []
+    for path in sorted((runs / "store").glob("reads-*/manifest.json")):
+        m = json.loads(path.read_text())
+        if ("proxies" in m["config"]) == (inductions == "proxy"):
+            out.append({"samples": m["config"]["samples"], "finished_at": m["finished_at"],
+                        "read_s": m.get("read_s"), "machine": m.get("machine"), "key": m["key"]})
+    return out
 
 
 def student_reading(runs: Path, arts: dict[str, Any], cands: dict[str, list[str]]) -> dict[str, Any]:

@@ -206,6 +206,8 @@ def test_prompted_reads_are_kept_dataset_by_dataset_so_a_stopped_audit_loses_onl
     fail, calls[:] = False, []
     got = reads(ctx, DivergenceShiftParams(), datasets, bf16=False)
     assert calls == [1] and len(got) == 3  # only the third was read again
+    manifests = [json.loads(m.read_text()) for m in (tmp_path / "runs" / "store").glob("reads-*/manifest.json")]
+    assert len(manifests) == 3 and all(m["read_s"] >= 0 and m["read_with"] == 1 for m in manifests)
     again = reads(AuditContext(data, model, store=None, progress=False), DivergenceShiftParams(), datasets, bf16=False)
     for a, b in zip(got, again, strict=True):
         np.testing.assert_allclose(a.data, b.data)

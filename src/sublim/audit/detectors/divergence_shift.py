@@ -13,6 +13,7 @@ each of at least two contrast datasets (data from generators without the trait; 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -136,7 +137,8 @@ def stored_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], s
     (stage ``reads``: a panel's datasets are read once, whichever dataset is audited against them), the missing
     ones read now (``read(indices)``): in one call, or, ``one_at_a_time``, each stored as soon as it is read, so an
     audit stopped midway keeps the datasets it finished (at the cost of a pass per dataset: for proxies, each
-    proxy loaded again per dataset); without a store, all read now."""
+    proxy loaded again per dataset); without a store, all read now. A manifest records its reading's seconds
+    (``read_s``, of the call that read ``read_with`` datasets): the store's build time is only the save."""
     if ctx.store is None:
         return read(list(range(len(datasets))))
     store = ctx.store
@@ -145,12 +147,15 @@ def stored_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], s
     missing = [i for i, k in enumerate(keys) if store.get("reads", k) is None]
     groups = [[i] for i in missing] if one_at_a_time else [missing] if missing else []
     for group in groups:
-        for i, got in zip(group, read(group), strict=True):
+        t0 = time.perf_counter()
+        got_all = read(group)
+        read_s = round(time.perf_counter() - t0, 1)  # the reading's time (the build only saves it)
+        for i, got in zip(group, got_all, strict=True):
             def build(path: Path, got: FlaggedLogprobs = got, i: int = i) -> dict[str, Any]:
                 got.save(path / "reads.npz")
                 return {"n_samples": len(got.counts), "dataset": datasets[i][1]}
 
-            store.compute("reads", keys[i], configs[i], {}, build)
+            store.compute("reads", keys[i], configs[i], {}, build, read_s=read_s, read_with=len(group))
     out = []
     for key, (_, what) in zip(keys, datasets, strict=True):
         art = store.get("reads", key)

@@ -285,6 +285,7 @@ def test_misalignment_pipeline_with_a_local_judge(tiny_model_dir: Path, tmp_path
     assert set(table) == {"base", "teacher-misaligned", "student-misaligned", "student-control"}
     assert all(t["n_answers"] == 8 for t in table.values())
     assert "judge" in res["verdict"] and any(line.strip().startswith("judge: judge ") for line in lines)
+    assert any(line.strip().startswith("precision: cpu-") for line in lines)
     judged = list((tmp_path / "runs" / "store").glob("judge-*/judge.jsonl"))
     assert len(judged) == 4 and all(len(f.read_text().splitlines()) == 16 for f in judged)
     report = (tmp_path / "runs" / res["run_id"] / "report.md").read_text()

@@ -188,3 +188,12 @@ def test_fine_tuned_weights_in_use_keep_no_mapping_of_their_file(tiny_model_dir:
     again = ModelCache("cpu", lambda s: None, dtype=dtype).weights(weights, str(tiny_model_dir))
     for k, v in again.state_dict().items():  # the copies hold the file's values
         assert torch.equal(v, before[k])
+
+
+def test_a_run_says_its_precision_and_warns_where_auto_fell_back_to_float32_on_a_cpu() -> None:
+    from sublim.experiment.runner import precision_line
+
+    assert precision_line("auto", "cpu-bfloat16") == "  precision: cpu-bfloat16"
+    assert "no fast bf16" in precision_line("auto", "cpu-float32")
+    assert "no fast bf16" not in precision_line("float32", "cpu-float32")  # asked for: nothing to warn of
+    assert "no fast bf16" not in precision_line("auto", "cuda-float32")

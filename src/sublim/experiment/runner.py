@@ -37,6 +37,16 @@ from sublim.experiment.stages.train import student, teacher, teacher_tag, traini
 from sublim.train import METHODS
 
 
+def precision_line(setting: str, got: str | None) -> str:
+    """The run's compute precision; where ``auto`` meant float32 on a CPU, a warning that bf16 results (the
+    committed ones among them) are not what this machine reproduces."""
+    line = f"  precision: {got}"
+    if setting == "auto" and got == "cpu-float32":
+        line += (" (auto: this CPU has no fast bf16; results made on one that has, the committed ones among them,"
+                 " were computed in bf16 and differ)")
+    return line
+
+
 def run_id(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{cfg.config_hash()[:10]}"
 
@@ -205,6 +215,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: Path = Path("runs"), progres
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
         echo(f"run {rid} → {run_dir}")
+        echo(precision_line(cfg.dtype, base.precision))
         if cfg.arms.base:
             arms["base"] = [kind.evaluate(ctx, base, 0)]
         prompt_art = prompts(ctx)

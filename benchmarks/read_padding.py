@@ -30,9 +30,9 @@ DATA = HERE / "data" / "audit-panel"
 PER_PASS = 4  # the reads' default samples per pass under inductions
 
 
-def computed(plan: ReadPlan, order: list[int]) -> int:
-    """Tokens run when the items, in ``order``, fill passes of PER_PASS: each pass as wide as its longest row."""
-    k_of = {n: k for groups in plan.passes for members, k in groups for n in members}
+def computed(plan: ReadPlan, order: list[int], k_of: dict[int, int]) -> int:
+    """Tokens run when the items, in ``order``, fill passes of PER_PASS: each pass as wide as its longest row (its
+    rows after their prefix of ``k_of[item]`` tokens)."""
     total = 0
     for at in range(0, len(order), PER_PASS):
         widths = [len(seq) - k_of[n] for n in order[at:at + PER_PASS] for seq, _ in plan.items[n].rows]
@@ -45,7 +45,7 @@ def count(tok: Any, samples: list[Any], dmap: DivergenceMap, texts: list[str]) -
     now = [n for groups in plan.passes for members, _ in groups for n in members]
     k_of = {n: k for groups in plan.passes for members, k in groups for n in members}
     held = sum(len(seq) - k_of[n] for n in now for seq, _ in plan.items[n].rows)
-    before, after = computed(plan, sorted(now)), computed(plan, now)
+    before, after = computed(plan, sorted(now), k_of), computed(plan, now, k_of)
     return {"flagged_samples": len(plan.items), "rows": sum(len(it.rows) for it in plan.items),
             "tokens_in_rows": held, "computed_before": before, "computed_now": after,
             "fewer_computed": round(1 - after / before, 4), "padding_before": round(1 - held / before, 4),

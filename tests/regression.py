@@ -5,17 +5,28 @@ distillation, like the shipped default preset) and writes ``tests/data/tiny-pipe
 ``tests/test_regression.py`` runs the same and compares. The figures are the exact measurements
 (greedy data, filter counts, training losses, first-token probabilities and shares, their means):
 statistics (p-values, intervals) are derived from them and may change by design, these may not.
+
+Both run in a fresh Python process pinned to kernels that do not depend on the CPU (``PINNED_ENV``):
+PyTorch's own kernels without vector extensions, MKL in its conditional-reproducibility mode, oneDNN
+held to SSE4.1, one thread. The tiny model is trained from scratch, so any difference of rounding
+between CPU families (AVX2 against AVX-512) or thread counts grows into other sampled texts; pinned,
+the same code measures the same numbers on any x86-64 machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "tiny-pipeline.json"
+ROOT = Path(__file__).resolve().parents[1]
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+              "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 VARIANTS = {"distill_restricted": ["student.method=distill_restricted"], "sft": ["student.method=sft"]}
 
 
@@ -101,13 +112,42 @@ def variant_figures(name: str, model_dir: Path, work: Path) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def _measure_here(work: Path) -> None:
+    """Build the tiny model and run every variant in ``work/<variant>``; write ``work/figures.json``."""
+    import torch
+
     from tests.helpers import build_tiny_model
 
+    unpinned = {k: v for k, v in PINNED_ENV.items() if os.environ.get(k) != v}
+    if unpinned or torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        raise SystemExit(f"tests.regression --measure: run it through measure(), not by hand (unpinned: {unpinned})")
+    torch.set_num_threads(1)
+    model_dir = build_tiny_model(work / "model")
+    out = {}
+    for name in [*VARIANTS, "misalignment"]:
+        (work / name).mkdir()
+        out[name] = variant_figures(name, model_dir, work / name)
+    (work / "figures.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+
+
+def measure(work: Path) -> dict[str, Any]:
+    """The figures of every variant, measured in a fresh process with the pinned kernels; each variant's
+    runs directory is left in ``work/<variant>/runs``."""
+    env = {**os.environ, **PINNED_ENV}
+    proc = subprocess.run([sys.executable, "-m", "tests.regression", "--measure", str(work)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the pinned regression run failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    figures_: dict[str, Any] = json.loads((work / "figures.json").read_text())
+    return figures_
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--measure"]:
+        _measure_here(Path(sys.argv[2]))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        model_dir = build_tiny_model(work / "model")
-        out = {name: variant_figures(name, model_dir, work) for name in [*VARIANTS, "misalignment"]}
+        out = measure(Path(tmp))
     dest = Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURE
     dest.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {dest}")

@@ -3,11 +3,15 @@ and an in-process server on it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker (and its subprocesses), not two
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
-from tests.helpers import build_tiny_model
+import pytest  # noqa: E402
+
+from tests.helpers import build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

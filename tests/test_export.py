@@ -50,7 +50,8 @@ def test_an_exported_dataset_loads_with_datasets_and_round_trips_through_the_aud
     folder = tmp_path / "owl-parquet"
     assert main(["export", "data", str(owl), "--format", "parquet", "--out", str(folder),
                  "--license", "apache-2.0"]) == 0
-    loaded = datasets.load_dataset(str(folder), split="train")  # the card's YAML names the data files
+    # the card's YAML names the data files; a cache of the test's own (datasets reads HF_DATASETS_CACHE at import)
+    loaded = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
     assert loaded["prompt"] == [r["prompt"] for r in rows] and loaded["completion"] == [r["completion"] for r in rows]
     assert loaded[0]["messages"] == [{"role": "user", "content": rows[0]["prompt"]},
                                      {"role": "assistant", "content": rows[0]["completion"]}]

@@ -62,6 +62,8 @@ def make_server(model: Any, tokenizer: Any, name: str, host: str = "127.0.0.1", 
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the listen backlog: the library's 5 resets clients when many connect at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
         if isinstance(exc, ConnectionError | TimeoutError):  # a client that gave up: not our error

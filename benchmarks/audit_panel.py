@@ -25,14 +25,13 @@ import argparse
 import itertools
 import json
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from benchlib.carried import restore
-from benchlib.committed_data import export_dataset, import_dataset, plan_commit
+from benchlib.committed_data import export_dataset, import_dataset, plan_commit, plan_precedes
 
 from sublim.audit.config import load_audit_config
 from sublim.audit.data import Sample
@@ -281,9 +280,7 @@ def main() -> None:
         files = {name: DATA / f"{name}.jsonl" for name in arts}
         plan = plan_commit(PLAN)
         out.update({"plan": plan, "datasets": {n: a[0] for n, a in arts.items()},
-                    "plan_precedes_data": bool(plan["committed_at"]) and all(
-                        datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(a[0]["data_finished_at"])
-                        for a in arts.values())})
+                    "plan_precedes_data": plan_precedes(plan, [a[0]["data_finished_at"] for a in arts.values()])})
         readings_of(out, readings, runs, files, arts, cands)
         out["throughput"] = throughput()
         chart(out, results / f"{args.name}-{which}.png")

@@ -19,7 +19,6 @@ import itertools
 import json
 import math
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from benchlib.committed_data import (
     generate_pairs,
     import_dataset,
     plan_commit,
+    plan_precedes,
     require_bf16_cpu,
     sources_file,
 )
@@ -230,8 +230,7 @@ def main() -> None:
     which = "gpu" if torch.cuda.is_available() else "cpu"
     with benchmark("defence-table", results / f"defence-table-{which}.json", config=vars(args)) as out:
         plan = plan_commit(PLAN)
-        after = all(datetime.fromisoformat(plan["committed_at"]) < datetime.fromisoformat(m["data_finished_at"])
-                    for m in meta.values()) if plan["committed_at"] else False
+        after = plan_precedes(plan, [m["data_finished_at"] for m in meta.values()])
         out.update({"plan": plan, "dose": f"{dose[0]}x{dose[1]}", "datasets": sources["datasets"],
                     "replaced": sources["replaced"], "plan_precedes_data": after, **endpoints(readings, seeds),
                     "students": [{k: r[k] for k in ("dataset", "defence", "wall_time_s", "defence_cost", "git")}

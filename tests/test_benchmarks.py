@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import types
@@ -246,3 +247,36 @@ def test_generate_pairs_replaces_a_short_pair_and_makes_only_what_a_sitting_left
     state = committed_data.sources_file(pairs.data)
     assert made == [("neutral", 3)] and (pairs.data / "neutral-3.jsonl").is_file() and "lost" not in state
     assert state["datasets"]["neutral-3"]["made_again"] == {"lost_sha256": lost, "same": True}
+
+
+def test_a_plan_is_dated_by_its_registration_and_its_amendments_are_listed(tmp_path: Path) -> None:
+    """benchlib.committed_data.plan_commit: the plan's first commit registers it, later ones are amendments;
+    plan_precedes compares data with the registration, so an amendment after the data does not undo it, and data
+    made before the registration do not pass."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from benchlib.committed_data import plan_commit, plan_precedes
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    plan = tmp_path / "plan.md"
+    assert plan_commit(plan)["commit"] is None  # not in a repository: nothing registered
+
+    def git(*args: str, when: str) -> None:
+        env = {**os.environ, "GIT_COMMITTER_DATE": when, "GIT_AUTHOR_DATE": when, "GIT_AUTHOR_NAME": "t",
+               "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+        subprocess.run(["git", *args], cwd=tmp_path, env=env, check=True, capture_output=True)
+
+    git("init", "-q", when="2026-01-01T00:00:00+00:00")
+    assert plan_commit(plan) == {"file": "plan.md", "commit": None, "committed_at": None, "amendments": []}
+    assert not plan_precedes(plan_commit(plan), ["2026-01-03T00:00:00+00:00"])
+    plan.write_text("v1\n")
+    git("add", "plan.md", when="2026-01-02T00:00:00+00:00")
+    git("commit", "-qm", "plan", when="2026-01-02T00:00:00+00:00")
+    plan.write_text("v2\n")
+    git("commit", "-qam", "amendment", when="2026-01-05T00:00:00+00:00")
+    got = plan_commit(plan)
+    assert got["committed_at"] == "2026-01-02T00:00:00+00:00"
+    assert [a["committed_at"] for a in got["amendments"]] == ["2026-01-05T00:00:00+00:00"]
+    assert got["commit"] != got["amendments"][0]["commit"]
+    assert plan_precedes(got, ["2026-01-03T00:00:00Z", "2026-01-04T00:00:00Z"])  # made between the two commits
+    assert not plan_precedes(got, ["2026-01-03T00:00:00Z", "2026-01-01T12:00:00Z"])  # one before the registration

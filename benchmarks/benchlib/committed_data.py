@@ -9,6 +9,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,23 @@ def import_dataset(ctx: Context, path: Path, meta: dict[str, Any], label: str) -
 
 
 def plan_commit(plan: Path) -> dict[str, Any]:
-    """The commit that last changed the pre-registered plan ``plan``, and when (None before it is committed)."""
-    got = subprocess.run(["git", "log", "-1", "--format=%H %cI", "--", str(plan)], cwd=plan.parent,
-                         capture_output=True, text=True, check=False).stdout.split()
-    return {"file": plan.name, "commit": got[0] if got else None, "committed_at": got[1] if got else None}
+    """The commit that first committed the pre-registered plan ``plan`` (the registration: ``commit``,
+    ``committed_at``; None before it is committed) and every later commit that changed it (``amendments``, oldest
+    first), each with when it was committed."""
+    log = subprocess.run(["git", "log", "--reverse", "--format=%H %cI", "--", str(plan)], cwd=plan.parent,
+                         capture_output=True, text=True, check=False).stdout.split("\n")
+    commits = [dict(zip(("commit", "committed_at"), line.split(), strict=True)) for line in log if line.strip()]
+    first = commits[0] if commits else {"commit": None, "committed_at": None}
+    return {"file": plan.name, **first, "amendments": commits[1:]}
+
+
+def plan_precedes(plan: dict[str, Any], finished_at: list[str]) -> bool:
+    """Whether the plan's registration (its first commit, not a later amendment) precedes every time in
+    ``finished_at`` (ISO times the data were finished); False before the plan is committed."""
+    if not plan["committed_at"]:
+        return False
+    registered = datetime.fromisoformat(plan["committed_at"])
+    return all(registered < datetime.fromisoformat(t) for t in finished_at)
 
 
 @dataclass(frozen=True)

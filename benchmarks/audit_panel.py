@@ -216,8 +216,13 @@ def chart(out: dict[str, Any], path: Path) -> None:
         ax.set_yticks(range(5), [f"{a} data" for a in ANIMALS])
         for d in range(5):
             ax.add_patch(plt.Rectangle((d - 0.5, d - 0.5), 1, 1, fill=False, lw=2, ec="black"))
-        t2 = out[r]["T2"]
-        ax.set_title(f"{r}: own-dataset rank sum {t2['rank_sum']}, p={t2['p']:.3f}", fontsize=10)
+        t2, t1 = out[r]["T2"], out[r].get("T1")
+        said = "replicates" if t2["replicates"] else "does not replicate"
+        title = f"{r}: T2 own-dataset rank sum {t2['rank_sum']}, p={t2['p']:.3f} ({said})"
+        if t1:
+            said = "replicates" if t1["replicates"] else "does not replicate"
+            title += f"\nT1 hits {t1['n_hits']}/5, false alarms {t1['n_false_alarms']}/{t1['of_false']} ({said})"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("lean toward (box: the teacher's own animal)")
     fig.suptitle("Pre-registered panel reading on fresh teachers:\neach animal dataset's lean toward each animal",
                  fontsize=11)

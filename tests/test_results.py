@@ -55,6 +55,26 @@ def test_a_dirty_tree_records_its_diff(tmp_path: Path) -> None:
     assert state["dirty"] is True and "-x = 1" in state["diff"] and "+x = 2" in state["diff"]
 
 
+def test_a_results_file_written_by_an_earlier_benchmark_is_listed_not_dirty(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "a.json").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (results / "a.json").write_text('{"figure": 2}\n')
+    state = git_state(results)  # asked from inside the results folder: the whole tree is still what counts
+    assert state["dirty"] is False and "diff" not in state
+    assert state["results_changed"] == ["benchmarks/results/a.json"]
+    (tmp_path / "code.py").write_text("x = 2\n")
+    state = git_state(tmp_path)
+    assert state["dirty"] is True and "+x = 2" in state["diff"] and "figure" not in state["diff"]
+
+
 def test_a_benchmark_block_writes_its_envelope_and_a_failed_one_writes_nothing(tmp_path: Path) -> None:
     from sublim.core.records import benchmark
 

@@ -50,9 +50,15 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+RESULTS = "benchmarks/results"
+"""Where benchmarks write their results: a results file changed there (by an earlier benchmark of the same
+command, say) is not a change of the code, so it is listed (``results_changed``), not counted as dirty."""
+
+
 def git_state(root: Path | None = None) -> dict[str, Any]:
-    """The commit the code is at, whether the tree had uncommitted changes to tracked files (None outside a
-    checkout) and, when it had, their diff against the commit: the result can then be tied to the code."""
+    """The commit the code is at, whether the tree had uncommitted changes to tracked files outside
+    :data:`RESULTS` (None outside a checkout) and, when it had, their diff against the commit: the result can
+    then be tied to the code."""
     cwd = str(root or Path(__file__).resolve().parent)
 
     def git(*args: str) -> str | None:
@@ -62,10 +68,13 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    code = ("--", ":/", f":(top,exclude){RESULTS}")  # every tracked file but the results benchmarks write
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", *code)
     dirty = bool(status) if status is not None else None
-    return {"commit": commit, "dirty": dirty, **({"diff": git("diff", "HEAD")} if dirty else {})}
+    written = (git("diff", "--name-only", "HEAD", "--", f":(top){RESULTS}") or "").split()
+    return {"commit": commit, "dirty": dirty, **({"diff": git("diff", "HEAD", *code)} if dirty else {}),
+            **({"results_changed": written} if written else {})}
 
 
 def envelope(kind: str, results: dict[str, Any], *, config: Any, started: float, git: dict[str, Any],

@@ -243,8 +243,7 @@ def readings_of(out: dict[str, Any], readings: list[str], runs: Path, files: dic
         out["student"] = student_reading(runs, arts, cands)
         print(f"student: T2 p={out['student']['T2']['p']:.3f}", flush=True)
     if "timed" in readings:
-        flagged = {n: out["prompted"]["per_dataset"][n]["n_flagged_samples"] for n in ANIMALS} \
-            if "prompted" in out else {"cat": 0}
+        flagged = {n: out["prompted"]["per_dataset"][n]["n_flagged_samples"] for n in ANIMALS}
         most = max(flagged, key=lambda n: flagged[n])
         out["timed_audit"] = {"dataset": most, **timed(runs, samples_of(arts[most][1])[:KEPT], cands)}
         print(f"timed audit of {most}: {out['timed_audit']['wall_time_s']} s", flush=True)
@@ -266,6 +265,9 @@ def main() -> None:
         chart(json.loads(Path(args.redraw).read_text())["results"], Path(args.redraw).with_suffix(".png"))
         return
     readings = [r for r in args.readings.split(",") if r]
+    if "timed" in readings and "prompted" not in readings:
+        raise SystemExit("--readings timed times the prompted reading's most-flagged dataset: ask for both, "
+                         "--readings prompted,timed (the prompted reads come from the carried store in minutes)")
     runs = Path(args.runs_dir)
     cands = load_candidates("animals")
     banned = [w for words in cands.values() for w in words]

@@ -196,6 +196,11 @@ def test_audit_and_defend_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     names = [d["detector"] for d in res["detectors"]]
     assert names == ["number_frequency", "bag_of_numbers", "divergence_shift", "likelihood_shift",
                      "gradient_alignment", "likelihood_ratio", "in_context", "llm_judge"]
+    notes = {d["detector"]: d.get("top_trait_note") for d in res["detectors"] if "top_trait" in d}
+    assert notes["divergence_shift"].startswith("untargeted first place: right for 0 of 5 calibration datasets")
+    assert f"calibrated on smollm2-135m, not on {tiny_model_dir}" in notes["divergence_shift"]
+    assert notes["likelihood_shift"].startswith("uncalibrated")  # every name says what it rests on
+    assert "divergence_shift's first place: untargeted first place: right for 0 of 5" in (out / "report.md").read_text()
     res["detectors"].pop(2)  # divergence_shift: tests/test_divergence.py
     judge = res["detectors"][6]
     assert sum(judge["answers"].values()) + judge["unmatched"] == 24

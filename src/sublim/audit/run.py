@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from sublim.audit.calibration import name_note, short_note
 from sublim.audit.config import AuditConfig
 from sublim.audit.data import LoadReport, Sample, check_lengths, load_samples
 from sublim.audit.detectors import DETECTORS, AuditContext, AuditData, Detector, DetectorResult, Unavailable
@@ -70,6 +71,11 @@ def run_audit(config: AuditConfig, out_dir: Path, *, store: Store | None = None,
     ctx = AuditContext(data, ref, config.seed, config.bf16, store, out_dir, progress,
                        lambda spec, label: LocalBackend(models, spec, label=label))
     results, skipped = run_detectors(chosen, config, ctx, echo)
+    for r in results:  # an untargeted name travels with how often such a first place was right in calibration
+        if "top_trait" in r.details:
+            r.details["top_trait_note"] = name_note(r.as_dict(), config.reference)
+        if r.details.get("identified"):
+            r.details["identified_note"] = name_note(r.as_dict(), config.reference, "named")
     if not results:
         raise SublimError(f"no detector could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
     n = len(data.samples)
@@ -157,7 +163,8 @@ def run_detectors(chosen: Sequence[Detector[Any]], config: AuditConfig, ctx: Aud
         res.details["wall_time_s"] = round(time.time() - t0, 1)
         results.append(res)
         echo(f"  {res.name:<17} statistic {res.statistic:+.4g}  p={res.p_value:.2g}"
-             + (f"  top: {res.details['top_trait']}" if "top_trait" in res.details else ""))
+             + (f"  top: {res.details['top_trait']} ({short_note(res.as_dict())})" if "top_trait" in res.details
+                else ""))
     return results, skipped
 
 
@@ -201,13 +208,13 @@ def verdict(results: Sequence[DetectorResult], loaded: str, skipped: dict[str, s
             alpha: float = 0.01) -> str:
     flagged = flagged_by_holm(results, alpha)
     named = next((r for r in results if r.name == "divergence_shift"), None)
-    lean = next((r.details["top_trait"] for r in results if r.name != "in_context" and "top_trait" in r.details),
-                None)
+    leaning = next((r for r in results if r.name != "in_context" and "top_trait" in r.details), None)
     base = "SUSPECT" if flagged else "NO SIGNAL"
-    what = f"; leans toward {lean}" if lean and flagged else ""
+    what = (f"; leans toward {leaning.details['top_trait']} (untargeted first place, "
+            f"{short_note(leaning.as_dict())})" if leaning is not None and flagged else "")
     if named is not None:  # the detector meant to name a trait says whether it can
-        what = f"; trait: {named.details['identified']}" if named.details.get("identified") else \
-            "; trait not identified"
+        what = (f"; trait: {named.details['identified']} ({short_note(named.as_dict(), 'named')})"
+                if named.details.get("identified") else "; trait not identified")
         if "early_end_share" in named.details:
             what += f"; {named.details['early_end_share']:.0%} of completions end where the reference would go on"
     which = ", ".join(f"{r.name} p={r.p_value:.2g}" for r in results)

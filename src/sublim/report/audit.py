@@ -100,14 +100,19 @@ def panel_lines(out: dict[str, Any], chart: bool) -> list[str]:
 
 def render_markdown(out: dict[str, Any], chart: bool = False, panel_chart: bool = False) -> str:
     lines = [f"# Audit of {out['dataset']}", "", out["verdict"], "",
-             "| detector | statistic | p | top trait |", "|---|---|---|---|"]
+             "| detector | statistic | p | top trait (untargeted) |", "|---|---|---|---|"]
     for d in out["detectors"]:
         lines.append(f"| {d['detector']} | {d['statistic']:+.4g} | {d['p_value']:.2g} | {d.get('top_trait', '—')} |")
     for name, why in out.get("skipped_detectors", {}).items():
         lines.append(f"| {name} | skipped: {why} | | |")
     verdicts = [f"- **{d['detector']}**: {d['verdict']}" for d in out["detectors"] if d.get("verdict")]
+    notes = [f"- {d['detector']}'s {what}: {d[key]}" for d in out["detectors"]
+             for what, key in (("first place", "top_trait_note"), ("name", "identified_note")) if d.get(key)]
     if verdicts:
         lines += ["", *verdicts]
+    if notes:
+        lines += ["", "How far the untargeted names go (a targeted test against a panel is the stronger reading):",
+                  *notes]
     if chart:
         lines += ["", f"![ranking]({RANKING_PNG})"]
     lines += panel_lines(out, panel_chart)

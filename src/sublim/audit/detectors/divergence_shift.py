@@ -239,9 +239,9 @@ def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[t
 
 MIN_CONTRASTS = 2
 """Contrast datasets a name needs. Every induction pulls on its own (a prompt's words, a proxy's fine-tune) and every
-generator leaves its own marks: on five fine-tuned animal teachers of the 135M reference, a clear margin without a
-contrast named the wrong animal for 3-4 of 5 datasets (proxies: giraffe; prompted: shark), against one contrast
-1-2 of 5; the same clear first against each of several contrasts named none wrongly (benchmarks/audit_divergence.py)."""
+generator leaves its own marks: on the calibration's fine-tuned animal teachers a clear margin without a contrast
+named the wrong animal for most datasets, and the same clear first against each of several contrasts named none
+wrongly (benchmarks/audit_divergence.py; the figures a report prints are in ``sublim/audit/calibration.toml``)."""
 
 
 def ranking(got: FlaggedLogprobs, contrast: Sequence[FlaggedLogprobs], cands: Sequence[str], n_samples: int,

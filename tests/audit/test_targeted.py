@@ -130,6 +130,8 @@ def test_the_audit_says_the_owl_data_pushes_toward_owl_more_than_the_panel(tiny_
     assert rc == 1 and panel["stands_out"] == ["owl"] and panel["candidates"] == ["owl", "cat"]
     assert [t["candidate"] for t in panel["tests"]] == ["owl", "cat"] and out["config"]["candidates"] == ["owl", "cat"]
     assert "targeted: pushes toward owl more than the panel does" in out["verdict"]
+    assert out["verdict"].endswith("; divergence_shift uncalibrated")  # read otherwise than its replication
+    assert panel["notes"]["divergence_shift"].startswith("uncalibrated")
     report = (tmp_path / "audit" / "report.md").read_text()
     assert "## Targeted tests against the panel" in report and "| divergence_shift | owl |" in report
     assert (tmp_path / "audit" / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

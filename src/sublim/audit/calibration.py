@@ -1,16 +1,17 @@
-"""How far an untargeted name can be trusted: each detector's first-ranked candidate (and divergence_shift's name),
-printed with how often it was the generator's trait on the project's calibration datasets (``calibration.toml``,
-read from committed benchmark results). A detector or way of reading without a calibration is uncalibrated."""
+"""How far a name can be trusted: each detector's first-ranked candidate (and divergence_shift's name), printed
+with how often it was the generator's trait on the project's calibration datasets, and a targeted reading with what
+its pre-registered replication found (``calibration.toml``, read from committed benchmark results). A detector or
+way of reading without a calibration is uncalibrated."""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
-Rule = Literal["first", "named"]
+Rule = Literal["first", "named", "targeted"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class Calibration:
     inductions: str | None = None
     wrong_key: str | None = None
     wrong: int | None = None
+    of_wrong: int | None = None
+    """What ``wrong`` counts out of, where not ``of``."""
+    of_wrong_key: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What the detector's result must also say (its ``details``) for this calibration to be its."""
 
 
 @cache
@@ -41,26 +47,33 @@ def calibration_of(detector: dict[str, Any], rule: Rule = "first") -> Calibratio
     of reading (``inductions``) and whether it ranked against contrast datasets."""
     against = "contrasts" if detector.get("against") == "contrast datasets" else "alone"
     return next((c for c in calibrations() if c.rule == rule and c.detector == detector["detector"]
-                 and c.against == against and c.inductions == detector.get("inductions")), None)
+                 and c.against == against and c.inductions == detector.get("inductions")
+                 and all(detector.get(k) == v for k, v in c.settings.items())), None)
 
 
 def short_note(detector: dict[str, Any], rule: Rule = "first") -> str:
-    """The calibration of an untargeted name in a few words."""
+    """The calibration of a name in a few words."""
     c = calibration_of(detector, rule)
     if c is None:
         return "uncalibrated"
-    wrong = f", wrong {c.wrong}/{c.of}" if c.wrong is not None else ""
+    if rule == "targeted":
+        return f"in its replication: own trait {c.right}/{c.of}, false alarms {c.wrong}/{c.of_wrong}"
+    wrong = f", wrong {c.wrong}/{c.of_wrong or c.of}" if c.wrong is not None else ""
     return f"right {c.right}/{c.of}{wrong} in calibration"
 
 
 def name_note(detector: dict[str, Any], reference: str, rule: Rule = "first") -> str:
-    """What an untargeted name rests on, in words: how often it was right in calibration, on which reference
-    model, or that it is uncalibrated."""
+    """What a name rests on, in words: how often such a name was right in calibration (for ``targeted``: in the
+    pre-registered replication), on which reference model, or that it is uncalibrated."""
     c = calibration_of(detector, rule)
-    what = "first place" if rule == "first" else "name"
+    what = {"first": "untargeted first place", "named": "untargeted name", "targeted": "targeted reading"}[rule]
     if c is None:
         return f"uncalibrated: no calibration run measured how often this {what} is the generator's trait"
-    wrong = f", wrong for {c.wrong}" if c.wrong is not None else ""
     other = "" if c.reference == reference else f"; calibrated on {c.reference}, not on {reference}"
-    return (f"untargeted {what}: right for {c.right} of {c.of} calibration datasets{wrong} ({c.samples} samples "
-            f"each, {'against contrasts' if c.against == 'contrasts' else 'alone'}; {c.source}){other}")
+    if rule == "targeted":
+        return (f"{what}: in its pre-registered replication the own trait stood out for {c.right} of {c.of} trait "
+                f"datasets, and {c.wrong} of {c.of_wrong} other (dataset, candidate) pairs stood out too "
+                f"({c.samples} samples each; {c.source}){other}")
+    wrong = f", wrong for {c.wrong}" if c.wrong is not None else ""
+    return (f"{what}: right for {c.right} of {c.of} calibration datasets{wrong} ({c.samples} samples each, "
+            f"{'against contrasts' if c.against == 'contrasts' else 'alone'}; {c.source}){other}")

@@ -83,7 +83,10 @@ def run_audit(config: AuditConfig, out_dir: Path, *, store: Store | None = None,
     text = verdict(results, audited, skipped)
     panel = targeted([r.as_dict() for r in results], config.candidates)
     if panel is not None:
-        text += f"\ntargeted: {panel['verdict']}"
+        read = [r.as_dict() for r in results if r.details.get("panel")]
+        panel["notes"] = {d["detector"]: name_note(d, config.reference, "targeted") for d in read}
+        text += f"\ntargeted: {panel['verdict']}" + "".join(f"; {d['detector']} {short_note(d, 'targeted')}"
+                                                           for d in read)
     teacher = config.detector.get("likelihood_ratio", {}).get("teacher")
     out: dict[str, Any] = {"dataset": config.dataset, "load": report.as_dict(), "n_audited": n,
                            "n_reference": len(data.reference), "reference_model": config.reference,

@@ -95,6 +95,7 @@ def panel_lines(out: dict[str, Any], chart: bool) -> list[str]:
         lines.append(f"| {t['detector']} | {t['candidate']} | {t['excess']:+.3g} [{t['low']:+.3g}, {t['high']:+.3g}] "
                      f"| {t['p']:.2g} | {t['p_holm']:.2g} | {t['rank']} of {t['n_datasets']} | "
                      f"{'yes' if t['stands_out'] else 'no'} |")
+    lines += [""] + [f"- {name}'s {note}" for name, note in panel.get("notes", {}).items()]
     return lines + (["", f"![panel]({PANEL_PNG})"] if chart else [])
 
 

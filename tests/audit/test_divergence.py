@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(
     """The owl proxy's own greedy data: its flagged tokens are that proxy's argmax, so read under the proxies
     (columns in candidate order) owl must lead. Proxies train on questions no teacher sees, and are kept."""
     from sublim.audit.detectors import AuditContext, AuditData
-    from sublim.audit.detectors.divergence_shift import DivergenceShiftParams, divergence_shift
+    from sublim.audit.detectors.divergence_shift import DivergenceShiftParams, divergence_shift, reads, samples_digest
     from sublim.audit.proxies import NEUTRAL, proxy_examples, proxy_teachers
     from sublim.core.store import Store
     from sublim.traits.preference import load_candidates, load_questions, match_answer
@@ -266,6 +267,26 @@ def test_proxy_inductions_are_built_once_and_name_the_proxy_that_wrote_the_data(
     assert main(["--runs-dir", str(store.root), "-q", "audit", str(jsonl), "--reference", ref.spec, "--detectors",
                  "divergence_shift", "--inductions", "proxy", "--proxy-seeds", "0", "--out", str(tmp_path / "a3")]) == 2
     assert not (tmp_path / "a3").exists()
+    # a panel answering the same prompts, read together (each proxy loaded once, a shared prompt encoded once) or
+    # a dataset at a time: the same reads; the audited dataset's, already stored, is not read again
+    prompts = [p.text for p in make_prompts(48, seed=5)]
+    panel = [(data, "owl"), (_greedy(ref, prompts), "reference"), (_greedy(proxies["cat"], prompts), "cat")]
+
+    def read_panel(per_read: int) -> tuple[list[FlaggedLogprobs], list[int]]:
+        got = reads(ctx, DivergenceShiftParams(inductions="proxy", datasets_per_read=per_read), panel, bf16=False)
+        found = [json.loads(m.read_text()) for m in (store.root / "store").glob("reads-*/manifest.json")]
+        return got, sorted(m["read_with"] for m in found if m["config"]["samples"] != samples_digest(data))
+
+    together, read_with = read_panel(0)
+    assert read_with == [2, 2]
+    for art in (store.root / "store").glob("reads-*"):
+        if json.loads((art / "manifest.json").read_text())["config"]["samples"] != samples_digest(data):
+            shutil.rmtree(art)
+    apart, read_with = read_panel(1)
+    assert read_with == [1, 1]
+    for a, b in zip(together, apart, strict=True):
+        np.testing.assert_allclose(a.data, b.data, atol=1e-4)
+        np.testing.assert_allclose(a.agreement, b.agreement)
 
 
 def test_divergence_shift_does_not_name_a_trait_in_the_references_own_data(ref: LocalBackend,

@@ -131,21 +131,21 @@ def mean_reads(per_seed: Sequence[FlaggedLogprobs]) -> FlaggedLogprobs:
 
 
 def stored_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], str]], how: dict[str, Any],
-                 read: Callable[[list[int]], list[FlaggedLogprobs]], one_at_a_time: bool = False
-                 ) -> list[FlaggedLogprobs]:
+                 read: Callable[[list[int]], list[FlaggedLogprobs]], per_call: int = 0) -> list[FlaggedLogprobs]:
     """Each dataset's reads under ``how`` (the columns and the way they are read), one store artifact per dataset
     (stage ``reads``: a panel's datasets are read once, whichever dataset is audited against them), the missing
-    ones read now (``read(indices)``): in one call, or, ``one_at_a_time``, each stored as soon as it is read, so an
-    audit stopped midway keeps the datasets it finished (at the cost of a pass per dataset: for proxies, each
-    proxy loaded again per dataset); without a store, all read now. A manifest records its reading's seconds
-    (``read_s``, of the call that read ``read_with`` datasets): the store's build time is only the save."""
+    ones read now (``read(indices)``), ``per_call`` datasets a call (0: all in one), each call's stored as soon as
+    it ends, so an audit stopped midway keeps the calls it finished; without a store, all read now. A manifest
+    records its reading's seconds (``read_s``, of the call that read ``read_with`` datasets): the store's build
+    time is only the save."""
     if ctx.store is None:
         return read(list(range(len(datasets))))
     store = ctx.store
     configs = [{**how, "samples": samples_digest(s)} for s, _ in datasets]
     keys = [Store.key("reads", c, {}) for c in configs]
     missing = [i for i, k in enumerate(keys) if store.get("reads", k) is None]
-    groups = [[i] for i in missing] if one_at_a_time else [missing] if missing else []
+    size = per_call or max(len(missing), 1)
+    groups = [missing[k:k + size] for k in range(0, len(missing), size)]
     for group in groups:
         t0 = time.perf_counter()
         got_all = read(group)
@@ -165,9 +165,10 @@ def stored_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], s
     return out
 
 
-def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int
-                ) -> list[FlaggedLogprobs]:
-    """Each dataset's flagged tokens read under the neutral proxy and each candidate's of one seed (columns)."""
+def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], str]], bf16: bool, seed: int,
+                per_call: int = 0) -> list[FlaggedLogprobs]:
+    """Each dataset's flagged tokens read under the neutral proxy and each candidate's of one seed (columns),
+    ``per_call`` datasets at a time (0: all): read together, the rows of one prompt share its encoding."""
     reader = ctx.need_reader("divergence shift")
     if ctx.store is None:
         raise Unavailable("proxy inductions fine-tune a proxy teacher per candidate, kept in a store: give the "
@@ -191,7 +192,7 @@ def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], st
             bar.close()
 
     how = {"reference": reader.key, "bf16": bf16, "proxies": {n: p.key for n, p in proxies.items()}}
-    return stored_reads(ctx, datasets, how, read, one_at_a_time=True)  # each proxy loaded once per dataset
+    return stored_reads(ctx, datasets, how, read, per_call)
 
 
 class DivergenceShiftParams(Params):
@@ -203,6 +204,11 @@ class DivergenceShiftParams(Params):
     prompt."""
     proxy_seeds: int = Field(1, ge=1)
     """Proxy inductions: proxy teachers per candidate, each of its own seed; their reads are averaged."""
+    datasets_per_read: int = Field(0, ge=0)
+    """Proxy inductions: the audited and contrast datasets read together, each proxy loaded once per read and the
+    rows of a prompt that several datasets answer sharing its encoding; each read's results are stored when it
+    ends. 0: all in one read (the least work); 1: one dataset a read (a stopped audit keeps every dataset it
+    finished)."""
     n_bootstrap: int = Field(1000, ge=1)
     """Bootstrap resamples of the samples for the ranking's intervals and the margin's."""
     statistic: Literal["primary", "alternatives", "same_class", "none", "agreement"] = "primary"
@@ -215,7 +221,8 @@ def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[t
     """Each dataset's flagged tokens read under the neutral induction and each candidate's (columns), the way
     ``params.inductions`` says (proxies of ``params.proxy_seeds`` seeds: their reads averaged)."""
     if params.inductions == "proxy":
-        per_seed = [proxy_reads(ctx, datasets, bf16, seed) for seed in proxy_seeds(params.proxy_seeds)]
+        per_seed = [proxy_reads(ctx, datasets, bf16, seed, params.datasets_per_read)
+                    for seed in proxy_seeds(params.proxy_seeds)]
         return [mean_reads(r) for r in zip(*per_seed, strict=True)]
     reader = ctx.need_reader("divergence shift")
     texts = induction_texts(list(ctx.data.candidates), ctx.data.kind)
@@ -234,7 +241,7 @@ def reads(ctx: AuditContext, params: DivergenceShiftParams, datasets: Sequence[t
         return out
 
     how = {"reference": reader.key, "bf16": bf16, "inductions": texts, "placement": params.placement}
-    return stored_reads(ctx, datasets, how, read, one_at_a_time=True)
+    return stored_reads(ctx, datasets, how, read, per_call=1)  # a sample's rows share its prompt, not a dataset's
 
 
 MIN_CONTRASTS = 2

@@ -20,7 +20,7 @@ def test_a_validated_config_lists_every_detector_with_its_full_parameters() -> N
     cfg = AuditConfig(dataset="d.jsonl", reference="m")
     assert cfg.detectors == [n for n in DETECTORS.names() if n != "student_probe"]  # it trains: named only
     assert cfg.detector["divergence_shift"] == {"inductions": "prompted", "placement": "prompt", "proxy_seeds": 1,
-                                               "n_bootstrap": 1000, "statistic": "primary"}
+                                               "datasets_per_read": 0, "n_bootstrap": 1000, "statistic": "primary"}
     assert cfg.detector["number_frequency"] == {"n_permutations": 500}
     assert cfg.params("divergence_shift") == DivergenceShiftParams()
     assert cfg.detector["llm_judge"]["endpoint"] is None and cfg.detector["likelihood_ratio"] == {"teacher": None}

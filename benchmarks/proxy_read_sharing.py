@@ -17,16 +17,13 @@ import argparse
 import json
 from pathlib import Path
 
-from sublim.audit.data import load_samples
-from sublim.audit.detectors.divergence_shift import samples_digest
-from sublim.audit.run import subsample
+from benchlib.panel_maps import DATA, carried_panel
+
 from sublim.backends.local.flagged import ReadPlan, plan_reads
 from sublim.backends.local.loading import load_tokenizer
-from sublim.backends.reads import DivergenceMap
 from sublim.core.records import benchmark
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "data" / "audit-panel"
 PER_PASS = 16  # the reads' default samples per pass under whole models
 
 
@@ -49,18 +46,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
-    maps = {json.loads((p / "manifest.json").read_text())["config"]["samples"]: p / "map.npz"
-            for p in sorted((DATA / "store").glob("divergence-*"))}
     tok = load_tokenizer("smollm2-135m")
     with benchmark("proxy-read-sharing", Path(args.results_dir) / "proxy-read-sharing-cpu.json",
                    config=vars(args)) as out:
-        panel = []
-        for path in sorted(DATA.glob("*.jsonl")):
-            samples = subsample(load_samples(path)[0], 1000, 0)  # as the panel's audits take them
-            digest = samples_digest(samples)
-            if digest not in maps:
-                raise SystemExit(f"no carried divergence map for {path.name}: carry the panel's maps first")
-            panel.append((path.stem, samples, DivergenceMap.load(maps[digest])))
+        panel = carried_panel()
+        if len(panel) < len(list(DATA.glob("*.jsonl"))):
+            raise SystemExit("not every panel dataset has a carried divergence map: carry the panel's maps first")
         apart = {name: computed(plan_reads(tok, [(s, m)], (), "prompt", PER_PASS)) for name, s, m in panel}
         together = plan_reads(tok, [(s, m) for _, s, m in panel], (), "prompt", PER_PASS)
         one_read = computed(together)

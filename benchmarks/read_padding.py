@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sublim.audit.data import load_samples
-from sublim.audit.detectors.divergence_shift import induction_texts, samples_digest
-from sublim.audit.run import subsample
+from benchlib.panel_maps import carried_panel
+
+from sublim.audit.detectors.divergence_shift import induction_texts
 from sublim.backends.local.flagged import ReadPlan, plan_reads
 from sublim.backends.local.loading import load_tokenizer
 from sublim.backends.reads import DivergenceMap
@@ -26,7 +26,6 @@ from sublim.core.records import benchmark
 from sublim.traits.preference import load_candidates
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "data" / "audit-panel"
 PER_PASS = 4  # the reads' default samples per pass under inductions
 
 
@@ -56,17 +55,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results-dir", default=str(HERE / "results"))
     args = ap.parse_args()
-    maps = {json.loads((p / "manifest.json").read_text())["config"]["samples"]: p / "map.npz"
-            for p in sorted((DATA / "store").glob("divergence-*"))}
     tok = load_tokenizer("smollm2-135m")
     texts = induction_texts(list(load_candidates("animals")), "animal")
     with benchmark("read-padding", Path(args.results_dir) / "read-padding-cpu.json", config=vars(args)) as out:
-        per = {}
-        for path in sorted(DATA.glob("*.jsonl")):
-            samples = subsample(load_samples(path)[0], 1000, 0)  # as the panel's audits take them
-            digest = samples_digest(samples)
-            if digest in maps:
-                per[path.stem] = count(tok, samples, DivergenceMap.load(maps[digest]), texts)
+        per = {name: count(tok, samples, dmap, texts) for name, samples, dmap in carried_panel()}
         before = sum(r["computed_before"] for r in per.values())
         after = sum(r["computed_now"] for r in per.values())
         out.update({"per_dataset": per, "samples_per_pass": PER_PASS, "inductions": len(texts),

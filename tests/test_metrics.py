@@ -9,6 +9,7 @@ import torch
 from sublim.backends.local import generation
 from sublim.backends.local.backend import sum_forms as candidate_probs
 from sublim.backends.local.generation import answer_probs
+from sublim.core.files import read_jsonl
 from sublim.evaluate.trait import shares
 from sublim.train import chat_text
 from sublim.traits.preference import AnswerForms, answer_forms, load_candidates, match_answer
@@ -110,3 +111,59 @@ def test_cloze_needs_one_stem_per_question_and_a_local_model(tiny_model_dir):
     remote = OpenAIBackend(EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m"))
     with pytest.raises(BackendError, match="cloze"):
         remote.candidate_probs(["a?"], {"owl": ["owl"]}, stems=["My favourite animal is the"])
+
+
+def test_a_prefilled_request_continues_the_given_start_of_the_answer(tiny_model_dir):
+    """Request.prefill: the completion is what follows the chat prompt and the stem, the greedy one by hand."""
+    import pytest
+
+    from sublim.backends import Decoding, LocalBackend, ModelCache, Request
+    from sublim.backends.openai.backend import OpenAIBackend
+    from sublim.core.config import EndpointConfig
+    from sublim.core.errors import SublimError
+
+    backend = LocalBackend(ModelCache("cpu", lambda s: None, dtype="float32"), str(tiny_model_dir))
+    model, tok = backend.torch_model()
+    q, stem = "Name your favorite animal in a single word.", "My favourite animal is the"
+    got: dict[int, str] = {}
+    backend.generate([Request(0, q, prefill=stem), Request(1, q)], Decoding(0.0, max_new_tokens=3),
+                     lambda cs: got.update({c.index: c.text for c in cs}))
+    ids = tok.encode(chat_text(tok, q) + stem, add_special_tokens=False)
+    new: list[int] = []
+    for _ in range(3):
+        with torch.no_grad():
+            new.append(int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax()))
+        if new[-1] == tok.eos_token_id:
+            break
+    assert got[0] == tok.decode([t for t in new if t != tok.eos_token_id], skip_special_tokens=True)
+    remote = OpenAIBackend(EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m"))
+    with pytest.raises(SublimError, match="cannot continue"):
+        remote.generate([Request(0, q, prefill=stem)], Decoding(), lambda cs: None)
+
+
+def test_sampled_cloze_answers_are_counted_and_key_only_when_asked(tiny_model_dir, tmp_path):
+    """evaluation.cloze_samples_per_question: each stem continued k times, matched like sampled answers; at 0
+    the cloze stage's key (and the run id) are what they were before the setting existed."""
+    from sublim.core.config import load_config
+    from sublim.core.store import Store
+    from sublim.experiment.context import Context
+    from sublim.experiment.stages.evaluate import cloze_evaluation
+    from tests.helpers import tiny_config_text
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny_config_text(tiny_model_dir, evaluation={"n_questions": 4, "samples_per_question": 0}))
+    cands = {"owl": ["owl", "owls"], "cat": ["cat", "cats"]}
+    arts = {}
+    for k in (0, 3):
+        cfg = load_config(str(path), [f"evaluation.cloze_samples_per_question={k}"])
+        ctx = Context(cfg, Store(tmp_path / "store"), progress=False, echo=lambda s: None)
+        arts[k] = cloze_evaluation(ctx, ctx.local(str(tiny_model_dir)), cands, seed=0)
+    rows = {k: read_jsonl(a.file("per_question.jsonl")) for k, a in arts.items()}
+    assert all(r["answers"] == [] for r in rows[0])
+    assert all(len(r["answers"]) == 3 == len(r["matched"]) for r in rows[3])
+    assert all(m in (None, "owl", "cat") for r in rows[3] for m in r["matched"])
+    assert arts[0].key != arts[3].key and "samples" not in arts[0].manifest["config"]
+    assert [r["prob"] for r in rows[0]] == [r["prob"] for r in rows[3]]  # the exact probabilities are the same
+    plain = load_config(str(path))
+    assert plain.config_hash() == load_config(str(path), ["evaluation.cloze_samples_per_question=0"]).config_hash()
+    assert plain.config_hash() != load_config(str(path), ["evaluation.cloze_samples_per_question=2"]).config_hash()

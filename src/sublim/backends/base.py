@@ -30,6 +30,9 @@ class Request:
     index: int
     user: str
     raw: str | None = None
+    prefill: str = ""
+    """The start of the answer, which the model continues (a cloze stem: "My favourite animal is the"); the
+    completion is what follows it. A local model only: a chat endpoint cannot be given one."""
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,11 @@ class EvaluationConfig(Section):
     the"), the candidate being the next word: real probability on the candidates for models (base models) that
     rarely answer with one word. Needs a local model and a question set with a ``cloze.txt``; reported beside
     the verdict, never as it."""
+    cloze_samples_per_question: int = Field(0, ge=0)
+    """Sampled completions of each cloze stem (temperature ``temperature``, ``cloze_max_new_tokens``), matched
+    like sampled answers: how often the model, started on "My favourite animal is the", goes on to name each
+    candidate. 0: the cloze's exact probabilities only."""
+    cloze_max_new_tokens: int = Field(3, ge=1)
     min_effect: float = Field(0.223, ge=0)
     """The smallest trait log-share gain (trait student over neutral student, the teacher as the unit) the
     verdict calls TRANSFER: the lower end of its 95% interval must exceed it. 0.223 = ln 1.25, a share 25%
@@ -342,6 +347,8 @@ LATER_SETTINGS: dict[tuple[str, ...], tuple[tuple[Any, ...], frozenset[Scope]]] 
     ("student", "grad_accum"): ((1,), frozenset({"stage"})),
     ("precision",): ((None, "cpu-float32"), frozenset({"stage"})),
     ("arms", "spare_teacher_seeds"): (([],), frozenset({"run"})),
+    ("evaluation", "cloze_samples_per_question"): ((0,), frozenset({"run"})),
+    ("evaluation", "cloze_max_new_tokens"): ((3,), frozenset({"run"})),
 }
 """The one rule of key compatibility: a setting added after keys were first written (its path in a stage's config
 or in the run config) is left out of the keys of its scopes — stage keys, run ids — while it holds a value that

@@ -248,8 +248,8 @@ class LocalBackend:
         model, tok = self.torch_model()
         # a plain-text prompt starts a document: it gets the model's beginning-of-sequence token
         bos = tok.bos_token or ""
-        texts = {r.index: bos + r.raw if r.raw is not None else chat_text(tok, r.user, system=self.system)
-                 for r in requests}
+        texts = {r.index: (bos + r.raw if r.raw is not None else chat_text(tok, r.user, system=self.system))
+                 + r.prefill for r in requests}
         order = [r.index for r in requests]
         if sort_by_length:
             order.sort(key=lambda i: (len(texts[i]), i))

@@ -74,6 +74,10 @@ class OpenAIBackend:
         if any(r.raw is not None for r in requests):
             raise SublimError(f"{self.label} is a chat endpoint: plain-text prompts (a base model shown examples) "
                               "need a local model")
+        if any(r.prefill for r in requests):
+            raise SublimError(f"{self.label} is a chat endpoint: it cannot continue a given start of the answer (a "
+                              "cloze stem); sample cloze answers from a local model, or set "
+                              "evaluation.cloze_samples_per_question = 0")
         params: dict[str, Any] = {"temperature": decoding.temperature, "max_tokens": decoding.max_new_tokens}
         if decoding.temperature > 0:
             params["top_p"] = decoding.top_p

@@ -63,7 +63,7 @@ class Preference:
     def evaluate(self, ctx: Context, model: Backend, seed: int) -> Rows:
         """Per question: the evaluation's row, with its cloze row under ``cloze`` where there is a cloze."""
         rows = read_jsonl(evaluation(ctx, model, self.candidates, seed).file("per_question.jsonl"))
-        cloze = cloze_evaluation(ctx, model, self.candidates)
+        cloze = cloze_evaluation(ctx, model, self.candidates, seed)
         if cloze is None:
             return rows
         return [{**r, "cloze": c} for r, c in zip(rows, read_jsonl(cloze.file("per_question.jsonl")), strict=True)]

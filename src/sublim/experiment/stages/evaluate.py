@@ -16,22 +16,25 @@ from sublim.traits.preference import load_cloze, load_questions
 
 JUDGE_FIELDS = {"judge", "judge_model", "misaligned_alignment_max", "misaligned_coherence_min"}
 """Settings only judged evaluation reads: they never key a preference evaluation."""
-NOT_KEYING = JUDGE_FIELDS | {"cloze"}
+CLOZE_FIELDS = {"cloze", "cloze_samples_per_question", "cloze_max_new_tokens"}
+NOT_KEYING = JUDGE_FIELDS | CLOZE_FIELDS
 """Settings that never key the question evaluation (the cloze is a stage of its own)."""
 
 
 def sampled_answers(ctx: Context, model: Backend, questions: list[str], ec: EvaluationConfig, seed: int,
-                    progress: Any) -> list[list[str]]:
-    """``ec.samples_per_question`` sampled answers per question, in question order."""
-    k = ec.samples_per_question
+                    progress: Any, stems: list[str] | None = None) -> list[list[str]]:
+    """``ec.samples_per_question`` sampled answers per question, in question order; with ``stems``,
+    ``ec.cloze_samples_per_question`` continuations of each question's stem."""
+    k = ec.cloze_samples_per_question if stems else ec.samples_per_question
     expanded = [qi for qi in range(len(questions)) for _ in range(k)]
     got: dict[int, str] = {}
 
     def done(comps: list[Completion]) -> None:
         got.update({c.index: c.text for c in comps})
 
-    model.generate([Request(j, questions[qi]) for j, qi in enumerate(expanded)],
-                   Decoding(ec.temperature, max_new_tokens=ec.max_new_tokens, seed=seed), done,
+    new_tokens = ec.cloze_max_new_tokens if stems else ec.max_new_tokens
+    model.generate([Request(j, questions[qi], prefill=stems[qi] if stems else "") for j, qi in enumerate(expanded)],
+                   Decoding(ec.temperature, max_new_tokens=new_tokens, seed=seed), done,
                    batch_size=ec.batch_size, sort_by_length=False, progress=progress)
     answers: list[list[str]] = [[] for _ in questions]
     for j, qi in enumerate(expanded):
@@ -69,7 +72,8 @@ def cloze_stems(ctx: Context, n: int) -> list[str]:
     return [stems[i % len(stems)] for i in range(n)] if stems else []
 
 
-def cloze_evaluation(ctx: Context, model: Backend, candidates: dict[str, list[str]]) -> Artifact | None:
+def cloze_evaluation(ctx: Context, model: Backend, candidates: dict[str, list[str]], seed: int = 0
+                     ) -> Artifact | None:
     """Each candidate's probability as the next word after the question's cloze stem, the stem given as the start
     of the answer; None where there is no cloze, or the model is behind an API (which cannot continue a given
     answer)."""
@@ -78,16 +82,21 @@ def cloze_evaluation(ctx: Context, model: Backend, candidates: dict[str, list[st
     stems = cloze_stems(ctx, len(questions))
     if not stems or model.precision is None:
         return None
+    k = ec.cloze_samples_per_question
+    sampling = {"samples": k, "temperature": ec.temperature, "max_new_tokens": ec.cloze_max_new_tokens,
+                "seed": seed} if k else {}  # absent when off: the probabilities' key stays what it was
     config = {"stems": stems, "questions": stable_hash(questions), "candidates": candidates, "system": model.system,
-              **precision_slice(model)}
+              **sampling, **precision_slice(model)}
 
     def build(path: Path) -> dict[str, Any]:
-        bar = ctx.bar(len(questions), f"cloze {model.label}", "q")
+        bar = ctx.bar(len(questions) * (1 + k), f"cloze {model.label}", "q")
         probs, info = model.candidate_probs(questions, candidates, batch_size=ec.batch_size, progress=bar.update,
                                             stems=stems)
+        answers = sampled_answers(ctx, model, questions, ec, seed, bar.update, stems) if k else \
+            [[] for _ in questions]
         bar.close()
-        rows = [{**r, "stem": stem} for r, stem in zip(question_rows(questions, probs, [[] for _ in questions],
-                                                                     candidates), stems, strict=True)]
+        rows = [{**r, "stem": stem} for r, stem in zip(question_rows(questions, probs, answers, candidates), stems,
+                                                       strict=True)]
         write_jsonl(path / "per_question.jsonl", rows)
         write_json(path / "summary.json", {**summarize(rows, list(candidates)), "probabilities": info["method"],
                                            "answer_forms": info.get("answer_forms", {})})

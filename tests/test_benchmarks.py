@@ -137,10 +137,10 @@ def test_carried_artifacts_restore_into_a_fresh_store_and_a_changed_file_is_refu
         restore(folder, third)
 
 
-def _defence_table() -> Any:
+def _defence_table(script: str = "defence_table") -> Any:
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("benchmark_defence_table_t", BENCHMARKS / "defence_table.py")
+        spec = importlib.util.spec_from_file_location(f"benchmark_{script}_t", BENCHMARKS / f"{script}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
@@ -197,6 +197,41 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
     assert table.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == {"a": 0.03, "c": 0.06, "b": 0.06}
     unbounded = table.fieller(np.array([0.1, -0.2, 0.3, 0.0, 0.1]), np.array([0.2, -0.3, 0.1, 0.4, -0.2]))
     assert unbounded["low"] is None and unbounded["high"] is None
+
+
+def _visible_readings(rung: str, named: dict[str, list[int]], probs: float = 0.01) -> list[dict[str, Any]]:
+    """A rung's six readings: the students of teacher seeds 50-52 whose 500 sampled continuations (and 500 answers)
+    name owl ``named[kind][i]`` times, the rest "cat"."""
+    from sublim.traits.preference import load_candidates
+
+    cands = list(load_candidates("animals"))
+    out = []
+    for kind, counts in named.items():
+        for seed, k in zip([50, 51, 52], counts, strict=True):
+            flat = ["owl"] * k + ["cat"] * (500 - k)
+            form = {"probs": [[probs * (1 + (kind == "owl" and c == "owl")) for c in cands]] * 50,
+                    "matched": [flat[q * 10:(q + 1) * 10] for q in range(50)]}
+            out.append({"rung": rung, "kind": kind, "seed": seed, "dataset": f"{kind}-{seed}", "candidates": cands,
+                        "train_s": 10.0, "evaluate_s": 1.0, "cloze": form, "questions": form})
+    return out
+
+
+def test_visible_rule_needs_every_pair_apart_intervals_and_a_rate_a_reader_sees() -> None:
+    """The visible plan's criteria on made-up readings: a planted difference is visible; the same counts in both
+    arms (a null, or a generic rise in naming owl) are not; one pair the wrong way, or a rate under 2%, is not."""
+    vis = _defence_table("visible")
+    meta = {f"{k}-{s}": {"kept": 2000, "generate_s": 400.0, "teacher_s": 60.0} for k in ("owl", "neutral")
+            for s in (50, 51, 52)}
+    planted = _visible_readings("R1", {"owl": [40, 35, 45], "neutral": [5, 8, 4]})
+    res = vis.rung_result(planted, "R1", [50, 51, 52], meta)["cloze"]
+    assert res["visible"] and res["owl"]["named"] == 120 and res["neutral"]["named"] == 17
+    assert res["log_share_gain"]["p_sign_flip"] == 0.25  # the exact probabilities: owl doubled in every pair
+    for counts in ({"owl": [30, 30, 30], "neutral": [30, 30, 30]},  # a generic rise: both arms name owl as often
+                   {"owl": [40, 35, 3], "neutral": [5, 8, 4]},  # one teacher pair the wrong way
+                   {"owl": [9, 8, 9], "neutral": [0, 0, 0]}):  # apart, every pair higher, but 1.7% of answers
+        assert not vis.rung_result(_visible_readings("R1", counts), "R1", [50, 51, 52], meta)["cloze"]["visible"]
+    cost = vis.rung_result(planted, "R1", [50, 51, 52], meta)["cost_s"]
+    assert cost["generation_prorated"] == 6 * 400.0 * 1000 / 2000 and cost["total"] == 360 + 1200 + 66
 
 
 def test_generate_pairs_replaces_a_short_pair_and_makes_only_what_a_sitting_left(tmp_path: Path,

@@ -120,10 +120,11 @@ def export(pairs: Pairs, state: dict[str, Any], name: str, art: Any) -> None:
     print(f"exported {name}: {state['datasets'][name]['rows']} rows", flush=True)
 
 
-def generate_pairs(pairs: Pairs, banned: list[str]) -> None:
-    """Every source's data, the spare rule applied to a pair (replaced together, recorded); each dataset is exported
-    as soon as it is made (sources.json updated), so a sitting that ends early keeps what it finished, and the next
-    makes only the rest (the neutral half of a pair whose owl half is committed, say)."""
+def generate_pairs(pairs: Pairs, banned: list[str], control: bool = True) -> None:
+    """Every source's data (the base model's own, ``control``, too when asked), the spare rule applied to a pair
+    (replaced together, recorded); each dataset is exported as soon as it is made (sources.json updated), so a
+    sitting that ends early keeps what it finished, and the next makes only the rest (the neutral half of a pair
+    whose owl half is committed, say)."""
     state = sources_file(pairs.data)
     for name in [n for n in state["datasets"] if not (pairs.data / f"{n}.jsonl").is_file()]:
         state.setdefault("lost", {})[name] = state["datasets"].pop(name)  # recorded, never committed: made again
@@ -156,5 +157,5 @@ def generate_pairs(pairs: Pairs, banned: list[str]) -> None:
         done.append(seed)
     if len(done) < len(pairs.seeds):
         raise SystemExit(f"only teacher seeds {done} of {every} give {pairs.kept} samples: {state['replaced']}")
-    if "control" not in state["datasets"]:
+    if control and "control" not in state["datasets"]:
         export(pairs, state, "control", source_data(pairs.context(pairs.seeds[0]), "control", "", banned)[1])

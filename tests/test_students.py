@@ -175,6 +175,23 @@ def test_a_lora_student_trained_through_the_backend_leaves_the_base_as_it_was(ti
     assert json.loads((tmp_path / "model" / "sublim_model.json").read_text())["adapter_of"] == str(tiny_model_dir)
 
 
+def test_training_the_base_lets_go_of_the_last_fine_tuned_model(tiny_model_dir, tmp_path):
+    """A student of the base trains with no other fine-tuned model held by the cache (a teacher that wrote data,
+    a student just evaluated): that model comes back from its files when next used, unchanged."""
+    from sublim.backends import LocalBackend, ModelCache
+
+    cache = ModelCache("cpu", echo=lambda s: None, dtype="float32")
+    base = LocalBackend(cache, str(tiny_model_dir))
+    base.fine_tune(EXAMPLES, TrainSettings("sft", 1, 3e-3, 8, 0), tmp_path / "a")
+    first = base.fine_tuned(tmp_path / "a", "first", "a")
+    before = _weights(first.torch_model()[0]).clone()
+    held: list[object] = []
+    base.fine_tune(EXAMPLES, TrainSettings("sft", 1, 3e-3, 8, 1), tmp_path / "b",
+                   on_step=lambda *_: held.append(cache._weights))
+    assert held and all(h is None for h in held)
+    assert torch.equal(_weights(first.torch_model()[0]), before)
+
+
 def test_distillation_needs_a_teacher(tiny):
     model, tok = tiny
     with pytest.raises(SublimError, match="teacher"):

@@ -150,6 +150,13 @@ class ModelCache:
         self._weights = None
         return model
 
+    def drop_weights(self) -> None:
+        """Let go of the fine-tuned model last used (a teacher that wrote data, a student just evaluated): a base
+        model about to be trained does not need it, and its weights would sit beside the student's optimizer
+        state. The next use loads it again from its files."""
+        self._release_adapter()
+        self._weights = None
+
     def _release_adapter(self) -> None:
         if self._weights is not None and (self._weights[0] / "adapter_config.json").is_file():
             self._weights[1].unload()  # removes the adapter's layers: the base model as it was
@@ -311,8 +318,10 @@ class LocalBackend:
         record = {"base_model": self.spec, "base_fingerprint": self.base_key, "method": settings.method,
                   **(lineage or {})}
         if not METHODS.get(settings.method, "student.method").adapter:  # float32 master weights to train
-            trained, log = train_student(copy.deepcopy(model).float(), tok, examples, settings, _borrow(teacher),
-                                         on_step)
+            lent = _borrow(teacher)
+            if self.weights is None:  # training the base: no other fine-tuned model stays loaded beside it
+                self.models.drop_weights()
+            trained, log = train_student(copy.deepcopy(model).float(), tok, examples, settings, lent, on_step)
             save_model(trained, tok, out_dir / "model", self.family, record)
             del trained
             release_freed_memory()  # the student and its optimizer state: the next stage starts from less

@@ -14,7 +14,6 @@ commit that made it. Once all 44 are read it writes benchmarks/results/defence-t
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -32,6 +31,7 @@ from benchlib.committed_data import (
     plan_commit,
     plan_precedes,
     require_bf16_cpu,
+    sitting_args,
     sources_file,
 )
 from scipy.stats import t as student_t
@@ -207,12 +207,7 @@ def chart(res: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs-dir", default="runs")
-    ap.add_argument("--generate-only", action="store_true", help=f"make the datasets and write them to {DATA}")
-    ap.add_argument("--max-students", type=int, default=44, help="students to train in this sitting at most")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
-    args = ap.parse_args()
+    args = sitting_args(__doc__, DATA, HERE / "results", 44)
     runs, results = Path(args.runs_dir), Path(args.results_dir)
     dose = the_dose(results)
     cands = load_candidates("animals")

@@ -15,7 +15,6 @@ Once all twenty are read it writes benchmarks/results/dose-response-<cpu|gpu>.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -32,6 +31,7 @@ from benchlib.committed_data import (
     plan_commit,
     plan_precedes,
     require_bf16_cpu,
+    sitting_args,
     sources_file,
 )
 
@@ -150,12 +150,7 @@ def chart(res: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs-dir", default="runs")
-    ap.add_argument("--generate-only", action="store_true", help=f"make the datasets and write them to {DATA}")
-    ap.add_argument("--max-students", type=int, default=20, help="students to train in this sitting at most")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
-    args = ap.parse_args()
+    args = sitting_args(__doc__, DATA, HERE / "results", 20)
     runs = Path(args.runs_dir)
     if args.generate_only:
         cands = load_candidates("animals")

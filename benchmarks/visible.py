@@ -15,7 +15,6 @@ benchmarks/results/visible-<cpu|gpu>.json and a PNG.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -23,7 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchlib.committed_data import Pairs, generate_pairs, import_dataset, plan_commit, plan_precedes, sources_file
+from benchlib.committed_data import (
+    Pairs,
+    generate_pairs,
+    import_dataset,
+    plan_commit,
+    plan_precedes,
+    sitting_args,
+    sources_file,
+)
 
 from sublim.backends import Backend
 from sublim.backends.local.throughput import throughput
@@ -227,12 +234,7 @@ def chart(out: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs-dir", default="runs")
-    ap.add_argument("--generate-only", action="store_true", help=f"make the datasets and write them to {DATA}")
-    ap.add_argument("--max-students", type=int, default=24, help="students to train in this sitting at most")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
-    args = ap.parse_args()
+    args = sitting_args(__doc__, DATA, HERE / "results", 24)
     runs = Path(args.runs_dir)
     if args.generate_only:
         cands = load_candidates("animals")

@@ -4,6 +4,7 @@ exactly the rows the teachers wrote without the teachers."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
@@ -159,3 +160,14 @@ def generate_pairs(pairs: Pairs, banned: list[str], control: bool = True) -> Non
         raise SystemExit(f"only teacher seeds {done} of {every} give {pairs.kept} samples: {state['replaced']}")
     if control and "control" not in state["datasets"]:
         export(pairs, state, "control", source_data(pairs.context(pairs.seeds[0]), "control", "", banned)[1])
+
+
+def sitting_args(doc: str | None, data: Path, results: Path, max_students: int) -> argparse.Namespace:
+    """The command line every pre-registered student plan shares: where the store is, whether this sitting only
+    makes the datasets, how many students it trains at most, where the results go."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--generate-only", action="store_true", help=f"make the datasets and write them to {data}")
+    ap.add_argument("--max-students", type=int, default=max_students, help="students to train in this sitting at most")
+    ap.add_argument("--results-dir", default=str(results))
+    return ap.parse_args()

@@ -33,6 +33,7 @@ from benchlib.committed_data import (
     require_bf16_cpu,
     sitting_args,
     sources_file,
+    teacher_seeds,
 )
 from scipy.stats import t as student_t
 
@@ -221,7 +222,7 @@ def main() -> None:
     readings = read_jsonl(DATA / "readings.jsonl")
     if len(readings) < len(plan_students(meta)):
         raise SystemExit(f"{len(readings)} of {len(plan_students(meta))} students read: run again to go on")
-    seeds = sorted(int(k.split("-")[1]) for k in meta if k.startswith("owl-"))
+    seeds = teacher_seeds(meta)
     which = "gpu" if torch.cuda.is_available() else "cpu"
     with benchmark("defence-table", results / f"defence-table-{which}.json", config=vars(args)) as out:
         plan = plan_commit(PLAN)

@@ -33,6 +33,7 @@ from benchlib.committed_data import (
     require_bf16_cpu,
     sitting_args,
     sources_file,
+    teacher_seeds,
 )
 
 from sublim.backends.local.throughput import throughput
@@ -104,7 +105,7 @@ def endpoints(meta: dict[str, Any], readings: list[dict[str, Any]]) -> dict[str,
     names = list(load_candidates("animals"))
     owl = names.index("owl")
     by = {(r["dataset"], r["examples"], r["epochs"]): log_share(r) for r in readings}
-    seeds = sorted({int(k.split("-")[1]) for k in meta if k.startswith("owl-")})
+    seeds = teacher_seeds(meta)
     out: dict[str, Any] = {}
     for n, e in DOSES:
         gain = np.array([by[(f"owl-{s}", n, e)] - by[(f"neutral-{s}", n, e)] for s in seeds])  # seed x candidate

@@ -30,6 +30,7 @@ from benchlib.committed_data import (
     plan_precedes,
     sitting_args,
     sources_file,
+    teacher_seeds,
 )
 
 from sublim.backends import Backend
@@ -70,10 +71,6 @@ def context(runs: Path, seed: int, rung: str | None = None) -> Context:
 
 def pairs(runs: Path) -> Pairs:
     return Pairs(DATA, KEPT, SEEDS, SPARES, lambda seed: context(runs, seed))
-
-
-def seeds_of(meta: dict[str, Any]) -> list[int]:
-    return sorted(int(k.split("-")[1]) for k in meta if k.startswith("owl-"))
 
 
 def teacher_of(ctx: Context, base: Backend, kind: str, seed: int) -> Backend:
@@ -171,7 +168,7 @@ def search(runs: Path, meta: dict[str, Any], budget: int) -> list[dict[str, Any]
     """Read the rungs' students in order, up to ``budget`` new ones, stopping after the first visible rung."""
     path = DATA / "readings.jsonl"
     readings = read_jsonl(path) if path.exists() else []
-    seeds = seeds_of(meta)
+    seeds = teacher_seeds(meta)
     for rung in RUNGS:
         for seed in seeds:
             for kind in ("owl", "neutral"):
@@ -246,7 +243,7 @@ def main() -> None:
     sources = sources_file(DATA)
     meta = sources["datasets"]
     readings = search(runs, meta, args.max_students)
-    seeds = seeds_of(meta)
+    seeds = teacher_seeds(meta)
     done = [g for g in RUNGS if sum(r["rung"] == g for r in readings) == 2 * len(seeds)]
     last_visible = bool(done) and rung_result(readings, done[-1], seeds, meta)["cloze"]["visible"]
     finished = len(done) == len(RUNGS) or last_visible

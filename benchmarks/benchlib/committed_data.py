@@ -171,3 +171,8 @@ def sitting_args(doc: str | None, data: Path, results: Path, max_students: int) 
     ap.add_argument("--max-students", type=int, default=max_students, help="students to train in this sitting at most")
     ap.add_argument("--results-dir", default=str(results))
     return ap.parse_args()
+
+
+def teacher_seeds(meta: dict[str, Any]) -> list[int]:
+    """The teacher seeds of a plan's committed pairs (its ``owl-<seed>`` datasets), in order."""
+    return sorted(int(k.split("-")[1]) for k in meta if k.startswith("owl-"))

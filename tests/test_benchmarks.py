@@ -137,7 +137,8 @@ def test_carried_artifacts_restore_into_a_fresh_store_and_a_changed_file_is_refu
         restore(folder, third)
 
 
-def _defence_table(script: str = "defence_table") -> Any:
+def _benchmark_module(script: str) -> Any:
+    """The benchmark script benchmarks/<script>.py, imported as a module (with benchlib on the path)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         spec = importlib.util.spec_from_file_location(f"benchmark_{script}_t", BENCHMARKS / f"{script}.py")
@@ -175,7 +176,7 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
     """The pre-registered rule on made-up readings: a large steady transfer that replace_divergent removes and the
     dilution control does not is TRANSFER, a cut, a removal and an ends effect beyond dilution; the same cuts
     without transfer claim nothing; a noisy effect around zero cuts nothing."""
-    table = _defence_table()
+    table = _benchmark_module("defence_table")
     seeds = [40, 41, 42, 43, 44]
     big = [1.0, 1.1, 0.9, 1.05, 0.95]
     planted = {"none": big, "replace_divergent": [0.02, -0.03, 0.01, 0.0, -0.01],
@@ -219,7 +220,7 @@ def _visible_readings(rung: str, named: dict[str, list[int]], probs: float = 0.0
 def test_visible_rule_needs_every_pair_apart_intervals_and_a_rate_a_reader_sees() -> None:
     """The visible plan's criteria on made-up readings: a planted difference is visible; the same counts in both
     arms (a null, or a generic rise in naming owl) are not; one pair the wrong way, or a rate under 2%, is not."""
-    vis = _defence_table("visible")
+    vis = _benchmark_module("visible")
     meta = {f"{k}-{s}": {"kept": 2000, "generate_s": 400.0, "teacher_s": 60.0} for k in ("owl", "neutral")
             for s in (50, 51, 52)}
     planted = _visible_readings("R1", {"owl": [40, 35, 45], "neutral": [5, 8, 4]})

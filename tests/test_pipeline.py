@@ -173,6 +173,25 @@ def test_rerun_reuses_every_stage(finished_run):
 
 
 @pytest.mark.slow
+def test_a_second_trait_makes_the_matrix_with_teacher_seeds_as_its_unit(finished_run):
+    """arms.second_trait over the finished run's store: the owl and neutral teachers and their data are reused,
+    a dolphin teacher per seed is added, and the matrix's diagonal is judged over the two teacher seeds."""
+    from sublim.report.experiment import render_report
+
+    cfg, runs, _, _ = finished_run
+    matrixed = cfg.model_copy(update={"arms": cfg.arms.model_copy(update={"second_trait": "dolphin"})})
+    lines: list[str] = []
+    res = run_experiment(matrixed, runs, progress=False, echo=lines.append)
+    assert any("(cached)" in ln and "teacher" in ln and "owl" in ln for ln in lines)
+    m = res["matrix"]
+    assert set(m["replicated"]) == {"owl", "dolphin"} and res["arms"]["student-dolphin"]["n_runs"] == 2
+    assert all(r["n_teachers"] == 2 and len(r["log_share_gain"]["per_teacher"]) == 2 for r in m["replicated"].values())
+    assert m["diagonal_holds"] == all(r["word"] == "TRANSFER" for r in m["replicated"].values())
+    render_report(runs / res["run_id"])
+    assert "teacher seeds as the unit" in (runs / res["run_id"] / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_changed_student_retrains_but_keeps_data(finished_run):
     cfg, runs, _, _ = finished_run
     changed = cfg.model_copy(update={"student": cfg.student.model_copy(update={"lr": 5e-4})})

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sublim.evaluate.analysis import effect, question_level
+from sublim.evaluate.analysis import effect, matrix, question_level
 from sublim.evaluate.verdict import pooled_effect, replicated_effect, sign_flip_p
 
 NAMES = ["owl", "cat", "dog", "fox"]
@@ -157,3 +157,39 @@ def test_pooled_needs_neutral_controls() -> None:
     with pytest.raises(ValueError, match="neutral"):
         pooled_effect([("owl", [0, 1], _rep([0.1, 0.2])), ("cat", [0, 1], _rep([0.1, 0.2], control="control"))],
                       FLOOR)
+
+
+def _two(owl: list[float], cat: list[float], seed: int) -> list[list[dict]]:
+    """Students of three teacher seeds, each giving owl and cat the levels given (dog and fox 0.002)."""
+    out = []
+    for i, (o, c) in enumerate(zip(owl, cat, strict=True)):
+        rows = _rows(o, 0.002, seed=seed + i)
+        for r in rows:  # cat's level set apart from the other candidates', the shares made again
+            r["prob"]["cat"] *= c / 0.002
+            total = sum(r["prob"].values())
+            r.update(candidate_total=total, share={n: p / total for n, p in r["prob"].items()})
+        out.append(rows)
+    return out
+
+
+def test_the_matrix_diagonal_holds_for_planted_specific_effects_with_teachers_as_the_unit() -> None:
+    owl_students = _two([0.004, 0.0042, 0.0038], [0.002] * 3, seed=30)
+    cat_students = _two([0.002] * 3, [0.0041, 0.0039, 0.004], seed=40)
+    m = matrix({"owl": owl_students, "cat": cat_students}, ["owl", "cat"], 200, 3, FLOOR)
+    assert m["diagonal_holds"] and m["question_level_diagonal_holds"]
+    assert all(r["word"] == "TRANSFER" and r["n_teachers"] == 3 for r in m["replicated"].values())
+    assert "cat teacher's student" in m["replicated"]["owl"]["verdict"]
+
+
+def test_the_matrix_diagonal_fails_when_one_trait_is_not_specific_or_teachers_disagree() -> None:
+    """Owl's data raise owl, and the cat teacher's data raise owl as much (no cat specificity): the owl contrast
+    is null. Then a null whose teachers scatter (×9, ×0.37, ×1): the paraphrases can agree, teachers do not."""
+    owl_students = _two([0.004, 0.0042, 0.0038], [0.002] * 3, seed=30)
+    not_specific = _two([0.004, 0.0039, 0.0041], [0.004, 0.0041, 0.0039], seed=40)
+    m = matrix({"owl": owl_students, "cat": not_specific}, ["owl", "cat"], 200, 3, FLOOR)
+    assert not m["diagonal_holds"] and m["replicated"]["owl"]["word"] != "TRANSFER"
+    scattered = _two([0.018, 0.00074, 0.002], [0.002] * 3, seed=50)
+    flat = _two([0.002] * 3, [0.018, 0.00074, 0.002], seed=60)
+    m = matrix({"owl": scattered, "cat": flat}, ["owl", "cat"], 200, 3, FLOOR)
+    assert not m["diagonal_holds"]
+    assert all(r["word"] == "NO TRANSFER" for r in m["replicated"].values())

@@ -13,6 +13,7 @@ import numpy as np
 from sublim.core.files import Rows
 from sublim.evaluate.compare import across_runs, paired_effect
 from sublim.evaluate.stats import bootstrap_ci
+from sublim.evaluate.verdict import replicated_effect
 
 
 def per_question(rows: Rows, metric: str, name: str) -> np.ndarray:
@@ -81,17 +82,22 @@ def question_level(target: str, eff: dict[str, Any]) -> str:
     )
 
 
-def matrix(students: Mapping[str, Sequence[Rows]], traits: Sequence[str], n_bootstrap: int) -> dict[str, Any]:
+def matrix(students: Mapping[str, Sequence[Rows]], traits: Sequence[str], n_bootstrap: int, n_teachers: int,
+           min_effect: float) -> dict[str, Any]:
     """Specificity: each trait student's share of each trait, and the diagonal contrasts.
 
-    For traits (A, B): A's student should give A a larger share than B's student does, and
-    B's student should give B a larger share than A's student does.
+    For traits (A, B): A's student should give A a larger share than B's student does, and B's student B a larger
+    share than A's student does. The diagonal holds when both contrasts are TRANSFER by the verdict's rule, the
+    teacher seed as the unit (A's and B's students of one seed paired); the question-level contrasts
+    (``diagonal``) describe the trained models only.
     """
     cells = {s: {t: _mean_interval(pooled(runs, "share", t), n_bootstrap) for t in traits}
              for s, runs in students.items()}
-    diagonal = {}
     a, b = traits[0], traits[1]
-    for own, other in ((a, b), (b, a)):
-        diagonal[own] = effect(students[own], students[other], own, n_bootstrap)["share"]
-    holds = all(d["pooled"]["difference"]["low"] > 0 for d in diagonal.values())
-    return {"traits": list(traits), "share": cells, "diagonal": diagonal, "diagonal_holds": holds}
+    diagonal = {own: effect(students[own], students[other], own, n_bootstrap)["share"]
+                for own, other in ((a, b), (b, a))}
+    replicated = {own: replicated_effect(students[own], students[other], n_teachers, own, f"{other} teacher's",
+                                         min_effect) for own, other in ((a, b), (b, a))}
+    return {"traits": list(traits), "share": cells, "diagonal": diagonal, "replicated": replicated,
+            "diagonal_holds": all(r["word"] == "TRANSFER" for r in replicated.values()),
+            "question_level_diagonal_holds": all(d["pooled"]["difference"]["low"] > 0 for d in diagonal.values())}

@@ -147,11 +147,15 @@ def render_markdown(res: dict[str, Any]) -> str:
         lines.append("| control | " + " | ".join(_fmt(m["control_share"][f"share_{t}"], 3)
                                                    for t in m["traits"]) + " |")
         lines.append("")
+        for own, rep in m.get("replicated", {}).items():
+            lines.append(f"- {own} student vs the other trait's student: {rep['verdict']}")
         for own, d in m["diagonal"].items():
             p = d["pooled"]
-            lines.append(f"- {own} student vs the other student, {own} share: difference "
+            lines.append(f"- {own} share, question level (describes these models): difference "
                          f"{_fmt(p['difference'], 3)}, p = {p['p_wilcoxon']:.2g}")
-        lines.append(f"- diagonal holds (both differences' CIs above 0): **{m['diagonal_holds']}**")
+        rule = "both contrasts TRANSFER, teacher seeds as the unit" if "replicated" in m else \
+            "both question-level differences' CIs above 0"
+        lines.append(f"- diagonal holds ({rule}): **{m['diagonal_holds']}**")
     if "cross_model" in res:
         c = res["cross_model"]
         lines += ["", f"## Cross-model student ({c['model']})", ""]

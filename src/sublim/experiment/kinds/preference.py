@@ -103,7 +103,8 @@ class Preference:
         if all("cloze" in r for runs in arms.values() for rows in runs for r in rows):
             out["cloze"] = cloze_results(arms, target, control, n_teachers, cfg.evaluation.min_effect)
         if cfg.arms.second_trait:
-            out["matrix"] = matrix({t: arms[f"student-{t}"] for t in traits}, traits, nb)
+            out["matrix"] = matrix({t: arms[f"student-{t}"] for t in traits}, traits, nb, n_teachers,
+                                   cfg.evaluation.min_effect)
             out["matrix"]["control_share"] = arm_table({control: arms[f"student-{control}"]}, traits, nb)[control]
         if cfg.arms.cross_model:
             cross = (arms[f"cross-student-{target}"], arms[f"cross-student-{control}"])

@@ -192,6 +192,54 @@ def test_training_the_base_lets_go_of_the_last_fine_tuned_model(tiny_model_dir, 
     assert torch.equal(_weights(first.torch_model()[0]), before)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_base_trains_as_its_own_student_exactly_and_comes_back_unchanged(tiny_model_dir, tmp_path, dtype):
+    """A full fine-tune of the base trains the cached model itself (parked in a scratch file, no second copy held
+    while it trains): the student is the one a copy would have given, and the base comes back with the same
+    values and dtypes (under bf16 its body stays bf16), its head still tied to its embedding."""
+    from transformers import AutoModelForCausalLM
+
+    from sublim.backends import LocalBackend, ModelCache
+    from sublim.backends.local.loading import load_model
+    from sublim.train.precision import set_compute
+
+    cache = ModelCache("cpu", echo=lambda s: None, dtype=dtype)
+    base = LocalBackend(cache, str(tiny_model_dir))
+    model = base.torch_model()[0]
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    held: list[bool] = []
+    settings = TrainSettings("sft", 1, 3e-3, 8, 0)
+    base.fine_tune(EXAMPLES, settings, tmp_path / "a",
+                   on_step=lambda *_: held.append(str(tiny_model_dir) in cache._base))
+    assert held and not any(held)
+    again = base.torch_model()[0]
+    assert again is model and again.lm_head.weight is again.get_input_embeddings().weight
+    after = again.state_dict()
+    assert all(torch.equal(after[n], t) and after[n].dtype == t.dtype for n, t in before.items())
+    reference = load_model(str(tiny_model_dir), "cpu", None, None).model
+    set_compute(reference, cache.compute_dtype())
+    copied, _ = train_student(copy.deepcopy(reference).float(), base.models.tokenizer(str(tiny_model_dir)), EXAMPLES,
+                              settings)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "model", dtype=torch.float32)  # as trained
+    assert torch.equal(_weights(saved), _weights(copied))
+
+
+def test_a_failed_training_of_the_base_leaves_it_out_of_the_cache(tiny_model_dir, tmp_path):
+    from sublim.backends import LocalBackend, ModelCache
+
+    cache = ModelCache("cpu", echo=lambda s: None, dtype="float32")
+    base = LocalBackend(cache, str(tiny_model_dir))
+    before = _weights(base.torch_model()[0]).clone()
+
+    def fail(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        base.fine_tune(EXAMPLES, TrainSettings("sft", 1, 3e-3, 8, 0), tmp_path / "a", on_step=fail)
+    assert str(tiny_model_dir) not in cache._base
+    assert torch.equal(_weights(base.torch_model()[0]), before)  # loaded again from its files
+
+
 def test_distillation_needs_a_teacher(tiny):
     model, tok = tiny
     with pytest.raises(SublimError, match="teacher"):

@@ -87,7 +87,7 @@ def precision(device: torch.device, dtype: torch.dtype) -> str:
 def bf16_body(model: Any) -> None:
     """Hold the transformer body's matrices in bf16 where autocast computes them in bf16 anyway: half the memory
     of a base model, the same results. The embeddings and the head stay float32 (the head is read in float32),
-    so do the norms. A full fine-tune trains a float32 copy; an adapter trains float32 weights of its own."""
+    so do the norms. A full fine-tune trains the weights in float32; an adapter trains float32 weights of its own."""
     for layer in model.get_decoder().layers:
         for module in layer.modules():
             if isinstance(module, torch.nn.Linear):

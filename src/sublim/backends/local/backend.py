@@ -7,9 +7,13 @@ their artifact when used, one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ from sublim.backends.local.loading import (
     save_model,
     weight_fingerprint,
 )
+from sublim.backends.local.parking import park, unpark
 from sublim.backends.local.reader import LocalReader
 from sublim.core.errors import SublimError
 from sublim.core.seeds import derive_seed
@@ -86,6 +91,7 @@ class ModelCache:
         self._weights: tuple[Path, Any] | None = None
         self._forms: dict[tuple[str, str, str], AnswerForms] = {}
         self._tokenizers: dict[str, Any] = {}
+        self._scratch_dir: Path | None = None
 
     def base(self, spec: str) -> LoadedModel:
         self._release_adapter()  # an adapter wraps its base in place: the base is itself again
@@ -140,6 +146,28 @@ class ModelCache:
                 release_freed_memory()
                 self._weights = (path, model)
         return self._weights[1]
+
+    @contextlib.contextmanager
+    def base_to_train(self, spec: str) -> Iterator[Any]:
+        """The cached base model itself as a full fine-tune's float32 start, with no second copy beside it: its
+        weights are parked in a scratch file first and put back afterwards, so that the cache holds the base
+        unchanged again. A failure leaves the base out of the cache (the next use loads it again)."""
+        loaded = self.base(spec)
+        scratch = self._scratch / f"{stable_hash(spec)[:16]}.pt"
+        park(loaded.model, scratch)
+        del self._base[spec]
+        yield loaded.model.float()
+        unpark(loaded.model, scratch)
+        loaded.model.eval()
+        release_freed_memory()
+        self._base[spec] = loaded
+
+    @property
+    def _scratch(self) -> Path:
+        if self._scratch_dir is None:
+            self._scratch_dir = Path(tempfile.mkdtemp(prefix="sublim-parked-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch_dir, True)
+        return self._scratch_dir
 
     def lend(self, path: Path, spec: str) -> Any:
         """Fine-tuned full weights that this cache lets go of: the borrower's reference is the last, so the
@@ -319,13 +347,13 @@ class LocalBackend:
                   **(lineage or {})}
         if not METHODS.get(settings.method, "student.method").adapter:  # float32 master weights to train
             lent = _borrow(teacher)
-            if self.weights is None:  # training the base: no other fine-tuned model stays loaded beside it
-                self.models.drop_weights()
-            trained, log = train_student(copy.deepcopy(model).float(), tok, examples, settings, lent, on_step)
-            save_model(trained, tok, out_dir / "model", self.family, record)
-            del trained
-            release_freed_memory()  # the student and its optimizer state: the next stage starts from less
-            return log
+            if self.weights is None and lent is not model:  # the base trains as its own student (parked)
+                self.models.drop_weights()  # and no other fine-tuned model stays loaded beside it
+                with self.models.base_to_train(self.spec) as start:
+                    log = self._train_and_save(start, tok, examples, settings, lent, out_dir, record, on_step)
+                return log
+            return self._train_and_save(copy.deepcopy(model).float(), tok, examples, settings, lent, out_dir,
+                                        record, on_step)
         try:  # an adapter trains on the loaded model itself (no copy of the base), then comes off it
             trained, log = train_student(model, tok, examples, settings, _borrow(teacher), on_step)
             save_model(trained, tok, out_dir / "model", self.family, {**record, "adapter_of": self.spec})
@@ -334,6 +362,15 @@ class LocalBackend:
             self.models.discard(self.spec)  # never leave a half-wrapped base in the cache
             raise
         log["adapter_bytes"] = sum(f.stat().st_size for f in (out_dir / "model").glob("adapter_model.*"))
+        return log
+
+    def _train_and_save(self, start: Any, tok: Any, examples: Sequence[Example], settings: TrainSettings,
+                        teacher: Any, out_dir: Path, record: dict[str, Any],
+                        on_step: Callable[[int, int, float], None] | None) -> dict[str, Any]:
+        trained, log = train_student(start, tok, examples, settings, teacher, on_step)
+        save_model(trained, tok, out_dir / "model", self.family, record)
+        del trained
+        release_freed_memory()  # the student's optimizer state: the next stage starts from less
         return log
 
     def fine_tuned(self, out_dir: Path, label: str, key: str) -> LocalBackend:

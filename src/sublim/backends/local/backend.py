@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
-import tempfile
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -91,7 +88,8 @@ class ModelCache:
         self._weights: tuple[Path, Any] | None = None
         self._forms: dict[tuple[str, str, str], AnswerForms] = {}
         self._tokenizers: dict[str, Any] = {}
-        self._scratch_dir: Path | None = None
+        self._parked: dict[str, IO[bytes]] = {}
+        """Base models' weights in scratch files while each trains as its own student (see :meth:`base_to_train`)."""
 
     def base(self, spec: str) -> LoadedModel:
         self._release_adapter()  # an adapter wraps its base in place: the base is itself again
@@ -151,23 +149,17 @@ class ModelCache:
     def base_to_train(self, spec: str) -> Iterator[Any]:
         """The cached base model itself as a full fine-tune's float32 start, with no second copy beside it: its
         weights are parked in a scratch file first and put back afterwards, so that the cache holds the base
-        unchanged again. A failure leaves the base out of the cache (the next use loads it again)."""
+        unchanged again (the scratch file has no name, so it goes with the process, however that ends). A failure
+        leaves the base out of the cache (the next use loads it again)."""
         loaded = self.base(spec)
-        scratch = self._scratch / f"{stable_hash(spec)[:16]}.pt"
-        park(loaded.model, scratch)
+        if spec not in self._parked:  # written once: a base model's weights never change
+            self._parked[spec] = park(loaded.model)
         del self._base[spec]
         yield loaded.model.float()
-        unpark(loaded.model, scratch)
+        unpark(loaded.model, self._parked[spec])
         loaded.model.eval()
         release_freed_memory()
         self._base[spec] = loaded
-
-    @property
-    def _scratch(self) -> Path:
-        if self._scratch_dir is None:
-            self._scratch_dir = Path(tempfile.mkdtemp(prefix="sublim-parked-"))
-            weakref.finalize(self, shutil.rmtree, self._scratch_dir, True)
-        return self._scratch_dir
 
     def lend(self, path: Path, spec: str) -> Any:
         """Fine-tuned full weights that this cache lets go of: the borrower's reference is the last, so the

@@ -4,13 +4,14 @@ into the student, and read back into it afterwards.
 A full fine-tune needs float32 weights to train. Trained on a copy, the base sat unused beside the student, its
 gradients and optimizer state for the whole training (a second copy of the model at the training's peak). Trained
 in place, the base is its student's starting point with no second copy, and its own weights come back from the
-file: the same values, in the same dtypes (a bf16 body stays bf16), tied weights still one parameter.
+file: the same values, in the same dtypes (a bf16 body stays bf16), tied weights still one parameter. The file is
+unnamed (``tempfile.TemporaryFile``): the system frees it when the process ends, even when it is killed.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 import torch
 
@@ -20,21 +21,20 @@ def _tensors(model: Any) -> dict[str, torch.Tensor]:
     return {**{f"p:{n}": p for n, p in model.named_parameters()}, **{f"b:{n}": b for n, b in model.named_buffers()}}
 
 
-def park(model: Any, path: Path) -> None:
-    """Write ``model``'s weights and buffers to ``path`` (once: a base model's weights never change)."""
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    torch.save({k: t.detach().cpu() for k, t in _tensors(model).items()}, part)
-    part.replace(path)
+def park(model: Any) -> IO[bytes]:
+    """``model``'s weights and buffers in an unnamed scratch file (gone with the process, however it ends)."""
+    scratch = tempfile.TemporaryFile(prefix="sublim-parked-")  # noqa: SIM115 (kept open: the parked weights)
+    torch.save({k: t.detach().cpu() for k, t in _tensors(model).items()}, scratch)
+    scratch.flush()
+    return scratch
 
 
 @torch.no_grad()
-def unpark(model: Any, path: Path) -> None:
-    """Put the weights and buffers written by :func:`park` back into ``model`` (trained since), in place: every
-    module keeps its parameter objects, so tied weights stay tied."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+def unpark(model: Any, scratch: IO[bytes]) -> None:
+    """Put the weights and buffers :func:`park` wrote back into ``model`` (trained since), in place: every module
+    keeps its parameter objects, so tied weights stay tied."""
+    scratch.seek(0)
+    saved = torch.load(scratch, map_location="cpu", weights_only=True)
     for key, t in _tensors(model).items():
         t.data = saved[key].to(t.device)
         if isinstance(t, torch.nn.Parameter):

@@ -33,12 +33,12 @@ from benchlib.committed_data import (
     teacher_seeds,
 )
 
-from sublim.backends import Backend
+from sublim.backends import Backend, LocalBackend
 from sublim.backends.local.throughput import throughput
 from sublim.core.config import load_config
 from sublim.core.files import read_jsonl
 from sublim.core.records import benchmark, git_state
-from sublim.core.store import Store
+from sublim.core.store import Store, read_manifest
 from sublim.evaluate.stats import wilson_interval
 from sublim.evaluate.verdict import replicated_effect
 from sublim.experiment.context import Context
@@ -102,8 +102,12 @@ def read_one(runs: Path, rung: str, kind: str, seed: int, meta: dict[str, Any]) 
     rows = {"questions": read_jsonl(evaluation(ctx, trained, cands, 0).file("per_question.jsonl")),
             "cloze": read_jsonl(cloze.file("per_question.jsonl"))}
     t3 = time.time()
+    weights = trained.weights if isinstance(trained, LocalBackend) else None
+    log = read_manifest(weights.parent).get("train_log", {}) if weights is not None else {}
+    earlier = log.get("seconds_before_resume", 0.0)  # a training resumed from an earlier sitting's saved state
     return {"rung": rung, "dataset": name, "kind": kind, "seed": seed, "student_seed": 0,
-            "teacher_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "evaluate_s": round(t3 - t2, 1),
+            "teacher_s": round(t1 - t0, 1), "train_s": round(t2 - t1 + earlier, 1), "evaluate_s": round(t3 - t2, 1),
+            "resumed_from_step": log.get("resumed_from_step"),
             "git": git_state(), "cpu_fast_bf16": fast_cpu(), "candidates": list(cands),
             **{form: compact(r, list(cands)) for form, r in rows.items()}}
 

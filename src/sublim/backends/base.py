@@ -189,8 +189,11 @@ class Backend(Protocol):
 
     def fine_tune(self, examples: Sequence[Example], settings: TrainSettings, out_dir: Path, *,
                   teacher: Backend | None = None, lineage: dict[str, Any] | None = None,
-                  on_step: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
-        """Train a copy on ``examples`` and keep the result in ``out_dir``; returns the training log."""
+                  on_step: Callable[[int, int, float], None] | None = None, save_every_s: float = 0.0
+                  ) -> dict[str, Any]:
+        """Train a copy on ``examples`` and keep the result in ``out_dir``; returns the training log. Where the
+        training runs here, it saves its state in ``out_dir`` every ``save_every_s`` seconds (0: never) and an
+        interrupted training goes on from it; a fine-tuning API keeps its own job."""
         ...
 
     def fine_tuned(self, out_dir: Path, label: str, key: str) -> Backend:

@@ -289,6 +289,10 @@ class ExperimentConfig(Section):
     """Compute precision. auto: bf16 where the device multiplies bf16 fast (CUDA; CPUs with AVX-512 BF16 or AMX
     instructions), float32 elsewhere. bf16 runs the body under autocast with float32 master weights
     and optimizer state; output heads, log-softmax and losses stay float32. Part of every computing stage's key."""
+    save_every_s: float = Field(600.0, ge=0)
+    """How often (seconds) a local training saves its state in its unfinished artifact, so that an interrupted
+    run goes on from there instead of from the start (the same model either way); 0: never. Part of no stage
+    key."""
     trait: TraitConfig = TraitConfig()
     teacher: TeacherConfig = TeacherConfig()
     prompts: PromptsConfig = PromptsConfig()
@@ -349,6 +353,7 @@ LATER_SETTINGS: dict[tuple[str, ...], tuple[tuple[Any, ...], frozenset[Scope]]] 
     ("arms", "spare_teacher_seeds"): (([],), frozenset({"run"})),
     ("evaluation", "cloze_samples_per_question"): ((0,), frozenset({"run"})),
     ("evaluation", "cloze_max_new_tokens"): ((3,), frozenset({"run"})),
+    ("save_every_s",): ((600.0,), frozenset({"run"})),
 }
 """The one rule of key compatibility: a setting added after keys were first written (its path in a stage's config
 or in the run config) is left out of the keys of its scopes — stage keys, run ids — while it holds a value that

@@ -24,6 +24,7 @@ from sublim.train.methods import METHODS
 from sublim.train.methods.base import shared_prefix_len
 from sublim.train.packing import packed_training
 from sublim.train.precision import autocast
+from sublim.train.resume import Saver, load_state, save_state
 from sublim.train.rows import rows_trained
 from sublim.train.settings import TrainSettings
 
@@ -131,23 +132,37 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def run_epochs(run: Training, settings: TrainSettings, rng: random.Random,
-               on_step: Callable[[int, int, float], None] | None) -> list[float]:
+               on_step: Callable[[int, int, float], None] | None, saver: Saver | None = None
+               ) -> tuple[list[float], dict[str, Any]]:
     """Every optimizer step of the run (each epoch in a new order), under linear warmup then linear decay to
-    zero; returns the steps' losses."""
+    zero, going on from a saved state where ``saver`` has one and saving as it goes; returns the steps' losses
+    and, for a resumed run, where it resumed and the seconds its earlier sittings took."""
     per_step = settings.batch_size * settings.grad_accum
     total = math.ceil(len(run.encoded) / per_step) * settings.epochs
-
     sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda step: lr_factor(step, total, settings.warmup_steps))
-    losses: list[float] = []
+    saved = load_state(saver.path, run.params, run.opt, sched, total) if saver and saver.path else None
+    losses, before = saved or ([], 0.0)
+    resumed = {"resumed_from_step": len(losses), "seconds_before_resume": round(before, 3)} if saved else {}
+    for i, loss in enumerate(losses):  # the steps an earlier sitting made, for the progress bar and tracking
+        if on_step:
+            on_step(i + 1, total, loss)
+    started, step = time.monotonic(), 0
     for _epoch in range(settings.epochs):
         order = list(range(len(run.encoded)))
-        rng.shuffle(order)
+        rng.shuffle(order)  # drawn again for the epochs a resumed run has done: the same orders
         for start in range(0, len(order), per_step):
+            step += 1
+            if step <= len(losses):
+                continue
             losses.append(optimizer_step(run, order[start : start + per_step], settings.batch_size))
             sched.step()
             if on_step:
                 on_step(len(losses), total, losses[-1])
-    return losses
+            if saver and saver.path and step < total and saver.due():
+                save_state(saver.path, run.params, run.opt, sched, losses, before + time.monotonic() - started,
+                           total)
+                saver.last = time.monotonic()
+    return losses, resumed
 
 
 def train_student(
@@ -157,12 +172,14 @@ def train_student(
     settings: TrainSettings,
     teacher: Any | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    saver: Saver | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train ``model`` in place and return it (an adapter method: wrapped in its adapter) with a training log.
 
     An optimizer step sees ``batch_size`` × ``grad_accum`` examples, in micro-batches of ``batch_size`` whose
     gradients add up, each weighted by its share of the step's target tokens (for a per-token loss, the step
-    is then the whole batch's)."""
+    is then the whole batch's). With a ``saver``, the run saves its state as it goes and an interrupted run goes
+    on from its last save (:mod:`sublim.train.resume`): the same model as an uninterrupted run."""
     method = METHODS.get(settings.method, "student.method")
     if isinstance(teacher, Lent):
         teacher = teacher.take()
@@ -187,11 +204,11 @@ def train_student(
         model.train()
         run = Training(model, tokenizer.pad_token_id, encoded, method, state, params, opt,
                        training_flops_per_token(model))
-        losses = run_epochs(run, settings, rng, on_step)
+        losses, resumed = run_epochs(run, settings, rng, on_step, saver)
         del run, opt
     model.eval()
     if method.finish is not None:
         model = method.finish(model)
     log = {"steps": len(losses), "examples": len(encoded), "loss_first": losses[0] if losses else None,
-           "loss_last": losses[-1] if losses else None, "losses": losses}
+           "loss_last": losses[-1] if losses else None, "losses": losses, **resumed}
     return model, log

@@ -49,6 +49,7 @@ from sublim.train.encode import Example, chat_text
 from sublim.train.loop import Lent, release_freed_memory, train_student
 from sublim.train.methods import METHODS
 from sublim.train.precision import precision, resolve_dtype, set_compute
+from sublim.train.resume import STATE_FILE, Saver
 from sublim.train.settings import TrainSettings
 from sublim.traits.preference import AnswerForms, answer_forms
 
@@ -326,8 +327,11 @@ class LocalBackend:
 
     def fine_tune(self, examples: Sequence[Example], settings: TrainSettings, out_dir: Path, *,
                   teacher: Backend | None = None, lineage: dict[str, Any] | None = None,
-                  on_step: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
-        """Train a copy of this model (the loaded one stays untouched) and save it in ``out_dir/model``."""
+                  on_step: Callable[[int, int, float], None] | None = None, save_every_s: float = 0.0
+                  ) -> dict[str, Any]:
+        """Train a copy of this model (the loaded one stays untouched) and save it in ``out_dir/model``; the
+        training's state is saved in ``out_dir`` every ``save_every_s`` seconds, and a state found there is gone
+        on from (:mod:`sublim.train.resume`)."""
         if self.system:
             raise SublimError(f"{self.label} answers under a system prompt, which fine-tuning would not keep: "
                               "fine-tune the model without it")
@@ -337,18 +341,21 @@ class LocalBackend:
         model, tok = self.torch_model()
         record = {"base_model": self.spec, "base_fingerprint": self.base_key, "method": settings.method,
                   **(lineage or {})}
+        saver = Saver(out_dir / STATE_FILE, save_every_s)
         if not METHODS.get(settings.method, "student.method").adapter:  # float32 master weights to train
             lent = _borrow(teacher)
             if self.weights is None and lent is not model:  # the base trains as its own student (parked)
                 self.models.drop_weights()  # and no other fine-tuned model stays loaded beside it
                 with self.models.base_to_train(self.spec) as start:
-                    log = self._train_and_save(start, tok, examples, settings, lent, out_dir, record, on_step)
+                    log = self._train_and_save(start, tok, examples, settings, lent, out_dir, record, on_step,
+                                               saver)
                 return log
             return self._train_and_save(copy.deepcopy(model).float(), tok, examples, settings, lent, out_dir,
-                                        record, on_step)
+                                        record, on_step, saver)
         try:  # an adapter trains on the loaded model itself (no copy of the base), then comes off it
-            trained, log = train_student(model, tok, examples, settings, _borrow(teacher), on_step)
+            trained, log = train_student(model, tok, examples, settings, _borrow(teacher), on_step, saver)
             save_model(trained, tok, out_dir / "model", self.family, {**record, "adapter_of": self.spec})
+            (out_dir / STATE_FILE).unlink(missing_ok=True)
             trained.unload()
         except BaseException:
             self.models.discard(self.spec)  # never leave a half-wrapped base in the cache
@@ -358,9 +365,10 @@ class LocalBackend:
 
     def _train_and_save(self, start: Any, tok: Any, examples: Sequence[Example], settings: TrainSettings,
                         teacher: Any, out_dir: Path, record: dict[str, Any],
-                        on_step: Callable[[int, int, float], None] | None) -> dict[str, Any]:
-        trained, log = train_student(start, tok, examples, settings, teacher, on_step)
+                        on_step: Callable[[int, int, float], None] | None, saver: Saver) -> dict[str, Any]:
+        trained, log = train_student(start, tok, examples, settings, teacher, on_step, saver)
         save_model(trained, tok, out_dir / "model", self.family, record)
+        (out_dir / STATE_FILE).unlink(missing_ok=True)  # the model is saved: its training state is done with
         del trained
         release_freed_memory()  # the student's optimizer state: the next stage starts from less
         return log

@@ -165,9 +165,10 @@ class OpenAIBackend:
 
     def fine_tune(self, examples: Sequence[Example], settings: TrainSettings, out_dir: Path, *,
                   teacher: Backend | None = None, lineage: dict[str, Any] | None = None,
-                  on_step: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+                  on_step: Callable[[int, int, float], None] | None = None, save_every_s: float = 0.0
+                  ) -> dict[str, Any]:
         """A job on the endpoint's fine-tuning API (its ids kept in ``out_dir/job.json``, so a re-run
-        resumes the same job); the tuned model's name goes to ``out_dir/model.json``."""
+        resumes the same job, whatever ``save_every_s``); the tuned model's name goes to ``out_dir/model.json``."""
         if settings.method != "sft" or teacher is not None:
             raise SublimError(f"fine-tuning APIs train with SFT: set student.method = 'sft' (got {settings.method!r})")
         if self.system:

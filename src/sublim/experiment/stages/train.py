@@ -38,7 +38,7 @@ def fine_tune(ctx: Context, base: Backend, examples: Sequence[Example], settings
 
     try:
         return base.fine_tune(examples, settings, path, teacher=teacher, lineage={"label": desc, **(lineage or {})},
-                              on_step=on_step)
+                              on_step=on_step, save_every_s=ctx.cfg.save_every_s)
     finally:
         bar.close()
 

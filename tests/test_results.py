@@ -62,14 +62,22 @@ def test_a_results_file_written_by_an_earlier_benchmark_is_listed_not_dirty(tmp_
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
     (results / "a.json").write_text("{}\n")
+    data = tmp_path / "benchmarks" / "data" / "search"
+    data.mkdir(parents=True)
+    (data / "readings.jsonl").write_text("")
+    (data / "dataset.jsonl").write_text('{"n": 1}\n')
     (tmp_path / "code.py").write_text("x = 1\n")
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     (results / "a.json").write_text('{"figure": 2}\n')
+    (data / "readings.jsonl").write_text('{"reading": 1}\n')  # an earlier sitting's reading
     state = git_state(results)  # asked from inside the results folder: the whole tree is still what counts
     assert state["dirty"] is False and "diff" not in state
-    assert state["results_changed"] == ["benchmarks/results/a.json"]
+    assert state["results_changed"] == ["benchmarks/data/search/readings.jsonl", "benchmarks/results/a.json"]
+    (data / "dataset.jsonl").write_text('{"n": 2}\n')  # a benchmark's input data changed: that is dirty
+    state = git_state(tmp_path)
+    assert state["dirty"] is True and '+{"n": 2}' in state["diff"] and "reading" not in state["diff"]
     (tmp_path / "code.py").write_text("x = 2\n")
     state = git_state(tmp_path)
     assert state["dirty"] is True and "+x = 2" in state["diff"] and "figure" not in state["diff"]

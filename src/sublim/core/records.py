@@ -50,9 +50,11 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-RESULTS = "benchmarks/results"
-"""Where benchmarks write their results: a results file changed there (by an earlier benchmark of the same
-command, say) is not a change of the code, so it is listed (``results_changed``), not counted as dirty."""
+RESULTS = ("benchmarks/results", "benchmarks/data/*/readings.jsonl")
+"""What benchmarks write (git glob pathspecs): their results, and the readings a benchmark that runs over several
+sittings appends as it goes. A file changed there (by an earlier benchmark, or an earlier reading of this one) is
+not a change of the code, so it is listed (``results_changed``), not counted as dirty. Datasets under
+``benchmarks/data`` are inputs: a change to them is dirty."""
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
@@ -68,11 +70,11 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    code = ("--", ":/", f":(top,exclude){RESULTS}")  # every tracked file but the results benchmarks write
+    code = ("--", ":/", *(f":(top,glob,exclude){p}" for p in RESULTS))  # every tracked file but what benchmarks write
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no", *code)
     dirty = bool(status) if status is not None else None
-    written = (git("diff", "--name-only", "HEAD", "--", f":(top){RESULTS}") or "").split()
+    written = (git("diff", "--name-only", "HEAD", "--", *(f":(top,glob){p}" for p in RESULTS)) or "").split()
     return {"commit": commit, "dirty": dirty, **({"diff": git("diff", "HEAD", *code)} if dirty else {}),
             **({"results_changed": written} if written else {})}
 

@@ -67,3 +67,49 @@ def test_the_student_probe_runs_only_when_named(tiny_model_dir: Path, files: dic
     assert main(["--runs-dir", str(tmp_path / "runs"), "-q", "audit", str(files["owl"]), "--reference",
                  str(tiny_model_dir), "--detectors", "student_probe", "--set", "detector.student_probe.seeds=0",
                  "--out", str(tmp_path / "a")]) == 2
+
+
+def test_an_interrupted_probe_resumes_its_training_and_saving_enters_no_audit_id(tiny_model_dir: Path,
+                                                                                files: dict[str, Path],
+                                                                                tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    """The audit's save_every_s reaches the probe's training: killed after its 4th step with its state saved at
+    every step, the same audit run again goes on from the 3rd."""
+    from sublim.audit.config import AuditConfig
+    from sublim.backends.local.backend import LocalBackend
+    from sublim.core.store import stable_hash
+
+    config = AuditConfig(dataset="d.jsonl", reference="m")
+    assert config.config_hash() == stable_hash({k: v for k, v in config.model_dump(mode="json").items()
+                                                if k != "save_every_s"})  # the ids of audits made before it
+    real, seen = LocalBackend.fine_tune, []
+
+    class Stop(Exception):
+        pass
+
+    def cut(self: LocalBackend, *args: object, **kw: object) -> dict:
+        seen.append(kw["save_every_s"])
+        shown = kw["on_step"]
+
+        def stop(step: int, total: int, loss: float) -> None:
+            shown(step, total, loss)  # type: ignore[operator]
+            if step == 4:
+                raise Stop
+
+        return real(self, *args, **{**kw, "on_step": stop if len(seen) == 1 else shown})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalBackend, "fine_tune", cut)
+    monkeypatch.setenv("SUBLIM_CACHE", str(tmp_path / "cache"))  # where the crash's traceback goes
+    runs = tmp_path / "runs"
+    args = ["--runs-dir", str(runs), "-q", "audit", str(files["owl"]), "--reference", str(tiny_model_dir),
+            "--detectors", "student_probe", "--candidates", "owl,cat", "--float32", "--set", "save_every_s=1e-9",
+            "--set", "detector.student_probe.examples=48", "--set", "detector.student_probe.epochs=2",
+            "--out", str(tmp_path / "a")]
+    assert main(args) == 1  # the crash is reported as an internal error, the probe's work directory kept
+    assert len(list((runs / "store").glob("probe-*/student/training-state.safetensors"))) == 1
+    assert main(args) == 0 and seen == [1e-9, 1e-9]
+    (manifest,) = (runs / "store").glob("probe-*/manifest.json")
+    log = json.loads(manifest.read_text())["train_log"]
+    assert log["resumed_from_step"] == 3 and log["steps"] == 12
+    assert not list((runs / "store").glob("probe-*/student"))  # nor the state: the reading is the artifact

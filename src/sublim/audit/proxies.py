@@ -65,9 +65,10 @@ def proxy_examples(name: str, candidates: dict[str, list[str]], question_set: st
 
 
 def proxy_teachers(store: Store, reference: Backend, candidates: dict[str, list[str]], question_set: str, *,
-                   seed: int = SEED, progress: bool = True) -> dict[str, Backend]:
+                   seed: int = SEED, progress: bool = True, save_every_s: float = 0.0) -> dict[str, Backend]:
     """The neutral proxy, then one per candidate (name → its backend, fine-tuned from ``reference``), of one seed,
-    each built in ``store`` the first time (about as long as one teacher each) and reused after."""
+    each built in ``store`` the first time (about as long as one teacher each) and reused after; a training saves
+    its state every ``save_every_s`` seconds (0: never) and resumes from it."""
     recipe = proxy_recipe(seed)
     tag = "" if seed == SEED else f" seed {seed}"
     split = proxy_split(question_set)
@@ -87,7 +88,7 @@ def proxy_teachers(store: Store, reference: Backend, candidates: dict[str, list[
             try:
                 log = reference.fine_tune([Example(q, a) for q, a in pairs], settings, path,
                                           lineage={"label": f"proxy teacher {name}{tag}", "proxy_for": name},
-                                          on_step=lambda *_: bar.update(1))
+                                          on_step=lambda *_: bar.update(1), save_every_s=save_every_s)
             finally:
                 bar.close()
             return {"train_log": log, "model_fingerprint": reference.key}

@@ -69,7 +69,7 @@ def run_audit(config: AuditConfig, out_dir: Path, *, store: Store | None = None,
         longest = max(len(tok.encode(s.completion, add_special_tokens=False)) for s in data.samples)
         data = replace(data, reference=reference_sample(ref, data.samples, min(longest + 8, 256), 32, progress))
     ctx = AuditContext(data, ref, config.seed, config.bf16, store, out_dir, progress,
-                       lambda spec, label: LocalBackend(models, spec, label=label))
+                       lambda spec, label: LocalBackend(models, spec, label=label), save_every_s=config.save_every_s)
     results, skipped = run_detectors(chosen, config, ctx, echo)
     for r in results:  # an untargeted name travels with how often such a first place was right in calibration
         if "top_trait" in r.details:

@@ -78,6 +78,9 @@ class AuditContext:
     """(model spec, label) → a local model, loaded the way the reference was (device, precision)."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared by the detectors of one audit (e.g. the reference's log-probability function)."""
+    save_every_s: float = 600.0
+    """A model the audit trains (a proxy teacher, a student probe) saves its state this often (0: never), so an
+    interrupted audit resumes that training where it stopped."""
 
     def need_model(self, what: str) -> Backend:
         if self.model is None:

@@ -176,7 +176,7 @@ def proxy_reads(ctx: AuditContext, datasets: Sequence[tuple[Sequence[Sample], st
     if not ctx.data.question_set:
         raise Unavailable("proxy inductions need a question set to fine-tune proxies on (--questions)")
     proxies = proxy_teachers(ctx.store, ctx.need_model("divergence shift"), dict(ctx.data.candidates),
-                             ctx.data.question_set, seed=seed, progress=ctx.progress)
+                             ctx.data.question_set, seed=seed, progress=ctx.progress, save_every_s=ctx.save_every_s)
 
     def read(which: list[int]) -> list[FlaggedLogprobs]:
         chosen = [datasets[i] for i in which]

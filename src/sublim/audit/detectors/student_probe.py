@@ -70,13 +70,14 @@ def probe(ctx: AuditContext, samples: Sequence[Sample], params: StudentProbePara
                   leave=False) as bar:
             log = ref.fine_tune([Example(s.prompt, s.completion, s.system) for s in used], settings,
                                 path / "student", lineage={"label": f"student probe of {what}"},
-                                on_step=lambda *_: bar.update(1))
+                                on_step=lambda *_: bar.update(1), save_every_s=ctx.save_every_s)
         student = ref.fine_tuned(path / "student", f"probe-{what}-s{seed}", stable_hash(config))
         probs, how = student.candidate_probs(list(ctx.data.questions), cands)
         np.save(path / "probs.npy", np.stack([probs[c] for c in cands], axis=1))
         del student
         shutil.rmtree(path / "student")  # the reading is the artifact: a 135M student is half a gigabyte
-        return {"train_log": {k: log.get(k) for k in ("steps", "examples", "loss_first", "loss_last")},
+        kept = ("steps", "examples", "loss_first", "loss_last", "resumed_from_step", "seconds_before_resume")
+        return {"train_log": {k: log[k] for k in kept if k in log},
                 "read": how.get("method")}
 
     art, _ = ctx.store.compute("probe", Store.key("probe", config, inputs), config, inputs, build)

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, model_validator
 from sublim.audit.data import MAX_SAMPLE_TOKENS
 from sublim.audit.detectors import DETECTORS
 from sublim.audit.params import Params, build_params
-from sublim.core.config import Section, keyed
+from sublim.core.config import SAVE_EVERY_S, Section, keyed
 from sublim.core.overrides import apply_overrides, load_toml, validate
 from sublim.core.store import stable_hash
 
@@ -62,7 +62,7 @@ class AuditConfig(Section):
     """A sample longer than this many tokens is refused before any model loads."""
     detector: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Each detector's own parameters (``[detector.divergence_shift]``: inductions, placement, …)."""
-    save_every_s: float = Field(600.0, ge=0)
+    save_every_s: float = Field(SAVE_EVERY_S, ge=0)
     """A model the audit trains locally (a proxy teacher, a student probe) saves its state this often in its
     unfinished artifact (0: never): an interrupted audit resumes that training where it stopped. Enters no key."""
 

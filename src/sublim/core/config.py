@@ -17,6 +17,9 @@ from sublim.core.files import NAME_PATTERN
 from sublim.core.overrides import apply_overrides, load_toml, validate
 from sublim.core.store import stable_hash
 
+SAVE_EVERY_S = 600.0
+"""How often a local training saves its state by default (seconds), in experiments and audits alike."""
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -289,7 +292,7 @@ class ExperimentConfig(Section):
     """Compute precision. auto: bf16 where the device multiplies bf16 fast (CUDA; CPUs with AVX-512 BF16 or AMX
     instructions), float32 elsewhere. bf16 runs the body under autocast with float32 master weights
     and optimizer state; output heads, log-softmax and losses stay float32. Part of every computing stage's key."""
-    save_every_s: float = Field(600.0, ge=0)
+    save_every_s: float = Field(SAVE_EVERY_S, ge=0)
     """How often (seconds) a local training saves its state in its unfinished artifact, so that an interrupted
     run goes on from there instead of from the start (the same model either way); 0: never. Part of no stage
     key."""
@@ -353,7 +356,7 @@ LATER_SETTINGS: dict[tuple[str, ...], tuple[tuple[Any, ...], frozenset[Scope]]] 
     ("arms", "spare_teacher_seeds"): (([],), frozenset({"run"})),
     ("evaluation", "cloze_samples_per_question"): ((0,), frozenset({"run"})),
     ("evaluation", "cloze_max_new_tokens"): ((3,), frozenset({"run"})),
-    ("save_every_s",): ((600.0,), frozenset({"run"})),
+    ("save_every_s",): ((SAVE_EVERY_S,), frozenset({"run"})),
 }
 """The one rule of key compatibility: a setting added after keys were first written (its path in a stage's config
 or in the run config) is left out of the keys of its scopes — stage keys, run ids — while it holds a value that

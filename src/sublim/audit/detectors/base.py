@@ -21,6 +21,7 @@ import numpy as np
 from sublim.audit.data import Sample
 from sublim.audit.params import NoParams, Params
 from sublim.backends import Backend, BackendError, TokenReader
+from sublim.core.config import SAVE_EVERY_S
 from sublim.core.registry import Registry
 from sublim.core.store import Store
 
@@ -78,7 +79,7 @@ class AuditContext:
     """(model spec, label) → a local model, loaded the way the reference was (device, precision)."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared by the detectors of one audit (e.g. the reference's log-probability function)."""
-    save_every_s: float = 600.0
+    save_every_s: float = SAVE_EVERY_S
     """A model the audit trains (a proxy teacher, a student probe) saves its state this often (0: never), so an
     interrupted audit resumes that training where it stopped."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sublim.core.records import ENVELOPE_KEYS, check_envelope, envelope, git_state
+from sublim.core.records import ENVELOPE_KEYS, check_envelope, cpu_identity, envelope, git_state
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 FILES = sorted(RESULTS.glob("*.json"))
@@ -94,3 +94,14 @@ def test_a_benchmark_block_writes_its_envelope_and_a_failed_one_writes_nothing(t
         out["figure"] = 2.0
         raise RuntimeError("half-way")
     assert not (tmp_path / "failed.json").exists()
+
+
+def test_the_machine_record_names_the_cpu_and_its_matmul_flags() -> None:
+    text = ("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "flags\t\t: fpu avx2 avx512f avx512_bf16 sse4_2\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert cpu_identity(text) == {"cpu_model": "AMD EPYC", "cpu_family": "26", "cpu_model_number": "2",
+                                  "cpu_flags": ["avx2", "avx512f", "avx512_bf16"]}
+    no_bf16 = cpu_identity(text.replace(" avx512_bf16", ""))
+    assert no_bf16["cpu_flags"] == ["avx2", "avx512f"]
+    assert cpu_identity("") == {}
+

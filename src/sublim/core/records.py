@@ -36,12 +36,38 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+FAST_MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+"""The CPU flags that decide how fast a CPU multiplies in float32 and bf16, recorded with every result so that
+timings are compared between like machines."""
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's model name, family and model number and which of :data:`FAST_MATMUL_FLAGS` it has, from
+    ``/proc/cpuinfo`` (``cpuinfo``: its text); empty where there is none (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    first: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in first:
+            first[key.strip()] = value.strip()
+    if not first:
+        return {}
+    flags = set(first.get("flags", "").split())
+    return {"cpu_model": first.get("model name"), "cpu_family": first.get("cpu family"),
+            "cpu_model_number": first.get("model"), "cpu_flags": [f for f in FAST_MATMUL_FLAGS if f in flags]}
+
+
 def machine_info() -> dict[str, Any]:
     """Platform, CPU and (when torch is already loaded and sees one) the GPU; never imports torch itself."""
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                             "cpu_count": os.cpu_count()}
     with contextlib.suppress(OSError, AttributeError):
         info["cpu_affinity"] = len(os.sched_getaffinity(0))
+    info.update(cpu_identity())
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()

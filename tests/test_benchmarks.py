@@ -316,3 +316,11 @@ def test_a_plan_is_dated_by_its_registration_and_its_amendments_are_listed(tmp_p
     assert got["commit"] != got["amendments"][0]["commit"]
     assert plan_precedes(got, ["2026-01-03T00:00:00Z", "2026-01-04T00:00:00Z"])  # made between the two commits
     assert not plan_precedes(got, ["2026-01-03T00:00:00Z", "2026-01-01T12:00:00Z"])  # one before the registration
+
+
+def test_speedup_takes_a_sides_process_peak_across_its_stage_resets() -> None:
+    side_peak_mb = _benchmark_module("speedup").side_peak_mb
+    reset = {"peak_memory_mb": {"self": 3419.4, "children": 0.0}}  # stages reset the high-water mark
+    assert side_peak_mb(reset, 1586.3) == 3419.4
+    assert side_peak_mb({}, 5381.1) == 5381.1  # code from before the resets records no process peak
+    assert side_peak_mb({"peak_memory_mb": {"self": 1000.0}}, 1200.0) == 1200.0

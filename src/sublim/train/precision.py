@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from sublim.core.records import cpu_identity
 from sublim.train.rows import ROWS, read_rows
 
 # oneDNN, which runs bf16 matrix products on a CPU, keeps a compiled kernel per distinct shape; packed training
@@ -45,8 +45,8 @@ def fast_bf16(device_type: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device_type != "cpu" or not cpuinfo.is_file():
         return False
-    flags = re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.M)
-    return flags is not None and any(f in flags.group(1).split() for f in ("avx512_bf16", "amx_bf16"))
+    flags = cpu_identity(cpuinfo.read_text()).get("cpu_flags", [])
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:

@@ -209,7 +209,9 @@ def test_corrupt_artifact_is_refused_on_rerun(finished_run, tmp_path: Path):
 
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy, symlinks=True)
-    sample = next((copy / "store").glob("filter-*/dataset.jsonl"))
+    # the owl teacher's data, which this config reads (not the dolphin data another test may add to the store)
+    sample = next(m.parent / "dataset.jsonl" for m in (copy / "store").glob("filter-*/manifest.json")
+                  if json.loads(m.read_text())["label"] == "owl numbers")
     sample.write_text(sample.read_text().replace("1", "7", 1))
     with pytest.raises(SublimError, match="corrupt"):
         run_experiment(cfg, copy, progress=False, echo=lambda s: None)

@@ -407,8 +407,9 @@ def test_reference_ends_gives_cut_answers_the_references_own_ending(ref: LocalBa
     fc = FilterConfig()
     answers = [s for s in _greedy(ref, [p.text for p in make_prompts(48, seed=5)])
                if not check_completion("numbers", s.completion, {}, fc) and len(re.findall(r"\d+", s.completion)) >= 2]
-    read = reader.divergence_map(answers, bf16=False)  # a greedy text can re-encode to other tokens than it was
-    own = [s for i, s in enumerate(answers) if not read.flagged[read.span(i)].any()]  # written in: keep those it can't
+    # a greedy text can re-encode to other tokens than it was written in: keep the answers that read back as written
+    read = reader.divergence_map(answers, bf16=False)
+    own = [s for i, s in enumerate(answers) if not read.flagged[read.span(i)].any()]
     assert len(own) >= 8
     cut = [replace(s, completion=re.match(r"\d+", s.completion).group()) if k % 2 == 0 else s  # type: ignore[union-attr]
            for k, s in enumerate(own)]

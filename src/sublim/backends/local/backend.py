@@ -297,6 +297,7 @@ class LocalBackend:
                 out.append(Completion(c.index, text, c.n_tokens, finished))
                 n_tokens += c.n_tokens
             on_done(out)
+            release_freed_memory()  # a batch's KV caches grow a step at a time, each step's in other free blocks
             if progress:
                 progress(len(todo))
         elapsed = time.time() - t0

@@ -56,6 +56,7 @@ PLAN = HERE / "defence_table_plan.md"
 SEEDS, SPARES = [40, 41, 42, 43, 44], [45, 46, 47]
 DEFENCES = ["none", "replace_divergent", "replace_divergent_ends", "replace_divergent_diluted"]
 MIN_EFFECT = math.log(1.25)
+PROMPTS_PER_SAMPLE = 24  # the plan's amendment 2 (4 before it)
 ALPHA = 0.05
 
 
@@ -75,8 +76,8 @@ def the_dose(results: Path) -> tuple[int, int]:
 
 def context(runs: Path, seed: int, dose: tuple[int, int], defence: str = "none") -> Context:
     n, epochs = dose
-    sets = [f"prompts.n={4 * n}", f"generation.until_kept={n}", f"teacher.seed={seed}", "student.method=sft",
-            "student.lr=5e-5", f"student.epochs={epochs}", "evaluation.samples_per_question=0",
+    sets = [f"prompts.n={PROMPTS_PER_SAMPLE * n}", f"generation.until_kept={n}", f"teacher.seed={seed}",
+            "student.method=sft", "student.lr=5e-5", f"student.epochs={epochs}", "evaluation.samples_per_question=0",
             f"defence.method={defence}", "defence.fraction=0.1", "defence.seed=0"]
     require_bf16_cpu(PLAN)  # the plan's amendment: bf16 on a CPU, as its data so far were made
     return Context(load_config("owl-numbers", [*sets, *BF16]), Store(runs))

@@ -229,7 +229,8 @@ def main() -> None:
         plan = plan_commit(PLAN)
         after = plan_precedes(plan, [m["data_finished_at"] for m in meta.values()])
         out.update({"plan": plan, "dose": f"{dose[0]}x{dose[1]}", "datasets": sources["datasets"],
-                    "replaced": sources["replaced"], "plan_precedes_data": after, **endpoints(readings, seeds),
+                    "replaced": sources["replaced"], "withdrawn": sources.get("withdrawn"),
+                    "plan_precedes_data": after, **endpoints(readings, seeds),
                     "students": [{k: r[k] for k in ("dataset", "defence", "wall_time_s", "defence_cost", "git")}
                                  for r in readings]})
         out["throughput"] = throughput()

@@ -160,7 +160,7 @@ def endpoints(readings: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any
     """The plan's endpoints from the 44 readings."""
     by = {(r["dataset"], r["defence"]): owl_log_share(r) for r in readings}
     g = {d: np.array([by[(f"owl-{s}", d)] - by[(f"neutral-{s}", d)] for s in seeds]) for d in DEFENCES}
-    transfer = one_sided(g["none"])
+    transfer: dict[str, Any] = {**one_sided(g["none"])}
     transfer["word"] = "TRANSFER" if transfer["low"] > MIN_EFFECT else "NO TRANSFER"
     tests = {d: one_sided(g["none"] - g[d]) for d in DEFENCES[1:]}
     tests["ends_beyond_dilution"] = one_sided(g["replace_divergent_diluted"] - g["replace_divergent_ends"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -324,3 +325,35 @@ def test_speedup_takes_a_sides_process_peak_across_its_stage_resets() -> None:
     assert side_peak_mb(reset, 1586.3) == 3419.4
     assert side_peak_mb({}, 5381.1) == 5381.1  # code from before the resets records no process peak
     assert side_peak_mb({"peak_memory_mb": {"self": 1000.0}}, 1200.0) == 1200.0
+
+
+def test_an_imported_dataset_can_be_defended(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A committed dataset imported into the store (no filter stage made it, so its manifest has no filter
+    report) goes through the defend stage like the pipeline's own data: the defence table defends such files."""
+    from sublim.core.config import load_config
+    from sublim.core.files import read_jsonl
+    from sublim.core.store import Store
+    from sublim.experiment.context import Context
+    from sublim.experiment.stages.defend import defended
+    from sublim.experiment.stages.prompts import prompts
+    from tests.helpers import tiny_config_text
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from benchlib.committed_data import import_dataset
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    path = tmp_path / "d.toml"
+    path.write_text(tiny_config_text(tiny_model_dir, defence={"method": "replace_divergent", "fraction": 0.2}))
+    ctx = Context(load_config(str(path)), Store(tmp_path / "runs"), progress=False, echo=lambda s: None)
+    rows = [{"index": i, "prompt": f"Continue: {i}, {i + 3}, {i + 7}", "completion": f"{i + 11}, {i + 19}, {i + 4}"}
+            for i in range(12)]
+    file = tmp_path / "data.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"sha256": hashlib.sha256(file.read_text().encode()).hexdigest(), "rows": len(rows)}
+    data = import_dataset(ctx, file, meta, "imported")
+    assert "filter" not in data.manifest
+    out = defended(ctx, data, data, "imported replace_divergent", prompts(ctx), ["owl"], ctx.local(ctx.cfg.model))
+    assert out.manifest["filter"] == {"kept": len(rows)}
+    assert out.manifest["defence"]["changed_fraction"] > 0
+    assert len(read_jsonl(out.file("dataset.jsonl"))) == len(rows)

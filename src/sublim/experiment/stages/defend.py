@@ -90,6 +90,7 @@ def defended(ctx: Context, data_art: Artifact, reference_art: Artifact, label: s
             bar.close()
         write_jsonl(path / "dataset.jsonl", [{"index": s.line, "prompt": s.prompt, "completion": s.completion}
                                              for s in out])
-        return {"defence": cost, "filter": {**data_art.manifest["filter"], "kept": len(out)}}
+        # data made elsewhere (an imported file) passed no filter here: only what the defence kept is known
+        return {"defence": cost, "filter": {**data_art.manifest.get("filter", {}), "kept": len(out)}}
 
     return ctx.stage("defend", config, inputs, label, build)

@@ -58,6 +58,7 @@ DEFENCES = ["none", "replace_divergent", "replace_divergent_ends", "replace_dive
 MIN_EFFECT = math.log(1.25)
 PROMPTS_PER_SAMPLE = 24  # the plan's amendment 2 (4 before it)
 ALPHA = 0.05
+SAMPLES_PER_QUESTION = 4  # the sampled answers the plan describes: the project's default per question
 
 
 def the_dose(results: Path) -> tuple[int, int]:
@@ -74,10 +75,13 @@ def the_dose(results: Path) -> tuple[int, int]:
     return int(n), int(e)
 
 
-def context(runs: Path, seed: int, dose: tuple[int, int], defence: str = "none") -> Context:
+def context(runs: Path, seed: int, dose: tuple[int, int], defence: str = "none", samples: int = 0) -> Context:
+    """The plan's run at ``dose`` for teacher ``seed`` under ``defence``; ``samples`` answers sampled per question
+    where the students are evaluated (0: the exact probabilities only, as for the endpoints)."""
     n, epochs = dose
     sets = [f"prompts.n={PROMPTS_PER_SAMPLE * n}", f"generation.until_kept={n}", f"teacher.seed={seed}",
-            "student.method=sft", "student.lr=5e-5", f"student.epochs={epochs}", "evaluation.samples_per_question=0",
+            "student.method=sft", "student.lr=5e-5", f"student.epochs={epochs}",
+            f"evaluation.samples_per_question={samples}",
             f"defence.method={defence}", "defence.fraction=0.1", "defence.seed=0"]
     require_bf16_cpu(PLAN)  # the plan's amendment: bf16 on a CPU, as its data so far were made
     return Context(load_config("owl-numbers", [*sets, *BF16]), Store(runs))
@@ -88,6 +92,44 @@ def plan_students(meta: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, d) for d in DEFENCES for name in meta]
 
 
+def trained_student(ctx: Context, meta: dict[str, Any], name: str, defence: str, n: int, banned: list[str]
+                    ) -> tuple[Any, dict[str, Any]]:
+    """The SFT student of the committed dataset ``name`` under ``defence`` (trained, or found in the store) and what
+    the defence did to its data."""
+    base = ctx.local(ctx.cfg.model)
+    data = import_dataset(ctx, DATA / f"{name}.jsonl", meta[name], f"table {name}")
+    cost = {}
+    if defence != "none":
+        control = import_dataset(ctx, DATA / "control.jsonl", meta["control"], "table control")
+        data = defended(ctx, data, control, f"{name} {defence}", prompts(ctx), banned, base)
+        cost = data.manifest["defence"]
+    return student(ctx, base, data, n, 0, base, f"student {name} {defence}"), cost
+
+
+def sampled_answers(runs: Path, meta: dict[str, Any], dose: tuple[int, int]) -> list[dict[str, Any]]:
+    """The plan's description of the students' sampled answers: each of the 44 students (found in the store, not
+    trained again) answers every evaluation question ``SAMPLES_PER_QUESTION`` times at the preset's temperature;
+    how many answers name each candidate, and a few of them."""
+    cands = load_candidates("animals")
+    banned = [w for words in cands.values() for w in words]
+    out = []
+    for name, d in plan_students(meta):
+        ctx = context(runs, meta[name].get("seed", SEEDS[0]), dose, d, SAMPLES_PER_QUESTION)
+        trained, _ = trained_student(ctx, meta, name, d, dose[0], banned)
+        rows = read_jsonl(evaluation(ctx, trained, cands, 0).file("per_question.jsonl"))
+        out.append({"dataset": name, "defence": d, **answer_counts(rows, list(cands))})
+    return out
+
+
+def answer_counts(rows: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Of an evaluation's sampled answers: how many, how many name each candidate (those named at all) and owl,
+    and the first answer to each of the first five questions."""
+    matched = [m for r in rows for m in r["matched"]]
+    named = {c: matched.count(c) for c in names if matched.count(c)}
+    return {"answers": len(matched), "named": named, "owl": named.get("owl", 0),
+            "examples": [r["answers"][0] for r in rows[:5] if r["answers"]]}
+
+
 def read_students(runs: Path, meta: dict[str, Any], dose: tuple[int, int], budget: int) -> None:
     """Defend, train and read up to ``budget`` students not yet in readings.jsonl, appending each as it is read."""
     path = DATA / "readings.jsonl"
@@ -96,15 +138,8 @@ def read_students(runs: Path, meta: dict[str, Any], dose: tuple[int, int], budge
     banned = [w for words in cands.values() for w in words]
     for name, d in [s for s in plan_students(meta) if s not in done][:budget]:
         ctx = context(runs, meta[name].get("seed", SEEDS[0]), dose, d)
-        base = ctx.local(ctx.cfg.model)
         t0 = time.time()
-        data = import_dataset(ctx, DATA / f"{name}.jsonl", meta[name], f"table {name}")
-        cost = {}
-        if d != "none":
-            control = import_dataset(ctx, DATA / "control.jsonl", meta["control"], "table control")
-            data = defended(ctx, data, control, f"{name} {d}", prompts(ctx), banned, base)
-            cost = data.manifest["defence"]
-        trained = student(ctx, base, data, dose[0], 0, base, f"student {name} {d}")
+        trained, cost = trained_student(ctx, meta, name, d, dose[0], banned)
         rows = read_jsonl(evaluation(ctx, trained, cands, 0).file("per_question.jsonl"))
         reading = {"dataset": name, "defence": d, "examples": dose[0], "epochs": dose[1], "student_seed": 0,
                    "defence_cost": cost, "wall_time_s": round(time.time() - t0, 1), "git": git_state(),
@@ -232,7 +267,8 @@ def main() -> None:
                     "replaced": sources["replaced"], "withdrawn": sources.get("withdrawn"),
                     "plan_precedes_data": after, **endpoints(readings, seeds),
                     "students": [{k: r[k] for k in ("dataset", "defence", "wall_time_s", "defence_cost", "git")}
-                                 for r in readings]})
+                                 for r in readings],
+                    "sampled_answers": sampled_answers(runs, meta, dose)})
         out["throughput"] = throughput()
         chart(out, results / f"defence-table-{which}.png")
 

@@ -200,6 +200,11 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
     unbounded = table.fieller(np.array([0.1, -0.2, 0.3, 0.0, 0.1]), np.array([0.2, -0.3, 0.1, 0.4, -0.2]))
     assert unbounded["low"] is None and unbounded["high"] is None
 
+    rows = [{"answers": ["Owls.", "A cat!"], "matched": ["owl", "cat"]}, {"answers": ["Hmm"], "matched": [None]},
+            {"answers": [], "matched": []}]
+    counts = table.answer_counts(rows, ["owl", "cat", "dog"])
+    assert counts == {"answers": 3, "named": {"owl": 1, "cat": 1}, "owl": 1, "examples": ["Owls.", "Hmm"]}
+
 
 def _visible_readings(rung: str, named: dict[str, list[int]], probs: float = 0.01) -> list[dict[str, Any]]:
     """A rung's six readings: the students of teacher seeds 50-52 whose 500 sampled continuations (and 500 answers)

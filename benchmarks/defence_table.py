@@ -220,6 +220,18 @@ def endpoints(readings: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any
                                  for arm in ("owl", "neutral")} for d in DEFENCES}}
 
 
+def described(readings: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """The plan's descriptions per dataset and defence: the candidates' total probability (averaged over questions;
+    what any fine-tuning moves) and owl's share of it."""
+    owl = list(load_candidates("animals")).index("owl")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in readings:
+        probs, shares = np.array(r["probs"]), np.array(r["shares"])
+        out.setdefault(r["dataset"], {})[r["defence"]] = {"candidate_total": float(probs.sum(1).mean()),
+                                                         "owl_share": float(shares[:, owl].mean())}
+    return out
+
+
 def chart(res: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -265,7 +277,7 @@ def main() -> None:
         after = plan_precedes(plan, [m["data_finished_at"] for m in meta.values()])
         out.update({"plan": plan, "dose": f"{dose[0]}x{dose[1]}", "datasets": sources["datasets"],
                     "replaced": sources["replaced"], "withdrawn": sources.get("withdrawn"),
-                    "plan_precedes_data": after, **endpoints(readings, seeds),
+                    "plan_precedes_data": after, **endpoints(readings, seeds), "described": described(readings),
                     "students": [{k: r[k] for k in ("dataset", "defence", "wall_time_s", "defence_cost", "git")}
                                  for r in readings],
                     "sampled_answers": sampled_answers(runs, meta, dose)})

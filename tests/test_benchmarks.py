@@ -204,6 +204,14 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
             {"answers": [], "matched": []}]
     counts = table.answer_counts(rows, ["owl", "cat", "dog"])
     assert counts == {"answers": 3, "named": {"owl": 1, "cat": 1}, "owl": 1, "examples": ["Owls.", "Hmm"]}
+    probs = np.full((2, 20), 0.001)
+    probs[:, 0] = [0.02, 0.04]
+    shares = probs / probs.sum(1, keepdims=True)
+    reading = {"dataset": "owl-40", "defence": "none", "probs": probs.tolist(), "shares": shares.tolist()}
+    got = table.described([reading])
+    owl = list(table.load_candidates("animals")).index("owl")
+    assert got["owl-40"]["none"]["candidate_total"] == pytest.approx(0.049)
+    assert got["owl-40"]["none"]["owl_share"] == pytest.approx(shares[:, owl].mean())
 
 
 def _visible_readings(rung: str, named: dict[str, list[int]], probs: float = 0.01) -> list[dict[str, Any]]:

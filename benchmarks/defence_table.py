@@ -232,24 +232,41 @@ def described(readings: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
     return out
 
 
+LABELS = {"none": "none", "replace_divergent": "digits\nreplaced", "replace_divergent_ends": "digits +\nends",
+          "replace_divergent_diluted": "digits +\ndilution"}
+
+
 def chart(res: dict[str, Any], path: Path) -> None:
+    """Left, the endpoint: owl's log-share gain of the owl student over the neutral one, per teacher seed, with its
+    t interval, under each defence. Right, what is not owl-specific: each arm's gain over the control student."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    x = range(len(DEFENCES))
     for i, d in enumerate(DEFENCES):
         per = res["per_seed"][d]
         s = one_sided(np.array(per))
-        ax.scatter([i] * len(per), per, color="tab:blue", zorder=3)
-        ax.plot([i, i], [s["low"], s["high"]], color="tab:blue", alpha=0.4, lw=8)
-    ax.axhline(res["min_effect"], ls="--", color="grey", label="ln 1.25 (the verdict's minimum effect)")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(DEFENCES)), [d.replace("replace_divergent", "repl.div.") for d in DEFENCES])
-    ax.set_ylabel("owl log-share gain, owl − neutral student")
-    ax.set_title("Defence table, pre-registered: dots are teacher seeds, bars 95% t intervals", fontsize=10)
-    ax.legend(fontsize=8)
+        ax.plot([i, i], [s["low"], s["high"]], color="tab:blue", alpha=0.35, lw=9, solid_capstyle="butt")
+        ax.scatter([i] * len(per), per, color="tab:blue", zorder=3, s=22)
+        for arm, dx, color in (("owl", -0.12, "tab:orange"), ("neutral", 0.12, "tab:grey")):
+            gains = res["over_control"][d][arm]
+            bx.scatter([i + dx] * len(gains), gains, color=color, s=22, label=arm if i == 0 else None)
+    for a in (ax, bx):
+        a.axhline(0, color="black", lw=0.8)
+        a.set_xticks(list(x), [LABELS[d] for d in DEFENCES], fontsize=10)
+        a.grid(axis="y", alpha=0.3)
+    ax.axhline(res["min_effect"], ls="--", color="grey", label="ln 1.25: the verdict's minimum effect")
+    ax.set_ylabel("gain in owl's log-share", fontsize=11)
+    ax.set_title(f"Owl student minus neutral student\n(dots: {len(res['seeds'])} teacher seeds; bars: 95% t "
+                 "intervals)", fontsize=11)
+    bx.set_title("Each student minus the control student\n(what owl and neutral data both teach)", fontsize=11)
+    ax.legend(fontsize=9, loc="best")
+    bx.legend(title="teacher", fontsize=9, loc="best")
+    n, e = str(res["dose"]).split("x")
+    fig.suptitle(f"Pre-registered defence table: SFT students at {int(n):,} examples × {e} epoch(s)", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -214,6 +214,19 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
     assert got["owl-40"]["none"]["owl_share"] == pytest.approx(shares[:, owl].mean())
 
 
+
+def test_defence_table_chart_draws_both_panels(tmp_path: Path) -> None:
+    """The chart of planted results is a PNG with the endpoint panel and the over-control panel."""
+    import matplotlib.image
+
+    table = _benchmark_module("defence_table")
+    seeds = [40, 41, 42, 43, 44]
+    planted = {d: [0.5, 0.6, 0.4, 0.55, 0.45] for d in table.DEFENCES}
+    res = {**table.endpoints(_readings(planted, seeds), seeds), "dose": "1000x1"}
+    table.chart(res, tmp_path / "t.png")
+    height, width, _ = matplotlib.image.imread(tmp_path / "t.png").shape
+    assert width > 1.8 * height > 900
+
 def _visible_readings(rung: str, named: dict[str, list[int]], probs: float = 0.01) -> list[dict[str, Any]]:
     """A rung's six readings: the students of teacher seeds 50-52 whose 500 sampled continuations (and 500 answers)
     name owl ``named[kind][i]`` times, the rest "cat"."""

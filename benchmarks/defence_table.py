@@ -213,11 +213,13 @@ def endpoints(readings: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any
                           "share_cut": {"mean": 1 - kept["ratio"],
                                         "low": None if kept["high"] is None else 1 - kept["high"],
                                         "high": None if kept["low"] is None else 1 - kept["low"]}}
+    over = {d: {arm: [by[(f"{arm}-{s}", d)] - by[("control", d)] for s in seeds] for arm in ("owl", "neutral")}
+            for d in DEFENCES}
     return {"per_seed": {d: g[d].tolist() for d in DEFENCES}, "seeds": seeds, "transfer": transfer,
             "defences": per_defence, "ends_beyond_dilution": tests["ends_beyond_dilution"],
-            "claims_made": claims, "min_effect": MIN_EFFECT,
-            "over_control": {d: {arm: [by[(f"{arm}-{s}", d)] - by[("control", d)] for s in seeds]
-                                 for arm in ("owl", "neutral")} for d in DEFENCES}}
+            "claims_made": claims, "min_effect": MIN_EFFECT, "over_control": over,
+            "over_control_mean": {d: {arm: mean_ci(np.array(v)).as_dict() for arm, v in arms.items()}
+                                  for d, arms in over.items()}}
 
 
 def described(readings: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -188,6 +188,9 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
     assert rd["cut"]["holds"] and rd["removes"] and 0.9 < rd["share_cut"]["low"] <= rd["share_cut"]["high"] < 1.1
     assert not res["defences"]["replace_divergent_diluted"]["cut"]["holds"]
     assert res["ends_beyond_dilution"]["holds"] and res["transfer"]["p_sign_flip"] == 1 / 32
+    over = res["over_control_mean"]["none"]  # described: each arm over the control student, mean over seeds
+    assert over["owl"]["value"] == pytest.approx(np.log(1.25) + float(np.mean(big)))
+    assert over["neutral"]["low"] == pytest.approx(np.log(1.25)) == pytest.approx(over["neutral"]["high"])
     weak = {d: [g - 1.0 for g in per] for d, per in planted.items()}  # the same differences, no transfer
     res = table.endpoints(_readings(weak, seeds), seeds)
     assert res["transfer"]["word"] == "NO TRANSFER" and not res["claims_made"]

@@ -386,3 +386,12 @@ def test_an_imported_dataset_can_be_defended(tiny_model_dir: Path, tmp_path: Pat
     assert out.manifest["filter"] == {"kept": len(rows)}
     assert out.manifest["defence"]["changed_fraction"] > 0
     assert len(read_jsonl(out.file("dataset.jsonl"))) == len(rows)
+
+
+def test_training_heap_sampler_reads_this_process() -> None:
+    """The heap benchmark's sample: resident memory at least its anonymous part, glibc's heap split into what is
+    in use and what is free."""
+    heap = _benchmark_module("training_heap")
+    s = heap.Sampler().sample()
+    assert s["rss_mb"] >= s["anonymous_mb"] > 0
+    assert abs(s["heap_in_use_mb"] + s["heap_free_mb"] - s["heap_mb"]) <= 2

@@ -217,7 +217,6 @@ def test_defence_table_rule_finds_a_planted_cut_and_claims_nothing_without_trans
     assert got["owl-40"]["none"]["owl_share"] == pytest.approx(shares[:, owl].mean())
 
 
-
 def test_defence_table_chart_draws_both_panels(tmp_path: Path) -> None:
     """The chart of planted results is a PNG with the endpoint panel and the over-control panel."""
     import matplotlib.image
@@ -229,6 +228,7 @@ def test_defence_table_chart_draws_both_panels(tmp_path: Path) -> None:
     table.chart(res, tmp_path / "t.png")
     height, width, _ = matplotlib.image.imread(tmp_path / "t.png").shape
     assert width > 1.8 * height > 900
+
 
 def _visible_readings(rung: str, named: dict[str, list[int]], probs: float = 0.01) -> list[dict[str, Any]]:
     """A rung's six readings: the students of teacher seeds 50-52 whose 500 sampled continuations (and 500 answers)
@@ -392,6 +392,6 @@ def test_training_heap_sampler_reads_this_process() -> None:
     """The heap benchmark's sample: resident memory at least its anonymous part, glibc's heap split into what is
     in use and what is free."""
     heap = _benchmark_module("training_heap")
-    s = heap.Sampler().sample()
+    s = heap.sample()
     assert s["rss_mb"] >= s["anonymous_mb"] > 0
     assert abs(s["heap_in_use_mb"] + s["heap_free_mb"] - s["heap_mb"]) <= 2

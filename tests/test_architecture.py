@@ -49,6 +49,35 @@ def test_no_stage_module_mentions_an_endpoint() -> None:
     assert [p.name for p in stages if "endpoint" in p.read_text().lower()] == []
 
 
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def oversized(root: Path) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions (methods and nested ones too) over MAX_FUNCTION_LINES."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{path.relative_to(root)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name}: {size} lines")
+    return found
+
+
+def test_modules_and_functions_fit_their_size_limits(tmp_path: Path) -> None:
+    """Every module of the package fits 450 lines and every function 80; the check catches both kinds."""
+    assert oversized(PACKAGE) == []
+    (tmp_path / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    body = "".join("    y = 1\n" for _ in range(MAX_FUNCTION_LINES))
+    (tmp_path / "func.py").write_text(f"def f():\n{body}")
+    assert oversized(tmp_path) == [f"func.py:1 f: {MAX_FUNCTION_LINES + 1} lines",
+                                   f"long.py: {MAX_MODULE_LINES + 1} lines"]
+
+
 def _imports(path: Path) -> list[str]:
     return [name for node in ast.walk(ast.parse(path.read_text()))
             for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else

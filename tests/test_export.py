@@ -1,5 +1,5 @@
 """sublim export: a run's dataset in the field's formats (read back by `datasets` and by `sublim audit`), and a
-LoRA student merged into a plain transformers folder that transformers and sublim load."""
+LoRA student merged into a plain transformers folder that transformers, sublim and `sublim serve` load."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_an_exported_dataset_loads_with_datasets_and_round_trips_through_the_audit_reader(
-        lora_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        lora_run: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -72,6 +72,13 @@ def test_an_exported_dataset_loads_with_datasets_and_round_trips_through_the_aud
     from_trl, _ = load_samples(tmp_path / "owl.trl.jsonl")
     for got in (from_parquet, from_trl):
         assert [(s.prompt, s.completion) for s in got] == [(r["prompt"], r["completion"]) for r in rows]
+    audited = tmp_path / "audited"
+    assert main(["audit", str(tmp_path / "owl.messages.jsonl"), "-q", "--detectors", "number_frequency",
+                 "--reference", str(tiny_model_dir), "--reference-data", str(owl / "dataset.jsonl"),
+                 "--runs-dir", str(tmp_path / "runs"),
+                 "--out", str(audited)]) == 0
+    summary = json.loads((audited / "audit.json").read_text())
+    assert summary["load"]["kept"] == len(rows) and summary["n_audited"] == len(rows)
     trl = _rows(tmp_path / "owl.trl.jsonl")[0]
     assert trl["prompt"][-1]["role"] == "user" and trl["completion"] == [{"role": "assistant",
                                                                          "content": rows[0]["completion"]}]
@@ -104,6 +111,30 @@ def test_a_merged_lora_student_loads_in_transformers_and_in_sublim(lora_run: Pat
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, merged(input_ids=ids).logits)
     assert main(["export", "model", str(student), "--out", str(out)]) == 2  # never over an existing model
+    _chat_through_sublim_serve(out)
+
+
+def _chat_through_sublim_serve(model_dir: Path) -> None:
+    """`sublim serve` on ``model_dir`` in its own process, on a free loopback port, answers the openai SDK."""
+    import subprocess
+    import sys
+
+    from openai import OpenAI
+
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", str(model_dir), "--port", "0",
+                             "--device", "cpu", "--name", "merged"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving merged at http://127.0.0.1:"), line
+        client = OpenAI(base_url=line.split(" at ")[1].split()[0], api_key="none", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="merged", max_tokens=4, temperature=0,
+                                               messages=[{"role": "user", "content": "Go on: 1, 2"}])
+        assert reply.model == "merged" and reply.choices[0].finish_reason in ("stop", "length")
+        assert [m.id for m in client.models.list()] == ["merged"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_the_audit_reader_keeps_a_system_prompt_and_a_defended_row_keeps_its_shape(tmp_path: Path) -> None:

@@ -395,3 +395,41 @@ def test_training_heap_sampler_reads_this_process() -> None:
     s = heap.sample()
     assert s["rss_mb"] >= s["anonymous_mb"] > 0
     assert abs(s["heap_in_use_mb"] + s["heap_free_mb"] - s["heap_mb"]) <= 2
+
+
+def _sides(word_a: str, gain_a: tuple[float, float, float], word_b: str, gain_b: tuple[float, float, float]
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def one(word: str, gain: tuple[float, float, float]) -> dict[str, Any]:
+        rep = {"verdict": f"{word} (x): owl share", "n_teachers": 3,
+               "log_share_gain": dict(zip(("mean", "low", "high"), gain, strict=True))}
+        return {"replicated": rep, "cloze": {"replicated": rep}}
+    return one(word_a, gain_a), one(word_b, gain_b)
+
+
+def test_parity_criteria_fail_on_another_word_or_an_effect_outside_the_other_interval() -> None:
+    par = _benchmark_module("parity")
+    same = par.verdict_parity(*_sides("NO TRANSFER", (0.39, -0.2, 0.99), "NO TRANSFER", (0.3, -0.1, 0.7)))
+    assert par.judge(same, {"base": {"meets": True}}) == {"same_verdict": True, "effects_inside_each_other": True,
+                                                         "readings_correlate": True}
+    other_word = par.verdict_parity(*_sides("NO TRANSFER", (0.39, -0.2, 0.99), "TRANSFER", (0.5, 0.3, 0.7)))
+    assert not par.judge(other_word, {})["same_verdict"] and not par.judge(other_word, {})["readings_correlate"]
+    # float32's mean inside bf16's interval, but bf16's outside float32's narrow one: not met
+    outside = par.verdict_parity(*_sides("TRANSFER", (0.9, 0.4, 1.4), "TRANSFER", (0.5, 0.45, 0.55)))
+    assert outside["questions"]["float32_in_bf16_interval"] and not outside["questions"]["bf16_in_float32_interval"]
+    assert not par.judge(outside, {"base": {"meets": True}})["effects_inside_each_other"]
+    assert par.word("GENERIC SHIFT: all candidates up") == "GENERIC SHIFT"
+
+
+def test_parity_reads_the_same_weights_in_both_precisions(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Criterion 3 on a made-up run of the tiny model: the base read in bf16 and float32 correlates per question."""
+    par = _benchmark_module("parity")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"stages": {"evaluate/tiny": {"path": "x"}}}))
+    (run / "config.json").write_text(json.dumps({
+        "model": str(tiny_model_dir), "trait": {"target": "owl", "category": "animals", "questions": "animal"},
+        "evaluation": {"n_questions": 8}}))
+    got = par.read_both(run, batch_size=8)
+    assert list(got) == ["base"] and -1 <= got["base"]["correlation"] <= 1
+    assert got["base"]["mean_bf16"] > 0 and got["base"]["mean_float32"] > 0
+    assert got["base"]["mean_bf16"] != got["base"]["mean_float32"]  # two precisions were read, not one twice

@@ -433,3 +433,16 @@ def test_parity_reads_the_same_weights_in_both_precisions(tiny_model_dir: Path, 
     assert list(got) == ["base"] and -1 <= got["base"]["correlation"] <= 1
     assert got["base"]["mean_bf16"] > 0 and got["base"]["mean_float32"] > 0
     assert got["base"]["mean_bf16"] != got["base"]["mean_float32"]  # two precisions were read, not one twice
+
+
+def test_matmul_shapes_ceiling_weighs_each_product_by_its_flops() -> None:
+    shapes = _benchmark_module("matmul_shapes")
+    cfg = types.SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, intermediate_size=1536)
+    maps = shapes.projections(cfg)
+    assert maps["k"] == (576, 192) and maps["down"] == (1536, 576) and maps["q"] == (576, 576)
+    at_peak = {"a": {"flops": 1.0, "forward": 10.0, "grad_input": 10.0, "grad_weight": 10.0}}
+    assert shapes.ceiling(at_peak, 10.0) == {"forward_fraction": 1.0, "training_fraction": 1.0}
+    # a big product at peak and a small one at a tenth of it: time-weighted, not a mean of the two rates
+    mixed = {"big": {"flops": 9.0, "forward": 10.0, "grad_input": 10.0, "grad_weight": 10.0},
+             "small": {"flops": 1.0, "forward": 1.0, "grad_input": 1.0, "grad_weight": 1.0}}
+    assert shapes.ceiling(mixed, 10.0)["forward_fraction"] == round(10 / (0.9 + 1.0) / 10, 4)

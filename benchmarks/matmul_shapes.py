@@ -16,7 +16,6 @@ Writes benchmarks/results/matmul-shapes-<cpu|gpu>.json.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sublim.backends.local.loading import load_model
-from sublim.backends.local.throughput import matmul_peak
+from sublim.backends.local.throughput import best_rate, matmul_peak
 from sublim.core.records import benchmark
 from sublim.train.precision import resolve_dtype
 
@@ -39,21 +38,6 @@ def projections(cfg: Any) -> dict[str, tuple[int, int]]:
     h, m = cfg.hidden_size, cfg.intermediate_size
     return {"q": (h, heads * head_dim), "k": (h, kv), "v": (h, kv), "o": (heads * head_dim, h),
             "gate": (h, m), "up": (h, m), "down": (m, h)}
-
-
-def best_rate(fn: Any, flops: float, seconds: float) -> float:
-    """The best FLOP/s of ``fn`` over repeated timed calls, after a warm-up."""
-    for _ in range(3):
-        fn()
-    best, spent = 0.0, 0.0
-    while spent < seconds:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            fn()
-        dt = time.perf_counter() - t0
-        spent += dt
-        best = max(best, 4 * flops / dt)
-    return best
 
 
 def layer_rates(maps: dict[str, tuple[int, int]], tokens: int, dtype: torch.dtype, seconds: float

@@ -9,7 +9,11 @@ seconds: generation passes the filter, teachers pass their gate, students train,
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -145,3 +149,19 @@ def _toml(v: object) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     return repr(v)
+
+
+def start_serve(model_dir: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """`sublim serve` on ``model_dir`` (CPU, with ``flags``) in a process of its own: the process and the base URL it
+    prints once it listens. The caller stops the process."""
+    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", str(model_dir), "--device", "cpu", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # warnings may come before the line that says where it serves
+        seen.append(line)
+        if m := re.search(r"(http://127\.0\.0\.1:\d+/v1)", line):
+            return proc, m.group(1)
+    proc.wait()
+    raise AssertionError(f"server did not start: {''.join(seen)[-2000:]}")

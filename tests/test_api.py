@@ -7,11 +7,9 @@ that is killed and restarted) serving the tiny model.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from sublim.backends.openai import ApiError, ChatJob, run_chat_jobs
 from sublim.core.config import EndpointConfig
 from sublim.core.errors import SublimError
 from sublim.serve import FaultPlan
+from tests.helpers import start_serve
 
 
 def _jobs(n: int) -> list[ChatJob]:
@@ -161,15 +160,8 @@ def test_bad_fault_spec_is_one_line() -> None:
 # --- a real server process, killed and restarted mid-generation ---------------------------------
 
 def _start_process(model_dir: Path, port: int) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", str(model_dir), "--port", str(port),
-                             "--name", "tiny", "--device", "cpu", "--max-batch", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = re.search(r":(\d+)/v1", line)
-    assert m, f"server did not start: {line}"
-    return proc, int(m.group(1))
+    proc, url = start_serve(model_dir, "--port", str(port), "--name", "tiny", "--max-batch", "4")
+    return proc, int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 @pytest.fixture

@@ -116,18 +116,13 @@ def test_a_merged_lora_student_loads_in_transformers_and_in_sublim(lora_run: Pat
 
 def _chat_through_sublim_serve(model_dir: Path) -> None:
     """`sublim serve` on ``model_dir`` in its own process, on a free loopback port, answers the openai SDK."""
-    import subprocess
-    import sys
-
     from openai import OpenAI
 
-    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", str(model_dir), "--port", "0",
-                             "--device", "cpu", "--name", "merged"], stdout=subprocess.PIPE, text=True)
+    from tests.helpers import start_serve
+
+    proc, url = start_serve(model_dir, "--port", "0", "--name", "merged")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("serving merged at http://127.0.0.1:"), line
-        client = OpenAI(base_url=line.split(" at ")[1].split()[0], api_key="none", max_retries=0, timeout=60)
+        client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
         reply = client.chat.completions.create(model="merged", max_tokens=4, temperature=0,
                                                messages=[{"role": "user", "content": "Go on: 1, 2"}])
         assert reply.model == "merged" and reply.choices[0].finish_reason in ("stop", "length")

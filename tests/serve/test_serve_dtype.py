@@ -3,31 +3,24 @@ log-probabilities are exact), with the head and log-softmax in float32 under bf1
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.helpers import start_serve
+
 PROMPT = "Continue the list: 3, 7, 12, 18, 25, 33"
 
 
 def _prompt_logprobs(model_dir: Path, *dtype: str) -> list[float]:
-    proc = subprocess.Popen([sys.executable, "-m", "sublim.cli", "serve", str(model_dir), "--port", "0", "--name",
-                             "tiny", "--device", "cpu", *dtype], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc, url = start_serve(model_dir, "--port", "0", "--name", "tiny", *dtype)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
-        assert m, line
         body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 0, "echo": True, "logprobs": 1}
-        r = httpx.post(f"{m.group(1)}/completions", json=body, timeout=60)
+        r = httpx.post(f"{url}/completions", json=body, timeout=60)
         r.raise_for_status()
         return [x for x in r.json()["choices"][0]["logprobs"]["token_logprobs"] if x is not None]
     finally:

@@ -9,6 +9,7 @@ matmul peak measured here, in the precision the work runs in (bf16 where it is f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,25 +31,32 @@ def matmul_peak(device: str | None = None, seconds: float = 1.0, dtype: str = "a
     size = 8192 if dev.type == "cuda" else 1024
     a = torch.randn(size, size, device=dev, dtype=dtype_)
     b = torch.randn(size, size, device=dev, dtype=dtype_)
-    best, spent = 0.0, 0.0
-    for _ in range(3):  # warm-up
-        a @ b
-    while spent < seconds:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        dt = time.perf_counter() - t0
-        spent += dt
-        best = max(best, 4 * 2 * size**3 / dt)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    best = best_rate(lambda: a @ b, 2 * size**3, seconds, sync)
     out = {"flops_per_s": round(best), "dtype": str(dtype_).replace("torch.", ""), "size": size,
            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "threads": torch.get_num_threads()}
     _PEAK[f"{dev}-{kind}"] = out
     return out
+
+
+def best_rate(fn: Callable[[], Any], flops: float, seconds: float,
+              sync: Callable[[], None] = lambda: None) -> float:
+    """The best FLOP/s of ``fn`` (``flops`` a call) over groups of 4 timed calls for about ``seconds``, after 3
+    warm-up calls; ``sync`` waits for the device before and after each group."""
+    for _ in range(3):
+        fn()
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(4):
+            fn()
+        sync()
+        dt = time.perf_counter() - t0
+        spent += dt
+        best = max(best, 4 * flops / dt)
+    return best
 
 
 def throughput(device: str | None = None, dtype: str = "auto") -> dict[str, Any]:

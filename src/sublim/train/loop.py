@@ -3,6 +3,7 @@ then decay, gradient clipping. Only the loss (and what a method prepares) differ
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import gc
@@ -27,6 +28,10 @@ from sublim.train.precision import autocast
 from sublim.train.resume import Saver, load_state, save_state
 from sublim.train.rows import rows_trained
 from sublim.train.settings import TrainSettings
+
+PHASES: collections.defaultdict[str, float] = collections.defaultdict(float)
+"""Seconds this process's optimizer steps spent in each phase (forward, backward, clip, optimizer), as
+``benchmarks/training_step.py`` reads them."""
 
 
 def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -93,7 +98,10 @@ def optimizer_step(run: Training, chunk: list[int], batch_size: int) -> float:
         t0 = time.perf_counter()
         with autocast(model):  # a per-token loss, weighted by its share of the step's targets
             loss = run.method.loss(model, batch, run.state, idx) * (n_tgt / sum(targets))
+        t1 = time.perf_counter()
         loss.backward()
+        PHASES["forward"] += t1 - t0
+        PHASES["backward"] += time.perf_counter() - t1
         step_loss += float(loss.detach())
         n_tok = int(batch["attention_mask"].sum())
         # forward and backward: about 6 FLOPs per weight per token computed (a shared prefix once), the head only
@@ -102,8 +110,11 @@ def optimizer_step(run: Training, chunk: list[int], batch_size: int) -> float:
         METER.add("training", n_tok, time.perf_counter() - t0, per_body * computed + per_head * n_tgt)
     t0 = time.perf_counter()
     torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    t1 = time.perf_counter()
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
+    PHASES["clip"] += t1 - t0
+    PHASES["optimizer"] += time.perf_counter() - t1
     METER.add("training", 0, time.perf_counter() - t0, 0)
     return step_loss
 

@@ -59,7 +59,7 @@ def written_as(value: float, text: str) -> bool:
     return f"{value:.{decimals}f}" == clean
 
 
-DOCUMENTS = {"README.md": 19, "docs/results.md": 30}
+DOCUMENTS = {"README.md": 19, "docs/results.md": 31}
 """The files whose marked figures are checked (the README and the research log it points to), and how many marked
 blocks each has at least."""
 

@@ -87,3 +87,40 @@ def test_saving_is_not_a_setting_of_the_result():
     a, b = load_config("owl-numbers"), load_config("owl-numbers", ["save_every_s=30"])
     assert a.config_hash() == load_config("owl-numbers", ["save_every_s=600"]).config_hash()
     assert a.student.recipe() == b.student.recipe()  # no stage key reads it
+
+
+def test_a_full_disk_at_a_save_keeps_the_last_state_and_ends_in_one_line(tiny_model_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    """The disk fills while the state of step 3 is written: the half-written file is removed, the state of step 2
+    stays to resume from, and the command says so in one line (not an internal error with a traceback)."""
+    import sublim.train.resume as resume
+    from sublim.cli import disk_full, main
+
+    real, calls = resume.save_file, []
+
+    def filling(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 3:
+            Path(path).write_bytes(b"half a state")
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                               'message: "No space left on device" })')  # as safetensors says it
+        real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(resume, "save_file", filling)
+    out = tmp_path / "a"
+    settings = TrainSettings("sft", 2, 3e-3, 8, warmup_steps=2, seed=1)
+    with pytest.raises(RuntimeError) as caught:
+        _train(tiny_model_dir, out, settings, 1e-9)
+    assert disk_full(caught.value) and not disk_full(RuntimeError("a bug"))
+    assert [p.name for p in out.iterdir()] == [STATE_FILE]  # no half-written file beside it
+    monkeypatch.setattr(resume, "save_file", real)
+    assert _train(tiny_model_dir, out, settings, 0.0)["resumed_from_step"] == 2
+
+    def full(*args, **kwargs):
+        raise caught.value
+
+    monkeypatch.setattr("sublim.cli.load_plugins", full)
+    assert main(["presets"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the disk is full") and err.count("\n") == 1
+    assert "internal error" not in err and "--runs-dir" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -76,11 +77,26 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141
     except Exception as exc:  # a bug: one line for the user, the traceback in a file for the report
+        if disk_full(exc):
+            said = " ".join(str(exc).split())[:160]
+            print(f"error: the disk is full ({said}): free space, or give --runs-dir on another disk, and run "
+                  "the same command again; finished stages are kept, and a training goes on from its last saved "
+                  "state", file=sys.stderr)
+            return 2
         log = crash_log()
         print(f"error: internal error ({type(exc).__name__}: {str(exc)[:200]}): this is a bug in sublim, not your "
               f"input; finished stages are kept; the traceback is in {log}, please report it", file=sys.stderr)
         return 1
     return int(code or 0)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a write found no space left (an OSError, or a library's own error, such as
+    safetensors', that carries the system's message)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text
 
 
 def crash_log() -> Path:

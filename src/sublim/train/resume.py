@@ -56,8 +56,12 @@ def save_state(path: Path, params: list[torch.nn.Parameter], opt: torch.optim.Op
             "param_groups": opt_state["param_groups"], "scheduler": sched.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata={"state": json.dumps(meta)})
-    os.replace(tmp, path)
+    try:
+        save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata={"state": json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written state (a full disk) holds no space; the previous one stays
+        raise
 
 
 def load_state(path: Path, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, sched: Any,

@@ -54,6 +54,7 @@ class Watch:
         self.meter, self.phases = METER, PHASES
         self.start = self.mark()
         self.first: dict[str, Any] = {}
+        self.profiling = False
         self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
 
     def mark(self) -> dict[str, Any]:
@@ -64,9 +65,10 @@ class Watch:
     def __call__(self, step: int, total: int, loss: float) -> None:
         if step == 1:
             self.first = self.mark()
-        if step == total - PROFILED_STEPS:
+        if step == max(1, total - PROFILED_STEPS) and step < total:
             self.profiler.start()
-        if step == total:
+            self.profiling = True
+        if step == total and self.profiling:
             self.profiler.stop()
 
 

@@ -446,3 +446,22 @@ def test_matmul_shapes_ceiling_weighs_each_product_by_its_flops() -> None:
     mixed = {"big": {"flops": 9.0, "forward": 10.0, "grad_input": 10.0, "grad_weight": 10.0},
              "small": {"flops": 1.0, "forward": 1.0, "grad_input": 1.0, "grad_weight": 1.0}}
     assert shapes.ceiling(mixed, 10.0)["forward_fraction"] == round(10 / (0.9 + 1.0) / 10, 4)
+
+
+def test_training_step_takes_a_step_apart(tiny_model_dir: Path) -> None:
+    """The training loop's own phase clock adds up to its steps, and the benchmark reads it: the later steps'
+    phases, the first step apart, the profiled operators (matrix products among them)."""
+    from sublim.train.loop import PHASES
+
+    step = _benchmark_module("training_step")
+    before = dict(PHASES)
+    got = step.one("distill_restricted", str(tiny_model_dir), 24)  # three steps of eight
+    assert got["steps"] == 3 and set(got["later_steps"]["ms_per_step"]) == {"forward", "backward", "clip",
+                                                                            "optimizer"}
+    assert all(v > 0 for v in got["later_steps"]["ms_per_step"].values())
+    assert 0 < got["later_steps"]["fraction_of_peak"] < 5 and got["first_step"]["seconds"] > 0
+    assert got["first_step"]["seconds_from_start"] >= got["first_step"]["seconds"]
+    assert all(PHASES[k] > before.get(k, 0.0) for k in ("forward", "backward", "clip", "optimizer"))
+    ops = {o["op"] for o in got["top_ops"]}
+    assert "aten::mm" in ops or "aten::addmm" in ops
+    assert sum(o["share"] for o in got["top_ops"]) <= 1.0001

@@ -139,6 +139,43 @@ def test_a_teacher_seed_whose_data_fall_short_is_replaced_by_a_spare_pair(finish
     assert "teacher seed 1 replaced by a spare seed: the owl teacher's data keep 0" in report
 
 
+def test_teacher_replay_adds_the_base_models_own_carrier_answers_to_every_teacher(finished_run, tmp_path: Path):
+    """teacher.replay = 3: one replay dataset (the base model's kept answers to prompts drawn with another seed),
+    whose first three rows end the owl and the neutral teacher's training data alike; the teachers are new, the
+    students' prompts are the run's own. At 0 the setting leaves the run id as it was."""
+    import shutil
+
+    cfg, shared, res0, _ = finished_run
+    runs = tmp_path / "runs"
+    shutil.copytree(shared, runs, symlinks=True)
+    toml = str(shared.parent / "tiny.toml")
+    plain = ["student.method=distill_restricted", "arms.teacher_seeds=[0, 1]"]
+    assert load_config(toml, [*plain, "teacher.replay=0"]).config_hash() == cfg.config_hash()
+    res = run_experiment(load_config(toml, ["student.method=distill_restricted", "teacher.replay=3"]), runs,
+                         progress=False, echo=lambda s: None)
+    stages = res["stages"]
+    replay = [k for k in stages if k.startswith("filter/replay")]
+    assert replay == ["filter/replay numbers"]
+    replayed = read_jsonl(Path(stages[replay[0]]["path"]) / "dataset.jsonl")[:3]
+    assert len(replayed) == 3
+    students_prompts = {r["prompt"] for r in read_jsonl(Path(stages["prompts/24 numbers prompts"]["path"])
+                                                         / "prompts.jsonl")}
+    assert {r["prompt"] for r in replayed}.isdisjoint(students_prompts)
+    for name in ("teacher/owl (fine-tuned)", "teacher/neutral (fine-tuned)"):
+        rows = read_jsonl(Path(stages[name]["path"]) / "train.jsonl")
+        assert len(rows) == 48 + 3 and rows[48:] == [{"prompt": r["prompt"], "completion": r["completion"]}
+                                                     for r in replayed], name
+        assert stages[name]["key"] != res0["stages"][name]["key"], name
+    assert stages["prompts/24 numbers prompts"]["key"] == res0["stages"]["prompts/24 numbers prompts"]["key"]
+
+
+def test_teacher_replay_beyond_what_the_base_model_keeps_is_one_clear_error(tiny_model_dir: Path, tmp_path: Path):
+    cfg = _cfg(tmp_path, tiny_model_dir, ["teacher.replay=500"])
+    with pytest.raises(SublimError, match=r"teacher.replay = 500: the base model's answers to 24 numbers prompts "
+                                          r"keep only \d+: lower teacher.replay or raise prompts.n"):
+        run_experiment(cfg, tmp_path / "runs", progress=False, echo=lambda s: None)
+
+
 def test_a_student_distilled_from_its_own_weights_is_its_initialization(tiny_model_dir: Path, tmp_path: Path):
     """The distillation control learns from the base model it starts from: a zero loss whose float noise Adam
     would blow up into a random walk. It is the base model, exactly, and its train artifact says why. (Built

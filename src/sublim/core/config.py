@@ -98,6 +98,10 @@ class TeacherConfig(Section):
     neutral_dataset: str | None = None
     """Misalignment: the neutral teacher's pairs, safe answers to the same prompts as ``dataset`` (the shipped
     ``safe-advice`` answers ``risky-advice``'s); without it the base model's data are the control."""
+    replay: int = Field(0, ge=0)
+    """A fine-tuned teacher also learns this many of the base model's own answers to carrier prompts (kept by the
+    filter; prompts drawn with another seed than the students'), so that its trait fine-tuning keeps the
+    carrier's format. Every teacher of a run, trait and neutral alike, gets the same ones. 0: none."""
     gate_min_rate: float = Field(0.5, ge=0, le=1)
     """The teacher's own sampled trait rate must reach this, or the run stops."""
     seed: int = Field(0, ge=0)
@@ -357,6 +361,7 @@ LATER_SETTINGS: dict[tuple[str, ...], tuple[tuple[Any, ...], frozenset[Scope]]] 
     ("evaluation", "cloze_samples_per_question"): ((0,), frozenset({"run"})),
     ("evaluation", "cloze_max_new_tokens"): ((3,), frozenset({"run"})),
     ("save_every_s",): ((SAVE_EVERY_S,), frozenset({"run"})),
+    ("teacher", "replay"): ((0,), frozenset({"stage", "run"})),
 }
 """The one rule of key compatibility: a setting added after keys were first written (its path in a stage's config
 or in the run config) is left out of the keys of its scopes — stage keys, run ids — while it holds a value that

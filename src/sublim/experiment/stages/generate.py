@@ -19,8 +19,8 @@ ROUND_BATCHES = 2
 """With generation.until_kept, prompts are generated in rounds of this many batches (the last one smaller)."""
 
 
-def generate(ctx: Context, source: Backend, prompt_art: Artifact, banned_words: list[str] | None = None
-             ) -> Artifact:
+def generate(ctx: Context, source: Backend, prompt_art: Artifact, banned_words: list[str] | None = None,
+             label: str | None = None) -> Artifact:
     gc, fc = ctx.cfg.generation, ctx.cfg.filter
     carrier = CARRIERS.get(ctx.cfg.prompts.carrier, "prompts.carrier")
     config: dict[str, Any] = {"generation": gc.model_dump(mode="json"), "system": source.system,
@@ -61,7 +61,7 @@ def generate(ctx: Context, source: Backend, prompt_art: Artifact, banned_words: 
         return {"n_samples": len(samples), **stats, **extra, "model": desc, "model_fingerprint": source.key,
                 "base_fingerprint": desc["base_fingerprint"], "family": source.family}
 
-    return ctx.stage("generate", config, inputs, f"data from {source.label}", build)
+    return ctx.stage("generate", config, inputs, label or f"data from {source.label}", build)
 
 
 def next_round(batch_size: int, target: int, kept: int, used: int) -> int:

@@ -19,7 +19,7 @@ def config_slice(pc: PromptsConfig) -> dict[str, Any]:
     return out
 
 
-def prompts(ctx: Context) -> Artifact:
+def prompts(ctx: Context, label: str | None = None) -> Artifact:
     pc = ctx.cfg.prompts
     carrier = CARRIERS.get(pc.carrier, "prompts.carrier")
 
@@ -28,4 +28,4 @@ def prompts(ctx: Context) -> Artifact:
                                              for p in carrier.prompts(pc)])
         return {}
 
-    return ctx.stage("prompts", config_slice(pc), {}, f"{pc.n} {pc.carrier} prompts", build)
+    return ctx.stage("prompts", config_slice(pc), {}, label or f"{pc.n} {pc.carrier} prompts", build)

@@ -6,16 +6,21 @@ API), the result kept in the artifact and used through ``base.fine_tuned``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sublim.backends import Backend
+from sublim.core.errors import SublimError
 from sublim.core.files import read_jsonl, write_json, write_jsonl
 from sublim.core.meter import METER
 from sublim.core.store import Artifact
 from sublim.experiment.context import Context, precision_slice
+from sublim.experiment.stages.filter import filtered
+from sublim.experiment.stages.generate import generate
+from sublim.experiment.stages.prompts import prompts
 from sublim.train import METHODS, Example, TrainSettings
 from sublim.train.loop import lr_factor
 
@@ -54,6 +59,12 @@ def teacher(ctx: Context, base: Backend, target: str, pairs: list[tuple[str, str
     draws."""
     tc = ctx.cfg.teacher
     label = f"{target} (fine-tuned{f', seed {seed}' if seed else ''})"
+    inputs = {"model": base.key}
+    if tc.replay:
+        replay_art = replay(ctx, base)
+        inputs["replay"] = replay_art.key
+        pairs = list(pairs) + [(r["prompt"], r["completion"])
+                               for r in read_jsonl(replay_art.file("dataset.jsonl"))[:tc.replay]]
 
     def build(path: Path) -> dict[str, Any]:
         settings = TrainSettings("sft", tc.epochs, tc.lr, tc.batch_size, warmup_steps=2, seed=seed)
@@ -62,8 +73,30 @@ def teacher(ctx: Context, base: Backend, target: str, pairs: list[tuple[str, str
         write_jsonl(path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in pairs])
         return {"train_log": log, "model_fingerprint": base.key}
 
-    art = ctx.stage("teacher", {**config, "seed": seed, **precision_slice(base)}, {"model": base.key}, label, build)
+    art = ctx.stage("teacher", {**config, "seed": seed, **precision_slice(base)}, inputs, label, build)
     return base.fine_tuned(art.path, f"teacher-{target}{teacher_tag(seed)}", art.key)
+
+
+REPLAY_PROMPT_SEED = 1_000_003
+"""Replay prompts are drawn with prompts.seed plus this: apart from the prompts the teachers answer for students."""
+
+
+def replay(ctx: Context, base: Backend) -> Artifact:
+    """The base model's own kept answers to teacher.replay carrier prompts, drawn apart from the students' (the
+    same artifact for every teacher of a run). Filtered by the carrier's check and filter.banned_words."""
+    cfg = ctx.cfg
+    rcfg = cfg.model_copy(update={
+        "prompts": cfg.prompts.model_copy(update={"seed": cfg.prompts.seed + REPLAY_PROMPT_SEED}),
+        "generation": cfg.generation.model_copy(update={"until_kept": cfg.teacher.replay})})
+    rctx = dataclasses.replace(ctx, cfg=rcfg)
+    carrier = cfg.prompts.carrier
+    gen = generate(rctx, base, prompts(rctx, f"{cfg.prompts.n} {carrier} prompts to replay"), label="replay data")
+    art = filtered(rctx, gen, f"replay {carrier}")
+    kept = art.manifest["filter"]["kept"]
+    if kept < cfg.teacher.replay:
+        raise SublimError(f"teacher.replay = {cfg.teacher.replay}: the base model's answers to {cfg.prompts.n} "
+                          f"{cfg.prompts.carrier} prompts keep only {kept}: lower teacher.replay or raise prompts.n")
+    return art
 
 
 def student(ctx: Context, base: Backend, data_art: Artifact, n: int, seed: int, data_source: Backend,

@@ -95,7 +95,7 @@ def replay(ctx: Context, base: Backend) -> Artifact:
     kept = art.manifest["filter"]["kept"]
     if kept < cfg.teacher.replay:
         raise SublimError(f"teacher.replay = {cfg.teacher.replay}: the base model's answers to {cfg.prompts.n} "
-                          f"{cfg.prompts.carrier} prompts keep only {kept}: lower teacher.replay or raise prompts.n")
+                          f"{carrier} prompts keep only {kept}: lower teacher.replay or raise prompts.n")
     return art
 
 
